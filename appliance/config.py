@@ -1,0 +1,167 @@
+"""The appliance's configuration: embedded defaults, and a YAML file for real deployments.
+
+Every setting has a default that runs the appliance against the embedded broker
+on this host, so `appliance serve` needs no file. A file given with `--config`
+overrides any subset; errors name the file, the key and what would be valid.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used, with where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """A broker address whose connections are steered: an IP literal and a port."""
+
+    host: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.host).version
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family == 6 else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str, *, where: str = "broker address") -> BrokerAddress:
+        """Parse `1.2.3.4:9092` or `[::1]:9092`."""
+        text = str(text).strip()
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]:")
+        else:
+            host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(f"{where}: {text!r} is not HOST:PORT (IPv6 as [ADDR]:PORT)")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{where}: {host!r} is not an IP address; steering matches addresses, not names") from None
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}: port {port!r} is not a number from 1 to 65535")
+        return cls(host=str(ipaddress.ip_address(host)), port=int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedBrokerConfig:
+    """The single-node Kafka the appliance can run for demos and tests."""
+
+    host4: str = "127.0.0.1"
+    port4: int = 19092
+    host6: str = "::1"
+    port6: int = 19093
+    controller_port: int = 19094
+    data_dir: Path = Path("/var/lib/appliance/broker")
+    jar_cache: Path = Path("/var/cache/appliance")
+    cgroup: str = "appliance-broker"
+    heap: str = "512m"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything `appliance serve` needs; see docs/configuration.md for each key."""
+
+    state_dir: Path = Path("/var/lib/appliance")
+    run_dir: Path = Path("/run/appliance")
+    listen_host4: str = "127.0.0.1"
+    listen_host6: str = "::1"
+    listen_port: int = 19190
+    brokers: tuple[BrokerAddress, ...] = (
+        BrokerAddress("127.0.0.1", 19092),
+        BrokerAddress("::1", 19093),
+    )
+    upstream_credentials: Path = Path("/var/lib/appliance/broker/appliance-credentials.json")
+    exempt_cgroups: tuple[str, ...] = ("appliance-broker",)
+    proxy_cgroup: str = "appliance-proxy"
+    refuse_unenrolled: bool = True
+    bpffs_dir: Path = Path("/sys/fs/bpf/appliance")
+    max_frame_bytes: int = 100 * 1024 * 1024
+    audit_flush_ms: int = 200
+    embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
+    source: str = "embedded defaults"
+
+    @property
+    def audit_db(self) -> Path:
+        return self.state_dir / "audit.db"
+
+    @property
+    def enrollments_file(self) -> Path:
+        return self.state_dir / "enrollments.json"
+
+    @property
+    def status_file(self) -> Path:
+        return self.run_dir / "status.json"
+
+
+_PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir"}
+_INT_KEYS = {"listen_port": (1, 65535), "max_frame_bytes": (1024, 1 << 31), "audit_flush_ms": (1, 60_000)}
+
+
+def load_config(path: Path | None) -> Config:
+    """The embedded defaults, overridden by the YAML file at `path` if given."""
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings, not {type(data).__name__}")
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
+    """Validate a mapping of settings over the defaults; every error names the key."""
+    known = {f.name for f in fields(Config)} - {"source", "embedded_broker"}
+    changes: dict[str, Any] = {"source": source}
+    for key, value in data.items():
+        where = f"{source}: key {key!r}"
+        if key not in known:
+            raise ConfigError(f"{where} is not a setting; valid settings are: {', '.join(sorted(known))}")
+        if key in _PATH_KEYS or key == "state_dir":
+            if not isinstance(value, str) or not value.startswith("/"):
+                raise ConfigError(f"{where} must be an absolute path, got {value!r}")
+            changes[key] = Path(value)
+        elif key in _INT_KEYS:
+            low, high = _INT_KEYS[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{where} must be a whole number from {low} to {high}, got {value!r}")
+            changes[key] = value
+        elif key == "brokers":
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"{where} must be a non-empty list of HOST:PORT strings")
+            changes[key] = tuple(BrokerAddress.parse(v, where=f"{where} item {i + 1}") for i, v in enumerate(value))
+        elif key in ("exempt_cgroups",):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where} must be a list of cgroup paths")
+            changes[key] = tuple(value)
+        elif key == "refuse_unenrolled":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false, got {value!r}")
+            changes[key] = value
+        elif key in ("listen_host4", "listen_host6", "proxy_cgroup"):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where} must be a non-empty string")
+            changes[key] = value
+    config = replace(Config(), **changes)
+    if "state_dir" in changes and "upstream_credentials" not in changes:
+        config = replace(config, upstream_credentials=config.state_dir / "broker" / "appliance-credentials.json")
+    return config

@@ -1,0 +1,1 @@
+"""Workload identities: cgroups, enrolment records, and the processes behind a connection."""
