@@ -1,0 +1,216 @@
+"""The audit database's schema (named, append-only migrations) and its read-side queries.
+
+Opened in WAL mode with synchronous=NORMAL: a committed batch survives a crash
+of the appliance; only batches still queued in the writer are lost (see
+`writer` for that window).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlite_utils
+
+from appliance.audit.records import AuditRecord, Event, Operation, SessionClosed, SessionOpened
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_sessions_operations_events",
+        """
+        CREATE TABLE sessions (
+            session_id TEXT PRIMARY KEY,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            identity TEXT,
+            groups TEXT,
+            cgroup_id INTEGER,
+            cgroup_path TEXT,
+            enrolled_cgroup_id INTEGER,
+            pid INTEGER,
+            uid INTEGER,
+            gid INTEGER,
+            command TEXT,
+            client_address TEXT,
+            broker_address TEXT,
+            bytes_from_client INTEGER DEFAULT 0,
+            bytes_to_client INTEGER DEFAULT 0,
+            requests INTEGER DEFAULT 0,
+            close_reason TEXT
+        );
+        CREATE INDEX sessions_identity ON sessions(identity, started_at);
+        CREATE TABLE operations (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions(session_id),
+            at REAL NOT NULL,
+            api_key INTEGER NOT NULL,
+            api_name TEXT NOT NULL,
+            api_version INTEGER NOT NULL,
+            correlation_id INTEGER,
+            client_id TEXT,
+            topics TEXT,
+            group_id TEXT,
+            records INTEGER,
+            record_bytes INTEGER,
+            request_bytes INTEGER,
+            response_bytes INTEGER,
+            error_code INTEGER,
+            latency_ms REAL,
+            outcome TEXT NOT NULL
+        );
+        CREATE INDEX operations_session ON operations(session_id, at);
+        CREATE INDEX operations_at ON operations(at);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            message TEXT NOT NULL,
+            identity TEXT,
+            cgroup_id INTEGER,
+            cgroup_path TEXT,
+            pid INTEGER,
+            session_id TEXT,
+            detail TEXT
+        );
+        CREATE INDEX events_at ON events(at);
+        """,
+    ),
+]
+
+
+def open_db(path: Path | str) -> sqlite_utils.Database:
+    """Open (creating if needed) the audit database and apply pending migrations."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    db = sqlite_utils.Database(conn)
+    if str(path) != ":memory:":
+        db.enable_wal()
+    conn.execute("PRAGMA synchronous = NORMAL")
+    migrate(db)
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply, in order, each named migration not yet recorded; return the names applied."""
+    db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    done = {row[0] for row in db.execute("SELECT name FROM migrations").fetchall()}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        with db.conn:
+            db.conn.execute("BEGIN")
+            for statement in sql.split(";"):
+                if statement.strip():
+                    db.conn.execute(statement)
+            db.conn.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
+        applied.append(name)
+    return applied
+
+
+def write_batch(db: sqlite_utils.Database, records: Iterable[AuditRecord]) -> None:
+    """Write records in one transaction; the writer thread and short-lived CLI processes call this."""
+    opened, closed, operations, events = [], [], [], []
+    for record in records:
+        if isinstance(record, Operation):
+            operations.append(asdict(record))
+        elif isinstance(record, SessionOpened):
+            row = asdict(record)
+            row["groups"] = json.dumps(list(record.groups))
+            opened.append(row)
+        elif isinstance(record, SessionClosed):
+            closed.append(record)
+        elif isinstance(record, Event):
+            events.append(asdict(record))
+    conn = db.conn
+    conn.execute("BEGIN")
+    try:
+        if opened:
+            db["sessions"].insert_all(opened, pk="session_id", replace=True)
+        if operations:
+            db["operations"].insert_all(operations)
+        if events:
+            db["events"].insert_all(events)
+        for c in closed:
+            conn.execute(
+                "UPDATE sessions SET ended_at=?, bytes_from_client=?, bytes_to_client=?, requests=?, close_reason=?"
+                " WHERE session_id=?",
+                (c.ended_at, c.bytes_from_client, c.bytes_to_client, c.requests, c.close_reason, c.session_id),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def record_event(path: Path, event: Event) -> None:
+    """Append one event from a process that is not the server (the CLI)."""
+    db = open_db(path)
+    try:
+        write_batch(db, [event])
+    finally:
+        db.conn.close()
+
+
+# ---- queries --------------------------------------------------------------------
+
+def _where(clauses: list[str]) -> str:
+    return (" WHERE " + " AND ".join(clauses)) if clauses else ""
+
+
+def query_sessions(db, *, identity: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    clauses, params = [], []
+    if identity:
+        clauses.append("identity = ?"), params.append(identity)
+    if since is not None:
+        clauses.append("started_at >= ?"), params.append(since)
+    sql = f"SELECT * FROM sessions{_where(clauses)} ORDER BY started_at DESC LIMIT ?"
+    return list(db.query(sql, params + [limit]))
+
+
+def query_operations(
+    db, *, identity: str | None = None, topic: str | None = None, since: float | None = None,
+    session: str | None = None, limit: int = 100,
+) -> list[dict[str, Any]]:
+    clauses, params = [], []
+    if identity:
+        clauses.append("s.identity = ?"), params.append(identity)
+    if topic:
+        clauses.append("EXISTS (SELECT 1 FROM json_each(o.topics) WHERE json_each.key = ?)"), params.append(topic)
+    if since is not None:
+        clauses.append("o.at >= ?"), params.append(since)
+    if session:
+        clauses.append("o.session_id = ?"), params.append(session)
+    sql = (
+        "SELECT o.*, s.identity, s.pid, s.cgroup_path FROM operations o JOIN sessions s USING (session_id)"
+        f"{_where(clauses)} ORDER BY o.at DESC, o.id DESC LIMIT ?"
+    )
+    return list(db.query(sql, params + [limit]))
+
+
+def query_events(db, *, kind: str | None = None, identity: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    clauses, params = [], []
+    if kind:
+        clauses.append("kind = ?"), params.append(kind)
+    if identity:
+        clauses.append("identity = ?"), params.append(identity)
+    if since is not None:
+        clauses.append("at >= ?"), params.append(since)
+    sql = f"SELECT * FROM events{_where(clauses)} ORDER BY at DESC, id DESC LIMIT ?"
+    return list(db.query(sql, params + [limit]))
+
+
+def read_only_query(path: Path, sql: str) -> list[dict[str, Any]]:
+    """Run operator SQL on a read-only connection: anything that writes fails in SQLite itself."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in conn.execute(sql).fetchall()]
+    finally:
+        conn.close()

@@ -1,0 +1,109 @@
+"""`appliance audit ...`: query the audit database."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import click
+
+from appliance.audit import store
+from appliance.cli.output import emit, parse_since
+
+_SESSION_COLUMNS = ("started_at", "session_id", "identity", "cgroup_path", "pid", "uid", "command",
+                    "client_address", "broker_address", "requests", "bytes_from_client", "bytes_to_client",
+                    "ended_at", "close_reason")
+_OPERATION_COLUMNS = ("at", "identity", "pid", "api_name", "api_version", "correlation_id", "client_id", "topics",
+                      "group_id", "records", "record_bytes", "error_code", "latency_ms", "outcome")
+_EVENT_COLUMNS = ("at", "kind", "identity", "cgroup_path", "pid", "message")
+
+
+def _db(ctx: click.Context):
+    path = ctx.obj.audit_db
+    if not path.exists():
+        raise click.ClickException(f"no audit database at {path} yet (it is created when `appliance serve` starts)")
+    return store.open_db(path)
+
+
+@click.group()
+def audit() -> None:
+    """Query the audit database: sessions, operations, events, or read-only SQL.
+
+    \b
+    Example:
+      appliance audit sessions --identity orders --since 1h
+      appliance audit operations --topic payments --json
+    """
+
+
+@audit.command()
+@click.option("--identity", help="Only this workload identity.")
+@click.option("--since", help="Only since this long ago (30s, 10m, 2h, 1d) or an ISO-8601 time.")
+@click.option("--limit", default=100, show_default=True, help="At most this many rows, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by column name.")
+@click.pass_context
+def sessions(ctx, identity, since, limit, as_json) -> None:
+    """Connections: who (identity, cgroup, pid, uid, command), to which broker, bytes each way, why closed.
+
+    \b
+    Example:
+      appliance audit sessions --identity orders --since 10m
+    """
+    rows = store.query_sessions(_db(ctx), identity=identity, since=parse_since(since), limit=limit)
+    emit(rows, as_json=as_json, columns=_SESSION_COLUMNS, title="sessions", times=("started_at", "ended_at"))
+
+
+@audit.command()
+@click.option("--identity", help="Only this workload identity.")
+@click.option("--topic", help="Only operations that name this topic.")
+@click.option("--session", help="Only this session id.")
+@click.option("--since", help="Only since this long ago (30s, 10m, 2h, 1d) or an ISO-8601 time.")
+@click.option("--limit", default=100, show_default=True, help="At most this many rows, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by column name.")
+@click.pass_context
+def operations(ctx, identity, topic, session, since, limit, as_json) -> None:
+    """Requests: api and version, topics and partitions, records and bytes, broker error, latency.
+
+    \b
+    Example:
+      appliance audit operations --identity orders --topic payments --since 1h
+    """
+    rows = store.query_operations(_db(ctx), identity=identity, topic=topic, session=session,
+                                  since=parse_since(since), limit=limit)
+    emit(rows, as_json=as_json, columns=_OPERATION_COLUMNS, title="operations", times=("at",))
+
+
+@audit.command()
+@click.option("--kind", help="Only this kind (enroll, unenroll, refused-connect, refused-session, start, stop, error).")
+@click.option("--identity", help="Only this workload identity.")
+@click.option("--since", help="Only since this long ago (30s, 10m, 2h, 1d) or an ISO-8601 time.")
+@click.option("--limit", default=100, show_default=True, help="At most this many rows, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by column name.")
+@click.pass_context
+def events(ctx, kind, identity, since, limit, as_json) -> None:
+    """Enrolments, refused connects from unenrolled cgroups, starts, stops and errors.
+
+    \b
+    Example:
+      appliance audit events --kind refused-connect --since 1d
+    """
+    rows = store.query_events(_db(ctx), kind=kind, identity=identity, since=parse_since(since), limit=limit)
+    emit(rows, as_json=as_json, columns=_EVENT_COLUMNS, title="events", times=("at",))
+
+
+@audit.command()
+@click.argument("query")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by column name.")
+@click.pass_context
+def sql(ctx, query, as_json) -> None:
+    """Run a read-only SQL query (tables: sessions, operations, events, migrations).
+
+    \b
+    Example:
+      appliance audit sql "SELECT identity, count(*) FROM sessions GROUP BY identity"
+    """
+    _db(ctx).conn.close()
+    try:
+        rows = store.read_only_query(ctx.obj.audit_db, query)
+    except sqlite3.Error as e:
+        raise click.ClickException(f"query failed: {e}") from None
+    emit(rows, as_json=as_json, columns=list(rows[0]) if rows else [], title="result")

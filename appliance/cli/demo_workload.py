@@ -1,0 +1,30 @@
+"""The demo's workload: an unmodified confluent-kafka client producing and consuming `demo-orders`.
+
+It knows nothing of the appliance: no credentials, plain connection to the
+broker's address. Run as `demo_workload.py HOST:PORT` (loop) or with `--once`
+(one attempt, which the kernel refuses when the cgroup is not enrolled).
+"""
+
+import json
+import sys
+import time
+
+from confluent_kafka import Consumer, Producer
+
+once = "--once" in sys.argv
+bootstrap = sys.argv[-1]
+producer = Producer({"bootstrap.servers": bootstrap, "client.id": "demo-orders-producer",
+                     "socket.timeout.ms": 5000, "message.timeout.ms": 5000})
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-orders", "client.id": "demo-orders-consumer",
+                     "auto.offset.reset": "earliest"})
+consumer.subscribe(["demo-orders"])
+n = 0
+while True:
+    producer.produce("demo-orders", json.dumps({"order": n, "amount": 10 + n % 7, "email": f"buyer{n}@example.com"}))
+    producer.flush(5)
+    consumer.poll(0.5)
+    n += 1
+    if once:
+        break
+    time.sleep(1)
+consumer.close()

@@ -1,0 +1,174 @@
+"""`appliance enroll|unenroll|workloads|run`: which cgroups are which workload identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+
+import click
+
+from appliance.audit import store
+from appliance.audit.records import Event
+from appliance.cli.output import emit
+from appliance.identity import cgroups
+from appliance.identity.enrollment import EnrollmentError, EnrollmentStore
+
+_RUN_PARENT = "appliance-run"
+
+
+def _record(ctx, kind: str, message: str, **fields) -> None:
+    store.record_event(ctx.obj.audit_db, Event(at=time.time(), kind=kind, message=message, **fields))
+
+
+def _enroll(ctx, cgroup: cgroups.Cgroup, identity: str, groups: tuple[str, ...]):
+    try:
+        record = EnrollmentStore(ctx.obj.enrollments_file).enroll(
+            identity=identity, groups=groups, cgroup_path=cgroup.path, cgroup_id=cgroup.id)
+    except EnrollmentError as e:
+        raise click.ClickException(str(e)) from None
+    _record(ctx, "enroll", f"enrolled cgroup {cgroup.path} as {identity}", identity=identity,
+            cgroup_id=cgroup.id, cgroup_path=cgroup.path, detail=json.dumps({"groups": list(groups)}))
+    return record
+
+
+def _unenroll(ctx, path: str):
+    try:
+        record = EnrollmentStore(ctx.obj.enrollments_file).unenroll(path)
+    except EnrollmentError as e:
+        raise click.ClickException(str(e)) from None
+    _record(ctx, "unenroll", f"unenrolled cgroup {record.cgroup_path} ({record.identity})",
+            identity=record.identity, cgroup_id=record.cgroup_id, cgroup_path=record.cgroup_path)
+    return record
+
+
+def _resolve(name: str) -> cgroups.Cgroup:
+    try:
+        return cgroups.resolve(name)
+    except cgroups.CgroupError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@click.command()
+@click.argument("cgroup")
+@click.option("--identity", required=True, help="The workload identity its connections are attributed to.")
+@click.option("--group", "groups", multiple=True, help="A group the identity belongs to (repeatable).")
+@click.pass_context
+def enroll(ctx, cgroup: str, identity: str, groups: tuple[str, ...]) -> None:
+    """Enrol CGROUP (and every cgroup below it) as a workload identity.
+
+    CGROUP is a path under the cgroup v2 root, an absolute path, or a systemd
+    unit name. New connections from it are steered within a second; the
+    enrolment persists across restarts.
+
+    \b
+    Example:
+      appliance enroll /orders --identity orders --group payments
+      appliance enroll orders.service --identity orders
+    """
+    cg = _resolve(cgroup)
+    if cg.path == "/":
+        raise click.ClickException("refusing to enrol the root cgroup: every process on the host would be steered")
+    _enroll(ctx, cg, identity, groups)
+    click.echo(f"enrolled {cg.path} (cgroup id {cg.id}) as {identity}" + (f" in {', '.join(groups)}" if groups else ""))
+
+
+@click.command()
+@click.argument("cgroup")
+@click.pass_context
+def unenroll(ctx, cgroup: str) -> None:
+    """Withdraw CGROUP's enrolment; its live sessions are closed and new connects refused.
+
+    \b
+    Example:
+      appliance unenroll /orders
+    """
+    try:
+        path = cgroups.resolve(cgroup).path
+    except cgroups.CgroupError:
+        path = cgroups.normalize(cgroup)  # a cgroup already removed can still be unenrolled by path
+    record = _unenroll(ctx, path)
+    click.echo(f"unenrolled {record.cgroup_path} ({record.identity})")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by field name.")
+@click.pass_context
+def workloads(ctx, as_json: bool) -> None:
+    """List enrolled workloads: identity, groups, cgroup path and id.
+
+    \b
+    Example:
+      appliance workloads --json
+    """
+    try:
+        records = EnrollmentStore(ctx.obj.enrollments_file).load().values()
+    except EnrollmentError as e:
+        raise click.ClickException(str(e)) from None
+    rows = []
+    for r in records:
+        try:
+            live_id = cgroups.resolve(r.cgroup_path).id
+        except cgroups.CgroupError:
+            live_id = None
+        rows.append({"identity": r.identity, "groups": ",".join(r.groups), "cgroup_path": r.cgroup_path,
+                     "cgroup_id": live_id, "present": live_id is not None, "enrolled_at": r.enrolled_at})
+    emit(rows, as_json=as_json, columns=("identity", "groups", "cgroup_path", "cgroup_id", "present", "enrolled_at"),
+         title="enrolled workloads", times=("enrolled_at",))
+
+
+def _wait_until_applied(ctx, cgroup_id: int, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = json.loads(ctx.obj.status_file.read_text())
+            if any(w["cgroup_id"] == cgroup_id for w in status["workloads"]):
+                return True
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    return False
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--identity", required=True, help="The workload identity for the command.")
+@click.option("--group", "groups", multiple=True, help="A group the identity belongs to (repeatable).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx, identity: str, groups: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND in a fresh cgroup enrolled as IDENTITY; unenrol and remove the cgroup afterwards.
+
+    Exits with the command's exit status.
+
+    \b
+    Example:
+      appliance run --identity orders -- kcat -b 127.0.0.1:19092 -t orders -P -l orders.txt
+    """
+    cg = cgroups.ensure(f"{_RUN_PARENT}/{identity}-{secrets.token_hex(4)}")
+    _enroll(ctx, cg, identity, groups)
+    try:
+        if not _wait_until_applied(ctx, cg.id):
+            click.echo("appliance run: the appliance is not serving (no status); connections to steered brokers "
+                       "will be refused", err=True)
+        procs = cg.directory / "cgroup.procs"
+        try:
+            child = subprocess.Popen(command, preexec_fn=lambda: procs.write_text(str(os.getpid())))
+        except OSError as e:
+            raise click.ClickException(f"cannot run {command[0]!r}: {e.strerror}") from None
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            code = child.wait()
+    finally:
+        _unenroll(ctx, cg.path)
+        for _ in range(50):
+            try:
+                cgroups.remove(cg)
+                break
+            except cgroups.CgroupError:
+                time.sleep(0.05)
+    ctx.exit(code if code >= 0 else 128 - code)

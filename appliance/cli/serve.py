@@ -1,0 +1,225 @@
+"""`appliance serve|status|demo`: run the appliance, look at it, or watch it work on the embedded broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from appliance.cli.output import emit, when
+
+
+@click.command()
+@click.pass_context
+def serve(ctx) -> None:
+    """Run the appliance: attach steering, proxy enrolled workloads, audit everything.
+
+    With no --config it runs on the embedded defaults, steering the embedded
+    broker's addresses (127.0.0.1:19092 and [::1]:19093). Stops cleanly on
+    Ctrl-C or SIGTERM, detaching every program it attached.
+
+    \b
+    Example:
+      appliance serve
+      appliance --config /etc/appliance/appliance.yaml serve
+    """
+    from appliance.broker.credentials import CredentialsError
+    from appliance.service import serve as run_service
+
+    if os.geteuid() != 0:
+        raise click.ClickException("serve must run as root: it loads BPF programs and moves itself into a cgroup")
+    try:
+        run_service(ctx.obj)
+    except CredentialsError as e:
+        raise click.ClickException(f"{e} (start the embedded broker with `appliance broker start`, "
+                                   "or set upstream_credentials in the config)") from None
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="The whole status as JSON.")
+@click.pass_context
+def status(ctx, as_json: bool) -> None:
+    """Show programs attached and where, maps and their fill, the listener, live sessions, per-cgroup counts.
+
+    \b
+    Example:
+      appliance status
+    """
+    from appliance.steering.loader import attached_programs
+
+    config = ctx.obj
+    try:
+        snapshot = json.loads(config.status_file.read_text())
+        if not _alive(snapshot.get("pid")):
+            snapshot = None
+    except (OSError, ValueError):
+        snapshot = None
+    kernel = attached_programs()
+    if as_json:
+        click.echo(json.dumps({"serving": snapshot is not None, "status": snapshot, "attached_programs": kernel},
+                              indent=2, default=str))
+        return
+    if snapshot is None:
+        click.echo("appliance: not serving")
+    else:
+        click.echo(f"appliance: serving since {when(snapshot['started_at'])} (pid {snapshot['pid']}, "
+                   f"config: {snapshot['config']})")
+        listener = snapshot["listener"]
+        click.echo(f"listener: {', '.join(listener['hosts'])} port {listener['port']}")
+        click.echo(f"steered brokers: {', '.join(snapshot['brokers'])}")
+        click.echo(f"audit: {snapshot['audit']['path']} ({snapshot['audit']['written']} records written, "
+                   f"{snapshot['audit']['failed_batches']} failed batches)")
+    emit(kernel, as_json=False, columns=("name", "attach_type", "cgroup"), title="programs attached (from the kernel)")
+    if snapshot is None:
+        return
+    emit(snapshot["steering"].get("maps", []), as_json=False,
+         columns=("name", "pinned", "entries", "max_entries"), title="maps")
+    emit(snapshot["workloads"], as_json=False,
+         columns=("identity", "groups", "cgroup_path", "cgroup_id", "steered", "refused"), title="enrolled workloads")
+    emit(snapshot["exempt"], as_json=False, columns=("cgroup_path", "cgroup_id", "steered", "refused"),
+         title="exempt cgroups")
+    others = [{"cgroup_id": k, **v} for k, v in snapshot["counters"].items()
+              if int(k) not in {w["cgroup_id"] for w in snapshot["workloads"]} and v.get("refused")]
+    emit(others, as_json=False, columns=("cgroup_id", "steered", "refused"), title="other cgroups refused")
+    emit(snapshot["sessions"], as_json=False,
+         columns=("session_id", "identity", "pid", "command", "client_address", "broker_address", "started_at"),
+         title="live sessions", times=("started_at",))
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+
+
+_DEMO_WORKLOAD = Path(__file__).with_name("demo_workload.py")
+
+
+@click.command()
+@click.option("--seconds", type=float, default=None, help="Stop by itself after this long (default: until Ctrl-C).")
+@click.pass_context
+def demo(ctx, seconds: float | None) -> None:
+    """Start the embedded broker and the appliance, enrol a demo workload and show live traffic.
+
+    The demo workload (identity `orders`) produces and consumes through the
+    appliance; once a few seconds in, a process in an unenrolled cgroup tries
+    the broker and is refused. Ctrl-C stops everything and detaches every
+    program. This is what `make run` does.
+
+    \b
+    Example:
+      appliance demo
+      appliance demo --seconds 20
+    """
+    from rich.console import Group
+    from rich.live import Live
+
+    from appliance.broker.embedded import EmbeddedBroker
+    from appliance.identity import cgroups
+
+    config = ctx.obj
+    broker = EmbeddedBroker(config.embedded_broker)
+    click.echo("starting the embedded broker ...")
+    broker.start()
+    click.echo(f"broker: {', '.join(broker.status().client_addresses)}; starting the appliance ...")
+    env = dict(os.environ)
+    args = [sys.executable, "-m", "appliance"] + (["--config", config.source] if config.source != "embedded defaults" else [])
+    log_path = config.state_dir / "serve.log"
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen(args + ["serve"], env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+    workload = intruder = None
+    demo_cg = unenrolled_cg = None
+    try:
+        _wait_for(lambda: config.status_file.exists() and _alive(json.loads(config.status_file.read_text())["pid"]),
+                  30, f"the appliance did not start; see {log_path}", server)
+        demo_cg = cgroups.ensure("appliance-demo/orders")
+        unenrolled_cg = cgroups.ensure("appliance-demo/unenrolled")
+        subprocess.run(args + ["enroll", demo_cg.path, "--identity", "orders", "--group", "payments"], check=True)
+        _wait_for(lambda: any(w["cgroup_id"] == demo_cg.id for w in json.loads(config.status_file.read_text())["workloads"]),
+                  5, "the enrolment did not reach the appliance", server)
+        workload = _in_cgroup(demo_cg, [sys.executable, str(_DEMO_WORKLOAD), f"{config.embedded_broker.host4}:{config.embedded_broker.port4}"])
+        started = time.monotonic()
+        with Live(refresh_per_second=2, screen=False) as live:
+            while seconds is None or time.monotonic() - started < seconds:
+                if intruder is None and time.monotonic() - started > 4:
+                    intruder = _in_cgroup(unenrolled_cg, [sys.executable, str(_DEMO_WORKLOAD), "--once",
+                                          f"{config.embedded_broker.host4}:{config.embedded_broker.port4}"])
+                live.update(Group(*_live_tables(config)))
+                if server.poll() is not None:
+                    raise click.ClickException(f"the appliance exited ({server.returncode}); see {log_path}")
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        click.echo("stopping ...")
+        for proc in (workload, intruder):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        if demo_cg is not None:
+            subprocess.run(args + ["unenroll", demo_cg.path], check=False, stdout=subprocess.DEVNULL)
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+        broker.stop()
+        for cg in (demo_cg, unenrolled_cg):
+            if cg is not None:
+                cgroups.remove(cg)
+        click.echo("stopped: broker down, appliance down, no steering program attached.")
+
+
+def _in_cgroup(cg, argv: list[str]) -> subprocess.Popen:
+    procs = cg.directory / "cgroup.procs"
+    return subprocess.Popen(argv, preexec_fn=lambda: procs.write_text(str(os.getpid())),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for(check, timeout: float, message: str, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        if server.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise click.ClickException(message)
+
+
+def _live_tables(config):
+    from rich.table import Table
+
+    from appliance.audit import store
+
+    if not config.audit_db.exists():
+        return []
+    db = store.open_db(config.audit_db)
+    try:
+        sessions = store.query_sessions(db, limit=5)
+        operations = store.query_operations(db, limit=12)
+        events = store.query_events(db, limit=5)
+    finally:
+        db.conn.close()
+    tables = []
+    for title, rows, columns in (
+        ("sessions", sessions, ("started_at", "identity", "cgroup_path", "pid", "command", "broker_address", "requests", "close_reason")),
+        ("operations", operations, ("at", "identity", "api_name", "api_version", "topics", "records", "error_code", "latency_ms")),
+        ("events", events, ("at", "kind", "message")),
+    ):
+        table = Table(title=title, title_justify="left")
+        for c in columns:
+            table.add_column(c, overflow="fold", max_width=50)
+        for row in rows:
+            table.add_row(*(when(row[c]) if c in ("at", "started_at") else ("" if row[c] is None else str(row[c])[:80]) for c in columns))
+        tables.append(table)
+    return tables

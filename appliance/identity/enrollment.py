@@ -1,0 +1,110 @@
+"""Enrolment records: which cgroups are which workload identity, kept in one JSON file.
+
+The file is the source of truth across restarts and between processes: the
+CLI writes it (atomically, under a lock), the serving process re-reads it when
+it changes and brings the kernel's map and its live sessions in line within a
+second. A record keeps the cgroup's path and the id it had when enrolled; the
+server re-resolves the path, so a cgroup recreated under the same path keeps
+its identity.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+IDENTITY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
+
+
+class EnrollmentError(ValueError):
+    """An enrolment request or file that cannot be used, naming what was wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    identity: str
+    groups: tuple[str, ...]
+    cgroup_path: str
+    cgroup_id: int
+    enrolled_at: float
+
+
+def validate_identity(name: str, *, what: str = "identity") -> str:
+    if not IDENTITY_PATTERN.match(name or ""):
+        raise EnrollmentError(
+            f"{what} {name!r} is not valid: use 1-128 letters, digits and . _ @ : - (starting with a letter or digit)"
+        )
+    return name
+
+
+class EnrollmentStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def load(self) -> dict[str, Enrollment]:
+        """Enrolments keyed by cgroup path."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        try:
+            raw = json.loads(text)
+            return {
+                item["cgroup_path"]: Enrollment(
+                    identity=item["identity"], groups=tuple(item.get("groups", ())),
+                    cgroup_path=item["cgroup_path"], cgroup_id=int(item["cgroup_id"]),
+                    enrolled_at=float(item["enrolled_at"]),
+                )
+                for item in raw["enrollments"]
+            }
+        except (ValueError, KeyError, TypeError) as e:
+            raise EnrollmentError(f"{self.path}: enrolment file is damaged ({e}); fix or remove it") from None
+
+    def _save(self, enrollments: dict[str, Enrollment]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        data = {"enrollments": [asdict(e) for e in sorted(enrollments.values(), key=lambda e: e.cgroup_path)]}
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+    def enroll(self, *, identity: str, groups: tuple[str, ...], cgroup_path: str, cgroup_id: int) -> Enrollment:
+        validate_identity(identity)
+        for g in groups:
+            validate_identity(g, what="group")
+        record = Enrollment(identity, tuple(groups), cgroup_path, cgroup_id, time.time())
+        with self._locked():
+            current = self.load()
+            current[cgroup_path] = record
+            self._save(current)
+        return record
+
+    def unenroll(self, cgroup_path: str) -> Enrollment:
+        with self._locked():
+            current = self.load()
+            record = current.pop(cgroup_path, None)
+            if record is None:
+                known = ", ".join(sorted(current)) or "none"
+                raise EnrollmentError(f"cgroup {cgroup_path!r} is not enrolled (enrolled: {known})")
+            self._save(current)
+        return record
+
+    def stamp(self) -> float:
+        """A value that changes whenever the file does (its mtime), for cheap polling."""
+        try:
+            return self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0

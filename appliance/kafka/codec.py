@@ -1,0 +1,321 @@
+"""Request and response headers, and the few payload facts the proxy records.
+
+Headers are read with struct (they are fixed up to the client id); payloads are
+decoded with kio, and only for the APIs listed in `_TOPIC_READERS` and for the
+error codes of their responses. Record batches stay bytes: their record counts
+are read from the v2 batch header without decompressing anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import struct
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable
+
+from kio.serial import entity_reader, entity_writer
+from kio.serial.errors import SerialError
+
+from appliance.kafka import apis
+
+_HEADER = struct.Struct(">hhih")
+_INT32 = struct.Struct(">i")
+_BATCH_LENGTH_AT = 8
+_MAGIC_AT = 16
+_RECORD_COUNT_AT = 57
+_BATCH_OVERHEAD = 12  # base offset and batch length precede the counted length
+
+
+class DecodeError(ValueError):
+    """A frame that does not decode as its header says, naming the api key and version."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHeader:
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None
+    body_offset: int  # into the frame, size prefix included; -1 when the version is unknown
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPartitions:
+    topic: str
+    partitions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What a request says that the audit (and later, policy) needs."""
+
+    topics: tuple[TopicPartitions, ...] = ()
+    group: str | None = None
+    acks: int | None = None
+    records: int | None = None
+    record_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFacts:
+    error_code: int = 0
+    records: int | None = None
+    record_bytes: int | None = None
+
+
+def _read_uvarint(data: bytes, offset: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if offset >= len(data):
+            raise DecodeError("truncated tagged fields in a flexible header")
+        byte = data[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, offset
+        shift += 7
+        if shift > 28:
+            raise DecodeError("unsigned varint longer than 5 bytes in a flexible header")
+
+
+def _skip_tagged_fields(data: bytes, offset: int) -> int:
+    count, offset = _read_uvarint(data, offset)
+    for _ in range(count):
+        _, offset = _read_uvarint(data, offset)
+        size, offset = _read_uvarint(data, offset)
+        offset += size
+    if offset > len(data):
+        raise DecodeError("tagged field runs past the end of the frame")
+    return offset
+
+
+def parse_request_header(frame: bytes) -> RequestHeader:
+    """Read api key, version, correlation id and client id from a request frame."""
+    if len(frame) < 4 + _HEADER.size:
+        raise DecodeError(f"request frame of {len(frame) - 4} bytes is shorter than a request header")
+    api_key, api_version, correlation_id, client_id_len = _HEADER.unpack_from(frame, 4)
+    offset = 4 + _HEADER.size
+    client_id = None
+    if client_id_len >= 0:
+        end = offset + client_id_len
+        if end > len(frame):
+            raise DecodeError(f"client id of {client_id_len} bytes runs past the end of the frame")
+        client_id = frame[offset:end].decode("utf-8", "replace")
+        offset = end
+    if apis.can_parse(api_key, api_version):
+        if apis.request_is_flexible(api_key, api_version):
+            offset = _skip_tagged_fields(frame, offset)
+    else:
+        offset = -1
+    return RequestHeader(api_key, api_version, correlation_id, client_id, offset)
+
+
+def response_correlation_id(frame: bytes) -> int:
+    if len(frame) < 8:
+        raise DecodeError(f"response frame of {len(frame) - 4} bytes has no correlation id")
+    return _INT32.unpack_from(frame, 4)[0]
+
+
+def response_body_offset(frame: bytes, api_key: int, api_version: int) -> int:
+    offset = 8
+    if apis.response_header_is_flexible(api_key, api_version):
+        offset = _skip_tagged_fields(frame, offset)
+    return offset
+
+
+def decode_request(frame: bytes, header: RequestHeader) -> Any:
+    cls = apis.request_class(header.api_key, header.api_version)
+    try:
+        entity, _ = entity_reader(cls)(frame, header.body_offset)
+    except (SerialError, ValueError, IndexError, UnicodeDecodeError) as e:
+        raise DecodeError(
+            f"{apis.api_name(header.api_key)} v{header.api_version} request does not decode: {e}"
+        ) from None
+    return entity
+
+
+def decode_response(frame: bytes, api_key: int, api_version: int) -> Any:
+    cls = apis.response_class(api_key, api_version)
+    try:
+        entity, _ = entity_reader(cls)(frame, response_body_offset(frame, api_key, api_version))
+    except (SerialError, ValueError, IndexError, UnicodeDecodeError) as e:
+        raise DecodeError(f"{apis.api_name(api_key)} v{api_version} response does not decode: {e}") from None
+    return entity
+
+
+def count_records(records: bytes | None) -> int:
+    """Records in a run of v2 record batches, from each batch header; a trailing partial batch is ignored."""
+    if not records:
+        return 0
+    total = 0
+    offset = 0
+    end = len(records)
+    while offset + _RECORD_COUNT_AT + 4 <= end:
+        (length,) = _INT32.unpack_from(records, offset + _BATCH_LENGTH_AT)
+        if records[offset + _MAGIC_AT] == 2:
+            total += _INT32.unpack_from(records, offset + _RECORD_COUNT_AT)[0]
+        offset += _BATCH_OVERHEAD + length
+    return total
+
+
+# ---- facts per API ------------------------------------------------------------
+
+def _parts(items, name: str, partitions: Callable[[Any], tuple[int, ...]]) -> tuple[TopicPartitions, ...]:
+    return tuple(TopicPartitions(str(getattr(t, name)), partitions(t)) for t in items or ())
+
+
+def _produce(req) -> RequestFacts:
+    records = nbytes = 0
+    for topic in req.topic_data:
+        for p in topic.partition_data:
+            records += count_records(p.records)
+            nbytes += len(p.records or b"")
+    topics = _parts(req.topic_data, "name", lambda t: tuple(p.index for p in t.partition_data))
+    return RequestFacts(topics=topics, acks=int(req.acks), records=records, record_bytes=nbytes)
+
+
+def _fetch(req) -> RequestFacts:
+    return RequestFacts(topics=_parts(req.topics, "topic", lambda t: tuple(p.partition for p in t.partitions)))
+
+
+def _list_offsets(req) -> RequestFacts:
+    return RequestFacts(topics=_parts(req.topics, "name", lambda t: tuple(p.partition_index for p in t.partitions)))
+
+
+def _metadata(req) -> RequestFacts:
+    return RequestFacts(topics=tuple(TopicPartitions(str(t.name), ()) for t in req.topics or () if t.name is not None))
+
+
+def _offset_commit(req) -> RequestFacts:
+    topics = _parts(req.topics, "name", lambda t: tuple(p.partition_index for p in t.partitions))
+    return RequestFacts(topics=topics, group=str(req.group_id))
+
+
+def _offset_fetch(req) -> RequestFacts:
+    if hasattr(req, "groups"):
+        groups = list(req.groups)
+        topics = tuple(
+            TopicPartitions(str(t.name), tuple(t.partition_indexes)) for g in groups for t in g.topics or ()
+        )
+        return RequestFacts(topics=topics, group=",".join(str(g.group_id) for g in groups) or None)
+    topics = tuple(TopicPartitions(str(t.name), tuple(t.partition_indexes)) for t in req.topics or ())
+    return RequestFacts(topics=topics, group=str(req.group_id))
+
+
+def _create_topics(req) -> RequestFacts:
+    return RequestFacts(topics=tuple(TopicPartitions(str(t.name), ()) for t in req.topics))
+
+
+def _delete_topics(req) -> RequestFacts:
+    if hasattr(req, "topic_names"):
+        return RequestFacts(topics=tuple(TopicPartitions(str(n), ()) for n in req.topic_names))
+    names = (t.name if t.name is not None else f"id:{t.topic_id}" for t in req.topics)
+    return RequestFacts(topics=tuple(TopicPartitions(str(n), ()) for n in names))
+
+
+_TOPIC_READERS: dict[int, Callable[[Any], RequestFacts]] = {
+    apis.PRODUCE: _produce,
+    apis.FETCH: _fetch,
+    apis.LIST_OFFSETS: _list_offsets,
+    apis.METADATA: _metadata,
+    apis.OFFSET_COMMIT: _offset_commit,
+    apis.OFFSET_FETCH: _offset_fetch,
+    apis.CREATE_TOPICS: _create_topics,
+    apis.DELETE_TOPICS: _delete_topics,
+}
+
+
+def needs_decoding(api_key: int) -> bool:
+    """Whether the proxy reads this API's payload at all; others are forwarded as bytes."""
+    return api_key in _TOPIC_READERS
+
+
+def request_facts(frame: bytes, header: RequestHeader) -> RequestFacts:
+    reader = _TOPIC_READERS.get(header.api_key)
+    if reader is None or header.body_offset < 0:
+        return RequestFacts()
+    return reader(decode_request(frame, header))
+
+
+def _first_error(entity: Any) -> int:
+    """The first non-zero `error_code` anywhere in a decoded response, depth first."""
+    stack = [entity]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):
+            stack.extend(reversed(item))
+        elif dataclasses.is_dataclass(item):
+            for f in dataclasses.fields(item):
+                value = getattr(item, f.name)
+                if f.name == "error_code":
+                    code = int(value.value if isinstance(value, Enum) else value)
+                    if code:
+                        return code
+                elif isinstance(value, tuple) or dataclasses.is_dataclass(value):
+                    stack.append(value)
+    return 0
+
+
+def response_facts(frame: bytes, api_key: int, api_version: int) -> ResponseFacts:
+    if api_key not in _TOPIC_READERS:
+        return ResponseFacts()
+    entity = decode_response(frame, api_key, api_version)
+    if api_key == apis.FETCH:
+        records = nbytes = 0
+        for topic in entity.responses:
+            for p in topic.partitions:
+                records += count_records(p.records)
+                nbytes += len(p.records or b"")
+        return ResponseFacts(_first_error(entity), records, nbytes)
+    return ResponseFacts(_first_error(entity))
+
+
+# ---- responses the proxy writes itself --------------------------------------
+
+def _response_frame(correlation_id: int, flexible_header: bool, cls: type, entity: Any) -> bytes:
+    out = io.BytesIO()
+    out.write(b"\0\0\0\0")
+    out.write(_INT32.pack(correlation_id))
+    if flexible_header:
+        out.write(b"\0")  # no tagged fields
+    entity_writer(cls)(out, entity)
+    data = bytearray(out.getvalue())
+    _INT32.pack_into(data, 0, len(data) - 4)
+    return bytes(data)
+
+
+def build_response(header: RequestHeader, **fields_: Any) -> bytes:
+    """A response to `header`'s request, of the same version, with the given fields."""
+    cls = apis.response_class(header.api_key, header.api_version)
+    flexible = apis.response_header_is_flexible(header.api_key, header.api_version)
+    return _response_frame(header.correlation_id, flexible, cls, cls(**fields_))
+
+
+def cap_api_versions(frame: bytes, api_version: int) -> bytes:
+    """Narrow each API's range in an ApiVersions response to what the proxy can parse.
+
+    APIs the proxy cannot parse at all are removed, so a client never picks a
+    version whose requests would have to be refused. An error response (for
+    example UNSUPPORTED_VERSION, which the broker sends as v0) passes unchanged.
+    """
+    try:
+        entity = decode_response(frame, apis.API_VERSIONS, api_version)
+    except DecodeError:
+        if api_version == 0:
+            raise
+        entity = decode_response(frame, apis.API_VERSIONS, 0)
+        api_version = 0
+    if int(getattr(entity.error_code, "value", entity.error_code)) != 0:
+        return frame
+    kept = []
+    for entry in entity.api_keys:
+        known = apis.parseable(int(entry.api_key))
+        if known is None:
+            continue
+        low, high = max(int(entry.min_version), known.min), min(int(entry.max_version), known.max)
+        if low <= high:
+            kept.append(dataclasses.replace(entry, min_version=type(entry.min_version)(low), max_version=type(entry.max_version)(high)))
+    cls = apis.response_class(apis.API_VERSIONS, api_version)
+    return _response_frame(response_correlation_id(frame), False, cls, dataclasses.replace(entity, api_keys=tuple(kept)))

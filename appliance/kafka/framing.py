@@ -1,0 +1,57 @@
+"""Splitting a byte stream into Kafka frames (int32 size prefix, then that many bytes)."""
+
+from __future__ import annotations
+
+import struct
+
+_SIZE = struct.Struct(">i")
+
+
+class FrameError(ValueError):
+    """A frame size that no valid Kafka peer sends; the connection cannot be resynchronised."""
+
+
+class FrameSplitter:
+    """Accumulates bytes and returns each complete frame, size prefix included.
+
+    Frames keep their prefix so the proxy forwards them unchanged. A size that is
+    negative or above `max_frame_bytes` raises FrameError before any of the frame
+    is buffered, so a hostile peer cannot make the proxy allocate it.
+    """
+
+    __slots__ = ("_buffer", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self._buffer = bytearray()
+        self.max_frame_bytes = max_frame_bytes
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that do not yet form a whole frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        frames: list[bytes] = []
+        start = 0
+        end = len(buffer)
+        while end - start >= 4:
+            (size,) = _SIZE.unpack_from(buffer, start)
+            if size < 0 or size > self.max_frame_bytes:
+                raise FrameError(
+                    f"frame size {size} is outside 0..{self.max_frame_bytes} bytes "
+                    f"(first bytes {bytes(buffer[start:start + 8]).hex()})"
+                )
+            if end - start < 4 + size:
+                break
+            frames.append(bytes(buffer[start:start + 4 + size]))
+            start += 4 + size
+        if start:
+            del buffer[:start]
+        return frames
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix a payload with its size, making one frame."""
+    return _SIZE.pack(len(payload)) + payload

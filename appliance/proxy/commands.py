@@ -1,0 +1,38 @@
+"""What a session asks the I/O shell to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliance.audit.records import AuditRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SendToClient:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendToUpstream:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Close both sides; `reason` lands in the session's audit row."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    record: AuditRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: str  # debug | info | warning | error
+    message: str
+
+
+Command = SendToClient | SendToUpstream | CloseConnection | Audit | Log

@@ -1,0 +1,40 @@
+"""What can happen to a proxied connection, as the session sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConnected:
+    """The TCP connection to the original broker address is open."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientData:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamData:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientClosed:
+    reason: str = "client closed the connection"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamClosed:
+    reason: str = "broker closed the connection"
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """The workload's enrolment was withdrawn (or its identity otherwise revoked)."""
+
+    reason: str
+
+
+Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked

@@ -1,0 +1,217 @@
+"""The proxy's only module with sockets: accept steered connections, open upstream, carry out commands.
+
+Each accepted connection is looked up in the kernel (`original_dst`); one the
+kernel did not steer, or whose workload is no longer enrolled, is closed at
+once and audited. Otherwise the shell connects to the original broker address
+(the appliance's own cgroup is exempt from steering, so this connect is never
+redirected) and feeds the session every byte and closure as events, carrying
+out the commands it returns. Flow control: when one side's socket buffer
+fills, reading from the other side pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from appliance.audit.records import Event, SessionOpened
+from appliance.broker.credentials import UpstreamCredentials
+from appliance.identity import process
+from appliance.identity.enrollment import Enrollment
+from appliance.proxy import events as ev
+from appliance.proxy.commands import Audit, CloseConnection, Log, SendToClient, SendToUpstream
+from appliance.proxy.original_dst import Lookup, OriginalDestination
+from appliance.proxy.session import Session
+
+log = logging.getLogger("appliance.proxy")
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSession:
+    session_id: str
+    identity: str
+    enrolled_cgroup_id: int
+    pid: int
+    command: str
+    client_address: str
+    broker_address: str
+    started_at: float
+
+
+class _Connection:
+    """Both sockets of one proxied connection and the session between them."""
+
+    def __init__(self, server: ProxyServer, client: asyncio.Transport, origin: OriginalDestination,
+                 enrollment: Enrollment, now: float) -> None:
+        self.server = server
+        self.client = client
+        self.upstream: asyncio.Transport | None = None
+        self.origin = origin
+        self.session = Session(uuid.uuid4().hex, server.credentials, max_frame_bytes=server.max_frame_bytes, now=now)
+        self.info = LiveSession(
+            self.session.session_id, enrollment.identity, origin.enrolled_cgroup_id, origin.pid,
+            origin.comm, origin.client_address, origin.broker_address, now,
+        )
+
+    def dispatch(self, event: ev.Event) -> None:
+        for command in self.session.handle(event, time.time()):
+            match command:
+                case SendToUpstream(data):
+                    self.upstream.write(data)
+                case SendToClient(data):
+                    self.client.write(data)
+                case Audit(record):
+                    self.server.audit(record)
+                case Log(level, message):
+                    log.log(_LOG_LEVELS[level], "%s", message)
+                case CloseConnection():
+                    self.close()
+
+    def close(self) -> None:
+        self.server.live.pop(self.session.session_id, None)
+        self.client.close()
+        if self.upstream is not None:
+            self.upstream.close()
+
+    async def connect_upstream(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_connection(
+                lambda: _UpstreamProtocol(self), self.origin.broker_host, self.origin.broker_port)
+        except OSError as e:
+            self.dispatch(ev.UpstreamClosed(f"cannot reach broker {self.origin.broker_address}: {e.strerror or e}"))
+            return
+        if self.session.closed:
+            transport.close()
+            return
+        self.upstream = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.dispatch(ev.UpstreamConnected())
+        self.client.resume_reading()
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.conn: _Connection | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.conn = self.server.accept(transport)
+        if self.conn is not None:
+            transport.pause_reading()  # until upstream is open
+            asyncio.get_running_loop().create_task(self.conn.connect_upstream())
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.dispatch(ev.ClientData(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.conn.dispatch(ev.ClientClosed(f"client closed the connection{f': {exc}' if exc else ''}"))
+            self.conn.close()
+
+    def pause_writing(self) -> None:
+        if self.conn is not None and self.conn.upstream is not None:
+            self.conn.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.conn is not None and self.conn.upstream is not None:
+            self.conn.upstream.resume_reading()
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.dispatch(ev.UpstreamData(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.dispatch(ev.UpstreamClosed(f"broker closed the connection{f': {exc}' if exc else ''}"))
+        self.conn.close()
+
+    def pause_writing(self) -> None:
+        self.conn.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.conn.client.resume_reading()
+
+
+class ProxyServer:
+    def __init__(
+        self, *, hosts: tuple[str, ...], port: int, lookup: Lookup,
+        identity_of: Callable[[int], Enrollment | None], credentials: UpstreamCredentials,
+        audit: Callable, max_frame_bytes: int,
+    ) -> None:
+        self.hosts = hosts
+        self.port = port
+        self.lookup = lookup
+        self.identity_of = identity_of
+        self.credentials = credentials
+        self.audit = audit
+        self.max_frame_bytes = max_frame_bytes
+        self.live: dict[str, _Connection] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for host in self.hosts:
+            self._servers.append(await loop.create_server(
+                lambda: _ClientProtocol(self), host, self.port, reuse_address=True, backlog=1024))
+
+    def accept(self, transport: asyncio.Transport) -> _Connection | None:
+        now = time.time()
+        sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        origin = self.lookup(sock.family, peer[0], peer[1])
+        if origin is None:
+            self._refuse(transport, now, f"connection from {peer[0]}:{peer[1]} was not steered by the kernel "
+                         "(no record of it); direct connections to the proxy are refused")
+            return None
+        enrollment = self.identity_of(origin.enrolled_cgroup_id)
+        if enrollment is None:
+            self._refuse(transport, now, f"cgroup {origin.enrolled_cgroup_id} is no longer enrolled",
+                         cgroup_id=origin.cgroup_id, pid=origin.pid)
+            return None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Connection(self, transport, origin, enrollment, now)
+        who = process.describe(origin.tgid, origin.cgroup_id, origin.comm, now)
+        self.audit(SessionOpened(
+            session_id=conn.session.session_id, started_at=now, identity=enrollment.identity,
+            groups=enrollment.groups, cgroup_id=origin.cgroup_id, cgroup_path=who.cgroup_path,
+            enrolled_cgroup_id=origin.enrolled_cgroup_id, pid=origin.tgid, uid=origin.uid, gid=origin.gid,
+            command=who.command, client_address=origin.client_address, broker_address=origin.broker_address,
+        ))
+        log.info("session %s: %s (pid %d, %s) -> %s", conn.session.session_id, enrollment.identity,
+                 origin.tgid, who.command[:60], origin.broker_address)
+        self.live[conn.session.session_id] = conn
+        return conn
+
+    def _refuse(self, transport: asyncio.Transport, now: float, message: str, **fields) -> None:
+        log.warning("%s", message)
+        self.audit(Event(at=now, kind="refused-session", message=message, **fields))
+        transport.abort()
+
+    def revoke(self, enrolled_cgroup_id: int, reason: str) -> int:
+        """Close every live session of a workload; returns how many."""
+        doomed = [c for c in self.live.values() if c.origin.enrolled_cgroup_id == enrolled_cgroup_id]
+        for conn in doomed:
+            conn.dispatch(ev.Revoked(reason))
+        return len(doomed)
+
+    def sessions(self) -> list[LiveSession]:
+        return [c.info for c in self.live.values()]
+
+    async def stop(self, reason: str = "appliance stopping") -> None:
+        for server in self._servers:
+            server.close()
+        for conn in list(self.live.values()):
+            conn.dispatch(ev.Revoked(reason))
+        for server in self._servers:
+            await server.wait_closed()

@@ -1,0 +1,223 @@
+"""One proxied connection as a pure state machine: events in, commands out.
+
+A session first authenticates upstream with the appliance's credentials while
+holding whatever the workload sends, then relays. In relay it reads each
+request's header, records what the audit needs, answers itself the few
+requests the proxy owns (SASL from the workload, ApiVersions it cannot parse)
+and forwards everything else as the bytes that arrived. Responses come back in
+request order; each is matched to its request by correlation id, ApiVersions
+answers are capped to the versions the proxy can parse, and the operation is
+audited with its latency and error code. A Produce with acks=0 gets no
+response, so it is audited when forwarded.
+
+The session's state is the handler `_on_client` / `_on_upstream` point to.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from kio.schema.api_versions.v0.response import ApiVersion
+from kio.schema.errors import ErrorCode
+
+from appliance.audit.records import Operation, SessionClosed
+from appliance.broker.credentials import UpstreamCredentials
+from appliance.kafka import apis, codec
+from appliance.kafka.framing import FrameError, FrameSplitter
+from appliance.proxy import events as ev
+from appliance.proxy.commands import Audit, CloseConnection, Command, Log, SendToClient, SendToUpstream
+from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
+
+_SASL_HINT = (
+    "the appliance identifies workloads by their cgroup and authenticates to the broker itself; "
+    "connect without SASL (security.protocol=PLAINTEXT)"
+)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    header: codec.RequestHeader
+    facts: codec.RequestFacts
+    at: float
+    request_bytes: int
+
+
+class Session:
+    def __init__(self, session_id: str, credentials: UpstreamCredentials, *, max_frame_bytes: int, now: float) -> None:
+        self.session_id = session_id
+        self.bytes_from_client = 0
+        self.bytes_to_client = 0
+        self.requests = 0
+        self.closed = False
+        self._client_frames = FrameSplitter(max_frame_bytes)
+        self._upstream_frames = FrameSplitter(max_frame_bytes)
+        self._auth = UpstreamAuthenticator(credentials)
+        self._held: list[bytes] = []
+        self._in_flight: dict[int, _InFlight] = {}
+        self._on_client = self._hold_client
+        self._on_upstream = self._authenticate
+
+    # ---- entry point --------------------------------------------------------
+
+    def handle(self, event: ev.Event, now: float) -> list[Command]:
+        if self.closed:
+            return []
+        out: list[Command] = []
+        try:
+            match event:
+                case ev.ClientData(data):
+                    self.bytes_from_client += len(data)
+                    self._on_client(data, now, out)
+                case ev.UpstreamData(data):
+                    self._on_upstream(data, now, out)
+                case ev.UpstreamConnected():
+                    out.append(SendToUpstream(self._auth.start()))
+                case ev.ClientClosed(reason) | ev.UpstreamClosed(reason) | ev.Revoked(reason):
+                    self._close(reason, now, out)
+        except FrameError as e:
+            side = "broker" if isinstance(event, ev.UpstreamData) else "client"
+            self._close(f"malformed frame from {side}: {e}", now, out, level="warning")
+        except codec.DecodeError as e:
+            side = "broker" if isinstance(event, ev.UpstreamData) else "client"
+            self._close(f"undecodable {side} message: {e}", now, out, level="warning")
+        except UpstreamAuthError as e:
+            self._close(f"upstream authentication failed: {e}", now, out, level="error")
+        return out
+
+    def _close(self, reason: str, now: float, out: list[Command], *, level: str = "info") -> None:
+        for pending in self._in_flight.values():
+            out.append(Audit(self._operation(pending, now, None, None, "unanswered")))
+        self._in_flight.clear()
+        self.closed = True
+        out.append(Log(level, f"session {self.session_id} closed: {reason}"))
+        out.append(Audit(SessionClosed(self.session_id, now, self.bytes_from_client, self.bytes_to_client, self.requests, reason)))
+        out.append(CloseConnection(reason))
+
+    # ---- upstream authentication ----------------------------------------------
+
+    def _hold_client(self, data: bytes, now: float, out: list[Command]) -> None:
+        self._held.append(data)
+
+    def _authenticate(self, data: bytes, now: float, out: list[Command]) -> None:
+        for response in self._upstream_frames.feed(data):
+            following = self._auth.receive(response)
+            if following is not None:
+                out.append(SendToUpstream(following))
+                continue
+            out.append(Log("debug", f"session {self.session_id} authenticated upstream"))
+            self._on_client = self._relay_client
+            self._on_upstream = self._relay_upstream
+            held, self._held = b"".join(self._held), []
+            if held:
+                self._relay_client(held, now, out)
+
+    # ---- relay ---------------------------------------------------------------
+
+    def _relay_client(self, data: bytes, now: float, out: list[Command]) -> None:
+        forward: list[bytes] = []
+        for frame in self._client_frames.feed(data):
+            header = codec.parse_request_header(frame)
+            self.requests += 1
+            answer = self._answer_locally(header, frame, now, out)
+            if answer is not None:
+                if forward:
+                    out.append(SendToUpstream(b"".join(forward)))
+                    forward = []
+                if self.closed:
+                    return
+                continue
+            if header.body_offset < 0:
+                self._close(
+                    f"{apis.api_name(header.api_key)} v{header.api_version} (api key {header.api_key}) is not "
+                    "a request the proxy can parse; it was refused, not forwarded", now, out, level="warning")
+                return
+            facts = codec.request_facts(frame, header) if codec.needs_decoding(header.api_key) else codec.RequestFacts()
+            pending = _InFlight(header, facts, now, len(frame))
+            if header.api_key == apis.PRODUCE and facts.acks == 0:
+                out.append(Audit(self._operation(pending, now, None, None, "no-response")))
+            else:
+                self._in_flight[header.correlation_id] = pending
+            forward.append(frame)
+        if forward:
+            out.append(SendToUpstream(forward[0] if len(forward) == 1 else b"".join(forward)))
+
+    def _answer_locally(self, header: codec.RequestHeader, frame: bytes, now: float, out: list[Command]) -> bytes | None:
+        """Requests the proxy answers itself instead of forwarding; None to forward."""
+        response: bytes | None = None
+        error: int | None = None
+        if header.api_key == apis.SASL_HANDSHAKE and header.body_offset >= 0:
+            error = ErrorCode.unsupported_sasl_mechanism
+            response = codec.build_response(header, error_code=error, mechanisms=())
+            out.append(Log("warning", f"session {self.session_id}: workload attempted SASL; {_SASL_HINT}"))
+        elif header.api_key == apis.SASL_AUTHENTICATE and header.body_offset >= 0:
+            error = ErrorCode.sasl_authentication_failed
+            fields = dict(error_code=error, error_message=_SASL_HINT, auth_bytes=b"")
+            if header.api_version >= 1:
+                fields["session_lifetime"] = 0
+            response = codec.build_response(header, **fields)
+        elif header.api_key == apis.API_VERSIONS and header.body_offset < 0:
+            # A version newer than the proxy parses: answer v0 UNSUPPORTED_VERSION
+            # with the range it does, and the client retries within it.
+            error = ErrorCode.unsupported_version
+            known = apis.parseable(apis.API_VERSIONS)
+            v0 = codec.RequestHeader(header.api_key, 0, header.correlation_id, header.client_id, 0)
+            response = codec.build_response(v0, error_code=error, api_keys=(ApiVersion(api_key=apis.API_VERSIONS, min_version=known.min, max_version=known.max),))
+        if response is None:
+            return None
+        pending = _InFlight(header, codec.RequestFacts(), now, len(frame))
+        out.append(SendToClient(response))
+        self.bytes_to_client += len(response)
+        out.append(Audit(self._operation(pending, now, len(response), int(error), "answered-by-proxy")))
+        if header.api_key == apis.SASL_AUTHENTICATE:
+            self._close(f"workload attempted SASL authentication; {_SASL_HINT}", now, out, level="warning")
+        return response
+
+    def _relay_upstream(self, data: bytes, now: float, out: list[Command]) -> None:
+        frames = self._upstream_frames.feed(data)
+        if not frames:
+            return
+        send: list[bytes] = []
+        for frame in frames:
+            correlation_id = codec.response_correlation_id(frame)
+            pending = self._in_flight.pop(correlation_id, None)
+            if pending is None:
+                self._close(f"broker answered correlation id {correlation_id}, which no request in flight has", now, out, level="warning")
+                return
+            header = pending.header
+            if header.api_key == apis.API_VERSIONS:
+                frame = codec.cap_api_versions(frame, header.api_version)
+            facts = codec.response_facts(frame, header.api_key, header.api_version)
+            out.append(Audit(self._operation(pending, now, len(frame), facts.error_code, "forwarded", facts)))
+            send.append(frame)
+        data_out = send[0] if len(send) == 1 else b"".join(send)
+        self.bytes_to_client += len(data_out)
+        out.append(SendToClient(data_out))
+
+    def _operation(
+        self, pending: _InFlight, now: float, response_bytes: int | None, error_code: int | None,
+        outcome: str, response: codec.ResponseFacts | None = None,
+    ) -> Operation:
+        header, facts = pending.header, pending.facts
+        topics = json.dumps({t.topic: list(t.partitions) for t in facts.topics}) if facts.topics else None
+        records, record_bytes = facts.records, facts.record_bytes
+        if response is not None and response.records is not None:
+            records, record_bytes = response.records, response.record_bytes
+        return Operation(
+            session_id=self.session_id,
+            at=pending.at,
+            api_key=header.api_key,
+            api_name=apis.api_name(header.api_key),
+            api_version=header.api_version,
+            correlation_id=header.correlation_id,
+            client_id=header.client_id,
+            topics=topics,
+            group_id=facts.group,
+            records=records,
+            record_bytes=record_bytes,
+            request_bytes=pending.request_bytes,
+            response_bytes=response_bytes,
+            error_code=error_code,
+            latency_ms=None if response_bytes is None else round((now - pending.at) * 1000, 3),
+            outcome=outcome,
+        )

@@ -1,0 +1,109 @@
+"""Authenticating the proxy to the broker with the appliance's own credentials (sans-io).
+
+SaslHandshake v1 names the mechanism, then SaslAuthenticate v2 carries the
+exchange: one message for PLAIN, two round trips for SCRAM (RFC 5802, via
+scramp, which also verifies the server's signature). The workload never sees
+any of it: it starts before the workload's first request is forwarded.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import scramp
+from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
+from kio.schema.sasl_authenticate.v2.response import SaslAuthenticateResponse
+from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
+from kio.schema.sasl_handshake.v1.response import SaslHandshakeResponse
+from kio.serial import entity_reader, entity_writer
+
+from appliance.broker.credentials import UpstreamCredentials
+from appliance.kafka import apis
+from appliance.kafka.codec import _skip_tagged_fields, response_correlation_id
+from appliance.kafka.framing import frame
+
+MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+_CLIENT_ID = "appliance"
+
+
+class UpstreamAuthError(RuntimeError):
+    """The broker refused the appliance's credentials or broke the exchange."""
+
+
+def _request(api_key: int, version: int, correlation_id: int, cls: type, entity) -> bytes:
+    out = io.BytesIO()
+    out.write(struct.pack(">hhih", api_key, version, correlation_id, len(_CLIENT_ID)))
+    out.write(_CLIENT_ID.encode())
+    if cls.__flexible__:
+        out.write(b"\0")
+    entity_writer(cls)(out, entity)
+    return frame(out.getvalue())
+
+
+def _error_text(response) -> str:
+    code = response.error_code
+    name = getattr(code, "name", str(code)).upper()
+    message = getattr(response, "error_message", None)
+    return f"{name}" + (f": {message}" if message else "")
+
+
+class UpstreamAuthenticator:
+    """Produces the frames to send and consumes the broker's answers until authenticated."""
+
+    def __init__(self, credentials: UpstreamCredentials) -> None:
+        if credentials.mechanism not in MECHANISMS:
+            raise UpstreamAuthError(
+                f"upstream mechanism {credentials.mechanism!r} is not supported; use one of {', '.join(MECHANISMS)}"
+            )
+        self.credentials = credentials
+        self.done = False
+        self._step = "handshake"
+        self._scram: scramp.ScramClient | None = None
+        self._next_correlation = 1
+
+    def _send(self, api_key: int, version: int, cls: type, entity) -> bytes:
+        correlation_id = self._next_correlation
+        self._next_correlation += 1
+        return _request(api_key, version, correlation_id, cls, entity)
+
+    def start(self) -> bytes:
+        return self._send(apis.SASL_HANDSHAKE, 1, SaslHandshakeRequest, SaslHandshakeRequest(mechanism=self.credentials.mechanism))
+
+    def _authenticate(self, payload: bytes) -> bytes:
+        return self._send(apis.SASL_AUTHENTICATE, 2, SaslAuthenticateRequest, SaslAuthenticateRequest(auth_bytes=payload))
+
+    def receive(self, response_frame: bytes) -> bytes | None:
+        """Consume one broker frame; return the next frame to send, or None when done."""
+        response_correlation_id(response_frame)
+        if self._step == "handshake":
+            response, _ = entity_reader(SaslHandshakeResponse)(response_frame, 8)
+            if int(response.error_code.value) != 0:
+                raise UpstreamAuthError(
+                    f"broker refused SASL mechanism {self.credentials.mechanism}: {_error_text(response)}; "
+                    f"it offers {', '.join(response.mechanisms) or 'none'}"
+                )
+            creds = self.credentials
+            if creds.mechanism == "PLAIN":
+                self._step = "final"
+                return self._authenticate(f"\0{creds.username}\0{creds.password}".encode())
+            self._scram = scramp.ScramClient([creds.mechanism], creds.username, creds.password)
+            self._step = "server-first"
+            return self._authenticate(self._scram.get_client_first().encode())
+        response, _ = entity_reader(SaslAuthenticateResponse)(response_frame, _skip_tagged_fields(response_frame, 8))
+        if int(response.error_code.value) != 0:
+            raise UpstreamAuthError(
+                f"broker refused the appliance's {self.credentials.mechanism} credentials for user "
+                f"{self.credentials.username!r}: {_error_text(response)}"
+            )
+        try:
+            if self._step == "server-first":
+                self._scram.set_server_first(response.auth_bytes.decode())
+                self._step = "final"
+                return self._authenticate(self._scram.get_client_final().encode())
+            if self._scram is not None:
+                self._scram.set_server_final(response.auth_bytes.decode())
+        except scramp.ScramException as e:
+            raise UpstreamAuthError(f"SCRAM exchange with the broker failed: {e}") from None
+        self.done = True
+        return None

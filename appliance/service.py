@@ -1,0 +1,207 @@
+"""`appliance serve`: the serving process, wiring steering, identity, proxy and audit together.
+
+Owns the lifecycle: enter the appliance's own (exempt) cgroup, attach the
+kernel programs, start the proxy listeners, keep the kernel's view of
+enrolments in line with the enrolment file, turn the kernel's refusal events
+into audit rows, publish a status snapshot for `appliance status`, and on
+SIGINT/SIGTERM close every session and detach everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from appliance.audit.records import Event
+from appliance.audit.writer import AuditWriter
+from appliance.broker.credentials import load_credentials
+from appliance.config import Config
+from appliance.identity import cgroups
+from appliance.identity.enrollment import Enrollment, EnrollmentStore
+from appliance.proxy.original_dst import kernel_lookup
+from appliance.proxy.server import ProxyServer
+from appliance.steering.loader import CgroupKind, Steering
+
+log = logging.getLogger("appliance")
+_SYNC_INTERVAL_S = 0.25
+_STATUS_INTERVAL_S = 1.0
+
+
+class Appliance:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = EnrollmentStore(config.enrollments_file)
+        self.by_cgroup_id: dict[int, Enrollment] = {}
+        self.exempt: dict[int, str] = {}
+        self._store_stamp: float | None = None
+        self._stopping = asyncio.Event()
+        self.steering: Steering | None = None
+        self.server: ProxyServer | None = None
+        self.writer: AuditWriter | None = None
+        self.started_at = time.time()
+
+    # ---- lifecycle -----------------------------------------------------------
+
+    async def run(self) -> None:
+        config = self.config
+        credentials = load_credentials(config.upstream_credentials)
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        own = cgroups.ensure(config.proxy_cgroup)
+        cgroups.move_process(os.getpid(), own)
+        self.writer = AuditWriter(config.audit_db, flush_ms=config.audit_flush_ms)
+        self.steering = Steering(
+            bpffs_dir=config.bpffs_dir, proxy_port=config.listen_port, proxy_host4=config.listen_host4,
+            proxy_host6=config.listen_host6, refuse_unenrolled=config.refuse_unenrolled,
+        )
+        try:
+            # Listen before steering anything, so no steered connect finds the port closed.
+            self.server = ProxyServer(
+                hosts=(config.listen_host4, config.listen_host6), port=config.listen_port,
+                lookup=kernel_lookup(self.steering), identity_of=self.by_cgroup_id.get,
+                credentials=credentials, audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
+            )
+            await self.server.start()
+            self.steering.attach()
+            self.steering.set_brokers((b.host, b.port) for b in config.brokers)
+            self.exempt = {own.id: own.path}
+            for path in config.exempt_cgroups:
+                cg = cgroups.ensure(path)
+                self.exempt[cg.id] = cg.path
+            for cgroup_id in self.exempt:
+                self.steering.set_cgroup(cgroup_id, CgroupKind.EXEMPT)
+            self.sync_enrollments()
+            self._event("start", f"appliance serving on port {config.listen_port}, steering "
+                        f"{', '.join(map(str, config.brokers))}", detail={"config": config.source,
+                        "exempt": sorted(self.exempt.values())})
+            log.info("serving: listener %s/%s port %d; steering %s; config %s", config.listen_host4,
+                     config.listen_host6, config.listen_port, ", ".join(map(str, config.brokers)), config.source)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stopping.set)
+            await self._maintain()
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _maintain(self) -> None:
+        last_status = 0.0
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), _SYNC_INTERVAL_S)
+            except asyncio.TimeoutError:
+                pass
+            try:
+                self.sync_enrollments()
+                self._drain_refusals()
+                if time.monotonic() - last_status >= _STATUS_INTERVAL_S:
+                    self.write_status()
+                    last_status = time.monotonic()
+            except Exception as e:  # keep serving; the cause is logged and audited
+                log.exception("maintenance step failed")
+                self._event("error", f"maintenance step failed: {e}")
+
+    async def _shutdown(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+        if self.steering is not None:
+            self.steering.detach()
+        if self.writer is not None:
+            self._event("stop", "appliance stopped; steering detached")
+            self.writer.close()
+        try:
+            self.config.status_file.unlink()
+        except FileNotFoundError:
+            pass
+
+    # ---- enrolment -----------------------------------------------------------
+
+    def sync_enrollments(self) -> None:
+        """Bring the kernel map in line with the enrolment file; revoke sessions of removed workloads."""
+        stamp = self.store.stamp()
+        if stamp == self._store_stamp:
+            return
+        self._store_stamp = stamp
+        wanted: dict[int, Enrollment] = {}
+        for record in self.store.load().values():
+            try:
+                cg = cgroups.resolve(record.cgroup_path)
+            except cgroups.CgroupError as e:
+                log.warning("enrolment of %s skipped: %s", record.identity, e)
+                continue
+            wanted[cg.id] = record
+        for cgroup_id, record in list(self.by_cgroup_id.items()):
+            if wanted.get(cgroup_id) != record:
+                self.steering.clear_cgroup(cgroup_id)
+                del self.by_cgroup_id[cgroup_id]
+                closed = self.server.revoke(cgroup_id, f"workload {record.identity} was unenrolled")
+                log.info("unenrolled %s (%s); closed %d live session(s)", record.identity, record.cgroup_path, closed)
+        for cgroup_id, record in wanted.items():
+            if cgroup_id not in self.by_cgroup_id:
+                self.by_cgroup_id[cgroup_id] = record
+                self.steering.set_cgroup(cgroup_id, CgroupKind.ENROLLED)
+                log.info("enrolled %s: cgroup %s (id %d)", record.identity, record.cgroup_path, cgroup_id)
+
+    # ---- kernel refusals, status -------------------------------------------
+
+    def _drain_refusals(self) -> None:
+        for refusal in self.steering.poll_refusals(0):
+            path = cgroups.path_of_id(refusal.cgroup_id)
+            dst = f"[{refusal.dst_host}]:{refusal.dst_port}" if refusal.family == 6 else f"{refusal.dst_host}:{refusal.dst_port}"
+            self._event(
+                "refused-connect",
+                f"refused connect to {dst} from unenrolled cgroup {path or refusal.cgroup_id} "
+                f"(pid {refusal.tgid}, {refusal.comm})",
+                cgroup_id=refusal.cgroup_id, cgroup_path=path, pid=refusal.tgid,
+                detail={"uid": refusal.uid, "comm": refusal.comm, "destination": dst},
+            )
+
+    def _event(self, kind: str, message: str, *, detail: dict | None = None, **fields) -> None:
+        self.writer.submit(Event(at=time.time(), kind=kind, message=message,
+                                 detail=json.dumps(detail) if detail else None, **fields))
+
+    def write_status(self) -> None:
+        counters = self.steering.counters()
+        snapshot = {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "written_at": time.time(),
+            "config": self.config.source,
+            "listener": {"hosts": [self.config.listen_host4, self.config.listen_host6], "port": self.config.listen_port},
+            "brokers": [str(b) for b in self.config.brokers],
+            "steering": self.steering.status(),
+            "workloads": [
+                {"identity": r.identity, "groups": list(r.groups), "cgroup_path": r.cgroup_path, "cgroup_id": cid,
+                 **_counts(counters, cid)}
+                for cid, r in self.by_cgroup_id.items()
+            ],
+            "exempt": [{"cgroup_path": p, "cgroup_id": cid, **_counts(counters, cid)} for cid, p in self.exempt.items()],
+            "counters": {str(cid): _counts(counters, cid) for cid in counters},
+            "sessions": [vars_of(s) for s in self.server.sessions()],
+            "audit": {"path": str(self.config.audit_db), "written": self.writer.written,
+                      "failed_batches": self.writer.failed_batches},
+        }
+        tmp = self.config.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(snapshot, indent=2, default=str))
+        os.replace(tmp, self.config.status_file)
+
+
+def _counts(counters, cgroup_id: int) -> dict[str, int]:
+    c = counters.get(cgroup_id)
+    return {"steered": c.steered if c else 0, "refused": c.refused if c else 0}
+
+
+def vars_of(obj) -> dict:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def serve(config: Config) -> None:
+    import uvloop
+
+    uvloop.run(Appliance(config).run())

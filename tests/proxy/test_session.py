@@ -1,0 +1,175 @@
+"""The session as a script: these events in, these commands out. No sockets."""
+
+import datetime
+import struct
+
+import scramp
+from kio.schema.errors import ErrorCode
+from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
+from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
+from kio.schema.sasl_authenticate.v2.response import SaslAuthenticateResponse
+from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
+from kio.schema.sasl_handshake.v1.response import SaslHandshakeResponse
+from kio.serial import entity_reader
+
+from appliance.audit.records import Operation, SessionClosed
+from appliance.broker.credentials import UpstreamCredentials
+from appliance.kafka import codec
+from appliance.kafka.framing import frame
+from appliance.proxy import events as ev
+from appliance.proxy.commands import Audit, CloseConnection, SendToClient, SendToUpstream
+from appliance.proxy.session import Session
+from tests.kafka.builders import batch, request_frame, response_frame
+
+PLAIN = UpstreamCredentials("PLAIN", "appliance", "s3cret")
+
+
+def of(commands, kind):
+    return [c for c in commands if isinstance(c, kind)]
+
+
+def handshake_ok(correlation_id=1):
+    return response_frame(SaslHandshakeResponse(error_code=ErrorCode.none, mechanisms=("PLAIN", "SCRAM-SHA-512")),
+                          correlation_id=correlation_id, flexible_header=False)
+
+
+def authenticate(error=ErrorCode.none, auth_bytes=b"", correlation_id=2, message=None):
+    return response_frame(SaslAuthenticateResponse(error_code=error, error_message=message, auth_bytes=auth_bytes,
+                                                   session_lifetime=datetime.timedelta(0)),
+                          correlation_id=correlation_id, flexible_header=True)
+
+
+def metadata(correlation_id=5, topic="orders"):
+    return request_frame(MetadataRequest(topics=(MetadataRequestTopic(topic_id=None, name=topic),),
+                                         allow_auto_topic_creation=False, include_topic_authorized_operations=False),
+                         correlation_id=correlation_id)
+
+
+def produce(acks, correlation_id=6):
+    return request_frame(ProduceRequest(transactional_id=None, acks=acks, timeout=datetime.timedelta(seconds=1),
+                                        topic_data=(TopicProduceData(name="orders", partition_data=(
+                                            PartitionProduceData(index=0, records=batch(3)),)),)),
+                         correlation_id=correlation_id)
+
+
+def authenticated_session():
+    s = Session("s1", PLAIN, max_frame_bytes=1 << 20, now=0.0)
+    s.handle(ev.UpstreamConnected(), 0.0)
+    s.handle(ev.UpstreamData(handshake_ok()), 0.0)
+    out = s.handle(ev.UpstreamData(authenticate()), 0.0)
+    assert not of(out, CloseConnection)
+    return s
+
+
+def test_plain_upstream_auth_then_held_requests_are_forwarded_unchanged():
+    s = Session("s1", PLAIN, max_frame_bytes=1 << 20, now=0.0)
+    out = s.handle(ev.UpstreamConnected(), 0.0)
+    hs = of(out, SendToUpstream)[0].data
+    assert entity_reader(SaslHandshakeRequest)(hs, codec.parse_request_header(hs).body_offset)[0].mechanism == "PLAIN"
+    request = metadata()
+    assert s.handle(ev.ClientData(request), 0.1) == []  # held until authenticated
+    out = s.handle(ev.UpstreamData(handshake_ok()), 0.2)
+    assert b"\0appliance\0s3cret" in of(out, SendToUpstream)[0].data
+    out = s.handle(ev.UpstreamData(authenticate()), 0.3)
+    assert [c.data for c in of(out, SendToUpstream)] == [request]
+
+
+def auth_bytes(request: bytes) -> str:
+    from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
+
+    entity, _ = entity_reader(SaslAuthenticateRequest)(request, codec.parse_request_header(request).body_offset)
+    return entity.auth_bytes.decode()
+
+
+def test_scram_exchange_verifies_the_server():
+    creds = UpstreamCredentials("SCRAM-SHA-512", "appliance", "pw")
+    mech = scramp.ScramMechanism("SCRAM-SHA-512")
+    auth_info = mech.make_auth_info("pw")
+    server = mech.make_server(lambda username: auth_info)
+    s = Session("s1", creds, max_frame_bytes=1 << 20, now=0.0)
+    s.handle(ev.UpstreamConnected(), 0)
+    first = of(s.handle(ev.UpstreamData(handshake_ok()), 0), SendToUpstream)[0].data
+    server.set_client_first(auth_bytes(first))
+    final = of(s.handle(ev.UpstreamData(authenticate(auth_bytes=server.get_server_first().encode())), 0), SendToUpstream)[0].data
+    server.set_client_final(auth_bytes(final))
+    out = s.handle(ev.UpstreamData(authenticate(auth_bytes=server.get_server_final().encode(), correlation_id=3)), 0)
+    assert not of(out, CloseConnection)
+    forged = Session("s2", creds, max_frame_bytes=1 << 20, now=0.0)
+    server2 = mech.make_server(lambda username: auth_info)
+    forged.handle(ev.UpstreamConnected(), 0)
+    first = of(forged.handle(ev.UpstreamData(handshake_ok()), 0), SendToUpstream)[0].data
+    server2.set_client_first(auth_bytes(first))
+    forged.handle(ev.UpstreamData(authenticate(auth_bytes=server2.get_server_first().encode())), 0)
+    out = forged.handle(ev.UpstreamData(authenticate(auth_bytes=b"v=Zm9yZ2Vk", correlation_id=3)), 0)
+    assert "SCRAM exchange with the broker failed" in of(out, CloseConnection)[0].reason
+
+
+def test_upstream_refusal_closes_with_the_brokers_reason():
+    s = Session("s1", PLAIN, max_frame_bytes=1 << 20, now=0.0)
+    s.handle(ev.UpstreamConnected(), 0)
+    s.handle(ev.UpstreamData(handshake_ok()), 0)
+    out = s.handle(ev.UpstreamData(authenticate(ErrorCode.sasl_authentication_failed, message="bad password")), 0)
+    reason = of(out, CloseConnection)[0].reason
+    assert "refused the appliance's PLAIN credentials" in reason and "bad password" in reason
+    assert of(out, Audit)[-1].record.close_reason == reason
+
+
+def test_response_is_matched_audited_and_forwarded():
+    s = authenticated_session()
+    s.handle(ev.ClientData(metadata(correlation_id=5)), 1.0)
+    from kio.schema.metadata.v12.response import MetadataResponse
+    resp = response_frame(MetadataResponse(throttle_time=datetime.timedelta(0), brokers=(), cluster_id=None,
+                                           controller_id=1, topics=()), correlation_id=5, flexible_header=True)
+    out = s.handle(ev.UpstreamData(resp), 1.25)
+    assert of(out, SendToClient)[0].data == resp
+    op = of(out, Audit)[0].record
+    assert (op.api_name, op.topics, op.latency_ms, op.outcome) == ("Metadata", '{"orders": []}', 250.0, "forwarded")
+
+
+def test_acks_zero_produce_is_audited_without_waiting():
+    s = authenticated_session()
+    out = s.handle(ev.ClientData(produce(acks=0)), 2.0)
+    assert of(out, SendToUpstream)[0].data == produce(acks=0)
+    op = of(out, Audit)[0].record
+    assert (op.api_name, op.records, op.outcome) == ("Produce", 3, "no-response")
+
+
+def test_workload_sasl_is_answered_by_the_proxy_not_forwarded():
+    s = authenticated_session()
+    out = s.handle(ev.ClientData(request_frame(SaslHandshakeRequest(mechanism="SCRAM-SHA-512"), correlation_id=1)), 0)
+    assert not of(out, SendToUpstream)
+    answer = of(out, SendToClient)[0].data
+    response, _ = entity_reader(SaslHandshakeResponse)(answer, 8)
+    assert response.error_code == ErrorCode.unsupported_sasl_mechanism
+    assert of(out, Audit)[0].record.outcome == "answered-by-proxy"
+
+
+def test_garbage_frame_closes_this_session_with_an_audited_reason():
+    s = authenticated_session()
+    out = s.handle(ev.ClientData(b"\x7f\xff\xff\xffgarbage"), 0)
+    closed = of(out, Audit)[-1].record
+    assert isinstance(closed, SessionClosed) and "malformed frame from client" in closed.close_reason
+    assert of(out, CloseConnection)
+
+
+def test_unparseable_version_is_refused_not_forwarded():
+    s = authenticated_session()
+    out = s.handle(ev.ClientData(frame(struct.pack(">hhih", 0, 13, 1, -1) + b"\0" * 20)), 0)
+    assert not of(out, SendToUpstream)
+    assert "Produce v13 (api key 0) is not a request the proxy can parse" in of(out, CloseConnection)[0].reason
+
+
+def test_revoke_audits_unanswered_requests_and_closes():
+    s = authenticated_session()
+    s.handle(ev.ClientData(metadata()), 0)
+    out = s.handle(ev.Revoked("workload orders was unenrolled"), 1)
+    records = [c.record for c in of(out, Audit)]
+    assert isinstance(records[0], Operation) and records[0].outcome == "unanswered"
+    assert records[-1].close_reason == "workload orders was unenrolled"
+    assert s.handle(ev.ClientData(metadata()), 2) == []
+
+
+def test_broker_answering_an_unknown_correlation_id_closes():
+    s = authenticated_session()
+    out = s.handle(ev.UpstreamData(frame(struct.pack(">i", 77) + b"\0\0")), 0)
+    assert "correlation id 77" in of(out, CloseConnection)[0].reason
