@@ -130,7 +130,7 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
     """Validate a mapping of settings over the defaults; every error names the key."""
-    known = {f.name for f in fields(Config)} - {"source", "embedded_broker"}
+    known = {f.name for f in fields(Config)} - {"source"}
     changes: dict[str, Any] = {"source": source}
     for key, value in data.items():
         where = f"{source}: key {key!r}"
@@ -157,6 +157,8 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where} must be true or false, got {value!r}")
             changes[key] = value
+        elif key == "embedded_broker":
+            changes[key] = _parse_embedded_broker(value, where)
         elif key in ("listen_host4", "listen_host6", "proxy_cgroup"):
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where} must be a non-empty string")
@@ -165,3 +167,27 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
     if "state_dir" in changes and "upstream_credentials" not in changes:
         config = replace(config, upstream_credentials=config.state_dir / "broker" / "appliance-credentials.json")
     return config
+
+
+def _parse_embedded_broker(value: Any, where: str) -> EmbeddedBrokerConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of embedded broker settings")
+    known = {f.name: f.type for f in fields(EmbeddedBrokerConfig)}
+    changes: dict[str, Any] = {}
+    for key, item in value.items():
+        inner = f"{where}: key {key!r}"
+        if key not in known:
+            raise ConfigError(f"{inner} is not an embedded broker setting; valid: {', '.join(sorted(known))}")
+        if key.startswith("port") or key == "controller_port":
+            if not isinstance(item, int) or isinstance(item, bool) or not 0 < item < 65536:
+                raise ConfigError(f"{inner} must be a port from 1 to 65535, got {item!r}")
+            changes[key] = item
+        elif key in ("data_dir", "jar_cache"):
+            if not isinstance(item, str) or not item.startswith("/"):
+                raise ConfigError(f"{inner} must be an absolute path, got {item!r}")
+            changes[key] = Path(item)
+        else:
+            if not isinstance(item, str) or not item:
+                raise ConfigError(f"{inner} must be a non-empty string")
+            changes[key] = item
+    return replace(EmbeddedBrokerConfig(), **changes)

@@ -1,0 +1,50 @@
+import pytest
+
+from appliance.config import BrokerAddress, ConfigError, load_config
+
+
+def test_embedded_defaults_steer_the_embedded_broker():
+    config = load_config(None)
+    assert [str(b) for b in config.brokers] == ["127.0.0.1:19092", "[::1]:19093"]
+    assert config.source == "embedded defaults"
+
+
+def test_file_overrides_a_subset(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text("brokers: ['10.0.0.5:9092', '[fd00::5]:9092']\nlisten_port: 20000\nstate_dir: /tmp/x\n")
+    config = load_config(f)
+    assert config.brokers == (BrokerAddress("10.0.0.5", 9092), BrokerAddress("fd00::5", 9092))
+    assert config.listen_port == 20000 and str(config.upstream_credentials).startswith("/tmp/x/")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("brokers: ['kafka.local:9092']", "key 'brokers' item 1: 'kafka.local' is not an IP address"),
+    ("brokers: ['10.0.0.1']", "is not HOST:PORT"),
+    ("brokers: ['10.0.0.1:0']", "port '0' is not a number from 1 to 65535"),
+    ("listen_port: 'x'", "key 'listen_port' must be a whole number from 1 to 65535"),
+    ("listn_port: 1", "key 'listn_port' is not a setting; valid settings are:"),
+    ("state_dir: relative", "key 'state_dir' must be an absolute path"),
+    ("refuse_unenrolled: 'no'", "must be true or false"),
+    ("- a\n- b", "the top level must be a mapping"),
+    ("a: [1,", "line 1: not valid YAML"),
+])
+def test_bad_files_name_the_file_and_key(tmp_path, text, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value).startswith(str(f)) and message in str(e.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read the configuration file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_embedded_broker_settings(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text("embedded_broker: {port4: 39092, data_dir: /tmp/b}\n")
+    assert load_config(f).embedded_broker.port4 == 39092
+    f.write_text("embedded_broker: {port9: 1}\n")
+    with pytest.raises(ConfigError, match="key 'port9' is not an embedded broker setting"):
+        load_config(f)
