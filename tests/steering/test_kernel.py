@@ -1,0 +1,368 @@
+"""The steering programs on the real kernel: cgroups, sockets and BPF, no mocks.
+
+Every test creates its own cgroups under the v2 root (/appliance-test-<hex>/...),
+its own listeners on loopback (a "broker" and a "proxy" on the same port for
+IPv4 and IPv6) and its own Steering pinned under /sys/fs/bpf/appliance-test-<hex>.
+Workloads are short `python -c` children that move themselves into a cgroup
+before they connect and report what they saw as JSON. Needs root: without it
+the run fails, it never skips.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from appliance.identity import cgroups as cg
+from appliance.steering import CgroupCounters, CgroupKind, ConnRecord, Refusal, Steering, attached_programs
+
+pytestmark = pytest.mark.integration
+OUR_NAMES = {"sock4_connect", "sock6_connect", "sock4_getpeer", "sock6_getpeer", "sockops_estab"}
+
+CHILD = textwrap.dedent("""
+    import json, os, socket, sys
+    family, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    s = socket.socket(socket.AF_INET6 if family == "6" else socket.AF_INET)
+    s.settimeout(5)
+    out = {"pid": os.getpid(), "comm": open("/proc/self/comm").read().strip()}
+    try:
+        s.connect((host, port))
+        out["peer"], out["local"] = list(s.getpeername()[:2]), list(s.getsockname()[:2])
+    except OSError as e:
+        out["errno"] = e.errno
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(autouse=True)
+def _root_and_bpf() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the steering tests need root (BPF programs, cgroup v2); run them as root, they never skip")
+    if not Path("/sys/fs/bpf").is_dir() or " bpf " not in Path("/proc/mounts").read_text():
+        pytest.fail("bpffs is not mounted at /sys/fs/bpf (scripts/setup mounts it)")
+
+
+def connect_from(cgroup: cg.Cgroup, host: str, port: int, family: int = 4) -> dict:
+    """Run a child inside `cgroup` that connects to host:port; what it saw."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(family), host, str(port)],
+        preexec_fn=lambda: cg.move_process(os.getpid(), cgroup),
+        capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def listen(family: int, host: str, port: int = 0) -> socket.socket:
+    s = socket.socket(family)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host, port))
+    s.listen(16)
+    return s
+
+
+def accepted(listener: socket.socket, timeout: float = 5.0) -> tuple | None:
+    """The peer of the next connection on listener, or None if none arrives in time."""
+    listener.settimeout(timeout)
+    try:
+        conn, peer = listener.accept()
+    except (TimeoutError, BlockingIOError):
+        return None
+    conn.close()
+    return peer
+
+
+def nothing_on(listener: socket.socket) -> bool:
+    return accepted(listener, timeout=0.2) is None
+
+
+@dataclass
+class Net:
+    broker4: socket.socket
+    broker6: socket.socket
+    proxy4: socket.socket
+    proxy6: socket.socket
+    other4: socket.socket
+    proxy_port: int
+
+    def port(self, s: socket.socket) -> int:
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def net():
+    for _ in range(50):  # one proxy port free on both 127.0.0.1 and ::1
+        proxy4 = listen(socket.AF_INET, "127.0.0.1")
+        try:
+            proxy6 = listen(socket.AF_INET6, "::1", proxy4.getsockname()[1])
+            break
+        except OSError:
+            proxy4.close()
+    else:
+        pytest.fail("no port free on both 127.0.0.1 and ::1")
+    n = Net(listen(socket.AF_INET, "127.0.0.1"), listen(socket.AF_INET6, "::1"), proxy4, proxy6,
+            listen(socket.AF_INET, "127.0.0.1"), proxy4.getsockname()[1])
+    yield n
+    for s in (n.broker4, n.broker6, n.proxy4, n.proxy6, n.other4):
+        s.close()
+
+
+@pytest.fixture
+def bpffs_dir() -> Path:
+    return Path(f"/sys/fs/bpf/appliance-test-{secrets.token_hex(4)}")
+
+
+@pytest.fixture
+def steering(net: Net, bpffs_dir: Path):
+    s = Steering(bpffs_dir=bpffs_dir, proxy_port=net.proxy_port)
+    try:
+        s.attach()
+        s.set_brokers([("127.0.0.1", net.port(net.broker4)), ("::1", net.port(net.broker6))])
+        s.poll_refusals()  # other tests' leftovers, if any
+        yield s
+    finally:
+        s.detach()
+
+
+@pytest.fixture
+def cgroup():
+    """make(path) creates /appliance-test-<hex>/<path>; all are removed afterwards, deepest first."""
+    base = cg.ensure(f"/appliance-test-{secrets.token_hex(4)}")
+    made = [base]
+
+    def make(path: str) -> cg.Cgroup:
+        made.append(cg.ensure(f"{base.path}/{path}"))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for c in sorted(made, key=lambda c: c.path.count("/"), reverse=True):
+            cg.remove(c)
+
+
+def test_enrolled_connect_lands_on_the_proxy_which_learns_who_and_where(steering, net, cgroup):
+    enrolled = cgroup("orders")
+    steering.set_cgroup(enrolled.id, CgroupKind.ENROLLED)
+    broker_port = net.port(net.broker4)
+
+    seen = connect_from(enrolled, "127.0.0.1", broker_port)
+
+    assert "errno" not in seen
+    assert seen["peer"] == ["127.0.0.1", broker_port]  # getpeername shows the broker, not the proxy
+    peer = accepted(net.proxy4)
+    assert peer is not None and peer[1] == seen["local"][1]
+    assert nothing_on(net.broker4)
+    assert steering.take_connection(socket.AF_INET, peer[0], peer[1]) == ConnRecord(
+        socket.AF_INET, "127.0.0.1", broker_port, enrolled.id, enrolled.id,
+        seen["pid"], seen["pid"], os.getuid(), os.getgid(), seen["comm"])
+    assert steering.take_connection(socket.AF_INET, peer[0], peer[1]) is None  # taken means gone
+    assert steering.counters()[enrolled.id] == CgroupCounters(steered=1, refused=0)
+
+
+def test_descendants_are_steered_and_the_deepest_known_cgroup_wins(steering, net, cgroup):
+    enrolled, child = cgroup("app"), cgroup("app/worker")
+    exempt, inner = cgroup("app/tools"), cgroup("app/tools/job")
+    steering.set_cgroup(enrolled.id, CgroupKind.ENROLLED)
+    steering.set_cgroup(exempt.id, CgroupKind.EXEMPT)
+    steering.set_cgroup(inner.id, CgroupKind.ENROLLED)
+    broker_port = net.port(net.broker4)
+
+    seen = connect_from(child, "127.0.0.1", broker_port)
+    peer = accepted(net.proxy4)
+    record = steering.take_connection(4, *peer[:2])  # 4/6 work as well as AF_INET/AF_INET6
+    assert (record.cgroup_id, record.enrolled_cgroup_id, record.tgid) == (child.id, enrolled.id, seen["pid"])
+
+    seen = connect_from(exempt, "127.0.0.1", broker_port)
+    assert "errno" not in seen and accepted(net.broker4) is not None and nothing_on(net.proxy4)
+
+    connect_from(inner, "127.0.0.1", broker_port)
+    record = steering.take_connection(socket.AF_INET, *accepted(net.proxy4)[:2])
+    assert (record.cgroup_id, record.enrolled_cgroup_id) == (inner.id, inner.id)
+    assert steering.counters()[enrolled.id].steered == 1  # charged to the enrolled cgroup that matched
+
+
+def test_unenrolled_cgroup_is_refused_with_econnrefused_and_reported(steering, net, cgroup):
+    stranger = cgroup("stranger")
+    broker_port = net.port(net.broker4)
+
+    seen = connect_from(stranger, "127.0.0.1", broker_port)
+
+    assert seen.get("errno") == errno.ECONNREFUSED, f"expected ECONNREFUSED, got {seen}"
+    assert nothing_on(net.broker4) and nothing_on(net.proxy4)
+    refusals = [r for r in steering.poll_refusals(timeout_ms=1000) if r.cgroup_id == stranger.id]
+    assert refusals == [Refusal(stranger.id, seen["pid"], seen["pid"], os.getuid(), seen["comm"],
+                                socket.AF_INET, "127.0.0.1", broker_port)]
+    assert steering.counters()[stranger.id] == CgroupCounters(steered=0, refused=1)
+
+
+def test_unenrolled_goes_direct_when_refusal_is_off(net, bpffs_dir, cgroup):
+    with Steering(bpffs_dir=bpffs_dir, proxy_port=net.proxy_port, refuse_unenrolled=False) as s:
+        s.set_brokers([("127.0.0.1", net.port(net.broker4))])
+        seen = connect_from(cgroup("stranger"), "127.0.0.1", net.port(net.broker4))
+        assert "errno" not in seen and accepted(net.broker4) is not None
+
+
+def test_exempt_cgroup_goes_direct(steering, net, cgroup):
+    exempt = cgroup("proxy")
+    steering.set_cgroup(exempt.id, CgroupKind.EXEMPT)
+
+    seen = connect_from(exempt, "127.0.0.1", net.port(net.broker4))
+
+    assert seen["peer"] == ["127.0.0.1", net.port(net.broker4)]
+    assert accepted(net.broker4)[1] == seen["local"][1]
+    assert nothing_on(net.proxy4)
+    assert exempt.id not in steering.counters()
+
+
+def test_destinations_that_are_not_brokers_are_left_alone(steering, net, cgroup):
+    enrolled, stranger = cgroup("orders"), cgroup("stranger")
+    steering.set_cgroup(enrolled.id, CgroupKind.ENROLLED)
+    for who in (enrolled, stranger):
+        seen = connect_from(who, "127.0.0.1", net.port(net.other4))
+        assert seen["peer"] == ["127.0.0.1", net.port(net.other4)]
+        assert accepted(net.other4) is not None
+    assert nothing_on(net.proxy4) and steering.poll_refusals() == []
+
+
+def test_ipv6_is_steered_to_the_ipv6_proxy_and_refused_likewise(steering, net, cgroup):
+    enrolled, stranger = cgroup("orders"), cgroup("stranger")
+    steering.set_cgroup(enrolled.id, CgroupKind.ENROLLED)
+    broker_port = net.port(net.broker6)
+
+    seen = connect_from(enrolled, "::1", broker_port, family=6)
+    assert seen["peer"] == ["::1", broker_port]
+    peer = accepted(net.proxy6)
+    record = steering.take_connection(socket.AF_INET6, peer[0], peer[1])
+    assert (record.family, record.broker_host, record.broker_port) == (socket.AF_INET6, "::1", broker_port)
+    assert (record.cgroup_id, record.tgid) == (enrolled.id, seen["pid"])
+    assert nothing_on(net.broker6)
+
+    refused = connect_from(stranger, "::1", broker_port, family=6)
+    assert refused.get("errno") == errno.ECONNREFUSED
+    (refusal,) = [r for r in steering.poll_refusals(timeout_ms=1000) if r.cgroup_id == stranger.id]
+    assert (refusal.family, refusal.dst_host, refusal.dst_port) == (socket.AF_INET6, "::1", broker_port)
+
+
+def test_ipv4_broker_through_an_ipv6_socket_is_steered_as_ipv4(steering, net, cgroup):
+    """Java clients use AF_INET6 sockets with IPv4-mapped addresses by default."""
+    enrolled = cgroup("java")
+    steering.set_cgroup(enrolled.id, CgroupKind.ENROLLED)
+    broker_port = net.port(net.broker4)
+
+    seen = connect_from(enrolled, "::ffff:127.0.0.1", broker_port, family=6)
+
+    assert seen["peer"] == ["::ffff:127.0.0.1", broker_port]
+    peer = accepted(net.proxy4)
+    # a dual-stack proxy would see the same peer as ::ffff:127.0.0.1
+    record = steering.take_connection(socket.AF_INET6, f"::ffff:{peer[0]}", peer[1])
+    assert (record.family, record.broker_host, record.broker_port) == (socket.AF_INET, "127.0.0.1", broker_port)
+    assert nothing_on(net.broker4)
+
+
+def test_brokers_and_cgroups_are_replaced_and_listed(steering, net, cgroup):
+    enrolled, stranger = cgroup("orders"), cgroup("stranger")
+    steering.set_cgroup(enrolled.id, CgroupKind.ENROLLED)
+    steering.set_cgroup(stranger.id, CgroupKind.EXEMPT)
+    steering.clear_cgroup(stranger.id)
+    steering.clear_cgroup(stranger.id)  # clearing twice is fine
+    assert steering.cgroups() == {enrolled.id: CgroupKind.ENROLLED}
+
+    steering.set_brokers([("127.0.0.1", net.port(net.other4))])
+    assert connect_from(stranger, "127.0.0.1", net.port(net.broker4)).get("errno") is None  # no longer steered
+    assert accepted(net.broker4) is not None
+    assert connect_from(stranger, "127.0.0.1", net.port(net.other4)).get("errno") == errno.ECONNREFUSED
+    with pytest.raises(ValueError, match="not an IP address"):
+        steering.set_brokers([("broker.example", 9092)])
+
+
+def test_status_names_programs_attach_points_and_pinned_maps(steering, bpffs_dir):
+    status = steering.status()
+    assert status["attached"] is True
+    assert {(p["name"], p["cgroup"]) for p in status["programs"]} == {(n, "/") for n in OUR_NAMES}
+    ids = {p["id"] for p in status["programs"]}
+    assert {p["id"] for p in attached_programs() if p["bpffs_dir"] == str(bpffs_dir)} == ids
+    maps = {m["name"]: m for m in status["maps"]}
+    assert maps["brokers"]["entries"] == 2 and maps["cgroups"]["max_entries"] == 4096
+    for m in maps.values():
+        assert Path(m["pinned"]).name == f"appliance_{m['name']}" and Path(m["pinned"]).exists()
+
+
+def test_detach_removes_every_program_and_pin(net, bpffs_dir, cgroup):
+    s = Steering(bpffs_dir=bpffs_dir, proxy_port=net.proxy_port)
+    s.attach()
+    ids = {p["id"] for p in s.status()["programs"]}
+    s.set_brokers([("127.0.0.1", net.port(net.broker4))])
+
+    s.detach()
+    s.detach()  # idempotent
+
+    assert [p for p in attached_programs() if p["id"] in ids or p["bpffs_dir"] in (None, str(bpffs_dir))] == []
+    assert attached_programs() == [], "another steering set is attached at the root (another test run?)"
+    assert not bpffs_dir.exists()
+    assert connect_from(cgroup("stranger"), "127.0.0.1", net.port(net.broker4)).get("errno") is None
+
+
+CRASHING = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from appliance.steering import CgroupKind, Steering
+    bpffs_dir, proxy_port, broker_port, enrolled = Path(sys.argv[1]), *map(int, sys.argv[2:5])
+    s = Steering(bpffs_dir=bpffs_dir, proxy_port=proxy_port)
+    s.attach()
+    s.set_brokers([("127.0.0.1", broker_port)])
+    s.set_cgroup(enrolled, CgroupKind.ENROLLED)
+    print("ready", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_crash_leaves_the_programs_failing_closed_and_the_next_attach_replaces_them(net, bpffs_dir, cgroup):
+    enrolled, stranger = cgroup("orders"), cgroup("stranger")
+    broker_port = net.port(net.broker4)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]  # bound, never listening: a proxy that is down
+    crashing = subprocess.Popen([sys.executable, "-c", CRASHING, str(bpffs_dir), str(dead_port), str(broker_port),
+                                 str(enrolled.id)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert crashing.stdout.readline().strip() == "ready"
+        os.kill(crashing.pid, signal.SIGKILL)
+        crashing.wait(timeout=10)
+
+        stale = [p for p in attached_programs() if p["bpffs_dir"] == str(bpffs_dir)]
+        assert sorted(p["name"] for p in stale) == sorted(OUR_NAMES)
+        assert connect_from(enrolled, "127.0.0.1", broker_port).get("errno") == errno.ECONNREFUSED
+        assert connect_from(stranger, "127.0.0.1", broker_port).get("errno") == errno.ECONNREFUSED
+        assert nothing_on(net.broker4)
+
+        with Steering(bpffs_dir=bpffs_dir, proxy_port=net.proxy_port) as s:
+            now = [p for p in attached_programs() if p["bpffs_dir"] in (str(bpffs_dir), None)]
+            assert sorted(p["name"] for p in now) == sorted(OUR_NAMES)
+            assert not {p["id"] for p in stale} & {p["id"] for p in attached_programs()}
+            assert s.cgroups() == {enrolled.id: CgroupKind.ENROLLED}  # carried over: no unsteered gap
+            seen = connect_from(enrolled, "127.0.0.1", broker_port)
+            peer = accepted(net.proxy4)
+            assert s.take_connection(socket.AF_INET, *peer[:2]).tgid == seen["pid"]
+        assert [p for p in attached_programs() if p["bpffs_dir"] in (str(bpffs_dir), None)] == []
+    finally:
+        if crashing.poll() is None:
+            crashing.kill()
+            crashing.wait()
+        dead.close()
+        if any(p["bpffs_dir"] in (str(bpffs_dir), None) for p in attached_programs()):
+            with Steering(bpffs_dir=bpffs_dir, proxy_port=net.proxy_port):
+                pass  # attaching replaces the stale set; leaving detaches it
