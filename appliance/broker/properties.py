@@ -1,0 +1,265 @@
+"""What the embedded broker's files say: the data-directory layout, server.properties,
+the log4j2 configurations and client .properties for the Java tools.
+
+Pure functions of the configuration and the secrets handed in; no processes,
+no sockets. embedded.py writes what these return.
+
+Listeners and why each exists:
+
+    CLIENT     host4:port4          SASL_PLAINTEXT  SCRAM-SHA-512, SCRAM-SHA-256, PLAIN
+    CLIENT6    [host6]:port6        SASL_PLAINTEXT  same (left out when host6 is empty)
+    INTERNAL   127.0.0.1:ctrl+1     SASL_PLAINTEXT  PLAIN, user `node` (inter-broker)
+    CONTROLLER 127.0.0.1:ctrl       SASL_PLAINTEXT  PLAIN, user `node` (KRaft)
+
+Only CLIENT and CLIENT6 are for clients. The node's own traffic (the
+transaction coordinator writing markers to partition leaders, which here is
+itself, and the broker half talking to the controller half) goes over
+listeners that are not client addresses, so steering never sees it and the
+client listeners only ever carry the appliance's and tests' users.
+
+INTERNAL and CONTROLLER use SASL PLAIN rather than PLAINTEXT: a PLAINTEXT
+listener would make every local process `User:ANONYMOUS`, and that principal
+has to be a super user for the node to work, so any process on the host could
+connect and grant itself ACLs. PLAIN's users come from the JAAS line in
+server.properties (mode 0600), not from the metadata log, so it works on the
+controller, where SCRAM cannot (the controller would need the SCRAM
+credentials from the metadata log it is still loading). The `node` password is
+random and changes at every start; it is in no other file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.broker.credentials import UpstreamCredentials
+from appliance.config import BrokerAddress, EmbeddedBrokerConfig
+
+NODE_ID = 1
+NODE_USER = "node"
+APPLIANCE_USER = "appliance"
+INTRUDER_USER = "intruder"
+CLIENT_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+_SCRAM_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
+_PLAIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerFiles:
+    """Where everything of one embedded broker lives, all below its data directory."""
+
+    data_dir: Path
+
+    @property
+    def server_properties(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def log4j2_config(self) -> Path:
+        return self.log_dir / "log4j2.properties"
+
+    @property
+    def tools_log4j2_config(self) -> Path:
+        return self.log_dir / "tools-log4j2.properties"
+
+    @property
+    def server_log(self) -> Path:
+        return self.log_dir / "server.log"
+
+    @property
+    def console_log(self) -> Path:
+        """The JVM's own stdout and stderr: start-up failures before log4j2 is up, crashes."""
+        return self.log_dir / "console.log"
+
+    @property
+    def format_log(self) -> Path:
+        return self.log_dir / "format.log"
+
+    @property
+    def kafka_data(self) -> Path:
+        """Kafka's `log.dirs`: topic partitions and the KRaft metadata log."""
+        return self.data_dir / "kafka"
+
+    @property
+    def meta_properties(self) -> Path:
+        """Written by the storage tool; its presence means the directory is formatted."""
+        return self.kafka_data / "meta.properties"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def appliance_credentials(self) -> Path:
+        return self.data_dir / "appliance-credentials.json"
+
+    @property
+    def intruder_credentials(self) -> Path:
+        return self.data_dir / "intruder-credentials.json"
+
+    def credentials_file(self, user: str) -> Path:
+        return self.data_dir / f"{user}-credentials.json"
+
+
+def internal_port(config: EmbeddedBrokerConfig) -> int:
+    """The inter-broker listener's port: the one after the controller's (the config has no key for it)."""
+    return config.controller_port + 1
+
+
+def client_addresses(config: EmbeddedBrokerConfig) -> tuple[BrokerAddress, ...]:
+    """The client listeners' addresses, IPv4 first; IPv6 only when host6 is set."""
+    addresses = [BrokerAddress(config.host4, config.port4)]
+    if config.host6:
+        addresses.append(BrokerAddress(config.host6, config.port6))
+    return tuple(addresses)
+
+
+def _escape(value: str) -> str:
+    """A java.util.Properties value: backslashes are escapes, so double them."""
+    return value.replace("\\", "\\\\")
+
+
+def _jaas_plain(users: dict[str, str], *, login: tuple[str, str] | None = None) -> str:
+    parts = [_PLAIN_MODULE, "required"]
+    if login is not None:
+        parts += [f'username="{login[0]}"', f'password="{login[1]}"']
+    parts += [f'user_{name}="{password}"' for name, password in users.items()]
+    return " ".join(parts) + ";"
+
+
+def server_properties(
+    config: EmbeddedBrokerConfig,
+    files: BrokerFiles,
+    *,
+    appliance: UpstreamCredentials,
+    intruder: UpstreamCredentials,
+    node_password: str,
+) -> str:
+    """The whole server.properties for the combined broker+controller node."""
+    ctrl = f"127.0.0.1:{config.controller_port}"
+    internal = f"127.0.0.1:{internal_port(config)}"
+    clients = client_addresses(config)
+    client_names = ["CLIENT", "CLIENT6"][: len(clients)]
+    client_listeners = [f"{name}://{addr}" for name, addr in zip(client_names, clients)]
+    plain_clients = {appliance.username: appliance.password, intruder.username: intruder.password}
+    node_jaas = _jaas_plain({NODE_USER: node_password}, login=(NODE_USER, node_password))
+
+    lines = [
+        "# Written by appliance.broker.embedded at every start; edits here are overwritten.",
+        "# Holds passwords (PLAIN users in the JAAS lines): keep it mode 0600.",
+        "process.roles=broker,controller",
+        f"node.id={NODE_ID}",
+        # A static one-voter quorum: it never changes, so the dynamic quorum's
+        # ability to add voters (and its --standalone bootstrap) buys nothing.
+        f"controller.quorum.voters={NODE_ID}@{ctrl}",
+        "listeners=" + ",".join(client_listeners + [f"INTERNAL://{internal}", f"CONTROLLER://{ctrl}"]),
+        # Each client listener advertises its own address, so a client that
+        # bootstraps over IPv6 stays on IPv6.
+        "advertised.listeners=" + ",".join(client_listeners + [f"INTERNAL://{internal}"]),
+        "listener.security.protocol.map="
+        + ",".join(f"{n}:SASL_PLAINTEXT" for n in client_names + ["INTERNAL", "CONTROLLER"]),
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=INTERNAL",
+        "sasl.mechanism.inter.broker.protocol=PLAIN",
+        "sasl.mechanism.controller.protocol=PLAIN",
+    ]
+    for name in client_names:
+        prefix = f"listener.name.{name.lower()}"
+        lines += [
+            f"{prefix}.sasl.enabled.mechanisms={','.join(CLIENT_MECHANISMS)}",
+            f"{prefix}.scram-sha-512.sasl.jaas.config={_SCRAM_MODULE} required;",
+            f"{prefix}.scram-sha-256.sasl.jaas.config={_SCRAM_MODULE} required;",
+            f"{prefix}.plain.sasl.jaas.config={_escape(_jaas_plain(plain_clients))}",
+        ]
+    for name in ("internal", "controller"):
+        lines += [
+            f"listener.name.{name}.sasl.enabled.mechanisms=PLAIN",
+            f"listener.name.{name}.plain.sasl.jaas.config={_escape(node_jaas)}",
+        ]
+    lines += [
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        # The appliance is the only client principal with any right; `node` is
+        # the node talking to itself.
+        f"super.users=User:{appliance.username};User:{NODE_USER}",
+        f"log.dirs={_escape(str(files.kafka_data))}",
+        "num.partitions=1",
+        "default.replication.factor=1",
+        "min.insync.replicas=1",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=true",
+        "log.retention.hours=24",
+        "log.segment.bytes=67108864",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def log4j2_properties(log_file: Path) -> str:
+    """The server's log4j2 configuration: INFO to one size-rolled file, the chattiest loggers quieter."""
+    log = _escape(str(log_file))
+    return f"""\
+# Written by appliance.broker.embedded at every start.
+status = warn
+name = appliance-broker
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.filePattern = {log}.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+# Denials are logged at INFO by the authorizer: keep them, they explain a refused client.
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = INFO
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = WARN
+"""
+
+
+TOOLS_LOG4J2 = """\
+# The Java command-line tools: warnings and errors to stderr only.
+status = warn
+name = appliance-tools
+appender.err.type = Console
+appender.err.name = err
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = err
+"""
+
+
+def client_properties(credentials: UpstreamCredentials) -> str:
+    """A .properties file for the Java tools (`--command-config`, `--producer.config`, ...)."""
+    if credentials.mechanism == "PLAIN":
+        module = _PLAIN_MODULE
+    else:
+        module = _SCRAM_MODULE
+    jaas = f'{module} required username="{credentials.username}" password="{credentials.password}";'
+    return (
+        "security.protocol=SASL_PLAINTEXT\n"
+        f"sasl.mechanism={credentials.mechanism}\n"
+        f"sasl.jaas.config={_escape(jaas)}\n"
+    )
