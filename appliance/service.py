@@ -153,7 +153,7 @@ class Appliance:
     def _drain_refusals(self) -> None:
         for refusal in self.steering.poll_refusals(0):
             path = cgroups.path_of_id(refusal.cgroup_id)
-            dst = f"[{refusal.dst_host}]:{refusal.dst_port}" if refusal.family == 6 else f"{refusal.dst_host}:{refusal.dst_port}"
+            dst = f"[{refusal.dst_host}]:{refusal.dst_port}" if ":" in refusal.dst_host else f"{refusal.dst_host}:{refusal.dst_port}"
             self._event(
                 "refused-connect",
                 f"refused connect to {dst} from unenrolled cgroup {path or refusal.cgroup_id} "

@@ -175,7 +175,7 @@ class EmbeddedBroker:
     def status(self) -> BrokerStatus:
         """Whether this data directory's broker runs and answers, where it listens and where it logs."""
         pid = self._running_pid()
-        answering = pid is not None and all(probe.answers(a, netns=self.netns, timeout=1.0) for a in self.addresses)
+        answering = pid is not None and self._answering()
         return BrokerStatus(
             running=pid is not None,
             pid=pid,
@@ -281,6 +281,10 @@ class EmbeddedBroker:
         self.files.pid_file.write_text(f"{self._child.pid}\n")
         return self._child.pid
 
+    def _answering(self) -> bool:
+        cgroup = cgroups.ensure(self.config.cgroup)
+        return probe.answers_from_cgroup(self.addresses, cgroup_dir=cgroup.directory, netns=self.netns)
+
     def _wait_until_answering(self, pid: int, deadline: float) -> None:
         while True:
             if not self._alive(pid):
@@ -289,7 +293,7 @@ class EmbeddedBroker:
                     status = f" with status {self._child.returncode}"
                 self.files.pid_file.unlink(missing_ok=True)
                 raise BrokerError(f"the embedded broker (pid {pid}) exited{status} while starting\n{self._log_tail()}")
-            if all(probe.answers(a, netns=self.netns, timeout=1.0) for a in self.addresses):
+            if self._answering():
                 return
             if time.monotonic() >= deadline:
                 raise BrokerError(

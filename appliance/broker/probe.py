@@ -12,8 +12,12 @@ and the rest of the probe runs on the caller's thread.
 from __future__ import annotations
 
 import io
+import os
 import socket
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 from kio.schema.api_versions.v3.request import ApiVersionsRequest
 from kio.schema.api_versions.v3.response import ApiVersionsResponse
@@ -96,3 +100,35 @@ def answers(address: BrokerAddress, *, netns: str | None = None, timeout: float 
     except OSError:
         return False
     return True
+
+
+def answers_from_cgroup(addresses, *, cgroup_dir: Path, netns: str | None = None, timeout: float = 1.0) -> bool:
+    """Whether every address answers, probed by a child process inside `cgroup_dir`.
+
+    Once the appliance steers these addresses, a probe from an unenrolled
+    cgroup is refused in the kernel (as it should be); the broker's own cgroup
+    is exempt, so the probe runs there.
+    """
+    target = Path(cgroup_dir) / "cgroup.procs"
+    argv = [sys.executable, "-m", "appliance.broker.probe", "--timeout", str(timeout)]
+    if netns:
+        argv += ["--netns", netns]
+    argv += [str(a) for a in addresses]
+    try:
+        done = subprocess.run(argv, preexec_fn=lambda: target.write_text(str(os.getpid())),
+                              capture_output=True, timeout=timeout * len(argv) + 10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Exit 0 when every Kafka listener answers ApiVersions.")
+    parser.add_argument("--netns")
+    parser.add_argument("--timeout", type=float, default=1.0)
+    parser.add_argument("addresses", nargs="+")
+    options = parser.parse_args()
+    ok = all(answers(BrokerAddress.parse(a), netns=options.netns, timeout=options.timeout) for a in options.addresses)
+    sys.exit(0 if ok else 1)

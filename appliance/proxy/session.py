@@ -35,6 +35,10 @@ _SASL_HINT = (
 )
 
 
+class _BadInput(Exception):
+    """Bytes from one side that end this session; the message names the side and the fault."""
+
+
 @dataclass(slots=True)
 class _InFlight:
     header: codec.RequestHeader
@@ -75,12 +79,8 @@ class Session:
                     out.append(SendToUpstream(self._auth.start()))
                 case ev.ClientClosed(reason) | ev.UpstreamClosed(reason) | ev.Revoked(reason):
                     self._close(reason, now, out)
-        except FrameError as e:
-            side = "broker" if isinstance(event, ev.UpstreamData) else "client"
-            self._close(f"malformed frame from {side}: {e}", now, out, level="warning")
-        except codec.DecodeError as e:
-            side = "broker" if isinstance(event, ev.UpstreamData) else "client"
-            self._close(f"undecodable {side} message: {e}", now, out, level="warning")
+        except _BadInput as e:
+            self._close(str(e), now, out, level="warning")
         except UpstreamAuthError as e:
             self._close(f"upstream authentication failed: {e}", now, out, level="error")
         return out
@@ -100,7 +100,11 @@ class Session:
         self._held.append(data)
 
     def _authenticate(self, data: bytes, now: float, out: list[Command]) -> None:
-        for response in self._upstream_frames.feed(data):
+        try:
+            responses = self._upstream_frames.feed(data)
+        except FrameError as e:
+            raise _BadInput(f"malformed frame from broker during authentication: {e}") from None
+        for response in responses:
             following = self._auth.receive(response)
             if following is not None:
                 out.append(SendToUpstream(following))
@@ -115,6 +119,14 @@ class Session:
     # ---- relay ---------------------------------------------------------------
 
     def _relay_client(self, data: bytes, now: float, out: list[Command]) -> None:
+        try:
+            self._relay_client_frames(data, now, out)
+        except FrameError as e:
+            raise _BadInput(f"malformed frame from client: {e}") from None
+        except codec.DecodeError as e:
+            raise _BadInput(f"undecodable client request: {e}") from None
+
+    def _relay_client_frames(self, data: bytes, now: float, out: list[Command]) -> None:
         forward: list[bytes] = []
         for frame in self._client_frames.feed(data):
             header = codec.parse_request_header(frame)
@@ -174,6 +186,14 @@ class Session:
         return response
 
     def _relay_upstream(self, data: bytes, now: float, out: list[Command]) -> None:
+        try:
+            self._relay_upstream_frames(data, now, out)
+        except FrameError as e:
+            raise _BadInput(f"malformed frame from broker: {e}") from None
+        except codec.DecodeError as e:
+            raise _BadInput(f"undecodable broker response: {e}") from None
+
+    def _relay_upstream_frames(self, data: bytes, now: float, out: list[Command]) -> None:
         frames = self._upstream_frames.feed(data)
         if not frames:
             return

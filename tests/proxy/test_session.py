@@ -173,3 +173,12 @@ def test_broker_answering_an_unknown_correlation_id_closes():
     s = authenticated_session()
     out = s.handle(ev.UpstreamData(frame(struct.pack(">i", 77) + b"\0\0")), 0)
     assert "correlation id 77" in of(out, CloseConnection)[0].reason
+
+
+def test_garbage_held_during_authentication_is_blamed_on_the_client():
+    s = Session("s1", PLAIN, max_frame_bytes=1 << 20, now=0.0)
+    s.handle(ev.UpstreamConnected(), 0)
+    s.handle(ev.ClientData(b"\x7f\xff\xff\xffgarbage"), 0)
+    s.handle(ev.UpstreamData(handshake_ok()), 0)
+    out = s.handle(ev.UpstreamData(authenticate()), 0)
+    assert of(out, CloseConnection)[0].reason.startswith("malformed frame from client: frame size 2147483647")

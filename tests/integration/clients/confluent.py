@@ -1,0 +1,77 @@
+"""An unmodified librdkafka client (confluent-kafka): produce and/or consume, print a JSON summary.
+
+Usage: confluent.py BOOTSTRAP TOPIC [--produce N] [--consume N] [--sasl MECH:USER:PASS] [--acks A]
+                                     [--create] [--group G] [--timeout S]
+"""
+
+import argparse
+import json
+import os
+import time
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+p = argparse.ArgumentParser()
+p.add_argument("bootstrap")
+p.add_argument("topic")
+p.add_argument("--produce", type=int, default=0)
+p.add_argument("--consume", type=int, default=0)
+p.add_argument("--sasl")
+p.add_argument("--acks", default="all")
+p.add_argument("--create", action="store_true")
+p.add_argument("--group", default=None)
+p.add_argument("--timeout", type=float, default=20)
+args = p.parse_args()
+
+common = {"bootstrap.servers": args.bootstrap, "socket.timeout.ms": 5000}
+if args.sasl:
+    mech, user, password = args.sasl.split(":", 2)
+    common.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": mech,
+                   "sasl.username": user, "sasl.password": password})
+summary = {"pid": os.getpid(), "produced": 0, "consumed": 0, "values": [], "errors": []}
+
+if args.create:
+    admin = AdminClient(common)
+    futures = admin.create_topics([NewTopic(args.topic, num_partitions=1, replication_factor=1)])
+    for f in futures.values():
+        try:
+            f.result(15)
+        except KafkaException as e:
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                summary["errors"].append(str(e))
+
+if args.produce:
+    producer = Producer({**common, "acks": args.acks, "message.timeout.ms": int(args.timeout * 1000),
+                         "client.id": "itest-producer"})
+
+    def delivered(err, msg):
+        if err is not None:
+            summary["errors"].append(str(err))
+        else:
+            summary["produced"] += 1
+
+    for i in range(args.produce):
+        producer.produce(args.topic, value=f"record-{i}".encode(), callback=delivered)
+    producer.flush(args.timeout)
+    if args.acks == "0":
+        summary["produced"] = args.produce - len(producer)
+
+if args.consume:
+    consumer = Consumer({**common, "group.id": args.group or f"itest-{os.getpid()}", "auto.offset.reset": "earliest",
+                         "client.id": "itest-consumer", "enable.auto.commit": True})
+    consumer.subscribe([args.topic])
+    deadline = time.monotonic() + args.timeout
+    while summary["consumed"] < args.consume and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error():
+            summary["errors"].append(str(msg.error()))
+            continue
+        summary["consumed"] += 1
+        summary["values"].append(msg.value().decode())
+    consumer.commit(asynchronous=False) if summary["consumed"] else None
+    consumer.close()
+
+print(json.dumps(summary))
