@@ -173,7 +173,13 @@ def demo(ctx, seconds: float | None) -> None:
         for cg in (demo_cg, unenrolled_cg):
             if cg is not None:
                 cgroups.remove(cg)
-        click.echo("stopped: broker down, appliance down, no steering program attached.")
+        from appliance.steering.loader import attached_programs
+
+        left = [p["name"] for p in attached_programs() if p.get("bpffs_dir") in (str(config.bpffs_dir), None)]
+        if left:
+            raise click.ClickException(f"programs still attached after the appliance stopped: {', '.join(left)}")
+        click.echo(f"stopped: broker down, appliance down, none of this appliance's programs attached. "
+                   f"The audit stays in {config.audit_db}.")
 
 
 def _in_cgroup(cg, argv: list[str]) -> subprocess.Popen:
@@ -220,6 +226,7 @@ def _live_tables(config):
         for c in columns:
             table.add_column(c, overflow="fold", max_width=50)
         for row in rows:
-            table.add_row(*(when(row[c]) if c in ("at", "started_at") else ("" if row[c] is None else str(row[c])[:80]) for c in columns))
+            table.add_row(*(when(row[c])[11:] if c in ("at", "started_at") else ("" if row[c] is None else str(row[c])[:80])
+                            for c in columns))
         tables.append(table)
     return tables
