@@ -12,6 +12,16 @@ def topic(name: str) -> str:
     return f"{name}-{secrets.token_hex(3)}"
 
 
+def produce_rows(config_path, identity, t, *, records):
+    """The Produce operations audited for `identity` on topic `t`, once they add up to `records`."""
+
+    def rows():
+        ops = [o for o in audit(config_path, "operations", "--identity", identity, "--topic", t) if o["api_name"] == "Produce"]
+        return ops if sum(o["records"] for o in ops) >= records else None
+
+    return eventually(rows, message=f"{records} produced records audited for {identity}")
+
+
 def sessions_of(config_path, identity):
     return audit(config_path, "sessions", "--identity", identity)
 
@@ -24,11 +34,7 @@ def test_confluent_kafka_produce_and_consume_attributed(appliance, config_path, 
     assert result["errors"] == [] and result["produced"] == 20 and result["consumed"] == 20
     assert sorted(result["values"]) == sorted(f"record-{i}" for i in range(20))
 
-    def produced_rows():
-        ops = audit(config_path, "operations", "--identity", "orders", "--topic", t)
-        return [o for o in ops if o["api_name"] == "Produce"]
-
-    produce_ops = eventually(produced_rows, message="Produce operations audited")
+    produce_ops = produce_rows(config_path, "orders", t, records=20)
     assert sum(o["records"] for o in produce_ops) == 20
     assert all(o["pid"] == result["pid"] and o["error_code"] == 0 for o in produce_ops)
     fetched = [o for o in audit(config_path, "operations", "--identity", "orders", "--topic", t) if o["api_name"] == "Fetch"]
@@ -49,8 +55,7 @@ def test_kcat_produce_and_consume(appliance, config_path, enroll, direct, sasl_a
     workload.run(["kcat", "-b", BROKER4, "-t", t, "-P"], input="one\ntwo\nthree\n")
     out = workload.run(["kcat", "-b", BROKER4, "-t", t, "-C", "-o", "beginning", "-c", "3", "-e", "-q"]).stdout
     assert out.split() == ["one", "two", "three"]
-    ops = eventually(lambda: [o for o in audit(config_path, "operations", "--identity", "kcat-job", "--topic", t)
-                              if o["api_name"] == "Produce"], message="kcat produce audited")
+    ops = produce_rows(config_path, "kcat-job", t, records=3)
     assert sum(o["records"] for o in ops) == 3
     assert {s["command"].split()[0] for s in sessions_of(config_path, "kcat-job")} == {"kcat"}
 
@@ -65,8 +70,7 @@ def test_java_console_producer_and_consumer(appliance, config_path, enroll, dire
                                "--topic", t, "--from-beginning", "--max-messages", "2", "--timeout-ms", "30000")
     out = workload.run(java, timeout=90).stdout
     assert out.split() == ["alpha", "beta"]
-    ops = eventually(lambda: [o for o in audit(config_path, "operations", "--identity", "java-app", "--topic", t)
-                              if o["api_name"] == "Produce"], message="Java produce audited")
+    ops = produce_rows(config_path, "java-app", t, records=2)
     assert sum(o["records"] for o in ops) == 2
 
 

@@ -311,7 +311,6 @@ def test_detach_removes_every_program_and_pin(net, bpffs_dir, cgroup):
     s.detach()  # idempotent
 
     assert [p for p in attached_programs() if p["id"] in ids or p["bpffs_dir"] in (None, str(bpffs_dir))] == []
-    assert attached_programs() == [], "another steering set is attached at the root (another test run?)"
     assert not bpffs_dir.exists()
     assert connect_from(cgroup("stranger"), "127.0.0.1", net.port(net.broker4)).get("errno") is None
 
