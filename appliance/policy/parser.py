@@ -1,0 +1,286 @@
+"""Reading a policy file: YAML in, a validated `Policy` out, or one error naming file, line and key.
+
+The YAML is composed, not loaded, so every value keeps its position and every
+error can say `FILE line N: key 'x' ...` and what would be valid. Names are
+taken as written: `topics: [no, 123]` means the topics `no` and `123`, not
+false and a number. Nothing is guessed: unknown keys, repeated keys and bare
+names with glob characters are errors. The language is described in
+docs/policy.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from appliance.identity.enrollment import IDENTITY_PATTERN
+from appliance.policy.model import (
+    RESERVED_RULE_NAMES,
+    Effect,
+    Operation,
+    Pattern,
+    PatternError,
+    PatternKind,
+    Policy,
+    Rule,
+)
+
+FORMAT_VERSION = 1
+TOP_LEVEL_KEYS = ("version", "immutable_topics", "rules")
+RULE_KEYS = ("name", "effect", "identities", "groups", "operations", "topics", "consumer_groups",
+             "transactional_ids", "cluster")
+RESOURCE_KEYS = ("topics", "consumer_groups", "transactional_ids", "cluster")
+
+# Kafka's own limits on topic names (kafka.common.internals.Topic).
+_TOPIC_CHARACTERS = re.compile(r"^[A-Za-z0-9._-]+$")
+_TOPIC_GLOB_CHARACTERS = re.compile(r"^[A-Za-z0-9._\-*?\[\]!]+$")
+_TOPIC_MAX_LENGTH = 249
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_INT_TAG = "tag:yaml.org,2002:int"
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names the file, line and key, and what would be valid."""
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate the policy file at `path`."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise PolicyError(f"{path}: cannot read the policy file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{path}: the policy file is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return parse_policy(text, source=str(path))
+
+
+def parse_policy(text: str, *, source: str) -> Policy:
+    """Validate policy YAML; `source` names it in errors (usually the file's path)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source} line {mark.line + 1}" if mark else source
+        raise PolicyError(f"{where}: not valid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise PolicyError(f"{source}: not valid YAML: {e}") from None
+    return _Reader(source).policy(root)
+
+
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.constructor = SafeConstructor()
+
+    # --- errors ------------------------------------------------------------------
+
+    def error(self, node: Node, key: str, message: str, rule: str | None = None) -> PolicyError:
+        context = f" of {rule}" if rule else ""
+        return PolicyError(f"{self.source} line {node.start_mark.line + 1}: key {key!r}{context} {message}")
+
+    # --- generic shapes ----------------------------------------------------------
+
+    def mapping(self, node: Node, allowed: tuple[str, ...], *, what: str, rule: str | None = None,
+                ) -> dict[str, tuple[Node, Node]]:
+        """Keys to (key node, value node); unknown and repeated keys are errors."""
+        seen: dict[str, tuple[Node, Node]] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, ScalarNode) else "<not a name>"
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise self.error(key_node, key, f"is not {what}{hint}; valid keys are: {', '.join(allowed)}", rule)
+            if key in seen:
+                raise self.error(key_node, key, f"appears twice (first at line {seen[key][0].start_mark.line + 1}); "
+                                                f"give each key once", rule)
+            seen[key] = (key_node, value_node)
+        return seen
+
+    def text(self, node: Node, key: str, *, what: str, rule: str | None = None, item: int | None = None) -> str:
+        """A scalar as written: `no` and `123` are names here, not a boolean and a number."""
+        at = f"item {item} " if item is not None else ""
+        if not isinstance(node, ScalarNode):
+            shape = "a list" if isinstance(node, SequenceNode) else "a mapping"
+            raise self.error(node, key, f"{at}must be {what}, not {shape}", rule)
+        if node.value == "":
+            raise self.error(node, key, f"{at}is empty; expected {what}", rule)
+        return node.value
+
+    def items(self, node: Node, key: str, *, example: str, rule: str | None = None) -> list[Node]:
+        """A list's items; a key left empty (`topics:`) is an empty list."""
+        if isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.value == "":
+            return []
+        if not isinstance(node, SequenceNode):
+            raise self.error(node, key, f"must be a list, e.g. {key}: {example}", rule)
+        return list(node.value)
+
+    def flag(self, node: Node, key: str, rule: str | None = None) -> bool:
+        if isinstance(node, ScalarNode) and node.tag == _BOOL_TAG:
+            return bool(self.constructor.construct_object(node))
+        shown = node.value if isinstance(node, ScalarNode) else "a list or mapping"
+        raise self.error(node, key, f"must be true or false, not {shown!r}", rule)
+
+    # --- the document ------------------------------------------------------------
+
+    def policy(self, root: Node | None) -> Policy:
+        if root is None:
+            raise PolicyError(f"{self.source}: the policy is empty; it needs at least 'version: {FORMAT_VERSION}' "
+                              f"and 'rules:' to allow anything")
+        if not isinstance(root, MappingNode):
+            raise PolicyError(f"{self.source} line {root.start_mark.line + 1}: the top level must be a mapping with "
+                              f"the keys {', '.join(TOP_LEVEL_KEYS)}")
+        keys = self.mapping(root, TOP_LEVEL_KEYS, what="a policy setting")
+        if "version" not in keys:
+            raise PolicyError(f"{self.source} line {root.start_mark.line + 1}: key 'version' is missing; "
+                              f"start the file with 'version: {FORMAT_VERSION}'")
+        version = keys["version"][1]
+        if not (isinstance(version, ScalarNode) and version.tag == _INT_TAG
+                and self.constructor.construct_object(version) == FORMAT_VERSION):
+            shown = version.value if isinstance(version, ScalarNode) else "a list or mapping"
+            raise self.error(version, "version", f"must be {FORMAT_VERSION} (the only format so far), not {shown!r}")
+        immutable: tuple[Pattern, ...] = ()
+        if "immutable_topics" in keys:
+            node = keys["immutable_topics"][1]
+            immutable = tuple(self.pattern(item, "immutable_topics", i, topic=True)
+                              for i, item in enumerate(self.items(node, "immutable_topics",
+                                                                  example="[audit-log, 'prefix:ledger.']"), 1))
+        rules: list[Rule] = []
+        if "rules" in keys:
+            lines: dict[str, int] = {}
+            for i, item in enumerate(self.items(keys["rules"][1], "rules",
+                                                example="[{name: ..., identities: [...], ...}]"), 1):
+                rules.append(self.rule(item, i, lines))
+        return Policy(rules=tuple(rules), immutable_topics=immutable, source=self.source)
+
+    def rule(self, node: Node, index: int, lines: dict[str, int]) -> Rule:
+        label = f"rule {index}"
+        if not isinstance(node, MappingNode):
+            raise self.error(node, "rules", f"item {index} must be a mapping with the keys {', '.join(RULE_KEYS)}")
+        line = node.start_mark.line + 1
+        for key_node, value_node in node.value:  # name the rule in errors about keys before its name
+            if getattr(key_node, "value", None) == "name" and isinstance(value_node, ScalarNode) and value_node.value:
+                label = f"rule {value_node.value!r}"
+        keys = self.mapping(node, RULE_KEYS, what="a rule setting", rule=label)
+        if "name" not in keys:
+            raise PolicyError(f"{self.source} line {line}: key 'name' is missing from {label}; "
+                              f"every rule needs a unique name")
+        name_node = keys["name"][1]
+        name = self.text(name_node, "name", what="the rule's name", rule=f"rule {index}")
+        if name in RESERVED_RULE_NAMES:
+            raise self.error(name_node, "name", f"{name!r} is reserved for decisions no rule made; "
+                                                f"choose another name", rule=f"rule {index}")
+        if name in lines:
+            raise self.error(name_node, "name", f"{name!r} is already the name of the rule at line "
+                                                f"{lines[name]}; rule names must be unique", rule=f"rule {index}")
+        lines[name] = line
+        label = f"rule {name!r}"
+
+        effect = Effect.ALLOW
+        if "effect" in keys:
+            node_ = keys["effect"][1]
+            value = self.text(node_, "effect", what="allow or deny", rule=label)
+            if value not in tuple(Effect):
+                raise self.error(node_, "effect", f"must be allow or deny, not {value!r}", rule=label)
+            effect = Effect(value)
+
+        identities = frozenset(self.names(keys, "identities", label, what="identity", allow_star=True))
+        groups = frozenset(self.names(keys, "groups", label, what="group", allow_star=False))
+        operations = frozenset(self.operations(keys, label))
+        topics = self.patterns(keys, "topics", label, topic=True)
+        consumer_groups = self.patterns(keys, "consumer_groups", label)
+        transactional_ids = self.patterns(keys, "transactional_ids", label)
+        cluster = self.flag(keys["cluster"][1], "cluster", label) if "cluster" in keys else False
+
+        if not identities and not groups:
+            raise PolicyError(f"{self.source} line {line}: {label} names no one: give key 'identities' (names or '*') "
+                              f"and/or key 'groups' with at least one entry")
+        if not operations:
+            raise PolicyError(f"{self.source} line {line}: {label} grants no operation: give key 'operations' with "
+                              f"at least one of {', '.join(Operation)}")
+        if not (topics or consumer_groups or transactional_ids or cluster):
+            raise PolicyError(f"{self.source} line {line}: {label} names no resource: give at least one of the keys "
+                              f"topics, consumer_groups, transactional_ids (non-empty) or 'cluster: true'")
+        return Rule(name=name, effect=effect, identities=identities, groups=groups, operations=operations,
+                    topics=topics, consumer_groups=consumer_groups, transactional_ids=transactional_ids,
+                    cluster=cluster, line=line)
+
+    # --- rule parts --------------------------------------------------------------
+
+    def names(self, keys: dict[str, tuple[Node, Node]], key: str, rule: str, *, what: str,
+              allow_star: bool) -> list[str]:
+        if key not in keys:
+            return []
+        result = []
+        for i, item in enumerate(self.items(keys[key][1], key, example="[orders]", rule=rule), 1):
+            value = self.text(item, key, what=f"{'an' if what[0] in 'aeiou' else 'a'} {what} name", rule=rule, item=i)
+            if value == "*":
+                if not allow_star:
+                    raise self.error(item, key, f"item {i} is '*', which is not a group; to cover everyone write "
+                                                f"identities: ['*']", rule)
+            elif not IDENTITY_PATTERN.match(value):
+                star = ", or '*' for every identity" if allow_star else ""
+                raise self.error(item, key, f"item {i} {value!r} is not a valid {what} name (so it could never "
+                                            f"match): use 1-128 letters, digits and . _ @ : - starting with a letter "
+                                            f"or digit{star}", rule)
+            result.append(value)
+        return result
+
+    def operations(self, keys: dict[str, tuple[Node, Node]], rule: str) -> list[Operation]:
+        if "operations" not in keys:
+            return []
+        result = []
+        valid = tuple(o.value for o in Operation)
+        for i, item in enumerate(self.items(keys["operations"][1], "operations", example="[produce, describe]",
+                                            rule=rule), 1):
+            value = self.text(item, "operations", what="an operation", rule=rule, item=i)
+            if value not in valid:
+                close = difflib.get_close_matches(value, valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise self.error(item, "operations", f"item {i} {value!r} is not an operation{hint}; valid "
+                                                     f"operations are: {', '.join(valid)}", rule)
+            result.append(Operation(value))
+        return result
+
+    def patterns(self, keys: dict[str, tuple[Node, Node]], key: str, rule: str, *,
+                 topic: bool = False) -> tuple[Pattern, ...]:
+        if key not in keys:
+            return ()
+        example = "[orders, 'prefix:orders.']" if topic else "[billing, 'glob:billing-*']"
+        return tuple(self.pattern(item, key, i, topic=topic, rule=rule)
+                     for i, item in enumerate(self.items(keys[key][1], key, example=example, rule=rule), 1))
+
+    def pattern(self, node: Node, key: str, item: int, *, topic: bool, rule: str | None = None) -> Pattern:
+        text = self.text(node, key, what="a name, 'prefix:NAME', 'glob:PATTERN' or '*'", rule=rule, item=item)
+        try:
+            pattern = Pattern.parse(text)
+        except PatternError as e:
+            raise self.error(node, key, f"item {item} {e}", rule) from None
+        if topic:
+            problem = _topic_problem(pattern)
+            if problem:
+                raise self.error(node, key, f"item {item} {text!r} {problem}", rule)
+        return pattern
+
+
+def _topic_problem(pattern: Pattern) -> str | None:
+    """Why no Kafka topic could ever match this pattern, or None."""
+    if pattern.kind == PatternKind.ANY:
+        return None
+    legal = _TOPIC_GLOB_CHARACTERS if pattern.kind == PatternKind.GLOB else _TOPIC_CHARACTERS
+    if not legal.match(pattern.value):
+        if pattern.kind == PatternKind.EXACT and ":" in pattern.value:
+            return ("is not a topic name (topics cannot contain ':'); patterns are written 'prefix:NAME', "
+                    "'glob:PATTERN' or '*'")
+        return "cannot match any topic: Kafka topic names use only letters, digits, '.', '_' and '-'"
+    if pattern.kind != PatternKind.GLOB and len(pattern.value) > _TOPIC_MAX_LENGTH:
+        return f"cannot match any topic: Kafka topic names are at most {_TOPIC_MAX_LENGTH} characters"
+    if pattern.kind == PatternKind.EXACT and pattern.value in (".", ".."):
+        return "cannot match any topic: Kafka does not allow the topic names '.' and '..'"
+    return None
