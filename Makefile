@@ -15,6 +15,6 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-## Regenerate docs/cli.md from the commands' --help.
+## Regenerate docs/cli.md from the commands' --help and the API table in docs/policy.md from the code.
 docs: setup
-	$(PY) -m appliance.cli.docgen > docs/cli.md
+	$(PY) -m appliance.cli.docgen --write

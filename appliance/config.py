@@ -15,6 +15,10 @@ from typing import Any
 import yaml
 
 
+# The policy `appliance serve` enforces when the configuration names none: the demo's.
+EMBEDDED_POLICY = Path(__file__).resolve().parent / "policy" / "embedded.yaml"
+
+
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used, with where and why."""
 
@@ -87,6 +91,7 @@ class Config:
     bpffs_dir: Path = Path("/sys/fs/bpf/appliance")
     max_frame_bytes: int = 100 * 1024 * 1024
     audit_flush_ms: int = 200
+    policy_file: Path = EMBEDDED_POLICY
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     source: str = "embedded defaults"
 
@@ -103,7 +108,7 @@ class Config:
         return self.run_dir / "status.json"
 
 
-_PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir"}
+_PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir", "policy_file"}
 _INT_KEYS = {"listen_port": (1, 65535), "max_frame_bytes": (1024, 1 << 31), "audit_flush_ms": (1, 60_000)}
 
 

@@ -23,12 +23,16 @@ from appliance.broker.credentials import load_credentials
 from appliance.config import Config
 from appliance.identity import cgroups
 from appliance.identity.enrollment import Enrollment, EnrollmentStore
+from appliance.policy.model import Policy
+from appliance.policy.parser import PolicyError, load_policy
 from appliance.proxy.original_dst import kernel_lookup
 from appliance.proxy.server import ProxyServer
 from appliance.steering.loader import CgroupKind, Steering
 
 log = logging.getLogger("appliance")
 _SYNC_INTERVAL_S = 0.25
+_RESOLVE_INTERVAL_S = 2.0
+_REFUSAL_WINDOW_NOTE = "refusals from one cgroup to one address within one poll (250 ms) share one event"
 _STATUS_INTERVAL_S = 1.0
 
 
@@ -39,7 +43,11 @@ class Appliance:
         self.by_cgroup_id: dict[int, Enrollment] = {}
         self.exempt: dict[int, str] = {}
         self._store_stamp: float | None = None
+        self._last_full_sync = 0.0
         self._stopping = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self.policy: Policy | None = None
+        self._policy_stamp: float | None = None
         self.steering: Steering | None = None
         self.server: ProxyServer | None = None
         self.writer: AuditWriter | None = None
@@ -50,6 +58,8 @@ class Appliance:
     async def run(self) -> None:
         config = self.config
         credentials = load_credentials(config.upstream_credentials)
+        self.policy = load_policy(config.policy_file)  # a bad policy at start stops here, naming the fault
+        self._policy_stamp = _mtime(config.policy_file)
         config.run_dir.mkdir(parents=True, exist_ok=True)
         own = cgroups.ensure(config.proxy_cgroup)
         cgroups.move_process(os.getpid(), own)
@@ -63,7 +73,8 @@ class Appliance:
             self.server = ProxyServer(
                 hosts=(config.listen_host4, config.listen_host6), port=config.listen_port,
                 lookup=kernel_lookup(self.steering), identity_of=self.by_cgroup_id.get,
-                credentials=credentials, audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
+                credentials=credentials, policy=lambda: self.policy, audit=self.writer.submit,
+                max_frame_bytes=config.max_frame_bytes,
             )
             await self.server.start()
             self.steering.attach()
@@ -74,7 +85,7 @@ class Appliance:
                 self.exempt[cg.id] = cg.path
             for cgroup_id in self.exempt:
                 self.steering.set_cgroup(cgroup_id, CgroupKind.EXEMPT)
-            self.sync_enrollments()
+            self.sync_enrollments(force=True)
             self._event("start", f"appliance serving on port {config.listen_port}, steering "
                         f"{', '.join(map(str, config.brokers))}", detail={"config": config.source,
                         "exempt": sorted(self.exempt.values())})
@@ -83,6 +94,9 @@ class Appliance:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stopping.set)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+            self._event("policy-load", f"policy {config.policy_file} in force: {len(self.policy.rules)} rules",
+                        detail={"path": str(config.policy_file)})
             await self._maintain()
         finally:
             await self._shutdown()
@@ -99,6 +113,7 @@ class Appliance:
                 pass
             try:
                 self.sync_enrollments()
+                self.reload_policy_if_changed()
                 self._drain_refusals()
                 if time.monotonic() - last_status >= _STATUS_INTERVAL_S:
                     self.write_status()
@@ -120,14 +135,40 @@ class Appliance:
         except FileNotFoundError:
             pass
 
+    # ---- policy ----------------------------------------------------------------
+
+    def reload_policy_if_changed(self) -> None:
+        """Reload on SIGHUP or when the file changes; a policy that fails to load leaves the old one in force."""
+        path = self.config.policy_file
+        stamp = _mtime(path)
+        if not self._reload_requested.is_set() and stamp == self._policy_stamp:
+            return
+        self._reload_requested.clear()
+        self._policy_stamp = stamp
+        try:
+            policy = load_policy(path)
+        except PolicyError as e:
+            log.error("policy not reloaded, the previous one stays in force: %s", e)
+            self._event("policy-error", f"policy not reloaded, the previous one stays in force: {e}",
+                        detail={"path": str(path)})
+            return
+        self.policy = policy
+        log.info("policy reloaded from %s: %d rules", path, len(policy.rules))
+        self._event("policy-load", f"policy {path} in force: {len(policy.rules)} rules", detail={"path": str(path)})
+
     # ---- enrolment -----------------------------------------------------------
 
-    def sync_enrollments(self) -> None:
-        """Bring the kernel map in line with the enrolment file; revoke sessions of removed workloads."""
+    def sync_enrollments(self, *, force: bool = False) -> None:
+        """Bring the kernel map in line with the enrolment file; revoke sessions of removed workloads.
+
+        Runs when the file changes, and every few seconds regardless, so a
+        cgroup removed and recreated under an enrolled path (a new id) is found.
+        """
         stamp = self.store.stamp()
-        if stamp == self._store_stamp:
+        if stamp == self._store_stamp and not force and time.monotonic() - self._last_full_sync < _RESOLVE_INTERVAL_S:
             return
         self._store_stamp = stamp
+        self._last_full_sync = time.monotonic()
         wanted: dict[int, Enrollment] = {}
         for record in self.store.load().values():
             try:
@@ -147,19 +188,31 @@ class Appliance:
                 self.by_cgroup_id[cgroup_id] = record
                 self.steering.set_cgroup(cgroup_id, CgroupKind.ENROLLED)
                 log.info("enrolled %s: cgroup %s (id %d)", record.identity, record.cgroup_path, cgroup_id)
+        # The kernel map may hold entries this process never set: carried over
+        # from a run that was killed. Anything neither enrolled nor exempt goes.
+        for cgroup_id in set(self.steering.cgroups()) - set(self.by_cgroup_id) - set(self.exempt):
+            self.steering.clear_cgroup(cgroup_id)
+            log.info("cleared stale steering entry for cgroup id %d", cgroup_id)
 
     # ---- kernel refusals, status -------------------------------------------
 
     def _drain_refusals(self) -> None:
+        """Audit the kernel's refusals; repeats from one cgroup to one address in one poll share an event."""
+        grouped: dict[tuple[int, str], list] = {}
         for refusal in self.steering.poll_refusals(0):
-            path = cgroups.path_of_id(refusal.cgroup_id)
-            dst = f"[{refusal.dst_host}]:{refusal.dst_port}" if ":" in refusal.dst_host else f"{refusal.dst_host}:{refusal.dst_port}"
+            host, port = refusal.dst_host, refusal.dst_port
+            dst = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            grouped.setdefault((refusal.cgroup_id, dst), []).append(refusal)
+        for (cgroup_id, dst), refusals in grouped.items():
+            first = refusals[0]
+            path = cgroups.path_of_id(cgroup_id)
+            pids = sorted({r.tgid for r in refusals})
+            times = f"{len(refusals)} connects" if len(refusals) > 1 else "connect"
             self._event(
                 "refused-connect",
-                f"refused connect to {dst} from unenrolled cgroup {path or refusal.cgroup_id} "
-                f"(pid {refusal.tgid}, {refusal.comm})",
-                cgroup_id=refusal.cgroup_id, cgroup_path=path, pid=refusal.tgid,
-                detail={"uid": refusal.uid, "comm": refusal.comm, "destination": dst},
+                f"refused {times} to {dst} from unenrolled cgroup {path or cgroup_id} (pid {first.tgid}, {first.comm})",
+                cgroup_id=cgroup_id, cgroup_path=path, pid=first.tgid,
+                detail={"uid": first.uid, "comm": first.comm, "destination": dst, "count": len(refusals), "pids": pids},
             )
 
     def _event(self, kind: str, message: str, *, detail: dict | None = None, **fields) -> None:
@@ -173,11 +226,12 @@ class Appliance:
             "started_at": self.started_at,
             "written_at": time.time(),
             "config": self.config.source,
+            "policy": {"path": str(self.config.policy_file), "rules": len(self.policy.rules)},
             "listener": {"hosts": [self.config.listen_host4, self.config.listen_host6], "port": self.config.listen_port},
             "brokers": [str(b) for b in self.config.brokers],
             "steering": self.steering.status(),
             "workloads": [
-                {"identity": r.identity, "groups": list(r.groups), "cgroup_path": r.cgroup_path, "cgroup_id": cid,
+                {"identity": r.identity, "groups": ",".join(r.groups), "cgroup_path": r.cgroup_path, "cgroup_id": cid,
                  **_counts(counters, cid)}
                 for cid, r in self.by_cgroup_id.items()
             ],
@@ -190,6 +244,13 @@ class Appliance:
         tmp = self.config.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(snapshot, indent=2, default=str))
         os.replace(tmp, self.config.status_file)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _counts(counters, cgroup_id: int) -> dict[str, int]:

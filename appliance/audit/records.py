@@ -49,7 +49,9 @@ class Operation:
     response_bytes: int | None
     error_code: int | None
     latency_ms: float | None
-    outcome: str  # forwarded | no-response (acks=0) | unanswered (closed first) | answered-by-proxy
+    outcome: str  # forwarded | no-response (acks=0) | unanswered (closed first) | answered-by-proxy | refused | partly-refused
+    decision: str | None = None  # allowed | partly refused | refused (None: no policy check applies)
+    checks: str | None = None  # JSON [[resource, name, operation, allow|deny, rule], ...]
 
 
 @dataclass(frozen=True, slots=True)

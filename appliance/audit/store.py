@@ -8,6 +8,7 @@ of the appliance; only batches still queued in the writer are lost (see
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import asdict
@@ -79,13 +80,31 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX events_at ON events(at);
         """,
     ),
+    (
+        "0002_operation_decisions",
+        """
+        ALTER TABLE operations ADD COLUMN decision TEXT;
+        ALTER TABLE operations ADD COLUMN checks TEXT;
+        CREATE INDEX operations_decision ON operations(decision, at);
+        """,
+    ),
 ]
 
 
+EVENT_KINDS = ("start", "stop", "enroll", "unenroll", "refused-connect", "refused-session", "policy-load",
+               "policy-error", "error")
+
+
 def open_db(path: Path | str) -> sqlite_utils.Database:
-    """Open (creating if needed) the audit database and apply pending migrations."""
+    """Open (creating if needed) the audit database and apply pending migrations.
+
+    The file holds command lines and who did what: it is created readable by
+    its owner (root) only.
+    """
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).touch(mode=0o600, exist_ok=True)
+        os.chmod(path, 0o600)
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 5000")
     db = sqlite_utils.Database(conn)
@@ -94,6 +113,14 @@ def open_db(path: Path | str) -> sqlite_utils.Database:
     conn.execute("PRAGMA synchronous = NORMAL")
     migrate(db)
     return db
+
+
+def open_read_only(path: Path) -> sqlite_utils.Database:
+    """A read-only connection for queries: no migration, no write, safe beside the writer."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("SELECT 1 FROM sessions LIMIT 1")  # fails clearly on an unreadable or foreign file
+    return sqlite_utils.Database(conn)
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:
@@ -176,9 +203,11 @@ def query_sessions(db, *, identity: str | None = None, since: float | None = Non
 
 def query_operations(
     db, *, identity: str | None = None, topic: str | None = None, since: float | None = None,
-    session: str | None = None, limit: int = 100,
+    session: str | None = None, decision: str | None = None, limit: int = 100,
 ) -> list[dict[str, Any]]:
     clauses, params = [], []
+    if decision:
+        clauses.append("o.decision = ?"), params.append(decision)
     if identity:
         clauses.append("s.identity = ?"), params.append(identity)
     if topic:

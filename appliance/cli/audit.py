@@ -21,7 +21,10 @@ def _db(ctx: click.Context):
     path = ctx.obj.audit_db
     if not path.exists():
         raise click.ClickException(f"no audit database at {path} yet (it is created when `appliance serve` starts)")
-    return store.open_db(path)
+    try:
+        return store.open_read_only(path)
+    except sqlite3.Error as e:
+        raise click.ClickException(f"cannot read the audit database {path}: {e} (it is readable by root only)") from None
 
 
 @click.group()
@@ -73,7 +76,7 @@ def operations(ctx, identity, topic, session, since, limit, as_json) -> None:
 
 
 @audit.command()
-@click.option("--kind", help="Only this kind (enroll, unenroll, refused-connect, refused-session, start, stop, error).")
+@click.option("--kind", type=click.Choice(store.EVENT_KINDS), help="Only events of this kind.")
 @click.option("--identity", help="Only this workload identity.")
 @click.option("--since", help="Only since this long ago (30s, 10m, 2h, 1d) or an ISO-8601 time.")
 @click.option("--limit", default=100, show_default=True, help="At most this many rows, newest first.")
@@ -101,7 +104,7 @@ def sql(ctx, query, as_json) -> None:
     Example:
       appliance audit sql "SELECT identity, count(*) FROM sessions GROUP BY identity"
     """
-    _db(ctx).conn.close()
+    _db(ctx).conn.close()  # clear error if it is missing or unreadable
     try:
         rows = store.read_only_query(ctx.obj.audit_db, query)
     except sqlite3.Error as e:

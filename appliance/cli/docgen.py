@@ -1,7 +1,8 @@
 """Generate docs/cli.md from the commands' own --help, so the reference cannot drift.
 
-Run as `python -m appliance.cli.docgen > docs/cli.md` (`make docs`); a test
-fails when the committed file differs from what this prints.
+`make docs` runs `python -m appliance.cli.docgen --write`, which rewrites
+docs/cli.md and the API-to-permission table at the end of docs/policy.md;
+tests fail when the committed files differ from what this produces.
 """
 
 from __future__ import annotations
@@ -28,5 +29,26 @@ def render() -> str:
     return "\n".join(lines)
 
 
+POLICY_MARKER = "<!-- generated: permissions table -->"
+
+
+def with_permissions_table(policy_doc: str) -> str:
+    """docs/policy.md with everything after the marker replaced by the table from the code."""
+    from appliance.policy.permissions import markdown_table
+
+    head, marker, _ = policy_doc.partition(POLICY_MARKER)
+    if not marker:
+        raise SystemExit(f"docs/policy.md has no line {POLICY_MARKER!r} to put the table after")
+    return f"{head}{marker}\n\n{markdown_table()}\n"
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    import sys
+    from pathlib import Path
+
+    if "--write" in sys.argv:
+        docs = Path(__file__).resolve().parents[2] / "docs"
+        (docs / "cli.md").write_text(render())
+        (docs / "policy.md").write_text(with_permissions_table((docs / "policy.md").read_text()))
+    else:
+        print(render(), end="")

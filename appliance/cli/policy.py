@@ -22,8 +22,8 @@ def policy() -> None:
 
     \b
     Example:
-      appliance policy check examples/policy.yaml
-      appliance policy explain --policy examples/policy.yaml --identity orders --operation produce --topic demo-orders
+      appliance policy check appliance/policy/embedded.yaml
+      appliance policy explain --policy appliance/policy/embedded.yaml --identity orders --operation produce --topic demo-orders
     """
 
 

@@ -30,6 +30,7 @@ def serve(ctx) -> None:
       appliance --config /etc/appliance/appliance.yaml serve
     """
     from appliance.broker.credentials import CredentialsError
+    from appliance.policy.parser import PolicyError
     from appliance.service import serve as run_service
 
     if os.geteuid() != 0:
@@ -39,6 +40,8 @@ def serve(ctx) -> None:
     except CredentialsError as e:
         raise click.ClickException(f"{e} (start the embedded broker with `appliance broker start`, "
                                    "or set upstream_credentials in the config)") from None
+    except PolicyError as e:
+        raise click.ClickException(f"the policy does not load, so the appliance does not start: {e}") from None
 
 
 @click.command()
@@ -53,6 +56,8 @@ def status(ctx, as_json: bool) -> None:
     """
     from appliance.steering.loader import attached_programs
 
+    if os.geteuid() != 0:
+        raise click.ClickException("status must run as root: it asks the kernel which programs are attached")
     config = ctx.obj
     try:
         snapshot = json.loads(config.status_file.read_text())
@@ -209,7 +214,7 @@ def _live_tables(config):
 
     if not config.audit_db.exists():
         return []
-    db = store.open_db(config.audit_db)
+    db = store.open_read_only(config.audit_db)
     try:
         sessions = store.query_sessions(db, limit=5)
         operations = store.query_operations(db, limit=12)

@@ -60,7 +60,7 @@ class RequestFacts:
 
 @dataclass(frozen=True, slots=True)
 class ResponseFacts:
-    error_code: int = 0
+    error_code: int | None = None  # None: the response was not decoded
     records: int | None = None
     record_bytes: int | None = None
 
@@ -233,10 +233,15 @@ def needs_decoding(api_key: int) -> bool:
 
 
 def request_facts(frame: bytes, header: RequestHeader) -> RequestFacts:
-    reader = _TOPIC_READERS.get(header.api_key)
-    if reader is None or header.body_offset < 0:
+    if header.api_key not in _TOPIC_READERS or header.body_offset < 0:
         return RequestFacts()
-    return reader(decode_request(frame, header))
+    return facts_of(header.api_key, decode_request(frame, header))
+
+
+def facts_of(api_key: int, request: Any) -> RequestFacts:
+    """What the audit records of an already decoded request."""
+    reader = _TOPIC_READERS.get(api_key)
+    return RequestFacts() if reader is None or request is None else reader(request)
 
 
 def _first_error(entity: Any) -> int:
@@ -293,11 +298,12 @@ def build_response(header: RequestHeader, **fields_: Any) -> bytes:
     return _response_frame(header.correlation_id, flexible, cls, cls(**fields_))
 
 
-def cap_api_versions(frame: bytes, api_version: int) -> bytes:
+def cap_api_versions(frame: bytes, api_version: int, offered: Callable[[int], "apis.VersionRange | None"] = apis.parseable) -> bytes:
     """Narrow each API's range in an ApiVersions response to what the proxy can parse.
 
-    APIs the proxy cannot parse at all are removed, so a client never picks a
-    version whose requests would have to be refused. An error response (for
+    APIs the proxy does not offer (cannot parse, or has no permission for) are
+    removed, so a client never picks a version whose requests would have to be
+    refused. An error response (for
     example UNSUPPORTED_VERSION, which the broker sends as v0) passes unchanged.
     """
     try:
@@ -311,7 +317,7 @@ def cap_api_versions(frame: bytes, api_version: int) -> bytes:
         return frame
     kept = []
     for entry in entity.api_keys:
-        known = apis.parseable(int(entry.api_key))
+        known = offered(int(entry.api_key))
         if known is None:
             continue
         low, high = max(int(entry.min_version), known.min), min(int(entry.max_version), known.max)

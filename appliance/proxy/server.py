@@ -23,6 +23,8 @@ from appliance.audit.records import Event, SessionOpened
 from appliance.broker.credentials import UpstreamCredentials
 from appliance.identity import process
 from appliance.identity.enrollment import Enrollment
+from appliance.policy.enforce import Enforcer
+from appliance.policy.model import Policy, Principal
 from appliance.proxy import events as ev
 from appliance.proxy.commands import Audit, CloseConnection, Log, SendToClient, SendToUpstream
 from appliance.proxy.original_dst import Lookup, OriginalDestination
@@ -48,15 +50,17 @@ class _Connection:
     """Both sockets of one proxied connection and the session between them."""
 
     def __init__(self, server: ProxyServer, client: asyncio.Transport, origin: OriginalDestination,
-                 enrollment: Enrollment, now: float) -> None:
+                 enrollment: Enrollment, command: str, now: float) -> None:
         self.server = server
         self.client = client
         self.upstream: asyncio.Transport | None = None
         self.origin = origin
-        self.session = Session(uuid.uuid4().hex, server.credentials, max_frame_bytes=server.max_frame_bytes, now=now)
+        enforcer = Enforcer(Principal(enrollment.identity, frozenset(enrollment.groups)), server.policy)
+        self.session = Session(uuid.uuid4().hex, server.credentials, enforcer, max_frame_bytes=server.max_frame_bytes,
+                               now=now)
         self.info = LiveSession(
-            self.session.session_id, enrollment.identity, origin.enrolled_cgroup_id, origin.pid,
-            origin.comm, origin.client_address, origin.broker_address, now,
+            self.session.session_id, enrollment.identity, origin.enrolled_cgroup_id, origin.tgid,
+            command, origin.client_address, origin.broker_address, now,
         )
 
     def dispatch(self, event: ev.Event) -> None:
@@ -147,8 +151,9 @@ class ProxyServer:
     def __init__(
         self, *, hosts: tuple[str, ...], port: int, lookup: Lookup,
         identity_of: Callable[[int], Enrollment | None], credentials: UpstreamCredentials,
-        audit: Callable, max_frame_bytes: int,
+        policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int,
     ) -> None:
+        self.policy = policy
         self.hosts = hosts
         self.port = port
         self.lookup = lookup
@@ -177,11 +182,11 @@ class ProxyServer:
         enrollment = self.identity_of(origin.enrolled_cgroup_id)
         if enrollment is None:
             self._refuse(transport, now, f"cgroup {origin.enrolled_cgroup_id} is no longer enrolled",
-                         cgroup_id=origin.cgroup_id, pid=origin.pid)
+                         cgroup_id=origin.cgroup_id, pid=origin.tgid)
             return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Connection(self, transport, origin, enrollment, now)
         who = process.describe(origin.tgid, origin.cgroup_id, origin.comm, now)
+        conn = _Connection(self, transport, origin, enrollment, who.command, now)
         self.audit(SessionOpened(
             session_id=conn.session.session_id, started_at=now, identity=enrollment.identity,
             groups=enrollment.groups, cgroup_id=origin.cgroup_id, cgroup_path=who.cgroup_path,

@@ -2,9 +2,10 @@
 
 A session first authenticates upstream with the appliance's credentials while
 holding whatever the workload sends, then relays. In relay it reads each
-request's header, records what the audit needs, answers itself the few
-requests the proxy owns (SASL from the workload, ApiVersions it cannot parse)
-and forwards everything else as the bytes that arrived. Responses come back in
+request's header, answers itself the few requests the proxy owns (SASL from
+the workload, ApiVersions it cannot parse), asks the enforcer (policy) whether
+the rest may go on, and forwards what is allowed: as the bytes that arrived
+when all of it is, re-encoded without the refused entries when only part is. Responses come back in
 request order; each is matched to its request by correlation id, ApiVersions
 answers are capped to the versions the proxy can parse, and the operation is
 audited with its latency and error code. A Produce with acks=0 gets no
@@ -28,6 +29,8 @@ from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy import events as ev
 from appliance.proxy.commands import Audit, CloseConnection, Command, Log, SendToClient, SendToUpstream
 from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
+from appliance.policy import permissions
+from appliance.policy.enforce import Enforcer, Verdict
 
 _SASL_HINT = (
     "the appliance identifies workloads by their cgroup and authenticates to the broker itself; "
@@ -45,11 +48,14 @@ class _InFlight:
     facts: codec.RequestFacts
     at: float
     request_bytes: int
+    verdict: Verdict | None = None
 
 
 class Session:
-    def __init__(self, session_id: str, credentials: UpstreamCredentials, *, max_frame_bytes: int, now: float) -> None:
+    def __init__(self, session_id: str, credentials: UpstreamCredentials, enforcer: Enforcer, *,
+                 max_frame_bytes: int, now: float) -> None:
         self.session_id = session_id
+        self.enforcer = enforcer
         self.bytes_from_client = 0
         self.bytes_to_client = 0
         self.requests = 0
@@ -144,13 +150,26 @@ class Session:
                     f"{apis.api_name(header.api_key)} v{header.api_version} (api key {header.api_key}) is not "
                     "a request the proxy can parse; it was refused, not forwarded", now, out, level="warning")
                 return
-            facts = codec.request_facts(frame, header) if codec.needs_decoding(header.api_key) else codec.RequestFacts()
-            pending = _InFlight(header, facts, now, len(frame))
+            verdict = self.enforcer.check(frame, header)
+            facts = codec.facts_of(header.api_key, verdict.request)
+            pending = _InFlight(header, facts, now, len(frame), verdict)
+            if verdict.answer is not None:
+                if forward:
+                    out.append(SendToUpstream(b"".join(forward)))
+                    forward = []
+                out.append(SendToClient(verdict.answer))
+                self.bytes_to_client += len(verdict.answer)
+                error = codec.response_facts(verdict.answer, header.api_key, header.api_version).error_code
+                out.append(Audit(self._operation(pending, now, len(verdict.answer), error, "refused")))
+                continue
+            if verdict.forward is None:  # refused, and the client expects no answer (acks=0)
+                out.append(Audit(self._operation(pending, now, None, None, "refused")))
+                continue
             if header.api_key == apis.PRODUCE and facts.acks == 0:
                 out.append(Audit(self._operation(pending, now, None, None, "no-response")))
             else:
                 self._in_flight[header.correlation_id] = pending
-            forward.append(frame)
+            forward.append(verdict.forward)
         if forward:
             out.append(SendToUpstream(forward[0] if len(forward) == 1 else b"".join(forward)))
 
@@ -206,9 +225,12 @@ class Session:
                 return
             header = pending.header
             if header.api_key == apis.API_VERSIONS:
-                frame = codec.cap_api_versions(frame, header.api_version)
+                frame = codec.cap_api_versions(frame, header.api_version, permissions.offered)
+            elif pending.verdict is not None:
+                frame = self.enforcer.complete(frame, header, pending.verdict)
             facts = codec.response_facts(frame, header.api_key, header.api_version)
-            out.append(Audit(self._operation(pending, now, len(frame), facts.error_code, "forwarded", facts)))
+            outcome = "partly-refused" if pending.verdict is not None and pending.verdict.outcome == "partly refused" else "forwarded"
+            out.append(Audit(self._operation(pending, now, len(frame), facts.error_code, outcome, facts)))
             send.append(frame)
         data_out = send[0] if len(send) == 1 else b"".join(send)
         self.bytes_to_client += len(data_out)
@@ -218,7 +240,7 @@ class Session:
         self, pending: _InFlight, now: float, response_bytes: int | None, error_code: int | None,
         outcome: str, response: codec.ResponseFacts | None = None,
     ) -> Operation:
-        header, facts = pending.header, pending.facts
+        header, facts, verdict = pending.header, pending.facts, pending.verdict
         topics = json.dumps({t.topic: list(t.partitions) for t in facts.topics}) if facts.topics else None
         records, record_bytes = facts.records, facts.record_bytes
         if response is not None and response.records is not None:
@@ -240,4 +262,6 @@ class Session:
             error_code=error_code,
             latency_ms=None if response_bytes is None else round((now - pending.at) * 1000, 3),
             outcome=outcome,
+            decision=None if verdict is None or not verdict.checks else verdict.outcome,
+            checks=None if verdict is None or not verdict.checks else json.dumps([c.as_row() for c in verdict.checks]),
         )

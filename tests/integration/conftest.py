@@ -41,6 +41,7 @@ NETNS = "appliance-test-ns"
 NETNS_HOST, NETNS_PEER = "10.231.0.1", "10.231.0.2"
 BROKER_NETNS = f"{NETNS_PEER}:39092"
 WORKLOAD_PARENT = "appliance-test-workloads"
+POLICY = STATE / "policy.yaml"  # a copy of tests/integration/policy.yaml that policy tests rewrite
 
 
 def pytest_collection_modifyitems(items):
@@ -72,6 +73,7 @@ def config_path(prerequisites) -> Path:
     for leftover in ("audit.db", "audit.db-wal", "audit.db-shm", "enrollments.json", "serve.log"):
         (STATE / leftover).unlink(missing_ok=True)
     STATE.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(__file__).with_name("policy.yaml"), POLICY)
     path = STATE / "appliance.yaml"
     path.write_text(yaml.safe_dump({
         "state_dir": str(STATE),
@@ -82,6 +84,7 @@ def config_path(prerequisites) -> Path:
         "proxy_cgroup": "appliance-test-proxy",
         "exempt_cgroups": ["appliance-test-broker", "appliance-test-direct"],
         "audit_flush_ms": 50,
+        "policy_file": str(POLICY),
         "embedded_broker": {"port4": 39092, "port6": 39093, "controller_port": 39094,
                             "data_dir": str(STATE / "broker"), "cgroup": "appliance-test-broker"},
     }))
@@ -173,7 +176,7 @@ def appliance(config_path, config, broker):
     else:  # a test killed it and left it down: start and stop once so it detaches
         app.start()
         app.stop()
-    leftovers = [p for p in attached_programs() if p.get("name")]
+    leftovers = [p for p in attached_programs() if p.get("bpffs_dir") in (str(config.bpffs_dir), None)]
     assert leftovers == [], f"programs left attached after the appliance stopped: {leftovers}"
 
 

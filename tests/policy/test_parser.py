@@ -20,7 +20,7 @@ from appliance.identity.enrollment import EnrollmentStore
 from appliance.policy.model import Effect, Operation as Op, Pattern, PatternKind, Principal, ResourceType as R
 from appliance.policy.parser import PolicyError, load_policy, parse_policy
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "appliance" / "policy" / "embedded.yaml"
 
 GOOD = """\
 version: 1

@@ -18,10 +18,27 @@ from appliance.kafka import codec
 from appliance.kafka.framing import frame
 from appliance.proxy import events as ev
 from appliance.proxy.commands import Audit, CloseConnection, SendToClient, SendToUpstream
+from appliance.policy.enforce import Enforcer
+from appliance.policy.model import Principal
+from appliance.policy.parser import parse_policy
 from appliance.proxy.session import Session
 from tests.kafka.builders import batch, request_frame, response_frame
 
 PLAIN = UpstreamCredentials("PLAIN", "appliance", "s3cret")
+ALLOW_ALL = parse_policy("""
+version: 1
+rules:
+  - name: everything
+    identities: [orders]
+    operations: [produce, consume, describe, create, group]
+    topics: ["*"]
+    consumer_groups: ["*"]
+""", source="test-policy")
+
+
+def new_session(credentials=PLAIN, session_id="s1", policy=ALLOW_ALL):
+    enforcer = Enforcer(Principal("orders", frozenset()), lambda: policy)
+    return Session(session_id, credentials, enforcer, max_frame_bytes=1 << 20, now=0.0)
 
 
 def of(commands, kind):
@@ -53,7 +70,7 @@ def produce(acks, correlation_id=6):
 
 
 def authenticated_session():
-    s = Session("s1", PLAIN, max_frame_bytes=1 << 20, now=0.0)
+    s = new_session(PLAIN, "s1")
     s.handle(ev.UpstreamConnected(), 0.0)
     s.handle(ev.UpstreamData(handshake_ok()), 0.0)
     out = s.handle(ev.UpstreamData(authenticate()), 0.0)
@@ -62,7 +79,7 @@ def authenticated_session():
 
 
 def test_plain_upstream_auth_then_held_requests_are_forwarded_unchanged():
-    s = Session("s1", PLAIN, max_frame_bytes=1 << 20, now=0.0)
+    s = new_session(PLAIN, "s1")
     out = s.handle(ev.UpstreamConnected(), 0.0)
     hs = of(out, SendToUpstream)[0].data
     assert entity_reader(SaslHandshakeRequest)(hs, codec.parse_request_header(hs).body_offset)[0].mechanism == "PLAIN"
@@ -86,7 +103,7 @@ def test_scram_exchange_verifies_the_server():
     mech = scramp.ScramMechanism("SCRAM-SHA-512")
     auth_info = mech.make_auth_info("pw")
     server = mech.make_server(lambda username: auth_info)
-    s = Session("s1", creds, max_frame_bytes=1 << 20, now=0.0)
+    s = new_session(creds, "s1")
     s.handle(ev.UpstreamConnected(), 0)
     first = of(s.handle(ev.UpstreamData(handshake_ok()), 0), SendToUpstream)[0].data
     server.set_client_first(auth_bytes(first))
@@ -94,7 +111,7 @@ def test_scram_exchange_verifies_the_server():
     server.set_client_final(auth_bytes(final))
     out = s.handle(ev.UpstreamData(authenticate(auth_bytes=server.get_server_final().encode(), correlation_id=3)), 0)
     assert not of(out, CloseConnection)
-    forged = Session("s2", creds, max_frame_bytes=1 << 20, now=0.0)
+    forged = new_session(creds, "s2")
     server2 = mech.make_server(lambda username: auth_info)
     forged.handle(ev.UpstreamConnected(), 0)
     first = of(forged.handle(ev.UpstreamData(handshake_ok()), 0), SendToUpstream)[0].data
@@ -105,7 +122,7 @@ def test_scram_exchange_verifies_the_server():
 
 
 def test_upstream_refusal_closes_with_the_brokers_reason():
-    s = Session("s1", PLAIN, max_frame_bytes=1 << 20, now=0.0)
+    s = new_session(PLAIN, "s1")
     s.handle(ev.UpstreamConnected(), 0)
     s.handle(ev.UpstreamData(handshake_ok()), 0)
     out = s.handle(ev.UpstreamData(authenticate(ErrorCode.sasl_authentication_failed, message="bad password")), 0)
@@ -176,7 +193,7 @@ def test_broker_answering_an_unknown_correlation_id_closes():
 
 
 def test_garbage_held_during_authentication_is_blamed_on_the_client():
-    s = Session("s1", PLAIN, max_frame_bytes=1 << 20, now=0.0)
+    s = new_session(PLAIN, "s1")
     s.handle(ev.UpstreamConnected(), 0)
     s.handle(ev.ClientData(b"\x7f\xff\xff\xffgarbage"), 0)
     s.handle(ev.UpstreamData(handshake_ok()), 0)

@@ -1,0 +1,237 @@
+"""Applying the policy to one request (sans-io): allow it as is, cut refused entries, or answer it.
+
+The request is decoded once (kio); when every check allows it, the original
+bytes are forwarded untouched. Refused entries are cut from a re-encoded
+request and answered, in the broker's response, with the error Kafka's own
+authorizer would give (TOPIC_/GROUP_/TRANSACTIONAL_ID_/CLUSTER_AUTHORIZATION_FAILED,
+or POLICY_VIOLATION for immutable topics). A refusal of the whole request, or
+of every entry, is answered by the proxy and never reaches the broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import struct
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+from kio.serial import entity_writer
+
+from appliance.kafka import apis, codec
+from appliance.kafka.synth import default_entity, element_type, mirror
+from appliance.policy.model import Decision, Operation, Policy, Principal, ResourceType
+from appliance.policy.permissions import DENIED_ERROR, IMMUTABLE_ERROR, Each, Permission, Whole, permission_for
+
+_INT32 = struct.Struct(">i")
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One decision, as the audit records it."""
+
+    resource: str
+    name: str | None
+    operation: str
+    allowed: bool
+    rule: str
+
+    def as_row(self) -> list:
+        return [self.resource, self.name, self.operation, "allow" if self.allowed else "deny", self.rule]
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """Refused entries to add to the broker's response before it reaches the client."""
+
+    field: str
+    entries: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: str  # allowed | partly refused | refused
+    checks: tuple[Check, ...]
+    request: Any  # the request as the workload sent it, decoded; None when it was not decoded
+    forward: bytes | None  # the frame to send upstream (the original when allowed); None: send nothing
+    answer: bytes | None = None  # the proxy's own response, sent to the client now
+    merge: Merge | None = None
+    filter_topics: bool = False  # Metadata for all topics: keep only those the workload may describe
+
+
+def _error(resource: ResourceType, decision: Decision) -> ErrorCode:
+    return IMMUTABLE_ERROR if decision.rule == "immutable-topics" else DENIED_ERROR[resource]
+
+
+def _message(decision: Decision) -> str:
+    return f"refused by the appliance's policy ({decision.rule}): {decision.reason}"
+
+
+def _kind(kinds, value, default: tuple[ResourceType, Operation]) -> tuple[ResourceType, Operation]:
+    for k, resource, operation in kinds:
+        if int(value) == k:
+            return resource, operation
+    return default
+
+
+def _response_frame(original_header: bytes, cls: type, entity: Any) -> bytes:
+    out = io.BytesIO()
+    out.write(b"\0\0\0\0")
+    out.write(original_header)
+    entity_writer(cls)(out, entity)
+    data = bytearray(out.getvalue())
+    _INT32.pack_into(data, 0, len(data) - 4)
+    return bytes(data)
+
+
+def _response_header(header: codec.RequestHeader) -> bytes:
+    flexible = apis.response_header_is_flexible(header.api_key, header.api_version)
+    return _INT32.pack(header.correlation_id) + (b"\0" if flexible else b"")
+
+
+def _response_element(header: codec.RequestHeader, field: str) -> type:
+    cls = apis.response_class(header.api_key, header.api_version)
+    return element_type(typing.get_type_hints(cls)[field])
+
+
+class Enforcer:
+    """Decides requests for one principal against whatever policy `policy()` returns now (hot reload)."""
+
+    def __init__(self, principal: Principal, policy: typing.Callable[[], Policy]) -> None:
+        self.principal = principal
+        self.policy = policy
+
+    def check(self, frame: bytes, header: codec.RequestHeader) -> Verdict:
+        permission = permission_for(header.api_key, header.api_version)
+        if permission is None:
+            return self._unmapped(header)
+        if permission.open:
+            return Verdict("allowed", (), None, frame)
+        policy = self.policy()
+        request = codec.decode_request(frame, header)
+        checks: list[Check] = []
+        whole_error = self._whole(permission, request, policy, checks)
+        each = permission.each
+        items = tuple(getattr(request, each.field) or ()) if each is not None else ()
+        refused: list[tuple[Any, ErrorCode, str]] = []
+        kept: list[Any] = []
+        if each is not None:
+            for item in items:
+                resource, operation, name = self._entry(each, request, item)
+                decision = policy.decide(self.principal, operation, resource, name)
+                checks.append(Check(resource, name, operation, decision.allowed, decision.rule))
+                if decision.allowed:
+                    kept.append(item)
+                else:
+                    refused.append((item, _error(resource, decision), _message(decision)))
+        no_response = header.api_key == apis.PRODUCE and int(request.acks) == 0
+        if whole_error is not None:
+            error, message = whole_error
+            if no_response:
+                return Verdict("refused", tuple(checks), request, None)
+            entries = {}
+            if each is not None:
+                element = _response_element(header, each.response_field)
+                entries[each.response_field] = tuple(mirror(i, element, error, message) for i in items)
+            return Verdict("refused", tuple(checks), request, None, answer=self._answer(header, error, entries))
+        if refused:
+            element = _response_element(header, each.response_field)
+            answered = tuple(mirror(item, element, error, message) for item, error, message in refused)
+            if not kept:
+                if no_response:
+                    return Verdict("refused", tuple(checks), request, None)
+                answer = self._answer(header, ErrorCode.none, {each.response_field: answered})
+                return Verdict("refused", tuple(checks), request, None, answer=answer)
+            rewritten = dataclasses.replace(request, **{each.field: tuple(kept)})
+            forward = self._rewrite(frame, header, rewritten)
+            return Verdict("partly refused", tuple(checks), request, forward,
+                           merge=None if no_response else Merge(each.response_field, answered))
+        if header.api_key == apis.METADATA:
+            return self._metadata(frame, header, request, policy, tuple(checks))
+        return Verdict("allowed", tuple(checks), request, frame)
+
+    # ---- pieces -----------------------------------------------------------------
+
+    def _whole(self, permission: Permission, request: Any, policy: Policy, checks: list[Check]):
+        """Check the request-wide resources; the first refusal's (error, message), or None."""
+        first = None
+        for whole in permission.whole:
+            name = getattr(request, whole.field) if whole.field else None
+            if whole.optional and name is None:
+                continue
+            resource, operation = whole.resource, whole.operation
+            if whole.kind_field:
+                resource, operation = _kind(whole.kinds, getattr(request, whole.kind_field), (resource, operation))
+            decision = policy.decide(self.principal, operation, resource, None if name is None else str(name))
+            checks.append(Check(resource, None if name is None else str(name), operation, decision.allowed, decision.rule))
+            if not decision.allowed and first is None:
+                first = (_error(resource, decision), _message(decision))
+        if permission.idempotent_produce and getattr(request, "transactional_id", None) is None:
+            decision = policy.allows_any(self.principal, Operation.PRODUCE, ResourceType.TOPIC)
+            checks.append(Check(ResourceType.CLUSTER, None, "idempotent-produce", decision.allowed, decision.rule))
+            if not decision.allowed and first is None:
+                first = (ErrorCode.cluster_authorization_failed, _message(decision))
+        return first
+
+    def _entry(self, each: Each, request: Any, item: Any) -> tuple[ResourceType, Operation, str | None]:
+        name = item if each.name is None else getattr(item, each.name)
+        resource, operation = each.resource, each.operation
+        if each.kind_field:
+            resource, operation = _kind(each.kinds, getattr(item, each.kind_field), (resource, operation))
+        elif each.top_kind_field:
+            resource, operation = _kind(each.kinds, getattr(request, each.top_kind_field), (resource, operation))
+        if resource == ResourceType.CLUSTER:
+            name = None
+        return resource, operation, None if name is None else str(name)
+
+    def _answer(self, header: codec.RequestHeader, error: ErrorCode, fields: dict) -> bytes:
+        cls = apis.response_class(header.api_key, header.api_version)
+        return _response_frame(_response_header(header), cls, default_entity(cls, error, **fields))
+
+    def _rewrite(self, frame: bytes, header: codec.RequestHeader, request: Any) -> bytes:
+        out = io.BytesIO()
+        out.write(b"\0\0\0\0")
+        out.write(frame[4:header.body_offset])
+        entity_writer(type(request))(out, request)
+        data = bytearray(out.getvalue())
+        _INT32.pack_into(data, 0, len(data) - 4)
+        return bytes(data)
+
+    def _metadata(self, frame, header, request, policy: Policy, checks: tuple[Check, ...]) -> Verdict:
+        """Metadata may auto-create topics: that needs create, or the request goes on without it."""
+        if request.topics is None:
+            return Verdict("allowed", checks, request, frame, filter_topics=True)
+        if getattr(request, "allow_auto_topic_creation", False):
+            creatable = [policy.decide(self.principal, Operation.CREATE, ResourceType.TOPIC, str(t.name))
+                         for t in request.topics if t.name is not None]
+            if not all(d.allowed for d in creatable):
+                rewritten = dataclasses.replace(request, allow_auto_topic_creation=False)
+                return Verdict("allowed", checks, request, self._rewrite(frame, header, rewritten))
+        return Verdict("allowed", checks, request, frame)
+
+    def _unmapped(self, header: codec.RequestHeader) -> Verdict:
+        check = Check(ResourceType.CLUSTER, None, apis.api_name(header.api_key), False, "unmapped-api")
+        cls = apis.response_class(header.api_key, header.api_version)
+        answer = _response_frame(_response_header(header), cls,
+                                 default_entity(cls, ErrorCode.cluster_authorization_failed))
+        return Verdict("refused", (check,), None, None, answer=answer)
+
+    # ---- the broker's side ----------------------------------------------------------
+
+    def complete(self, response: bytes, header: codec.RequestHeader, verdict: Verdict) -> bytes:
+        """The response the client gets: the broker's, with refused entries added or hidden topics removed."""
+        if verdict.merge is None and not verdict.filter_topics:
+            return response
+        offset = codec.response_body_offset(response, header.api_key, header.api_version)
+        entity = codec.decode_response(response, header.api_key, header.api_version)
+        if verdict.merge is not None:
+            field = verdict.merge.field
+            entity = dataclasses.replace(entity, **{field: tuple(getattr(entity, field)) + verdict.merge.entries})
+        if verdict.filter_topics:
+            policy = self.policy()
+            visible = tuple(t for t in entity.topics if t.name is not None and policy.decide(
+                self.principal, Operation.DESCRIBE, ResourceType.TOPIC, str(t.name)).allowed)
+            entity = dataclasses.replace(entity, topics=visible)
+        return _response_frame(response[4:offset], type(entity), entity)
