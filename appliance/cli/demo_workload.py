@@ -1,7 +1,8 @@
 """The demo's workload: an unmodified confluent-kafka client producing and consuming `demo-orders`.
 
 It knows nothing of the appliance: no credentials, plain connection to the
-broker's address. Run as `demo_workload.py HOST:PORT` (loop) or with `--once`
+broker's address. Every fifth round it also tries `demo-secrets`, which the
+embedded policy denies to everyone. Run as `demo_workload.py HOST:PORT` (loop) or with `--once`
 (one attempt, which the kernel refuses when the cgroup is not enrolled).
 """
 
@@ -21,6 +22,8 @@ consumer.subscribe(["demo-orders"])
 n = 0
 while True:
     producer.produce("demo-orders", json.dumps({"order": n, "amount": 10 + n % 7, "email": f"buyer{n}@example.com"}))
+    if n % 5 == 4:  # the policy denies demo-secrets to everyone: the proxy answers TOPIC_AUTHORIZATION_FAILED
+        producer.produce("demo-secrets", b"should never arrive")
     producer.flush(5)
     consumer.poll(0.5)
     n += 1

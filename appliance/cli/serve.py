@@ -115,8 +115,9 @@ def demo(ctx, seconds: float | None) -> None:
     """Start the embedded broker and the appliance, enrol a demo workload and show live traffic.
 
     The demo workload (identity `orders`) produces and consumes through the
-    appliance; once a few seconds in, a process in an unenrolled cgroup tries
-    the broker and is refused. Ctrl-C stops everything and detaches every
+    appliance under the embedded policy, which also refuses its attempts on
+    `demo-secrets`; a few seconds in, a process in an unenrolled cgroup tries
+    the broker and is refused in the kernel. Ctrl-C stops everything and detaches every
     program. This is what `make run` does.
 
     \b
@@ -224,7 +225,8 @@ def _live_tables(config):
     tables = []
     for title, rows, columns in (
         ("sessions", sessions, ("started_at", "identity", "cgroup_path", "pid", "command", "broker_address", "requests", "close_reason")),
-        ("operations", operations, ("at", "identity", "api_name", "api_version", "topics", "records", "error_code", "latency_ms")),
+        ("operations", operations, ("at", "identity", "api_name", "topics", "records", "decision", "error_code",
+                                    "latency_ms")),
         ("events", events, ("at", "kind", "message")),
     ):
         table = Table(title=title, title_justify="left")

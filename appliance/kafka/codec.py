@@ -264,7 +264,8 @@ def _first_error(entity: Any) -> int:
 
 
 def response_facts(frame: bytes, api_key: int, api_version: int) -> ResponseFacts:
-    if api_key not in _TOPIC_READERS:
+    """The broker's error code (and, for Fetch, records and bytes) for the audit."""
+    if not apis.can_parse(api_key, api_version):
         return ResponseFacts()
     entity = decode_response(frame, api_key, api_version)
     if api_key == apis.FETCH:

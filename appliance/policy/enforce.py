@@ -5,7 +5,9 @@ bytes are forwarded untouched. Refused entries are cut from a re-encoded
 request and answered, in the broker's response, with the error Kafka's own
 authorizer would give (TOPIC_/GROUP_/TRANSACTIONAL_ID_/CLUSTER_AUTHORIZATION_FAILED,
 or POLICY_VIOLATION for immutable topics). A refusal of the whole request, or
-of every entry, is answered by the proxy and never reaches the broker.
+of every entry, is answered by the proxy and never reaches the broker, except
+Metadata: it goes on asking for no topics, because clients need the broker
+list from a real answer.
 """
 
 from __future__ import annotations
@@ -139,14 +141,14 @@ class Enforcer:
         if refused:
             element = _response_element(header, each.response_field)
             answered = tuple(mirror(item, element, error, message) for item, error, message in refused)
-            if not kept:
+            if not kept and header.api_key != apis.METADATA:
                 if no_response:
                     return Verdict("refused", tuple(checks), request, None)
                 answer = self._answer(header, ErrorCode.none, {each.response_field: answered})
                 return Verdict("refused", tuple(checks), request, None, answer=answer)
             rewritten = dataclasses.replace(request, **{each.field: tuple(kept)})
             forward = self._rewrite(frame, header, rewritten)
-            return Verdict("partly refused", tuple(checks), request, forward,
+            return Verdict("partly refused" if kept else "refused", tuple(checks), request, forward,
                            merge=None if no_response else Merge(each.response_field, answered))
         if header.api_key == apis.METADATA:
             return self._metadata(frame, header, request, policy, tuple(checks))
@@ -202,7 +204,8 @@ class Enforcer:
     def _metadata(self, frame, header, request, policy: Policy, checks: tuple[Check, ...]) -> Verdict:
         """Metadata may auto-create topics: that needs create, or the request goes on without it."""
         if request.topics is None:
-            return Verdict("allowed", checks, request, frame, filter_topics=True)
+            every = Check(ResourceType.TOPIC, None, Operation.DESCRIBE, True, "every-topic-filtered")
+            return Verdict("allowed", checks + (every,), request, frame, filter_topics=True)
         if getattr(request, "allow_auto_topic_creation", False):
             creatable = [policy.decide(self.principal, Operation.CREATE, ResourceType.TOPIC, str(t.name))
                          for t in request.topics if t.name is not None]

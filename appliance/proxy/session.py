@@ -38,6 +38,10 @@ _SASL_HINT = (
 )
 
 
+# How a forwarded request's verdict reads in the audit's outcome column.
+_OUTCOMES = {"partly refused": "partly-refused", "refused": "refused"}
+
+
 class _BadInput(Exception):
     """Bytes from one side that end this session; the message names the side and the fault."""
 
@@ -229,7 +233,7 @@ class Session:
             elif pending.verdict is not None:
                 frame = self.enforcer.complete(frame, header, pending.verdict)
             facts = codec.response_facts(frame, header.api_key, header.api_version)
-            outcome = "partly-refused" if pending.verdict is not None and pending.verdict.outcome == "partly refused" else "forwarded"
+            outcome = _OUTCOMES.get(pending.verdict.outcome if pending.verdict is not None else "", "forwarded")
             out.append(Audit(self._operation(pending, now, len(frame), facts.error_code, outcome, facts)))
             send.append(frame)
         data_out = send[0] if len(send) == 1 else b"".join(send)

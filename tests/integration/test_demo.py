@@ -36,6 +36,9 @@ def test_demo_runs_and_leaves_nothing_behind(prerequisites, appliance):
     refused = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "events", "--json",
                               "--kind", "refused-connect"], capture_output=True, text=True, check=True).stdout
     assert "/appliance-demo/unenrolled" in refused
+    denied = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "operations", "--json",
+                             "--topic", "demo-secrets"], capture_output=True, text=True, check=True).stdout
+    assert '"decision": "refused"' in denied and "no-demo-secrets" in denied
     assert not [p for p in attached_programs() if p.get("bpffs_dir") == "/sys/fs/bpf/appliance-test-demo"]
     assert not Path("/sys/fs/bpf/appliance-test-demo").exists()
     assert not subprocess.run(["pgrep", "-f", str(DEMO_STATE / "broker")], capture_output=True).stdout

@@ -161,3 +161,13 @@ def test_published_table_matches_the_code():
     from pathlib import Path
     doc = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
     assert markdown_table() in doc, "docs/policy.md's API table is stale: run `make docs`"
+
+
+def test_wholly_refused_metadata_still_asks_the_broker_for_its_brokers():
+    f = request_frame(MetadataRequest(topics=(MetadataRequestTopic(topic_id=None, name="payments"),),
+                                      allow_auto_topic_creation=False, include_topic_authorized_operations=False),
+                      correlation_id=7)
+    verdict = ORDERS.check(f, codec.parse_request_header(f))
+    sent = codec.decode_request(verdict.forward, codec.parse_request_header(verdict.forward))
+    assert sent.topics == () and verdict.answer is None
+    assert verdict.merge.entries[0].error_code == ErrorCode.topic_authorization_failed

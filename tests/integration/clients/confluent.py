@@ -45,9 +45,12 @@ if args.produce:
     producer = Producer({**common, "acks": args.acks, "message.timeout.ms": int(args.timeout * 1000),
                          "client.id": "itest-producer"})
 
+    produce_started = time.monotonic()
+
     def delivered(err, msg):
         if err is not None:
             summary["errors"].append(str(err))
+            summary.setdefault("first_error_after_s", round(time.monotonic() - produce_started, 3))
         else:
             summary["produced"] += 1
 
