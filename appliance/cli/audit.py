@@ -13,7 +13,7 @@ _SESSION_COLUMNS = ("started_at", "session_id", "identity", "cgroup_path", "pid"
                     "client_address", "broker_address", "requests", "bytes_from_client", "bytes_to_client",
                     "ended_at", "close_reason")
 _OPERATION_COLUMNS = ("at", "identity", "pid", "api_name", "api_version", "correlation_id", "client_id", "topics",
-                      "group_id", "records", "record_bytes", "error_code", "latency_ms", "outcome")
+                      "group_id", "records", "record_bytes", "decision", "error_code", "latency_ms", "outcome")
 _EVENT_COLUMNS = ("at", "kind", "identity", "cgroup_path", "pid", "message")
 
 
@@ -59,18 +59,21 @@ def sessions(ctx, identity, since, limit, as_json) -> None:
 @click.option("--identity", help="Only this workload identity.")
 @click.option("--topic", help="Only operations that name this topic.")
 @click.option("--session", help="Only this session id.")
+@click.option("--decision", type=click.Choice(["allowed", "partly refused", "refused"]),
+              help="Only requests the policy decided this way.")
 @click.option("--since", help="Only since this long ago (30s, 10m, 2h, 1d) or an ISO-8601 time.")
 @click.option("--limit", default=100, show_default=True, help="At most this many rows, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by column name.")
 @click.pass_context
-def operations(ctx, identity, topic, session, since, limit, as_json) -> None:
-    """Requests: api and version, topics and partitions, records and bytes, broker error, latency.
+def operations(ctx, identity, topic, session, decision, since, limit, as_json) -> None:
+    """Requests: api and version, topics and partitions, records and bytes, the policy's decision and rule, error, latency.
 
     \b
     Example:
       appliance audit operations --identity orders --topic payments --since 1h
+      appliance audit operations --decision refused --json
     """
-    rows = store.query_operations(_db(ctx), identity=identity, topic=topic, session=session,
+    rows = store.query_operations(_db(ctx), identity=identity, topic=topic, session=session, decision=decision,
                                   since=parse_since(since), limit=limit)
     emit(rows, as_json=as_json, columns=_OPERATION_COLUMNS, title="operations", times=("at",))
 
