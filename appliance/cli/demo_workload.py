@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 
 once = "--once" in sys.argv
 bootstrap = sys.argv[-1]
@@ -23,7 +23,10 @@ n = 0
 while True:
     producer.produce("demo-orders", json.dumps({"order": n, "amount": 10 + n % 7, "email": f"buyer{n}@example.com"}))
     if n % 5 == 4:  # the policy denies demo-secrets to everyone: the proxy answers TOPIC_AUTHORIZATION_FAILED
-        producer.produce("demo-secrets", b"should never arrive")
+        try:
+            producer.produce("demo-secrets", b"should never arrive")
+        except KafkaException as e:  # once the client knows the topic is refused, it refuses at once itself
+            print(f"demo-secrets refused: {e.args[0].str()}", file=sys.stderr)
     producer.flush(5)
     consumer.poll(0.5)
     n += 1

@@ -132,6 +132,13 @@ def demo(ctx, seconds: float | None) -> None:
     from appliance.identity import cgroups
 
     config = ctx.obj
+    try:
+        running = json.loads(config.status_file.read_text()).get("pid")
+    except (OSError, ValueError):
+        running = None
+    if running and _alive(running):
+        raise click.ClickException(f"an appliance is already serving with this configuration (pid {running}); "
+                                   "stop it first")
     broker = EmbeddedBroker(config.embedded_broker)
     click.echo("starting the embedded broker ...")
     broker.start()

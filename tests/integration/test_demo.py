@@ -25,7 +25,7 @@ def test_demo_runs_and_leaves_nothing_behind(prerequisites, appliance):
         "embedded_broker": {"port4": 49092, "port6": 49093, "controller_port": 49094,
                             "data_dir": str(DEMO_STATE / "broker"), "cgroup": "appliance-test-demo-broker"},
     }))
-    done = subprocess.run([PY, "-m", "appliance", "--config", str(config), "demo", "--seconds", "12"],
+    done = subprocess.run([PY, "-m", "appliance", "--config", str(config), "demo", "--seconds", "16"],
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "none of this appliance's programs attached" in done.stdout
@@ -33,6 +33,10 @@ def test_demo_runs_and_leaves_nothing_behind(prerequisites, appliance):
                                "SELECT identity, count(*) AS n FROM sessions GROUP BY identity"],
                               capture_output=True, text=True, check=True).stdout
     assert '"identity": "orders"' in sessions
+    # The workload lives through its refusals: it is still producing at the end (one order a second).
+    late = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "operations", "--json", "--since", "4s",
+                           "--topic", "demo-orders"], capture_output=True, text=True, check=True).stdout
+    assert '"api_name": "Produce"' in late
     refused = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "events", "--json",
                               "--kind", "refused-connect"], capture_output=True, text=True, check=True).stdout
     assert "/appliance-demo/unenrolled" in refused
