@@ -24,6 +24,10 @@ import functools
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.masking.rules import MaskingPolicy
 
 DEFAULT_DENY = "default-deny"
 IMMUTABLE_TOPICS = "immutable-topics"
@@ -268,17 +272,25 @@ def _why_matches(resource_type: ResourceType, name: str | None, matched: Pattern
 _NOTHING: tuple[tuple[Rule, ...], tuple[Rule, ...]] = ((), ())
 
 
+def _no_masking() -> MaskingPolicy:
+    # Imported when called: appliance.masking.rules imports this module.
+    from appliance.masking.rules import MaskingPolicy
+    return MaskingPolicy()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Policy:
     """An immutable policy: ordered rules and immutable-topic patterns, with cached decisions.
 
     Compared by identity (a reloaded policy is a different object with a fresh
     cache). Rule names must be unique; the parser says so with file and line.
+    `masking` holds the `masking:` section (docs/masking.md); empty by default.
     """
 
     rules: tuple[Rule, ...]
     immutable_topics: tuple[Pattern, ...] = ()
     source: str = "<policy>"
+    masking: MaskingPolicy = field(default_factory=_no_masking)
     _index: dict = field(init=False, repr=False)
     _decide_cached: object = field(init=False, repr=False)
     _allows_any_cached: object = field(init=False, repr=False)

@@ -5,7 +5,8 @@ error can say `FILE line N: key 'x' ...` and what would be valid. Names are
 taken as written: `topics: [no, 123]` means the topics `no` and `123`, not
 false and a number. Nothing is guessed: unknown keys, repeated keys and bare
 names with glob characters are errors. The language is described in
-docs/policy.md.
+docs/policy.md; its `masking:` section, read into `Policy.masking`, in
+docs/masking.md.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from appliance.policy.model import (
 )
 
 FORMAT_VERSION = 1
-TOP_LEVEL_KEYS = ("version", "immutable_topics", "rules")
+TOP_LEVEL_KEYS = ("version", "immutable_topics", "rules", "masking")
 RULE_KEYS = ("name", "effect", "identities", "groups", "operations", "topics", "consumer_groups",
              "transactional_ids", "cluster")
 RESOURCE_KEYS = ("topics", "consumer_groups", "transactional_ids", "cluster")
+MASK_RULE_KEYS = ("name", "topics", "on", "fields", "detectors", "headers", "action", "invalid", "binary")
+MASK_ACTIONS = ("redact", "hash", "remove", "keep_last")
 
 # Kafka's own limits on topic names (kafka.common.internals.Topic).
 _TOPIC_CHARACTERS = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -157,7 +160,10 @@ class _Reader:
             for i, item in enumerate(self.items(keys["rules"][1], "rules",
                                                 example="[{name: ..., identities: [...], ...}]"), 1):
                 rules.append(self.rule(item, i, lines))
-        return Policy(rules=tuple(rules), immutable_topics=immutable, source=self.source)
+        masking = self.masking(keys["masking"][1]) if "masking" in keys else None
+        if masking is None:
+            return Policy(rules=tuple(rules), immutable_topics=immutable, source=self.source)
+        return Policy(rules=tuple(rules), immutable_topics=immutable, source=self.source, masking=masking)
 
     def rule(self, node: Node, index: int, lines: dict[str, int]) -> Rule:
         label = f"rule {index}"
@@ -210,6 +216,142 @@ class _Reader:
         return Rule(name=name, effect=effect, identities=identities, groups=groups, operations=operations,
                     topics=topics, consumer_groups=consumer_groups, transactional_ids=transactional_ids,
                     cluster=cluster, line=line)
+
+    # --- masking (docs/masking.md) --------------------------------------------------
+
+    def masking(self, node: Node):  # -> MaskingPolicy
+        # Imported here: appliance.masking.rules imports the policy model, which this package's import runs.
+        from appliance.masking.rules import MaskingPolicy
+        lines: dict[str, int] = {}
+        items = self.items(node, "masking", example="[{name: cards, topics: [payments], on: [produce], "
+                                                    "detectors: [card]}]")
+        return MaskingPolicy(tuple(self.mask_rule(item, i, lines) for i, item in enumerate(items, 1)),
+                             source=self.source)
+
+    def mask_rule(self, node: Node, index: int, lines: dict[str, int]):  # -> MaskRule
+        from appliance.masking.actions import ActionKind
+        from appliance.masking.detectors import Detector
+        from appliance.masking.paths import JsonPath, PathError
+        from appliance.masking.rules import Binary, Direction, Invalid, MaskRule
+
+        label = f"masking rule {index}"
+        if not isinstance(node, MappingNode):
+            raise self.error(node, "masking", f"item {index} must be a mapping with the keys "
+                                              f"{', '.join(MASK_RULE_KEYS)}")
+        line = node.start_mark.line + 1
+        for key_node, value_node in node.value:
+            if getattr(key_node, "value", None) == "name" and isinstance(value_node, ScalarNode) and value_node.value:
+                label = f"masking rule {value_node.value!r}"
+        keys = self.mapping(node, MASK_RULE_KEYS, what="a masking rule setting", rule=label)
+        if "name" not in keys:
+            raise PolicyError(f"{self.source} line {line}: key 'name' is missing from {label}; "
+                              f"every masking rule needs a unique name")
+        name_node = keys["name"][1]
+        name = self.text(name_node, "name", what="the masking rule's name", rule=f"masking rule {index}")
+        if name in lines:
+            raise self.error(name_node, "name", f"{name!r} is already the name of the masking rule at line "
+                                                f"{lines[name]}; masking rule names must be unique",
+                             rule=f"masking rule {index}")
+        lines[name] = line
+        label = f"masking rule {name!r}"
+
+        topics = self.patterns(keys, "topics", label, topic=True)
+        if not topics:
+            raise PolicyError(f"{self.source} line {line}: {label} names no topic: give key 'topics' with at least "
+                              f"one topic pattern, e.g. topics: [payments, 'prefix:payments.']")
+        on = frozenset(self.choices(keys, "on", label, tuple(Direction), example="[produce]"))
+        if not on:
+            raise PolicyError(f"{self.source} line {line}: {label} says neither when to mask: give key 'on' with "
+                              f"produce (the broker stores masked values) and/or fetch (consumers without "
+                              f"unmask read masked values)")
+        fields = []
+        if "fields" in keys:
+            for i, item in enumerate(self.items(keys["fields"][1], "fields", example="['$.card.number']",
+                                                rule=label), 1):
+                text = self.text(item, "fields", what="a JSON path such as '$.card.number'", rule=label, item=i)
+                try:
+                    fields.append((JsonPath.parse(text), item))
+                except PathError as e:
+                    raise self.error(item, "fields", f"item {i} {e}", label) from None
+        detectors = frozenset(self.choices(keys, "detectors", label, tuple(Detector), example="[card, email]"))
+        headers = []
+        if "headers" in keys:
+            for i, item in enumerate(self.items(keys["headers"][1], "headers", example="[authorization]",
+                                                rule=label), 1):
+                headers.append(self.text(item, "headers", what="a header key", rule=label, item=i).lower())
+        if not (fields or detectors or headers):
+            raise PolicyError(f"{self.source} line {line}: {label} finds nothing to mask: give at least one of the "
+                              f"keys fields (JSON paths), detectors ({', '.join(Detector)}) or headers (header "
+                              f"keys), non-empty")
+
+        action = self.mask_action(keys, label)
+        if action.kind == ActionKind.REMOVE:
+            if detectors:
+                raise self.error(keys["action"][1], "action", "is remove, which deletes JSON fields and headers, "
+                                                              "but the rule has detectors, which find text inside "
+                                                              "values: use redact, hash or {keep_last: N}, or move "
+                                                              "the detectors to a rule of their own", label)
+            root = next((node_ for path, node_ in fields if path.is_root), None)
+            if root is not None:
+                raise self.error(root, "fields", "is '$', the whole value, which remove cannot delete: name the "
+                                                 "fields to remove, or use redact or hash", label)
+        invalid = None
+        if "invalid" in keys:
+            invalid_node = keys["invalid"][1]
+            invalid = Invalid(self.choice(invalid_node, "invalid", label, tuple(Invalid)))
+            if invalid == Invalid.REJECT and Direction.PRODUCE not in on:
+                raise self.error(invalid_node, "invalid", "is reject, but the rule applies only on fetch, where a "
+                                                          "stored record cannot be refused: write "
+                                                          "invalid: mask-whole", label)
+        binary = Binary.LEAVE
+        if "binary" in keys:
+            binary = Binary(self.choice(keys["binary"][1], "binary", label, tuple(Binary)))
+        return MaskRule(name=name, topics=topics, on=on, fields=tuple(p for p, _ in fields), detectors=detectors,
+                        headers=frozenset(headers), action=action, invalid=invalid, binary=binary, line=line)
+
+    def mask_action(self, keys: dict[str, tuple[Node, Node]], rule: str):  # -> Action
+        from appliance.masking.actions import Action, ActionKind
+        if "action" not in keys:
+            return Action.redact()
+        node = keys["action"][1]
+        if isinstance(node, MappingNode):
+            inner = self.mapping(node, ("keep_last",), what="an action with a setting (only keep_last has one)",
+                                 rule=rule)
+            if not inner:
+                raise self.error(node, "action", "is an empty mapping; write e.g. action: {keep_last: 4}", rule)
+            count = inner["keep_last"][1]
+            if not (isinstance(count, ScalarNode) and count.tag == _INT_TAG
+                    and self.constructor.construct_object(count) >= 0):
+                shown = count.value if isinstance(count, ScalarNode) else "a list or mapping"
+                raise self.error(count, "keep_last", f"must be how many characters to keep, a whole number of 0 "
+                                                     f"or more, not {shown!r}", rule)
+            return Action.keep_last(self.constructor.construct_object(count))
+        value = self.choice(node, "action", rule, MASK_ACTIONS,
+                            what="redact, hash, remove or {keep_last: N}")
+        if value == ActionKind.KEEP_LAST:
+            raise self.error(node, "action", "keep_last needs the number of characters to keep: write "
+                                             "action: {keep_last: 4}", rule)
+        return Action(ActionKind(value))
+
+    def choice(self, node: Node, key: str, rule: str, valid: tuple[str, ...], *, what: str | None = None,
+               item: int | None = None) -> str:
+        """One of `valid`, with a did-you-mean hint."""
+        valid = tuple(str(v) for v in valid)
+        what = what or " or ".join(valid)
+        value = self.text(node, key, what=what, rule=rule, item=item)
+        if value not in valid:
+            close = difflib.get_close_matches(value, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            at = f"item {item} " if item is not None else ""
+            raise self.error(node, key, f"{at}must be {what}, not {value!r}{hint}", rule)
+        return value
+
+    def choices(self, keys: dict[str, tuple[Node, Node]], key: str, rule: str, valid: tuple[str, ...], *,
+                example: str) -> list[str]:
+        if key not in keys:
+            return []
+        return [self.choice(item, key, rule, valid, what=f"one of {', '.join(valid)}", item=i)
+                for i, item in enumerate(self.items(keys[key][1], key, example=example, rule=rule), 1)]
 
     # --- rule parts --------------------------------------------------------------
 
