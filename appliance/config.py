@@ -104,6 +104,11 @@ class Config:
         return self.state_dir / "enrollments.json"
 
     @property
+    def masking_secret(self) -> Path:
+        """The key of masking's `hash` action (HMAC-SHA256); created on first start, root-only."""
+        return self.state_dir / "masking-secret"
+
+    @property
     def status_file(self) -> Path:
         return self.run_dir / "status.json"
 

@@ -10,6 +10,7 @@ SIGINT/SIGTERM close every session and detach everything.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from appliance.broker.credentials import load_credentials
 from appliance.config import Config
 from appliance.identity import cgroups
 from appliance.identity.enrollment import Enrollment, EnrollmentStore
+from appliance.masking.secret import load_or_create_secret
 from appliance.policy.model import Policy
 from appliance.policy.parser import PolicyError, load_policy
 from appliance.proxy.original_dst import kernel_lookup
@@ -58,7 +60,8 @@ class Appliance:
     async def run(self) -> None:
         config = self.config
         credentials = load_credentials(config.upstream_credentials)
-        self.policy = load_policy(config.policy_file)  # a bad policy at start stops here, naming the fault
+        self._secret = load_or_create_secret(config.masking_secret)
+        self.policy = self._load_policy()  # a bad policy at start stops here, naming the fault
         self._policy_stamp = _mtime(config.policy_file)
         config.run_dir.mkdir(parents=True, exist_ok=True)
         own = cgroups.ensure(config.proxy_cgroup)
@@ -137,6 +140,11 @@ class Appliance:
 
     # ---- policy ----------------------------------------------------------------
 
+    def _load_policy(self) -> Policy:
+        """The policy file, with its masking rules bound to the appliance's secret (for `hash`)."""
+        policy = load_policy(self.config.policy_file)
+        return dataclasses.replace(policy, masking=policy.masking.with_secret(self._secret))
+
     def reload_policy_if_changed(self) -> None:
         """Reload on SIGHUP or when the file changes; a policy that fails to load leaves the old one in force."""
         path = self.config.policy_file
@@ -146,7 +154,7 @@ class Appliance:
         self._reload_requested.clear()
         self._policy_stamp = stamp
         try:
-            policy = load_policy(path)
+            policy = self._load_policy()
         except PolicyError as e:
             log.error("policy not reloaded, the previous one stays in force: %s", e)
             self._event("policy-error", f"policy not reloaded, the previous one stays in force: {e}",

@@ -52,6 +52,7 @@ class Operation:
     outcome: str  # forwarded | no-response (acks=0) | unanswered (closed first) | answered-by-proxy | refused | partly-refused
     decision: str | None = None  # allowed | partly refused | refused (None: no policy check applies)
     checks: str | None = None  # JSON [[resource, name, operation, allow|deny, rule], ...]
+    masked: int | None = None  # values masked in the request (Produce) or the response (Fetch)
 
 
 @dataclass(frozen=True, slots=True)

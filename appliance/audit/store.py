@@ -88,6 +88,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX operations_decision ON operations(decision, at);
         """,
     ),
+    (
+        "0003_operation_masked_values",
+        """
+        ALTER TABLE operations ADD COLUMN masked INTEGER;
+        """,
+    ),
 ]
 
 

@@ -13,7 +13,8 @@ _SESSION_COLUMNS = ("started_at", "session_id", "identity", "cgroup_path", "pid"
                     "client_address", "broker_address", "requests", "bytes_from_client", "bytes_to_client",
                     "ended_at", "close_reason")
 _OPERATION_COLUMNS = ("at", "identity", "pid", "api_name", "api_version", "correlation_id", "client_id", "topics",
-                      "group_id", "records", "record_bytes", "decision", "error_code", "latency_ms", "outcome")
+                      "group_id", "records", "record_bytes", "decision", "masked", "error_code", "latency_ms",
+                      "outcome")
 _EVENT_COLUMNS = ("at", "kind", "identity", "cgroup_path", "pid", "message")
 
 

@@ -13,22 +13,29 @@ import time
 from confluent_kafka import Consumer, KafkaException, Producer
 
 once = "--once" in sys.argv
-bootstrap = sys.argv[-1]
+bootstrap = sys.argv[1 if sys.argv[1] != "--once" else 2]
 producer = Producer({"bootstrap.servers": bootstrap, "client.id": "demo-orders-producer",
                      "socket.timeout.ms": 5000, "message.timeout.ms": 5000})
 consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-orders", "client.id": "demo-orders-consumer",
                      "auto.offset.reset": "earliest"})
 consumer.subscribe(["demo-orders"])
+seen = open(sys.argv[sys.argv.index("--seen") + 1], "w") if "--seen" in sys.argv else None
 n = 0
 while True:
-    producer.produce("demo-orders", json.dumps({"order": n, "amount": 10 + n % 7, "email": f"buyer{n}@example.com"}))
+    order = {"order": n, "amount": 10 + n % 7, "email": f"buyer{n}@example.com", "card": "4111 1111 1111 1111"}
+    producer.produce("demo-orders", json.dumps(order))
     if n % 5 == 4:  # the policy denies demo-secrets to everyone: the proxy answers TOPIC_AUTHORIZATION_FAILED
         try:
             producer.produce("demo-secrets", b"should never arrive")
         except KafkaException as e:  # once the client knows the topic is refused, it refuses at once itself
             print(f"demo-secrets refused: {e.args[0].str()}", file=sys.stderr)
     producer.flush(5)
-    consumer.poll(0.5)
+    message = consumer.poll(0.5)
+    if seen is not None and message is not None and not message.error():
+        seen.seek(0)
+        seen.write(message.value().decode() + "\n")  # what the workload last read, for the demo's screen
+        seen.truncate()
+        seen.flush()
     n += 1
     if once:
         break

@@ -116,8 +116,10 @@ def demo(ctx, seconds: float | None) -> None:
 
     The demo workload (identity `orders`) produces and consumes through the
     appliance under the embedded policy, which also refuses its attempts on
-    `demo-secrets`; a few seconds in, a process in an unenrolled cgroup tries
-    the broker and is refused in the kernel. Ctrl-C stops everything and detaches every
+    `demo-secrets`, stores its card numbers as their last four digits and
+    masks e-mail addresses when it reads them back; a few seconds in, a
+    process in an unenrolled cgroup tries the broker and is refused in the
+    kernel. Ctrl-C stops everything and detaches every
     program. This is what `make run` does.
 
     \b
@@ -158,14 +160,17 @@ def demo(ctx, seconds: float | None) -> None:
         subprocess.run(args + ["enroll", demo_cg.path, "--identity", "orders", "--group", "payments"], check=True)
         _wait_for(lambda: any(w["cgroup_id"] == demo_cg.id for w in json.loads(config.status_file.read_text())["workloads"]),
                   5, "the enrolment did not reach the appliance", server)
-        workload = _in_cgroup(demo_cg, [sys.executable, str(_DEMO_WORKLOAD), f"{config.embedded_broker.host4}:{config.embedded_broker.port4}"])
+        seen = config.state_dir / "demo-last-read.json"
+        workload = _in_cgroup(demo_cg, [sys.executable, str(_DEMO_WORKLOAD),
+                                        f"{config.embedded_broker.host4}:{config.embedded_broker.port4}",
+                                        "--seen", str(seen)])
         started = time.monotonic()
         with Live(refresh_per_second=2, screen=False) as live:
             while seconds is None or time.monotonic() - started < seconds:
                 if intruder is None and time.monotonic() - started > 4:
                     intruder = _in_cgroup(unenrolled_cg, [sys.executable, str(_DEMO_WORKLOAD), "--once",
                                           f"{config.embedded_broker.host4}:{config.embedded_broker.port4}"])
-                live.update(Group(*_live_tables(config)))
+                live.update(Group(*_live_tables(config), _last_read(seen)))
                 if server.poll() is not None:
                     raise click.ClickException(f"the appliance exited ({server.returncode}); see {log_path}")
                 time.sleep(0.5)
@@ -193,6 +198,17 @@ def demo(ctx, seconds: float | None) -> None:
             raise click.ClickException(f"programs still attached after the appliance stopped: {', '.join(left)}")
         click.echo(f"stopped: broker down, appliance down, none of this appliance's programs attached. "
                    f"The audit stays in {config.audit_db}.")
+
+
+def _last_read(path: Path):
+    from rich.text import Text
+
+    try:
+        value = path.read_text().strip()
+    except OSError:
+        value = "(nothing yet)"
+    return Text.assemble(("the workload last read: ", "bold"), value,
+                         ("\n(card: stored as its last four digits; e-mail: masked on read for `orders`)", "dim"))
 
 
 def _in_cgroup(cg, argv: list[str]) -> subprocess.Popen:
@@ -232,8 +248,8 @@ def _live_tables(config):
     tables = []
     for title, rows, columns in (
         ("sessions", sessions, ("started_at", "identity", "cgroup_path", "pid", "command", "broker_address", "requests", "close_reason")),
-        ("operations", operations, ("at", "identity", "api_name", "topics", "records", "decision", "error_code",
-                                    "latency_ms")),
+        ("operations", operations, ("at", "identity", "api_name", "topics", "records", "decision", "masked",
+                                    "error_code", "latency_ms")),
         ("events", events, ("at", "kind", "message")),
     ):
         table = Table(title=title, title_justify="left")

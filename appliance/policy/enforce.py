@@ -24,6 +24,8 @@ from kio.serial import entity_writer
 
 from appliance.kafka import apis, codec
 from appliance.kafka.synth import default_entity, element_type, mirror
+from appliance.masking.batches import rewrite_records
+from appliance.masking.rules import MaskingRejected
 from appliance.policy.model import Decision, Operation, Policy, Principal, ResourceType
 from appliance.policy.permissions import DENIED_ERROR, IMMUTABLE_ERROR, Each, Permission, Whole, permission_for
 
@@ -61,6 +63,8 @@ class Verdict:
     answer: bytes | None = None  # the proxy's own response, sent to the client now
     merge: Merge | None = None
     filter_topics: bool = False  # Metadata for all topics: keep only those the workload may describe
+    masked: int = 0  # values masked in the request (Produce)
+    mask_fetched: frozenset[str] = frozenset()  # Fetch: topics whose records this workload reads masked
 
 
 def _error(resource: ResourceType, decision: Decision) -> ErrorCode:
@@ -129,6 +133,13 @@ class Enforcer:
                 else:
                     refused.append((item, _error(resource, decision), _message(decision)))
         no_response = header.api_key == apis.PRODUCE and int(request.acks) == 0
+        masked = 0
+        if header.api_key == apis.PRODUCE and whole_error is None and policy.masking:
+            kept, masked, changed = self._mask_produce(kept, policy, refused)
+            if changed and not refused:
+                rewritten = dataclasses.replace(request, topic_data=tuple(kept))
+                return Verdict("allowed", tuple(checks), request, self._rewrite(frame, header, rewritten),
+                               masked=masked)
         if whole_error is not None:
             error, message = whole_error
             if no_response:
@@ -149,10 +160,75 @@ class Enforcer:
             rewritten = dataclasses.replace(request, **{each.field: tuple(kept)})
             forward = self._rewrite(frame, header, rewritten)
             return Verdict("partly refused" if kept else "refused", tuple(checks), request, forward,
-                           merge=None if no_response else Merge(each.response_field, answered))
+                           merge=None if no_response else Merge(each.response_field, answered), masked=masked)
+        if header.api_key == apis.FETCH and policy.masking:
+            return Verdict("allowed", tuple(checks), request, frame,
+                           mask_fetched=self._masked_for_me(request, policy))
         if header.api_key == apis.METADATA:
             return self._metadata(frame, header, request, policy, tuple(checks))
         return Verdict("allowed", tuple(checks), request, frame)
+
+    # ---- masking -------------------------------------------------------------------
+
+    def _mask_produce(self, topics: list, policy: Policy, refused: list) -> tuple[list, int, bool]:
+        """Mask the records of every topic a produce rule covers; a topic whose records a rule rejects
+        moves to `refused`, answered INVALID_RECORD with the rule's reason."""
+        kept, total, changed = [], 0, False
+        for topic in topics:
+            masker = policy.masking.for_topic(str(topic.name), "produce")
+            if masker is None:
+                kept.append(topic)
+                continue
+            try:
+                partitions = []
+                for p in topic.partition_data:
+                    records, n = (p.records, 0) if not p.records else rewrite_records(p.records, masker, partition=int(p.index))
+                    total += n
+                    partitions.append(p if records is p.records else dataclasses.replace(p, records=records))
+            except MaskingRejected as e:
+                refused.append((topic, ErrorCode.invalid_record, str(e)))
+                changed = True
+                continue
+            if any(a is not b for a, b in zip(partitions, topic.partition_data)):
+                topic = dataclasses.replace(topic, partition_data=tuple(partitions))
+                changed = True
+            kept.append(topic)
+        return kept, total, changed
+
+    def _masked_for_me(self, request: Any, policy: Policy) -> frozenset[str]:
+        """Fetched topics a fetch rule covers and this workload may not `unmask`."""
+        names = set()
+        for topic in request.topics:
+            name = str(topic.topic)
+            if policy.masking.for_topic(name, "fetch") is not None and not policy.decide(
+                    self.principal, Operation.UNMASK, ResourceType.TOPIC, name).allowed:
+                names.add(name)
+        return frozenset(names)
+
+    def _mask_fetched(self, entity: Any, verdict: Verdict, policy: Policy) -> tuple[Any, int]:
+        total = 0
+        topics = []
+        for topic in entity.responses:
+            name = str(topic.topic)
+            masker = policy.masking.for_topic(name, "fetch") if name in verdict.mask_fetched else None
+            if masker is None:
+                topics.append(topic)
+                continue
+            partitions = []
+            for p in topic.partitions:
+                if not p.records:
+                    partitions.append(p)
+                    continue
+                try:
+                    records, n = rewrite_records(p.records, masker, partition=int(p.partition_index))
+                except MaskingRejected:
+                    # Records that cannot be masked are not handed over in the clear.
+                    partitions.append(dataclasses.replace(p, records=None, error_code=ErrorCode.corrupt_message))
+                    continue
+                total += n
+                partitions.append(p if records is p.records else dataclasses.replace(p, records=records))
+            topics.append(dataclasses.replace(topic, partitions=tuple(partitions)))
+        return dataclasses.replace(entity, responses=tuple(topics)), total
 
     # ---- pieces -----------------------------------------------------------------
 
@@ -223,10 +299,11 @@ class Enforcer:
 
     # ---- the broker's side ----------------------------------------------------------
 
-    def complete(self, response: bytes, header: codec.RequestHeader, verdict: Verdict) -> bytes:
-        """The response the client gets: the broker's, with refused entries added or hidden topics removed."""
-        if verdict.merge is None and not verdict.filter_topics:
-            return response
+    def complete(self, response: bytes, header: codec.RequestHeader, verdict: Verdict) -> tuple[bytes, int]:
+        """The response the client gets, and how many values were masked in it: the broker's, with refused
+        entries added, hidden topics removed, or fetched records masked."""
+        if verdict.merge is None and not verdict.filter_topics and not verdict.mask_fetched:
+            return response, 0
         offset = codec.response_body_offset(response, header.api_key, header.api_version)
         entity = codec.decode_response(response, header.api_key, header.api_version)
         if verdict.merge is not None:
@@ -237,4 +314,9 @@ class Enforcer:
             visible = tuple(t for t in entity.topics if t.name is not None and policy.decide(
                 self.principal, Operation.DESCRIBE, ResourceType.TOPIC, str(t.name)).allowed)
             entity = dataclasses.replace(entity, topics=visible)
-        return _response_frame(response[4:offset], type(entity), entity)
+        masked = 0
+        if verdict.mask_fetched:
+            entity, masked = self._mask_fetched(entity, verdict, self.policy())
+            if not masked:
+                return response, 0
+        return _response_frame(response[4:offset], type(entity), entity), masked

@@ -53,6 +53,7 @@ class _InFlight:
     at: float
     request_bytes: int
     verdict: Verdict | None = None
+    masked: int | None = None
 
 
 class Session:
@@ -156,7 +157,7 @@ class Session:
                 return
             verdict = self.enforcer.check(frame, header)
             facts = codec.facts_of(header.api_key, verdict.request)
-            pending = _InFlight(header, facts, now, len(frame), verdict)
+            pending = _InFlight(header, facts, now, len(frame), verdict, verdict.masked or None)
             if verdict.answer is not None:
                 if forward:
                     out.append(SendToUpstream(b"".join(forward)))
@@ -231,7 +232,9 @@ class Session:
             if header.api_key == apis.API_VERSIONS:
                 frame = codec.cap_api_versions(frame, header.api_version, permissions.offered)
             elif pending.verdict is not None:
-                frame = self.enforcer.complete(frame, header, pending.verdict)
+                frame, masked = self.enforcer.complete(frame, header, pending.verdict)
+                if masked:
+                    pending.masked = (pending.masked or 0) + masked
             facts = codec.response_facts(frame, header.api_key, header.api_version)
             outcome = _OUTCOMES.get(pending.verdict.outcome if pending.verdict is not None else "", "forwarded")
             out.append(Audit(self._operation(pending, now, len(frame), facts.error_code, outcome, facts)))
@@ -268,4 +271,5 @@ class Session:
             outcome=outcome,
             decision=None if verdict is None or not verdict.checks else verdict.outcome,
             checks=None if verdict is None or not verdict.checks else json.dumps([c.as_row() for c in verdict.checks]),
+            masked=pending.masked,
         )

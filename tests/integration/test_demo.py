@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -40,6 +41,8 @@ def test_demo_runs_and_leaves_nothing_behind(prerequisites, appliance):
     refused = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "events", "--json",
                               "--kind", "refused-connect"], capture_output=True, text=True, check=True).stdout
     assert "/appliance-demo/unenrolled" in refused
+    last_read = json.loads((DEMO_STATE / "demo-last-read.json").read_text())
+    assert last_read["email"] == "[REDACTED]" and last_read["card"].endswith("1111") and "4111" not in last_read["card"]
     denied = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "operations", "--json",
                              "--topic", "demo-secrets"], capture_output=True, text=True, check=True).stdout
     assert '"decision": "refused"' in denied and "no-demo-secrets" in denied

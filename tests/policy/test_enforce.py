@@ -58,7 +58,7 @@ def test_mixed_produce_forwards_the_allowed_topic_and_answers_the_other():
         PartitionProduceResponse(index=0, error_code=ErrorCode.none, base_offset=5, log_append_time=None,
                                  log_start_offset=0, record_errors=(), error_message=None),)),),
         throttle_time=datetime.timedelta(0)), correlation_id=11, flexible_header=True)
-    merged = codec.decode_response(ORDERS.complete(broker, header, verdict), apis.PRODUCE, 9)
+    merged = codec.decode_response(ORDERS.complete(broker, header, verdict)[0], apis.PRODUCE, 9)
     by_topic = {t.name: t.partition_responses[0] for t in merged.responses}
     assert by_topic["orders"].error_code == ErrorCode.none and by_topic["orders"].base_offset == 5
     assert by_topic["payments"].error_code == ErrorCode.topic_authorization_failed
@@ -122,7 +122,7 @@ def test_metadata_for_every_topic_hides_what_may_not_be_described():
                    for n in ("orders", "payments", "orders-eu"))
     broker = response_frame(MetadataResponse(throttle_time=datetime.timedelta(0), brokers=(), cluster_id="c",
                                              controller_id=1, topics=topics), correlation_id=5, flexible_header=True)
-    visible = codec.decode_response(ORDERS.complete(broker, header, verdict), apis.METADATA, 12)
+    visible = codec.decode_response(ORDERS.complete(broker, header, verdict)[0], apis.METADATA, 12)
     assert [t.name for t in visible.topics] == ["orders", "orders-eu"]
 
 
@@ -171,3 +171,62 @@ def test_wholly_refused_metadata_still_asks_the_broker_for_its_brokers():
     sent = codec.decode_request(verdict.forward, codec.parse_request_header(verdict.forward))
     assert sent.topics == () and verdict.answer is None
     assert verdict.merge.entries[0].error_code == ErrorCode.topic_authorization_failed
+
+
+MASKED = parse_policy("""
+version: 1
+rules:
+  - name: orders-write
+    identities: [orders]
+    operations: [produce, consume, describe]
+    topics: ["*"]
+masking:
+  - name: emails
+    topics: [pii]
+    on: [produce, fetch]
+    detectors: [email]
+    action: redact
+  - name: strict-json
+    topics: [strict]
+    on: [produce]
+    fields: ["$.card"]
+    action: redact
+    invalid: reject
+""", source="test")
+MASKING = Enforcer(Principal("orders", frozenset()), lambda: MASKED)
+
+
+def json_batch(value: bytes) -> bytes:
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    builder.append(0, timestamp=1_700_000_000_000, key=None, value=value, headers=[])
+    return bytes(builder.build())
+
+
+def produce_values(topic_values: dict) -> bytes:
+    return request_frame(ProduceRequest(
+        transactional_id=None, acks=-1, timeout=datetime.timedelta(seconds=1),
+        topic_data=tuple(TopicProduceData(name=t, partition_data=(PartitionProduceData(index=0, records=json_batch(v)),))
+                         for t, v in topic_values.items())), correlation_id=21)
+
+
+def test_produce_to_a_masked_topic_is_rewritten_and_counted():
+    f = produce_values({"pii": b'{"email": "a@example.com"}', "plain": b'{"email": "b@example.com"}'})
+    verdict = MASKING.check(f, codec.parse_request_header(f))
+    assert verdict.outcome == "allowed" and verdict.masked == 1
+    sent = codec.decode_request(verdict.forward, codec.parse_request_header(verdict.forward))
+    by_topic = {t.name: t.partition_data[0].records for t in sent.topic_data}
+    assert b"a@example.com" not in by_topic["pii"]
+    assert b"b@example.com" in by_topic["plain"]  # no rule: the same bytes
+
+
+def test_a_record_the_rule_rejects_is_answered_invalid_record():
+    f = produce_values({"strict": b"not json", "pii": b'{"x": 1}'})
+    header = codec.parse_request_header(f)
+    verdict = MASKING.check(f, header)
+    assert verdict.outcome == "partly refused"
+    entry = verdict.merge.entries[0]
+    assert entry.name == "strict" and entry.partition_responses[0].error_code == ErrorCode.invalid_record
+    assert "strict-json" in entry.partition_responses[0].error_message
