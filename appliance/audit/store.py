@@ -11,7 +11,8 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import asdict
+from dataclasses import fields
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -147,35 +148,49 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
+def _insert_sql(table: str, cls: type, verb: str = "INSERT") -> tuple[str, Any]:
+    names = [f.name for f in fields(cls)]
+    sql = f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    return sql, attrgetter(*names)
+
+
+# Rows are built straight from the frozen records with attrgetter and written
+# with executemany: the writer thread shares the GIL with the proxy's event
+# loop, and sqlite-utils' insert_all (type sniffing, dicts) cost several times
+# more per row on this path. sqlite-utils still owns the schema and queries.
+_OPERATION_INSERT = _insert_sql("operations", Operation)
+_EVENT_INSERT = _insert_sql("events", Event)
+_SESSION_INSERT = _insert_sql("sessions", SessionOpened, "INSERT OR REPLACE")
+_SESSION_CLOSE = ("UPDATE sessions SET ended_at=?, bytes_from_client=?, bytes_to_client=?, requests=?, close_reason=?"
+                  " WHERE session_id=?")
+
+
 def write_batch(db: sqlite_utils.Database, records: Iterable[AuditRecord]) -> None:
     """Write records in one transaction; the writer thread and short-lived CLI processes call this."""
     opened, closed, operations, events = [], [], [], []
     for record in records:
         if isinstance(record, Operation):
-            operations.append(asdict(record))
+            operations.append(_OPERATION_INSERT[1](record))
         elif isinstance(record, SessionOpened):
-            row = asdict(record)
-            row["groups"] = json.dumps(list(record.groups))
+            row = list(_SESSION_INSERT[1](record))
+            row[3] = json.dumps(list(record.groups))  # groups, the fourth field
             opened.append(row)
         elif isinstance(record, SessionClosed):
-            closed.append(record)
+            closed.append((record.ended_at, record.bytes_from_client, record.bytes_to_client, record.requests,
+                           record.close_reason, record.session_id))
         elif isinstance(record, Event):
-            events.append(asdict(record))
+            events.append(_EVENT_INSERT[1](record))
     conn = db.conn
     conn.execute("BEGIN")
     try:
         if opened:
-            db["sessions"].insert_all(opened, pk="session_id", replace=True)
+            conn.executemany(_SESSION_INSERT[0], opened)
         if operations:
-            db["operations"].insert_all(operations)
+            conn.executemany(_OPERATION_INSERT[0], operations)
         if events:
-            db["events"].insert_all(events)
-        for c in closed:
-            conn.execute(
-                "UPDATE sessions SET ended_at=?, bytes_from_client=?, bytes_to_client=?, requests=?, close_reason=?"
-                " WHERE session_id=?",
-                (c.ended_at, c.bytes_from_client, c.bytes_to_client, c.requests, c.close_reason, c.session_id),
-            )
+            conn.executemany(_EVENT_INSERT[0], events)
+        if closed:
+            conn.executemany(_SESSION_CLOSE, closed)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

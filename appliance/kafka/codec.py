@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import struct
+import typing
 from dataclasses import dataclass
-from enum import Enum
+from functools import cache
 from typing import Any, Callable
 
 from kio.serial import entity_reader, entity_writer
@@ -244,22 +245,44 @@ def facts_of(api_key: int, request: Any) -> RequestFacts:
     return RequestFacts() if reader is None or request is None else reader(request)
 
 
+@cache
+def _error_plan(cls: type) -> tuple[tuple[str, str], ...]:
+    """Per response class, the fields worth visiting: ("error", name) for error codes,
+    ("one", name) for a nested entity, ("many", name) for a collection of them."""
+    from kio.schema.errors import ErrorCode
+
+    from appliance.kafka.synth import element_type
+
+    plan = []
+    for name, tp in typing.get_type_hints(cls).items():
+        if name.startswith("__"):
+            continue
+        element = element_type(tp)
+        if tp is ErrorCode:
+            plan.append(("error", name))
+        elif element is not None and dataclasses.is_dataclass(element):
+            plan.append(("many", name))
+        elif dataclasses.is_dataclass(tp):
+            plan.append(("one", name))
+    return tuple(plan)
+
+
 def _first_error(entity: Any) -> int:
-    """The first non-zero `error_code` anywhere in a decoded response, depth first."""
-    stack = [entity]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, tuple):
-            stack.extend(reversed(item))
-        elif dataclasses.is_dataclass(item):
-            for f in dataclasses.fields(item):
-                value = getattr(item, f.name)
-                if f.name == "error_code":
-                    code = int(value.value if isinstance(value, Enum) else value)
-                    if code:
-                        return code
-                elif isinstance(value, tuple) or dataclasses.is_dataclass(value):
-                    stack.append(value)
+    """The first non-zero error code anywhere in a decoded response, depth first."""
+    for kind, name in _error_plan(type(entity)):
+        value = getattr(entity, name)
+        if kind == "error":
+            if value:
+                return int(value)
+        elif kind == "many":
+            for item in value or ():
+                code = _first_error(item)
+                if code:
+                    return code
+        elif value is not None:
+            code = _first_error(value)
+            if code:
+                return code
     return 0
 
 

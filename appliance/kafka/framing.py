@@ -32,6 +32,13 @@ class FrameSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
+        if not buffer and len(data) >= 4:
+            # The common case: a read that starts on a frame boundary. Whole
+            # frames are sliced from it directly; one that fills the read is
+            # returned as the very same object, with no copy at all.
+            (size,) = _SIZE.unpack_from(data, 0)
+            if 0 <= size <= self.max_frame_bytes and len(data) == 4 + size:
+                return [data]
         buffer += data
         frames: list[bytes] = []
         start = 0
