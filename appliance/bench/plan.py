@@ -80,12 +80,16 @@ def policy(*, masking: bool = False) -> str:
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
 
 
+SMALL_RECORD_FACTOR = 4
+CONSUME_FACTOR = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     """What one invocation runs; `--quick` is Options.quick()."""
 
     repeat: int = 3
-    records: int = 200_000          # per produce / consume run, at each record size
+    records: int = 200_000          # per produce / consume run of 1 KiB records (4x at 100 B)
     latency_rate: int = 1000        # records/s, well below saturation
     latency_seconds: float = 10.0
     connects: int = 20              # fresh connections per connect run
@@ -94,14 +98,23 @@ class Options:
 
     @classmethod
     def quick_mode(cls) -> Options:
-        return cls(repeat=1, records=5000, latency_rate=500, latency_seconds=2.0, connects=5, quick=True)
+        return cls(repeat=1, records=2000, latency_rate=500, latency_seconds=2.0, connects=5, quick=True)
+
+    def records_for(self, size: int, group: str = "produce") -> int:
+        """Records per run: `records` for a produce run of 1 KiB records, four times as many at 100 B, and
+        three times as many again for a consume run (reading is several times faster than writing), so that
+        every run lasts seconds and does not time little more than the JVM's start."""
+        records = self.records * SMALL_RECORD_FACTOR if size < 1024 else self.records
+        return records * CONSUME_FACTOR if group == "consume" else records
 
     @property
     def masked_records(self) -> int:
         return self.masking_records or self.records
 
     def to_json(self) -> dict:
-        return {"repeat": self.repeat, "records": self.records, "latency_rate": self.latency_rate,
+        return {"repeat": self.repeat, "records": self.records,
+                "records_per_run": {f"{g}.{s}": self.records_for(s, g) for g in ("produce", "consume") for s in (100, 1024)},
+                "latency_rate": self.latency_rate,
                 "latency_seconds": self.latency_seconds, "connects": self.connects,
                 "masking_records": self.masked_records, "quick": self.quick}
 
@@ -114,6 +127,10 @@ def arm_order(repetition: int) -> tuple[str, str]:
 
 def topic(group: str, size: int | str, arm: str, repetition: int) -> str:
     return f"{TOPIC_PREFIX}{group}-{size}-{arm}-{repetition}"
+
+
+def warmup_topic() -> str:
+    return f"{TOPIC_PREFIX}warmup"
 
 
 def fill_topic(size: int) -> str:

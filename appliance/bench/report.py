@@ -88,7 +88,7 @@ def _ratio_cell(entry: dict) -> str:
     if spread and spread["min"] != spread["max"]:
         text += f" ({spread['min']:.2f}–{spread['max']:.2f})"
     if entry["added"] is not None:
-        text += f" {entry['added']:+.3g} {entry['unit']}"
+        text += f", {entry['added']:+.3g} {entry['unit']}"
     return text
 
 
@@ -107,16 +107,15 @@ def render_table(doc: Mapping) -> str:
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
     for entry in doc["figures"].values():
-        if entry["status"] != "ok" and not (entry["direct"] or entry["proxied"]):
-            rows.append((entry["title"], entry["unit"], f"{entry['status']}: see below", "", "", ""))
-            note = f"{entry['title']}: {entry['status']}: {entry['reason']}"
+        if entry["status"] != "ok":
+            note = f"{entry['group']}: {entry['status']}: {entry['reason']}"
             if note not in notes:
                 notes.append(note)
-            continue
+            if not (entry["direct"] or entry["proxied"]):
+                rows.append((entry["title"], entry["unit"], f"({entry['status']})", "", "", ""))
+                continue
         rows.append((entry["title"], entry["unit"], _arm_cell(entry["direct"], entry["unit"]),
                      _arm_cell(entry["proxied"], entry["unit"]), _ratio_cell(entry), _target_cell(entry)))
-        if entry["status"] != "ok":
-            notes.append(f"{entry['title']} ({entry['unit']}): {entry['status']}: {entry['reason']}")
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -47,15 +47,16 @@ def summarize(samples: Sequence[float]) -> Summary:
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0 < q <= 100) by nearest rank: a value that was actually observed.
 
-    Nearest rank is what latency tools report (p99.9 of 1,000 samples is the
-    largest one), and it never invents a latency between two observations.
+    The rank is ceil(q/100 * n): p99.9 of 1,000 samples is the 999th smallest,
+    p99.9 of fewer than 1,000 samples is the largest. It never invents a latency
+    between two observations.
     """
     if not values:
         raise ValueError("no values")
     if not 0 < q <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {q}")
     ordered = sorted(values)
-    rank = math.ceil(q / 100 * len(ordered))
+    rank = math.ceil(q * len(ordered) / 100 - 1e-9)  # the epsilon: 99.9 * 1000 / 100 is 999.0000000000001
     return float(ordered[max(rank, 1) - 1])
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from appliance.bench.cli import main
+
+sys.exit(main())
