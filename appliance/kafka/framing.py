@@ -59,6 +59,17 @@ class FrameSplitter:
         return frames
 
 
+    def peek(self, n: int) -> bytes:
+        """The first `n` bytes held (fewer if fewer are held), without consuming them."""
+        return bytes(self._buffer[:n])
+
+    def take_pending(self) -> bytes:
+        """Everything held (a frame's beginning), handed over and forgotten."""
+        held = bytes(self._buffer)
+        self._buffer.clear()
+        return held
+
+
 def frame(payload: bytes) -> bytes:
     """Prefix a payload with its size, making one frame."""
     return _SIZE.pack(len(payload)) + payload

@@ -17,6 +17,7 @@ The session's state is the handler `_on_client` / `_on_upstream` point to.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 
 from kio.schema.api_versions.v0.response import ApiVersion
@@ -40,6 +41,18 @@ _SASL_HINT = (
 
 # How a forwarded request's verdict reads in the audit's outcome column.
 _OUTCOMES = {"partly refused": "partly-refused", "refused": "refused"}
+
+
+_SIZE_AND_CORRELATION = struct.Struct(">ii")
+# Responses at least this large are passed through as they arrive when nothing rewrites them.
+_STREAM_AT_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class _Streaming:
+    pending: "_InFlight"
+    remaining: int
+    chunks: list
 
 
 class _BadInput(Exception):
@@ -70,6 +83,7 @@ class Session:
         self._auth = UpstreamAuthenticator(credentials)
         self._held: list[bytes] = []
         self._in_flight: dict[int, _InFlight] = {}
+        self._streaming: _Streaming | None = None
         self._on_client = self._hold_client
         self._on_upstream = self._authenticate
 
@@ -97,6 +111,9 @@ class Session:
         return out
 
     def _close(self, reason: str, now: float, out: list[Command], *, level: str = "info") -> None:
+        if self._streaming is not None:  # closed part-way through a response passed through
+            out.append(Audit(self._operation(self._streaming.pending, now, None, None, "unanswered")))
+            self._streaming = None
         for pending in self._in_flight.values():
             out.append(Audit(self._operation(pending, now, None, None, "unanswered")))
         self._in_flight.clear()
@@ -218,9 +235,52 @@ class Session:
             raise _BadInput(f"undecodable broker response: {e}") from None
 
     def _relay_upstream_frames(self, data: bytes, now: float, out: list[Command]) -> None:
+        if self._streaming is not None:
+            data = self._stream(data, now, out)
+            if not data:
+                return
         frames = self._upstream_frames.feed(data)
-        if not frames:
+        if frames:
+            self._answer_frames(frames, now, out)
+        if self._upstream_frames.pending >= 8 and not self.closed:
+            self._maybe_stream(now, out)
+
+    def _maybe_stream(self, now: float, out: list[Command]) -> None:
+        """Start passing a large response through as it arrives, when nothing in it needs rewriting.
+
+        A Fetch response of a megabyte held until its last byte costs the
+        consumer a store-and-forward delay on every fetch; passed through, the
+        workload reads it while the rest is still arriving. It is still read
+        whole, afterwards, for the audit.
+        """
+        size, correlation_id = _SIZE_AND_CORRELATION.unpack(self._upstream_frames.peek(8))
+        pending = self._in_flight.get(correlation_id)
+        if size < _STREAM_AT_BYTES or pending is None or pending.header.api_key != apis.FETCH:
             return
+        verdict = pending.verdict
+        if verdict is not None and (verdict.merge is not None or verdict.filter_topics or verdict.mask_fetched):
+            return
+        del self._in_flight[correlation_id]
+        self._streaming = _Streaming(pending, 4 + size, [])
+        self._stream(self._upstream_frames.take_pending(), now, out)
+
+    def _stream(self, data: bytes, now: float, out: list[Command]) -> bytes:
+        """Forward the streamed response's bytes; audit it once whole. Returns what follows it."""
+        streaming = self._streaming
+        piece, rest = data[:streaming.remaining], data[streaming.remaining:]
+        streaming.remaining -= len(piece)
+        streaming.chunks.append(piece)
+        self.bytes_to_client += len(piece)
+        out.append(SendToClient(piece))
+        if streaming.remaining == 0:
+            self._streaming = None
+            frame = b"".join(streaming.chunks)
+            header = streaming.pending.header
+            facts = codec.response_facts(frame, header.api_key, header.api_version)
+            out.append(Audit(self._operation(streaming.pending, now, len(frame), facts.error_code, "forwarded", facts)))
+        return rest
+
+    def _answer_frames(self, frames: list[bytes], now: float, out: list[Command]) -> None:
         send: list[bytes] = []
         for frame in frames:
             correlation_id = codec.response_correlation_id(frame)

@@ -199,3 +199,55 @@ def test_garbage_held_during_authentication_is_blamed_on_the_client():
     s.handle(ev.UpstreamData(handshake_ok()), 0)
     out = s.handle(ev.UpstreamData(authenticate()), 0)
     assert of(out, CloseConnection)[0].reason.startswith("malformed frame from client: frame size 2147483647")
+
+
+def fetch_request(correlation_id=30):
+    from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
+    return request_frame(FetchRequest(
+        cluster_id=None, replica_id=-1, max_wait=datetime.timedelta(milliseconds=500), min_bytes=1,
+        max_bytes=1 << 20, isolation_level=0, session_id=0, session_epoch=-1,
+        topics=(FetchTopic(topic="orders", partitions=(FetchPartition(
+            partition=0, current_leader_epoch=-1, fetch_offset=0, last_fetched_epoch=-1, log_start_offset=-1,
+            partition_max_bytes=1 << 20),)),), forgotten_topics_data=(), rack_id=""), correlation_id=correlation_id)
+
+
+def fetch_response(records: bytes, correlation_id=30):
+    from kio.schema.fetch.v12.response import FetchResponse, FetchableTopicResponse, PartitionData
+    from appliance.kafka.synth import default_entity
+    partition = default_entity(PartitionData, ErrorCode.none, records=records, partition_index=0)
+    return response_frame(FetchResponse(throttle_time=datetime.timedelta(0), error_code=ErrorCode.none, session_id=0,
+                                        responses=(FetchableTopicResponse(topic="orders", partitions=(partition,)),)),
+                          correlation_id=correlation_id, flexible_header=True)
+
+
+def test_a_large_fetch_response_is_passed_through_as_it_arrives_and_audited_whole():
+    s = authenticated_session()
+    s.handle(ev.ClientData(fetch_request()), 0)
+    records = b"".join(batch(16, payload=b"x" * 1024) for _ in range(10))
+    response = fetch_response(records)
+    thirds = [response[:len(response) // 3], response[len(response) // 3:2 * len(response) // 3],
+              response[2 * len(response) // 3:] + metadata_response(31)]
+    s.handle(ev.ClientData(metadata(correlation_id=31)), 0)
+    first = s.handle(ev.UpstreamData(thirds[0]), 1)
+    assert [c.data for c in of(first, SendToClient)] == [thirds[0]] and not of(first, Audit)
+    middle = s.handle(ev.UpstreamData(thirds[1]), 1)
+    assert [c.data for c in of(middle, SendToClient)] == [thirds[1]]
+    last = s.handle(ev.UpstreamData(thirds[2]), 2)
+    assert b"".join(c.data for c in of(first + middle + last, SendToClient)) == response + metadata_response(31)
+    fetched = [c.record for c in of(last, Audit) if c.record.api_name == "Fetch"][0]
+    assert fetched.records == 160 and fetched.response_bytes == len(response) and fetched.latency_ms == 2000.0
+
+
+def metadata_response(correlation_id):
+    from kio.schema.metadata.v12.response import MetadataResponse
+    return response_frame(MetadataResponse(throttle_time=datetime.timedelta(0), brokers=(), cluster_id=None,
+                                           controller_id=1, topics=()), correlation_id=correlation_id, flexible_header=True)
+
+
+def test_closing_mid_stream_audits_the_fetch_as_unanswered():
+    s = authenticated_session()
+    s.handle(ev.ClientData(fetch_request()), 0)
+    response = fetch_response(b"".join(batch(16, payload=b"x" * 1024) for _ in range(10)))
+    s.handle(ev.UpstreamData(response[:100_000]), 1)
+    out = s.handle(ev.UpstreamClosed("broker went away"), 2)
+    assert [c.record.outcome for c in of(out, Audit) if isinstance(c.record, Operation)] == ["unanswered"]
