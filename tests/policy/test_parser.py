@@ -317,8 +317,6 @@ def test_explain_usage_errors(tmp_path):
 
 def test_explain_uses_the_configured_policy_file(tmp_path):
     config = Config(state_dir=tmp_path)
-    if not hasattr(config, "policy_file"):
-        pytest.skip("Config has no policy_file yet")
     result = CliRunner().invoke(policy_cli, ["explain", "--identity", "orders", "--member-of", "payments",
                                              "--operation", "consume", "--topic", "demo-orders"],
                                 obj=replace(config, policy_file=EXAMPLE))
