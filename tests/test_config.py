@@ -48,3 +48,20 @@ def test_embedded_broker_settings(tmp_path):
     f.write_text("embedded_broker: {port9: 1}\n")
     with pytest.raises(ConfigError, match="key 'port9' is not an embedded broker setting"):
         load_config(f)
+
+
+def test_the_documented_examples_are_valid_and_every_setting_is_documented():
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    import yaml
+
+    from appliance.config import Config, EmbeddedBrokerConfig, parse_config
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    examples = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
+    assert [parse_config(e, source="docs/configuration.md") for e in examples if isinstance(e, dict)]
+    for f in fields(Config) + fields(EmbeddedBrokerConfig):
+        if f.name != "source":
+            assert f"| `{f.name}` |" in doc, f"setting {f.name!r} is missing from docs/configuration.md"
