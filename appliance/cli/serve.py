@@ -191,6 +191,10 @@ def demo(ctx, seconds: float | None) -> None:
         for cg in (demo_cg, unenrolled_cg):
             if cg is not None:
                 cgroups.remove(cg)
+        try:  # their parent too, once empty
+            cgroups.remove(cgroups.resolve("appliance-demo"))
+        except cgroups.CgroupError:
+            pass
         from appliance.steering.loader import attached_programs
 
         left = [p["name"] for p in attached_programs() if p.get("bpffs_dir") in (str(config.bpffs_dir), None)]

@@ -48,4 +48,6 @@ def test_demo_runs_and_leaves_nothing_behind(prerequisites, appliance):
     assert '"decision": "refused"' in denied and "no-demo-secrets" in denied
     assert not [p for p in attached_programs() if p.get("bpffs_dir") == "/sys/fs/bpf/appliance-test-demo"]
     assert not Path("/sys/fs/bpf/appliance-test-demo").exists()
+    from appliance.identity.cgroups import cgroup2_root
+    assert not (cgroup2_root() / "appliance-demo").exists(), "the demo's cgroups are removed"
     assert not subprocess.run(["pgrep", "-f", str(DEMO_STATE / "broker")], capture_output=True).stdout
