@@ -228,17 +228,6 @@ _TOPIC_READERS: dict[int, Callable[[Any], RequestFacts]] = {
 }
 
 
-def needs_decoding(api_key: int) -> bool:
-    """Whether the proxy reads this API's payload at all; others are forwarded as bytes."""
-    return api_key in _TOPIC_READERS
-
-
-def request_facts(frame: bytes, header: RequestHeader) -> RequestFacts:
-    if header.api_key not in _TOPIC_READERS or header.body_offset < 0:
-        return RequestFacts()
-    return facts_of(header.api_key, decode_request(frame, header))
-
-
 def facts_of(api_key: int, request: Any) -> RequestFacts:
     """What the audit records of an already decoded request."""
     reader = _TOPIC_READERS.get(api_key)
@@ -301,25 +290,38 @@ def response_facts(frame: bytes, api_key: int, api_version: int) -> ResponseFact
     return ResponseFacts(_first_error(entity))
 
 
-# ---- responses the proxy writes itself --------------------------------------
+# ---- messages the proxy writes itself ------------------------------------------
 
-def _response_frame(correlation_id: int, flexible_header: bool, cls: type, entity: Any) -> bytes:
+def _frame_with(header_bytes: bytes, entity: Any) -> bytes:
+    """A frame: size, the given header bytes, then the entity encoded by kio."""
     out = io.BytesIO()
     out.write(b"\0\0\0\0")
-    out.write(_INT32.pack(correlation_id))
-    if flexible_header:
-        out.write(b"\0")  # no tagged fields
-    entity_writer(cls)(out, entity)
-    data = bytearray(out.getvalue())
+    out.write(header_bytes)
+    entity_writer(type(entity))(out, entity)
+    data = out.getbuffer()
     _INT32.pack_into(data, 0, len(data) - 4)
-    return bytes(data)
+    return out.getvalue()
+
+
+def encode_response(header: RequestHeader, entity: Any) -> bytes:
+    """`entity` framed as the response to `header`'s request (response header v0, or v1 when flexible)."""
+    flexible = apis.response_header_is_flexible(header.api_key, header.api_version)
+    return _frame_with(_INT32.pack(header.correlation_id) + (b"\0" if flexible else b""), entity)
 
 
 def build_response(header: RequestHeader, **fields_: Any) -> bytes:
     """A response to `header`'s request, of the same version, with the given fields."""
-    cls = apis.response_class(header.api_key, header.api_version)
-    flexible = apis.response_header_is_flexible(header.api_key, header.api_version)
-    return _response_frame(header.correlation_id, flexible, cls, cls(**fields_))
+    return encode_response(header, apis.response_class(header.api_key, header.api_version)(**fields_))
+
+
+def replace_request_body(frame: bytes, header: RequestHeader, request: Any) -> bytes:
+    """The request frame with its body re-encoded from `request`; the header bytes are kept as sent."""
+    return _frame_with(frame[4:header.body_offset], request)
+
+
+def replace_response_body(frame: bytes, api_key: int, api_version: int, entity: Any) -> bytes:
+    """The response frame with its body re-encoded from `entity`; the header bytes are kept as sent."""
+    return _frame_with(frame[4:response_body_offset(frame, api_key, api_version)], entity)
 
 
 def cap_api_versions(frame: bytes, api_version: int, offered: Callable[[int], "apis.VersionRange | None"] = apis.parseable) -> bytes:
@@ -347,5 +349,4 @@ def cap_api_versions(frame: bytes, api_version: int, offered: Callable[[int], "a
         low, high = max(int(entry.min_version), known.min), min(int(entry.max_version), known.max)
         if low <= high:
             kept.append(dataclasses.replace(entry, min_version=type(entry.min_version)(low), max_version=type(entry.max_version)(high)))
-    cls = apis.response_class(apis.API_VERSIONS, api_version)
-    return _response_frame(response_correlation_id(frame), False, cls, dataclasses.replace(entity, api_keys=tuple(kept)))
+    return replace_response_body(frame, apis.API_VERSIONS, api_version, dataclasses.replace(entity, api_keys=tuple(kept)))

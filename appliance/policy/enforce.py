@@ -13,14 +13,11 @@ list from a real answer.
 from __future__ import annotations
 
 import dataclasses
-import io
-import struct
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 from kio.schema.errors import ErrorCode
-from kio.serial import entity_writer
 
 from appliance.kafka import apis, codec
 from appliance.kafka.synth import default_entity, element_type, mirror
@@ -28,8 +25,6 @@ from appliance.masking.batches import rewrite_records
 from appliance.masking.rules import MaskingRejected
 from appliance.policy.model import Decision, Operation, Policy, Principal, ResourceType
 from appliance.policy.permissions import DENIED_ERROR, IMMUTABLE_ERROR, Each, Permission, Whole, permission_for
-
-_INT32 = struct.Struct(">i")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +77,6 @@ def _kind(kinds, value, default: tuple[ResourceType, Operation]) -> tuple[Resour
     return default
 
 
-def _response_frame(original_header: bytes, cls: type, entity: Any) -> bytes:
-    out = io.BytesIO()
-    out.write(b"\0\0\0\0")
-    out.write(original_header)
-    entity_writer(cls)(out, entity)
-    data = bytearray(out.getvalue())
-    _INT32.pack_into(data, 0, len(data) - 4)
-    return bytes(data)
-
-
-def _response_header(header: codec.RequestHeader) -> bytes:
-    flexible = apis.response_header_is_flexible(header.api_key, header.api_version)
-    return _INT32.pack(header.correlation_id) + (b"\0" if flexible else b"")
-
-
 def _response_element(header: codec.RequestHeader, field: str) -> type:
     cls = apis.response_class(header.api_key, header.api_version)
     return element_type(typing.get_type_hints(cls)[field])
@@ -138,7 +118,7 @@ class Enforcer:
             kept, masked, changed = self._mask_produce(kept, policy, refused)
             if changed and not refused:
                 rewritten = dataclasses.replace(request, topic_data=tuple(kept))
-                return Verdict("allowed", tuple(checks), request, self._rewrite(frame, header, rewritten),
+                return Verdict("allowed", tuple(checks), request, codec.replace_request_body(frame, header, rewritten),
                                masked=masked)
         if whole_error is not None:
             error, message = whole_error
@@ -158,7 +138,7 @@ class Enforcer:
                 answer = self._answer(header, ErrorCode.none, {each.response_field: answered})
                 return Verdict("refused", tuple(checks), request, None, answer=answer)
             rewritten = dataclasses.replace(request, **{each.field: tuple(kept)})
-            forward = self._rewrite(frame, header, rewritten)
+            forward = codec.replace_request_body(frame, header, rewritten)
             return Verdict("partly refused" if kept else "refused", tuple(checks), request, forward,
                            merge=None if no_response else Merge(each.response_field, answered), masked=masked)
         if header.api_key == apis.FETCH and policy.masking:
@@ -266,16 +246,7 @@ class Enforcer:
 
     def _answer(self, header: codec.RequestHeader, error: ErrorCode, fields: dict) -> bytes:
         cls = apis.response_class(header.api_key, header.api_version)
-        return _response_frame(_response_header(header), cls, default_entity(cls, error, **fields))
-
-    def _rewrite(self, frame: bytes, header: codec.RequestHeader, request: Any) -> bytes:
-        out = io.BytesIO()
-        out.write(b"\0\0\0\0")
-        out.write(frame[4:header.body_offset])
-        entity_writer(type(request))(out, request)
-        data = bytearray(out.getvalue())
-        _INT32.pack_into(data, 0, len(data) - 4)
-        return bytes(data)
+        return codec.encode_response(header, default_entity(cls, error, **fields))
 
     def _metadata(self, frame, header, request, policy: Policy, checks: tuple[Check, ...]) -> Verdict:
         """Metadata may auto-create topics: that needs create, or the request goes on without it."""
@@ -287,14 +258,13 @@ class Enforcer:
                          for t in request.topics if t.name is not None]
             if not all(d.allowed for d in creatable):
                 rewritten = dataclasses.replace(request, allow_auto_topic_creation=False)
-                return Verdict("allowed", checks, request, self._rewrite(frame, header, rewritten))
+                return Verdict("allowed", checks, request, codec.replace_request_body(frame, header, rewritten))
         return Verdict("allowed", checks, request, frame)
 
     def _unmapped(self, header: codec.RequestHeader) -> Verdict:
         check = Check(ResourceType.CLUSTER, None, apis.api_name(header.api_key), False, "unmapped-api")
         cls = apis.response_class(header.api_key, header.api_version)
-        answer = _response_frame(_response_header(header), cls,
-                                 default_entity(cls, ErrorCode.cluster_authorization_failed))
+        answer = codec.encode_response(header, default_entity(cls, ErrorCode.cluster_authorization_failed))
         return Verdict("refused", (check,), None, None, answer=answer)
 
     # ---- the broker's side ----------------------------------------------------------
@@ -304,7 +274,6 @@ class Enforcer:
         entries added, hidden topics removed, or fetched records masked."""
         if verdict.merge is None and not verdict.filter_topics and not verdict.mask_fetched:
             return response, 0
-        offset = codec.response_body_offset(response, header.api_key, header.api_version)
         entity = codec.decode_response(response, header.api_key, header.api_version)
         if verdict.merge is not None:
             field = verdict.merge.field
@@ -319,4 +288,4 @@ class Enforcer:
             entity, masked = self._mask_fetched(entity, verdict, self.policy())
             if not masked:
                 return response, 0
-        return _response_frame(response[4:offset], type(entity), entity), masked
+        return codec.replace_response_body(response, header.api_key, header.api_version, entity), masked

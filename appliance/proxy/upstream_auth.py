@@ -20,7 +20,7 @@ from kio.serial import entity_reader, entity_writer
 
 from appliance.broker.credentials import UpstreamCredentials
 from appliance.kafka import apis
-from appliance.kafka.codec import _skip_tagged_fields, response_correlation_id
+from appliance.kafka.codec import response_body_offset, response_correlation_id
 from appliance.kafka.framing import frame
 
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
@@ -77,7 +77,8 @@ class UpstreamAuthenticator:
         """Consume one broker frame; return the next frame to send, or None when done."""
         response_correlation_id(response_frame)
         if self._step == "handshake":
-            response, _ = entity_reader(SaslHandshakeResponse)(response_frame, 8)
+            response, _ = entity_reader(SaslHandshakeResponse)(
+                response_frame, response_body_offset(response_frame, apis.SASL_HANDSHAKE, 1))
             if int(response.error_code.value) != 0:
                 raise UpstreamAuthError(
                     f"broker refused SASL mechanism {self.credentials.mechanism}: {_error_text(response)}; "
@@ -90,7 +91,8 @@ class UpstreamAuthenticator:
             self._scram = scramp.ScramClient([creds.mechanism], creds.username, creds.password)
             self._step = "server-first"
             return self._authenticate(self._scram.get_client_first().encode())
-        response, _ = entity_reader(SaslAuthenticateResponse)(response_frame, _skip_tagged_fields(response_frame, 8))
+        response, _ = entity_reader(SaslAuthenticateResponse)(
+            response_frame, response_body_offset(response_frame, apis.SASL_AUTHENTICATE, 2))
         if int(response.error_code.value) != 0:
             raise UpstreamAuthError(
                 f"broker refused the appliance's {self.credentials.mechanism} credentials for user "

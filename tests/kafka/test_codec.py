@@ -19,7 +19,7 @@ def test_header_of_a_flexible_request_with_tagged_fields():
                       correlation_id=7, client_id="svc", tagged=b"\x01\x05\x02hi")
     h = codec.parse_request_header(f)
     assert (h.api_key, h.api_version, h.correlation_id, h.client_id) == (3, 12, 7, "svc")
-    assert codec.request_facts(f, h).topics == (codec.TopicPartitions("orders", ()),)
+    assert codec.facts_of(h.api_key, codec.decode_request(f, h)).topics == (codec.TopicPartitions("orders", ()),)
 
 
 def test_header_of_a_non_flexible_request_with_null_client_id():
@@ -29,7 +29,7 @@ def test_header_of_a_non_flexible_request_with_null_client_id():
                       correlation_id=1, client_id=None)
     h = codec.parse_request_header(f)
     assert h.client_id is None and h.api_version == 5
-    assert [t.topic for t in codec.request_facts(f, h).topics] == ["a"]
+    assert [t.topic for t in codec.facts_of(h.api_key, codec.decode_request(f, h)).topics] == ["a"]
 
 
 def test_unknown_version_has_no_body_offset():
@@ -53,7 +53,7 @@ def test_produce_facts_count_records_and_acks():
                              PartitionProduceData(index=0, records=records),
                              PartitionProduceData(index=2, records=batch(1)))),))
     f = request_frame(req, correlation_id=9)
-    facts = codec.request_facts(f, codec.parse_request_header(f))
+    facts = codec.facts_of(0, codec.decode_request(f, codec.parse_request_header(f)))
     assert facts.topics == (codec.TopicPartitions("orders", (0, 2)),)
     assert (facts.acks, facts.records) == (-1, 6)
     assert facts.record_bytes == len(records) + len(batch(1))
@@ -62,7 +62,7 @@ def test_produce_facts_count_records_and_acks():
 def test_corrupt_body_is_a_decode_error_naming_the_api():
     f = frame(struct.pack(">hhih", 3, 5, 1, -1) + b"\x00\x00\x00\x05")
     with pytest.raises(codec.DecodeError, match="Metadata v5 request does not decode"):
-        codec.request_facts(f, codec.parse_request_header(f))
+        codec.decode_request(f, codec.parse_request_header(f))
 
 
 def test_api_versions_capped_to_what_the_proxy_parses():
