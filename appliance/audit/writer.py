@@ -1,8 +1,9 @@
 """The one thread that owns the audit database's write connection in the serving process.
 
 The proxy's event loop hands records to `submit`, which only appends to a
-queue. The thread commits whatever has queued, at least every `flush_ms`
-milliseconds, in one transaction. Loss window on a crash (kill -9, power): the
+queue. The thread gathers what arrives for `flush_ms` milliseconds after the first
+record, then commits it in one transaction (at once when `flush` or `close`
+waits). Loss window on a crash (kill -9, power): the
 records submitted in the last `flush_ms` (200 ms by default) plus the batch
 being committed. `close` drains everything queued before it returns.
 """
@@ -27,6 +28,7 @@ class AuditWriter:
         self.path = path
         self.flush_s = flush_ms / 1000
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._urgent = threading.Event()  # set by flush() and close(): commit now
         self._db = store.open_db(path)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self.written = 0
@@ -40,44 +42,46 @@ class AuditWriter:
         """Block until everything submitted so far is committed."""
         done = threading.Event()
         self._queue.put(done)
+        self._urgent.set()
         done.wait(timeout)
 
     def close(self) -> None:
         self._queue.put(_STOP)
+        self._urgent.set()
         self._thread.join()
         self._db.conn.close()
 
     def _run(self) -> None:
-        pending: list[AuditRecord] = []
-        waiters: list[threading.Event] = []
         stopping = False
         while not stopping:
-            try:
-                item = self._queue.get(timeout=self.flush_s)
-            except queue.Empty:
-                item = None
-            # Take whatever else is queued right now, so one commit covers it.
-            while item is not None:
+            # Sleep until a record arrives, then let records gather for one
+            # flush interval without waking for each: committing on every
+            # wake-up made a transaction per handful of records under load, and
+            # this thread's CPU and GIL time came out of the proxy's.
+            items = [self._queue.get()]
+            self._urgent.wait(self.flush_s)
+            self._urgent.clear()
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            pending: list[AuditRecord] = []
+            waiters: list[threading.Event] = []
+            for item in items:
                 if item is _STOP:
                     stopping = True
                 elif isinstance(item, threading.Event):
                     waiters.append(item)
                 else:
                     pending.append(item)
-                if len(pending) >= _MAX_BATCH:
-                    break
+            for start in range(0, len(pending), _MAX_BATCH):
+                batch = pending[start:start + _MAX_BATCH]
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    item = None
-            if pending:
-                try:
-                    store.write_batch(self._db, pending)
-                    self.written += len(pending)
+                    store.write_batch(self._db, batch)
+                    self.written += len(batch)
                 except Exception:
                     self.failed_batches += 1
-                    log.exception("audit batch of %d records could not be written to %s", len(pending), self.path)
-                pending = []
+                    log.exception("audit batch of %d records could not be written to %s", len(batch), self.path)
             for w in waiters:
                 w.set()
-            waiters = []
