@@ -23,6 +23,7 @@ from appliance.kafka import apis
 
 _HEADER = struct.Struct(">hhih")
 _INT32 = struct.Struct(">i")
+_ERROR_CODE = struct.Struct(">h")
 _BATCH_LENGTH_AT = 8
 _MAGIC_AT = 16
 _RECORD_COUNT_AT = 57
@@ -146,13 +147,14 @@ def decode_response(frame: bytes, api_key: int, api_version: int) -> Any:
     return entity
 
 
-def count_records(records: bytes | None) -> int:
-    """Records in a run of v2 record batches, from each batch header; a trailing partial batch is ignored."""
+def count_records(records: bytes | None, start: int = 0, end: int | None = None) -> int:
+    """Records in a run of v2 record batches (`records[start:end]`), from each batch header; a trailing
+    partial batch is ignored."""
     if not records:
         return 0
     total = 0
-    offset = 0
-    end = len(records)
+    offset = start
+    end = len(records) if end is None else end
     while offset + _RECORD_COUNT_AT + 4 <= end:
         (length,) = _INT32.unpack_from(records, offset + _BATCH_LENGTH_AT)
         if records[offset + _MAGIC_AT] == 2:
@@ -288,6 +290,104 @@ def response_facts(frame: bytes, api_key: int, api_version: int) -> ResponseFact
                 nbytes += len(p.records or b"")
         return ResponseFacts(_first_error(entity), records, nbytes)
     return ResponseFacts(_first_error(entity))
+
+
+# ---- Produce without a decode ---------------------------------------------------
+# A producer sends request after request with the same bytes before its records:
+# the same transactional id, acks, timeout, topic and partition. Once one request
+# of a shape has been decoded by kio, the next with the same bytes up to its
+# records needs no decode: only the records' length and batch headers are read.
+# The broker's answer to it is recognised the same way, by the bytes it must
+# start with, for its one error code.
+
+_PRODUCE_TAIL = b"\0\0\0"  # empty tagged fields of the partition, the topic and the request (v9+)
+
+
+def _uvarint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ProduceShape:
+    """A single-partition Produce request's bytes between its header and its records' length."""
+
+    api_version: int
+    prefix: bytes
+    facts: RequestFacts  # topic, partition and acks; records are counted per request
+
+
+def produce_shape(frame: bytes, header: RequestHeader, request: Any) -> ProduceShape | None:
+    """The shape of a decoded Produce request, or None when it is not one worth recognising
+    (several topics or partitions, no records, tagged fields)."""
+    if len(request.topic_data) != 1 or len(request.topic_data[0].partition_data) != 1:
+        return None
+    records = request.topic_data[0].partition_data[0].records
+    if not records:
+        return None
+    flexible = apis.request_is_flexible(apis.PRODUCE, header.api_version)
+    tail = _PRODUCE_TAIL if flexible else b""
+    records_end = len(frame) - len(tail)
+    records_start = records_end - len(records)
+    length = _uvarint(len(records) + 1) if flexible else _INT32.pack(len(records))
+    prefix_end = records_start - len(length)
+    if (prefix_end < header.body_offset or frame[records_end:] != tail
+            or frame[prefix_end:records_start] != length or frame[records_start:records_end] != records):
+        return None
+    facts = dataclasses.replace(_produce(request), records=None, record_bytes=None)
+    return ProduceShape(header.api_version, bytes(frame[header.body_offset:prefix_end]), facts)
+
+
+def match_produce(frame: bytes, header: RequestHeader, shape: ProduceShape) -> RequestFacts | None:
+    """The facts of a Produce request of `shape`, read without a decode; None when it is not of it."""
+    if header.api_version != shape.api_version or not frame.startswith(shape.prefix, header.body_offset):
+        return None
+    at = header.body_offset + len(shape.prefix)
+    if apis.request_is_flexible(apis.PRODUCE, header.api_version):
+        try:
+            length, at = _read_uvarint(frame, at)
+        except DecodeError:
+            return None  # decoded in full, which names the fault
+        length -= 1
+        if not frame.endswith(_PRODUCE_TAIL):
+            return None
+        end = len(frame) - len(_PRODUCE_TAIL)
+    else:
+        if at + 4 > len(frame):
+            return None
+        (length,) = _INT32.unpack_from(frame, at)
+        at += 4
+        end = len(frame)
+    if length <= 0 or at + length != end:
+        return None
+    facts = shape.facts
+    return RequestFacts(facts.topics, facts.group, facts.acks, count_records(frame, at, end), length)
+
+
+@cache
+def _produce_response_start(api_version: int, topic: str, partition: int) -> bytes:
+    """What the body of a Produce response for one topic and one partition starts with, up to its error code."""
+    name = topic.encode()
+    if apis.response_header_is_flexible(apis.PRODUCE, api_version):
+        return b"\x02" + _uvarint(len(name) + 1) + name + b"\x02" + _INT32.pack(partition)
+    return _INT32.pack(1) + struct.pack(">h", len(name)) + name + _INT32.pack(1) + _INT32.pack(partition)
+
+
+def produce_response_error(frame: bytes, api_version: int, facts: RequestFacts) -> int | None:
+    """The error code of the answer to a single-partition Produce, read in place; None when the answer
+    is not of that form (then it is decoded)."""
+    if len(facts.topics) != 1 or len(facts.topics[0].partitions) != 1:
+        return None
+    topic = facts.topics[0]
+    start = _produce_response_start(api_version, topic.topic, topic.partitions[0])
+    at = response_body_offset(frame, apis.PRODUCE, api_version)
+    if not frame.startswith(start, at) or at + len(start) + 2 > len(frame):
+        return None
+    return _ERROR_CODE.unpack_from(frame, at + len(start))[0]
 
 
 # ---- messages the proxy writes itself ------------------------------------------

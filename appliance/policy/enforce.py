@@ -1,7 +1,9 @@
 """Applying the policy to one request (sans-io): allow it as is, cut refused entries, or answer it.
 
 The request is decoded once (kio); when every check allows it, the original
-bytes are forwarded untouched. Refused entries are cut from a re-encoded
+bytes are forwarded untouched. A Produce with the same bytes up to its records
+as one already allowed (same topic, partition, acks, transactional id) under the
+same policy is not decoded again: it has the same decision. Refused entries are cut from a re-encoded
 request and answered, in the broker's response, with the error Kafka's own
 authorizer would give (TOPIC_/GROUP_/TRANSACTIONAL_ID_/CLUSTER_AUTHORIZATION_FAILED,
 or POLICY_VIOLATION for immutable topics). A refusal of the whole request, or
@@ -60,6 +62,7 @@ class Verdict:
     filter_topics: bool = False  # Metadata for all topics: keep only those the workload may describe
     masked: int = 0  # values masked in the request (Produce)
     mask_fetched: frozenset[str] = frozenset()  # Fetch: topics whose records this workload reads masked
+    facts: codec.RequestFacts | None = None  # what the audit records, when known without a decode
 
 
 def _error(resource: ResourceType, decision: Decision) -> ErrorCode:
@@ -82,12 +85,20 @@ def _response_element(header: codec.RequestHeader, field: str) -> type:
     return element_type(typing.get_type_hints(cls)[field])
 
 
+# Produce shapes an enforcer remembers: one per partition a connection writes to, typically.
+_PRODUCE_SHAPES = 8
+
+
 class Enforcer:
     """Decides requests for one principal against whatever policy `policy()` returns now (hot reload)."""
 
     def __init__(self, principal: Principal, policy: typing.Callable[[], Policy]) -> None:
         self.principal = principal
         self.policy = policy
+        # Allowed, unmasked Produce requests already decoded under `_shapes_policy`,
+        # newest first: a request of the same shape has the same decision.
+        self._shapes: list[tuple[codec.ProduceShape, tuple[Check, ...]]] = []
+        self._shapes_policy: Policy | None = None
 
     def check(self, frame: bytes, header: codec.RequestHeader) -> Verdict:
         permission = permission_for(header.api_key, header.api_version)
@@ -96,7 +107,32 @@ class Enforcer:
         if permission.open:
             return Verdict("allowed", (), None, frame)
         policy = self.policy()
+        if header.api_key == apis.PRODUCE:
+            if policy is not self._shapes_policy:
+                self._shapes, self._shapes_policy = [], policy
+            for shape, checks in self._shapes:
+                facts = codec.match_produce(frame, header, shape)
+                if facts is not None:
+                    return Verdict("allowed", checks, None, frame, facts=facts)
         request = codec.decode_request(frame, header)
+        verdict = self._decide(frame, header, permission, request, policy)
+        if header.api_key == apis.PRODUCE:
+            self._remember_shape(frame, header, request, policy, verdict)
+        return verdict
+
+    def _remember_shape(self, frame: bytes, header: codec.RequestHeader, request: Any, policy: Policy,
+                        verdict: Verdict) -> None:
+        if verdict.outcome != "allowed" or verdict.forward is not frame or verdict.masked:
+            return
+        if policy.masking and any(policy.masking.for_topic(str(t.name), "produce") is not None
+                                  for t in request.topic_data):
+            return  # its records are read for masking, each time
+        shape = codec.produce_shape(frame, header, request)
+        if shape is not None:
+            self._shapes = [(shape, verdict.checks)] + self._shapes[:_PRODUCE_SHAPES - 1]
+
+    def _decide(self, frame: bytes, header: codec.RequestHeader, permission: Permission, request: Any,
+                policy: Policy) -> Verdict:
         checks: list[Check] = []
         whole_error = self._whole(permission, request, policy, checks)
         each = permission.each

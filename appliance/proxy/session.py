@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 from kio.schema.api_versions.v0.response import ApiVersion
 from kio.schema.errors import ErrorCode
@@ -53,6 +54,17 @@ class _Streaming:
     pending: "_InFlight"
     remaining: int
     chunks: list
+
+
+# A connection repeats the same topics and decisions request after request.
+@lru_cache(maxsize=1024)
+def _topics_json(topics: tuple[codec.TopicPartitions, ...]) -> str:
+    return json.dumps({t.topic: list(t.partitions) for t in topics})
+
+
+@lru_cache(maxsize=1024)
+def _checks_json(checks: tuple) -> str:
+    return json.dumps([c.as_row() for c in checks])
 
 
 class _BadInput(Exception):
@@ -173,7 +185,7 @@ class Session:
                     "a request the proxy can parse; it was refused, not forwarded", now, out, level="warning")
                 return
             verdict = self.enforcer.check(frame, header)
-            facts = codec.facts_of(header.api_key, verdict.request)
+            facts = verdict.facts or codec.facts_of(header.api_key, verdict.request)
             pending = _InFlight(header, facts, now, len(frame), verdict, verdict.masked or None)
             if verdict.answer is not None:
                 if forward:
@@ -295,7 +307,11 @@ class Session:
                 frame, masked = self.enforcer.complete(frame, header, pending.verdict)
                 if masked:
                     pending.masked = (pending.masked or 0) + masked
-            facts = codec.response_facts(frame, header.api_key, header.api_version)
+            error = None
+            if header.api_key == apis.PRODUCE and pending.verdict is not None and pending.verdict.merge is None:
+                error = codec.produce_response_error(frame, header.api_version, pending.facts)
+            facts = codec.response_facts(frame, header.api_key, header.api_version) if error is None \
+                else codec.ResponseFacts(error)
             outcome = _OUTCOMES.get(pending.verdict.outcome if pending.verdict is not None else "", "forwarded")
             out.append(Audit(self._operation(pending, now, len(frame), facts.error_code, outcome, facts)))
             send.append(frame)
@@ -308,7 +324,7 @@ class Session:
         outcome: str, response: codec.ResponseFacts | None = None,
     ) -> Operation:
         header, facts, verdict = pending.header, pending.facts, pending.verdict
-        topics = json.dumps({t.topic: list(t.partitions) for t in facts.topics}) if facts.topics else None
+        topics = _topics_json(facts.topics) if facts.topics else None
         records, record_bytes = facts.records, facts.record_bytes
         if response is not None and response.records is not None:
             records, record_bytes = response.records, response.record_bytes
@@ -330,6 +346,6 @@ class Session:
             latency_ms=None if response_bytes is None else round((now - pending.at) * 1000, 3),
             outcome=outcome,
             decision=None if verdict is None or not verdict.checks else verdict.outcome,
-            checks=None if verdict is None or not verdict.checks else json.dumps([c.as_row() for c in verdict.checks]),
+            checks=None if verdict is None or not verdict.checks else _checks_json(verdict.checks),
             masked=pending.masked,
         )

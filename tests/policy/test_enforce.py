@@ -230,3 +230,29 @@ def test_a_record_the_rule_rejects_is_answered_invalid_record():
     entry = verdict.merge.entries[0]
     assert entry.name == "strict" and entry.partition_responses[0].error_code == ErrorCode.invalid_record
     assert "strict-json" in entry.partition_responses[0].error_message
+
+
+def test_a_produce_of_a_known_shape_is_decided_without_a_decode_until_the_policy_changes():
+    current = {"policy": POLICY}
+    enforcer = Enforcer(Principal("orders", frozenset()), lambda: current["policy"])
+    first = produce("orders")
+    assert enforcer.check(first, codec.parse_request_header(first)).request is not None  # decoded
+    again = request_frame(ProduceRequest(
+        transactional_id=None, acks=-1, timeout=datetime.timedelta(seconds=1),
+        topic_data=(TopicProduceData(name="orders", partition_data=(PartitionProduceData(index=0, records=batch(7)),)),)),
+        correlation_id=12)
+    verdict = enforcer.check(again, codec.parse_request_header(again))
+    assert verdict.request is None and verdict.forward is again and verdict.outcome == "allowed"
+    assert [c.rule for c in verdict.checks] == ["orders-write"]
+    assert (verdict.facts.records, verdict.facts.topics) == (7, (codec.TopicPartitions("orders", (0,)),))
+    current["policy"] = parse_policy("version: 1\nrules: []\n", source="reloaded")
+    refused = enforcer.check(again, codec.parse_request_header(again))
+    assert refused.outcome == "refused" and refused.forward is None
+
+
+def test_a_produce_to_a_masked_topic_is_read_every_time():
+    enforcer = Enforcer(Principal("orders", frozenset()), lambda: MASKED)
+    for _ in range(2):
+        f = produce_values({"pii": b'{"email": "a@example.com"}'})
+        verdict = enforcer.check(f, codec.parse_request_header(f))
+        assert verdict.masked == 1 and b"a@example.com" not in verdict.forward

@@ -251,3 +251,23 @@ def test_closing_mid_stream_audits_the_fetch_as_unanswered():
     s.handle(ev.UpstreamData(response[:100_000]), 1)
     out = s.handle(ev.UpstreamClosed("broker went away"), 2)
     assert [c.record.outcome for c in of(out, Audit) if isinstance(c.record, Operation)] == ["unanswered"]
+
+
+def test_repeated_produce_of_one_shape_is_audited_with_its_own_records_and_error():
+    from tests.kafka.test_produce_shape import produce as produce_of, produce_response
+
+    s = authenticated_session()
+    audited = []
+    for correlation_id, count, error in ((40, 3, ErrorCode.none), (41, 8, ErrorCode.none),
+                                          (42, 5, ErrorCode.not_leader_or_follower)):
+        request = produce_of(9, {"orders": {0: batch(count)}}, correlation_id=correlation_id)
+        assert of(s.handle(ev.ClientData(request), 1.0), SendToUpstream)[0].data == request
+        answer = produce_response(9, "orders", 0, error)
+        answer = answer[:4] + struct.pack(">i", correlation_id) + answer[8:]
+        out = s.handle(ev.UpstreamData(answer), 1.5)
+        assert of(out, SendToClient)[0].data == answer
+        audited += [c.record for c in of(out, Audit)]
+    assert [(op.correlation_id, op.records, op.error_code, op.topics, op.outcome) for op in audited] == [
+        (40, 3, 0, '{"orders": [0]}', "forwarded"), (41, 8, 0, '{"orders": [0]}', "forwarded"),
+        (42, 5, 6, '{"orders": [0]}', "forwarded")]
+    assert all(op.checks == '[["topic", "orders", "produce", "allow", "everything"]]' for op in audited)
