@@ -5,11 +5,8 @@ kernel did not steer, or whose workload is no longer enrolled, is closed at
 once and audited. Otherwise the shell connects to the original broker address
 (the appliance's own cgroup is exempt from steering, so this connect is never
 redirected) and feeds the session every byte and closure as events, carrying
-out the commands it returns. Flow control: when more than `_WRITE_BUFFER_HIGH`
-bytes wait to be written to one side, reading from the other side pauses. With
-asyncio's default of 64 KiB a single 1 MiB Fetch response paused and resumed
-the broker side many times while the consumer's 64 KiB receive window drained,
-and that stop-and-go cost consumers about a quarter of their throughput.
+out the commands it returns. Flow control: when one side's socket buffer
+fills, reading from the other side pauses.
 """
 
 from __future__ import annotations
@@ -34,7 +31,6 @@ from appliance.proxy.original_dst import Lookup, OriginalDestination
 from appliance.proxy.session import Session
 
 log = logging.getLogger("appliance.proxy")
-_WRITE_BUFFER_HIGH = 4 << 20  # per side of a connection
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -100,7 +96,6 @@ class _Connection:
             return
         self.upstream = transport
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=_WRITE_BUFFER_HIGH)
         self.dispatch(ev.UpstreamConnected())
         self.client.resume_reading()
 
@@ -190,7 +185,6 @@ class ProxyServer:
                          cgroup_id=origin.cgroup_id, pid=origin.tgid)
             return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=_WRITE_BUFFER_HIGH)
         who = process.describe(origin.tgid, origin.cgroup_id, origin.comm, now)
         conn = _Connection(self, transport, origin, enrollment, who.command, now)
         self.audit(SessionOpened(
