@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -270,7 +271,15 @@ def vars_of(obj) -> dict:
     return {name: getattr(obj, name) for name in obj.__slots__}
 
 
+# How long the event loop may wait for the GIL while the audit writer holds it.
+# Python's default, 5 ms, let each audit commit (hundreds of rows built in
+# Python) hold up the requests that arrived meanwhile: p99 publish latency
+# through the proxy went from +0.3 ms to +1.1 ms when commits became batched.
+_GIL_SWITCH_S = 0.0001
+
+
 def serve(config: Config) -> None:
     import uvloop
 
+    sys.setswitchinterval(_GIL_SWITCH_S)
     uvloop.run(Appliance(config).run())
