@@ -91,6 +91,7 @@ class Config:
     bpffs_dir: Path = Path("/sys/fs/bpf/appliance")
     max_frame_bytes: int = 100 * 1024 * 1024
     audit_flush_ms: int = 200
+    upstream_pool: int = 2
     policy_file: Path = EMBEDDED_POLICY
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     source: str = "embedded defaults"
@@ -114,7 +115,8 @@ class Config:
 
 
 _PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir", "policy_file"}
-_INT_KEYS = {"listen_port": (1, 65535), "max_frame_bytes": (1024, 1 << 31), "audit_flush_ms": (1, 60_000)}
+_INT_KEYS = {"listen_port": (1, 65535), "max_frame_bytes": (1024, 1 << 31), "audit_flush_ms": (1, 60_000),
+             "upstream_pool": (0, 64)}
 
 
 def load_config(path: Path | None) -> Config:

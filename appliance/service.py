@@ -79,7 +79,7 @@ class Appliance:
                 hosts=(config.listen_host4, config.listen_host6), port=config.listen_port,
                 lookup=kernel_lookup(self.steering), identity_of=self.by_cgroup_id.get,
                 credentials=credentials, policy=lambda: self.policy, audit=self.writer.submit,
-                max_frame_bytes=config.max_frame_bytes,
+                max_frame_bytes=config.max_frame_bytes, upstream_pool=config.upstream_pool,
             )
             await self.server.start()
             self.steering.attach()
@@ -248,6 +248,7 @@ class Appliance:
             "exempt": [{"cgroup_path": p, "cgroup_id": cid, **_counts(counters, cid)} for cid, p in self.exempt.items()],
             "counters": {str(cid): _counts(counters, cid) for cid in counters},
             "sessions": [vars_of(s) for s in self.server.sessions()],
+            "upstream_pool": self.server.pool.ready(),
             "audit": {"path": str(self.config.audit_db), "written": self.writer.written,
                       "failed_batches": self.writer.failed_batches},
         }

@@ -78,6 +78,9 @@ def status(ctx, as_json: bool) -> None:
         listener = snapshot["listener"]
         click.echo(f"listener: {', '.join(listener['hosts'])} port {listener['port']}")
         click.echo(f"steered brokers: {', '.join(snapshot['brokers'])}")
+        pool = snapshot.get("upstream_pool") or {}
+        click.echo("upstream pool: " + (", ".join(f"{address} {n} ready" for address, n in pool.items())
+                                        or "empty (fills once a workload connects)"))
         click.echo(f"audit: {snapshot['audit']['path']} ({snapshot['audit']['written']} records written, "
                    f"{snapshot['audit']['failed_batches']} failed batches)")
     emit(kernel, as_json=False, columns=("name", "attach_type", "cgroup"), title="programs attached (from the kernel)")

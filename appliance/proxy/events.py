@@ -7,7 +7,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConnected:
-    """The TCP connection to the original broker address is open."""
+    """The TCP connection to the original broker address is open.
+
+    `authenticated`: it comes from the pool, already authenticated with the
+    appliance's credentials, so the session relays at once.
+    """
+
+    authenticated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,10 @@ once and audited. Otherwise the shell connects to the original broker address
 redirected) and feeds the session every byte and closure as events, carrying
 out the commands it returns. Flow control: when one side's socket buffer
 fills, reading from the other side pauses.
+
+`UpstreamPool` keeps a few broker connections per broker address open and
+already authenticated, so a new session starts relaying without its own SASL
+exchange.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import socket
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,8 +32,10 @@ from appliance.policy.enforce import Enforcer
 from appliance.policy.model import Policy, Principal
 from appliance.proxy import events as ev
 from appliance.proxy.commands import Audit, CloseConnection, Log, SendToClient, SendToUpstream
+from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy.original_dst import Lookup, OriginalDestination
 from appliance.proxy.session import Session
+from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
 
 log = logging.getLogger("appliance.proxy")
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -84,6 +91,19 @@ class _Connection:
             self.upstream.close()
 
     async def connect_upstream(self) -> None:
+        address = (self.origin.broker_host, self.origin.broker_port)
+        pool = self.server.pool
+        parked = pool.take(address)
+        pool.refill(address)
+        if parked is not None:
+            if self.session.closed:
+                parked.close()
+                return
+            self.upstream = parked
+            parked.set_protocol(_UpstreamProtocol(self))
+            self.dispatch(ev.UpstreamConnected(authenticated=True))
+            self.client.resume_reading()
+            return
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_connection(
@@ -147,11 +167,117 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.conn.client.resume_reading()
 
 
+class _Parked(asyncio.Protocol):
+    """A pooled broker connection: authenticates, then waits, idle, to be handed to a session."""
+
+    def __init__(self, pool: UpstreamPool, address: tuple[str, int]) -> None:
+        self.pool = pool
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.auth = UpstreamAuthenticator(pool.credentials)
+        self.frames = FrameSplitter(pool.max_frame_bytes)
+        self.ready = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.write(self.auth.start())
+
+    def data_received(self, data: bytes) -> None:
+        if self.ready:  # a broker says nothing unasked; a connection that does is not handed out
+            log.warning("pooled connection to %s:%d received %d unrequested bytes; closed", *self.address, len(data))
+            self.transport.close()
+            return
+        try:
+            frames = self.frames.feed(data)
+            for i, frame in enumerate(frames):
+                following = self.auth.receive(frame)
+                if following is not None:
+                    self.transport.write(following)
+                    continue
+                if i + 1 < len(frames) or self.frames.pending:
+                    raise UpstreamAuthError("the broker sent more than its SASL answers")
+                self.ready = True
+                self.pool.park(self)
+        except (FrameError, UpstreamAuthError) as e:
+            log.error("pooled connection to %s:%d: upstream authentication failed: %s", *self.address, e)
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.forget(self)
+
+
+class UpstreamPool:
+    """Up to `size` authenticated, idle broker connections per broker address that workloads use.
+
+    A session takes one instead of connecting and authenticating itself; each
+    take (or miss) starts opening a replacement. A connection the broker closes
+    while it waits (idle timeout, broker restart) leaves the pool.
+    """
+
+    def __init__(self, credentials: UpstreamCredentials, max_frame_bytes: int, size: int) -> None:
+        self.credentials = credentials
+        self.max_frame_bytes = max_frame_bytes
+        self.size = size
+        self._ready: dict[tuple[str, int], deque[_Parked]] = {}
+        self._opening: dict[tuple[str, int], int] = {}
+        self._closed = False
+
+    def take(self, address: tuple[str, int]) -> asyncio.Transport | None:
+        ready = self._ready.get(address)
+        while ready:
+            parked = ready.popleft()
+            if not parked.transport.is_closing():
+                return parked.transport
+        return None
+
+    def refill(self, address: tuple[str, int]) -> None:
+        if self._closed:
+            return
+        missing = self.size - len(self._ready.get(address, ())) - self._opening.get(address, 0)
+        for _ in range(max(0, missing)):
+            self._opening[address] = self._opening.get(address, 0) + 1
+            asyncio.get_running_loop().create_task(self._open(address))
+
+    async def _open(self, address: tuple[str, int]) -> None:
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: _Parked(self, address), *address)
+        except OSError as e:
+            self._opening[address] -= 1
+            log.debug("pooled connection to %s:%d not opened: %s", *address, e)
+
+    def park(self, parked: _Parked) -> None:
+        self._opening[parked.address] -= 1
+        if self._closed:
+            parked.transport.close()
+            return
+        self._ready.setdefault(parked.address, deque()).append(parked)
+
+    def forget(self, parked: _Parked) -> None:
+        if parked.ready:
+            ready = self._ready.get(parked.address)
+            if ready is not None and parked in ready:
+                ready.remove(parked)
+        else:
+            self._opening[parked.address] -= 1
+
+    def ready(self) -> dict[str, int]:
+        """Idle authenticated connections per broker address, for `appliance status`."""
+        return {f"{host}:{port}": len(ready) for (host, port), ready in self._ready.items()}
+
+    def close(self) -> None:
+        self._closed = True
+        for ready in self._ready.values():
+            for parked in list(ready):
+                parked.transport.close()
+            ready.clear()
+
+
 class ProxyServer:
     def __init__(
         self, *, hosts: tuple[str, ...], port: int, lookup: Lookup,
         identity_of: Callable[[int], Enrollment | None], credentials: UpstreamCredentials,
-        policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int,
+        policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int, upstream_pool: int = 0,
     ) -> None:
         self.policy = policy
         self.hosts = hosts
@@ -161,6 +287,7 @@ class ProxyServer:
         self.credentials = credentials
         self.audit = audit
         self.max_frame_bytes = max_frame_bytes
+        self.pool = UpstreamPool(credentials, max_frame_bytes, upstream_pool)
         self.live: dict[str, _Connection] = {}
         self._servers: list[asyncio.AbstractServer] = []
 
@@ -214,6 +341,7 @@ class ProxyServer:
         return [c.info for c in self.live.values()]
 
     async def stop(self, reason: str = "appliance stopping") -> None:
+        self.pool.close()
         for server in self._servers:
             server.close()
         for conn in list(self.live.values()):

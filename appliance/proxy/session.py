@@ -112,6 +112,9 @@ class Session:
                     self._on_client(data, now, out)
                 case ev.UpstreamData(data):
                     self._on_upstream(data, now, out)
+                case ev.UpstreamConnected(authenticated=True):
+                    out.append(Log("info", f"session {self.session_id} took a pre-authenticated upstream connection from the pool"))
+                    self._start_relay(now, out)
                 case ev.UpstreamConnected():
                     out.append(SendToUpstream(self._auth.start()))
                 case ev.ClientClosed(reason) | ev.UpstreamClosed(reason) | ev.Revoked(reason):
@@ -150,11 +153,14 @@ class Session:
                 out.append(SendToUpstream(following))
                 continue
             out.append(Log("debug", f"session {self.session_id} authenticated upstream"))
-            self._on_client = self._relay_client
-            self._on_upstream = self._relay_upstream
-            held, self._held = b"".join(self._held), []
-            if held:
-                self._relay_client(held, now, out)
+            self._start_relay(now, out)
+
+    def _start_relay(self, now: float, out: list[Command]) -> None:
+        self._on_client = self._relay_client
+        self._on_upstream = self._relay_upstream
+        held, self._held = b"".join(self._held), []
+        if held:
+            self._relay_client(held, now, out)
 
     # ---- relay ---------------------------------------------------------------
 

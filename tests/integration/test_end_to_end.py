@@ -121,3 +121,21 @@ def test_audit_sql_is_read_only(appliance, config_path):
     assert [r["name"] for r in rows] == [name for name, _ in MIGRATIONS]
     refused = cli(config_path, "audit", "sql", "DELETE FROM sessions", check=False)
     assert refused.returncode != 0 and "readonly" in refused.stderr
+
+
+def test_sessions_take_pre_authenticated_broker_connections_from_the_pool(appliance, config_path, enroll, direct,
+                                                                          sasl_args):
+    t = topic("orders-pooled")
+    direct.client("confluent.py", BROKER4, t, "--create", *sasl_args)
+    workload = enroll("orders")
+    workload.client("confluent.py", BROKER4, t, "--produce", "1")  # a session to this broker fills the pool
+    eventually(lambda: appliance.status()["upstream_pool"].get(BROKER4) == 2, message="two pooled connections ready")
+    result = workload.client("confluent.py", BROKER4, t, "--produce", "5", "--consume", "6")
+    assert result["errors"] == [] and result["produced"] == 5 and result["consumed"] == 6
+    later = [s for s in sessions_of(config_path, "orders") if s["pid"] == result["pid"]]
+    log = appliance.log.read_text()
+    pooled = [s for s in later if f"session {s['session_id']} took a pre-authenticated upstream connection" in log]
+    assert pooled, f"no session of pid {result['pid']} used the pool: {later}"
+    produce_rows(config_path, "orders", t, records=6)
+    shown = cli(config_path, "status").stdout
+    assert "upstream pool: " in shown and BROKER4 in shown.split("upstream pool: ")[1].splitlines()[0]
