@@ -190,18 +190,26 @@ class _Parked(asyncio.Protocol):
             return
         try:
             frames = self.frames.feed(data)
-            for i, frame in enumerate(frames):
-                following = self.auth.receive(frame)
-                if following is not None:
-                    self.transport.write(following)
-                    continue
-                if i + 1 < len(frames) or self.frames.pending:
-                    raise UpstreamAuthError("the broker sent more than its SASL answers")
+        except FrameError as e:
+            self._failed(e)
+            return
+        if len(frames) > 1 or (frames and self.frames.pending):
+            self._failed("the broker sent more than one answer to one SASL request")
+        elif frames:
+            try:
+                following = self.auth.receive(frames[0])
+            except (UpstreamAuthError, ValueError) as e:
+                self._failed(e)
+                return
+            if following is not None:
+                self.transport.write(following)
+            else:
                 self.ready = True
                 self.pool.park(self)
-        except (FrameError, UpstreamAuthError) as e:
-            log.error("pooled connection to %s:%d: upstream authentication failed: %s", *self.address, e)
-            self.transport.close()
+
+    def _failed(self, reason) -> None:
+        log.error("pooled connection to %s:%d: upstream authentication failed: %s", *self.address, reason)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.forget(self)

@@ -271,3 +271,33 @@ def test_repeated_produce_of_one_shape_is_audited_with_its_own_records_and_error
         (40, 3, 0, '{"orders": [0]}', "forwarded"), (41, 8, 0, '{"orders": [0]}', "forwarded"),
         (42, 5, 6, '{"orders": [0]}', "forwarded")]
     assert all(op.checks == '[["topic", "orders", "produce", "allow", "everything"]]' for op in audited)
+
+
+def _scram_exchange(password: str, auth_info) -> list:
+    mech = scramp.ScramMechanism("SCRAM-SHA-512")
+    server = mech.make_server(lambda username: auth_info)
+    s = new_session(UpstreamCredentials("SCRAM-SHA-512", "appliance", password), "scram")
+    s.handle(ev.UpstreamConnected(), 0)
+    first = of(s.handle(ev.UpstreamData(handshake_ok()), 0), SendToUpstream)[0].data
+    server.set_client_first(auth_bytes(first))
+    final = of(s.handle(ev.UpstreamData(authenticate(auth_bytes=server.get_server_first().encode())), 0),
+               SendToUpstream)[0].data
+    try:
+        server.set_client_final(auth_bytes(final))
+    except scramp.ScramException as e:
+        return [f"server refused: {e}"]
+    return of(s.handle(ev.UpstreamData(authenticate(auth_bytes=server.get_server_final().encode(), correlation_id=3)), 0),
+              CloseConnection)
+
+
+def test_scram_key_derivation_runs_once_per_salt_and_password():
+    from appliance.proxy.upstream_auth import _salted_password
+
+    auth_info = scramp.ScramMechanism("SCRAM-SHA-512").make_auth_info("pw", iteration_count=4096)
+    _salted_password.cache_clear()
+    for _ in range(3):
+        assert _scram_exchange("pw", auth_info) == []
+    # make_auth_info's own derivation happened before the clear: one miss, then hits.
+    assert (_salted_password.cache_info().misses, _salted_password.cache_info().hits) == (1, 2)
+    # The cache is keyed by the password too: a wrong one still fails.
+    assert _scram_exchange("wrong", auth_info)[0].startswith("server refused")
