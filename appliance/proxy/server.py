@@ -38,6 +38,10 @@ from appliance.proxy.session import Session
 from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
 
 log = logging.getLogger("appliance.proxy")
+# A pooled connection is handed out only while younger than this: brokers close
+# idle connections after connections.max.idle.ms, 10 minutes by default.
+_POOL_MAX_IDLE_S = 300.0
+_POOL_RETRY_AFTER_S = 10.0
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -177,6 +181,7 @@ class _Parked(asyncio.Protocol):
         self.auth = UpstreamAuthenticator(pool.credentials)
         self.frames = FrameSplitter(pool.max_frame_bytes)
         self.ready = False
+        self.ready_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -205,10 +210,20 @@ class _Parked(asyncio.Protocol):
                 self.transport.write(following)
             else:
                 self.ready = True
+                self.ready_at = time.monotonic()
                 self.pool.park(self)
 
+    def usable(self, now: float) -> bool:
+        """Open, and young enough that the broker will not end it soon after a session takes it."""
+        age = now - self.ready_at
+        lifetime = self.auth.session_lifetime_s
+        return (not self.transport.is_closing() and age < _POOL_MAX_IDLE_S
+                and (lifetime is None or age < lifetime / 2))
+
     def _failed(self, reason) -> None:
-        log.error("pooled connection to %s:%d: upstream authentication failed: %s", *self.address, reason)
+        log.error("pooled connection to %s:%d: upstream authentication failed: %s; no pooled connections to it "
+                  "for %d s", *self.address, reason, _POOL_RETRY_AFTER_S)
+        self.pool.failed(self.address)
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -220,7 +235,10 @@ class UpstreamPool:
 
     A session takes one instead of connecting and authenticating itself; each
     take (or miss) starts opening a replacement. A connection the broker closes
-    while it waits (idle timeout, broker restart) leaves the pool.
+    while it waits (idle timeout, broker restart) leaves the pool, and one that
+    has waited 5 minutes, or half the SASL session lifetime the broker granted,
+    is closed instead of handed out. After the broker refuses the credentials,
+    the pool opens no connections to that address for 10 seconds.
     """
 
     def __init__(self, credentials: UpstreamCredentials, max_frame_bytes: int, size: int) -> None:
@@ -229,18 +247,21 @@ class UpstreamPool:
         self.size = size
         self._ready: dict[tuple[str, int], deque[_Parked]] = {}
         self._opening: dict[tuple[str, int], int] = {}
+        self._failed_at: dict[tuple[str, int], float] = {}
         self._closed = False
 
     def take(self, address: tuple[str, int]) -> asyncio.Transport | None:
         ready = self._ready.get(address)
+        now = time.monotonic()
         while ready:
             parked = ready.popleft()
-            if not parked.transport.is_closing():
+            if parked.usable(now):
                 return parked.transport
+            parked.transport.close()
         return None
 
     def refill(self, address: tuple[str, int]) -> None:
-        if self._closed:
+        if self._closed or time.monotonic() - self._failed_at.get(address, -_POOL_RETRY_AFTER_S) < _POOL_RETRY_AFTER_S:
             return
         missing = self.size - len(self._ready.get(address, ())) - self._opening.get(address, 0)
         for _ in range(max(0, missing)):
@@ -253,6 +274,11 @@ class UpstreamPool:
         except OSError as e:
             self._opening[address] -= 1
             log.debug("pooled connection to %s:%d not opened: %s", *address, e)
+
+    def failed(self, address: tuple[str, int]) -> None:
+        """The broker refused the appliance's credentials: sessions connect on their own for a while,
+        rather than each one starting pooled connections that fail the same way."""
+        self._failed_at[address] = time.monotonic()
 
     def park(self, parked: _Parked) -> None:
         self._opening[parked.address] -= 1

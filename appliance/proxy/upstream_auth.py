@@ -83,6 +83,8 @@ class UpstreamAuthenticator:
         self._step = "handshake"
         self._scram: scramp.ScramClient | None = None
         self._next_correlation = 1
+        # How long the broker will honour this authentication (KIP-368); None: no limit.
+        self.session_lifetime_s: float | None = None
 
     def _send(self, api_key: int, version: int, cls: type, entity) -> bytes:
         correlation_id = self._next_correlation
@@ -129,5 +131,7 @@ class UpstreamAuthenticator:
                 self._scram.set_server_final(response.auth_bytes.decode())
         except scramp.ScramException as e:
             raise UpstreamAuthError(f"SCRAM exchange with the broker failed: {e}") from None
+        lifetime = response.session_lifetime.total_seconds()
+        self.session_lifetime_s = lifetime if lifetime > 0 else None
         self.done = True
         return None

@@ -1,0 +1,67 @@
+"""Which pooled broker connections the proxy hands out, and when it stops opening them."""
+
+import datetime
+import time
+
+from kio.schema.errors import ErrorCode
+from kio.schema.sasl_authenticate.v2.response import SaslAuthenticateResponse
+
+from appliance.broker.credentials import UpstreamCredentials
+from appliance.proxy.server import UpstreamPool, _Parked
+from appliance.proxy.upstream_auth import UpstreamAuthenticator
+from tests.kafka.builders import response_frame
+from tests.proxy.test_session import handshake_ok
+
+PLAIN = UpstreamCredentials("PLAIN", "appliance", "s3cret")
+BROKER = ("127.0.0.1", 39092)
+
+
+class _Transport:
+    """Stands in for the socket side of an asyncio transport: open or closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def parked(pool: UpstreamPool, *, age_s: float, lifetime_s: float | None = None) -> _Parked:
+    p = _Parked(pool, BROKER)
+    p.transport = _Transport()
+    p.ready, p.ready_at = True, time.monotonic() - age_s
+    p.auth.session_lifetime_s = lifetime_s
+    pool._opening[BROKER] = pool._opening.get(BROKER, 0) + 1
+    pool.park(p)
+    return p
+
+
+def test_only_connections_the_broker_will_keep_honouring_are_handed_out():
+    pool = UpstreamPool(PLAIN, 1 << 20, size=4)
+    stale = parked(pool, age_s=400)  # past the idle limit brokers close at
+    expiring = parked(pool, age_s=31, lifetime_s=60)  # past half its SASL lifetime
+    fresh = parked(pool, age_s=1, lifetime_s=60)
+    assert pool.take(BROKER) is fresh.transport
+    assert stale.transport.closed and expiring.transport.closed
+    assert pool.take(BROKER) is None and pool.ready() == {"127.0.0.1:39092": 0}
+
+
+def test_after_a_refusal_the_pool_opens_nothing_for_that_broker():
+    pool = UpstreamPool(PLAIN, 1 << 20, size=2)
+    pool.failed(BROKER)
+    pool.refill(BROKER)  # outside an event loop: opening a connection here would raise
+    assert pool._opening.get(BROKER, 0) == 0
+
+
+def test_the_broker_granted_session_lifetime_is_read_from_the_last_answer():
+    for granted, expected in ((datetime.timedelta(minutes=2), 120.0), (datetime.timedelta(0), None)):
+        auth = UpstreamAuthenticator(PLAIN)
+        auth.start()
+        auth.receive(handshake_ok())
+        done = auth.receive(response_frame(SaslAuthenticateResponse(
+            error_code=ErrorCode.none, error_message=None, auth_bytes=b"", session_lifetime=granted),
+            correlation_id=2, flexible_header=True))
+        assert done is None and auth.session_lifetime_s == expected
