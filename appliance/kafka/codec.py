@@ -13,7 +13,7 @@ import io
 import struct
 import typing
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Callable
 
 from kio.serial import entity_reader, entity_writer
@@ -28,6 +28,7 @@ _BATCH_LENGTH_AT = 8
 _MAGIC_AT = 16
 _RECORD_COUNT_AT = 57
 _BATCH_OVERHEAD = 12  # base offset and batch length precede the counted length
+_BATCH_MIN_LENGTH = _RECORD_COUNT_AT + 4 - _BATCH_OVERHEAD  # a v2 header after its length field: 49 bytes
 
 
 class DecodeError(ValueError):
@@ -157,6 +158,8 @@ def count_records(records: bytes | None, start: int = 0, end: int | None = None)
     end = len(records) if end is None else end
     while offset + _RECORD_COUNT_AT + 4 <= end:
         (length,) = _INT32.unpack_from(records, offset + _BATCH_LENGTH_AT)
+        if length < _BATCH_MIN_LENGTH:
+            break  # not a batch: the broker answers it CORRUPT_MESSAGE; counting must not loop on it
         if records[offset + _MAGIC_AT] == 2:
             total += _INT32.unpack_from(records, offset + _RECORD_COUNT_AT)[0]
         offset += _BATCH_OVERHEAD + length
@@ -368,7 +371,7 @@ def match_produce(frame: bytes, header: RequestHeader, shape: ProduceShape) -> R
     return RequestFacts(facts.topics, facts.group, facts.acks, count_records(frame, at, end), length)
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded: a workload chooses the topic and partition numbers
 def _produce_response_start(api_version: int, topic: str, partition: int) -> bytes:
     """What the body of a Produce response for one topic and one partition starts with, up to its error code."""
     name = topic.encode()

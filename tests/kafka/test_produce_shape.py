@@ -113,3 +113,27 @@ def test_an_answer_of_another_form_is_left_to_the_decode():
     several = codec.RequestFacts(topics=(codec.TopicPartitions("orders", (3, 4)),))
     assert codec.produce_response_error(produce_response(9, "orders", 3, ErrorCode.none, more_partitions=True), 9,
                                         several) is None
+
+
+@pytest.mark.parametrize("length", [-12, -100, 0, 48])
+def test_a_batch_length_no_batch_can_have_ends_the_count_instead_of_looping(length):
+    import struct
+
+    bad = bytearray(batch(3))
+    struct.pack_into(">i", bad, 8, length)
+    first = produce(9, {"orders": {0: batch(3)}})
+    shape = codec.produce_shape(first, *decoded(first))
+    request = produce(9, {"orders": {0: bytes(bad) + batch(2)}})
+    import signal
+
+    def hung(*_):
+        raise AssertionError("counting records did not finish: it loops on the bad length")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        assert codec.count_records(bytes(bad) + batch(2)) == 0
+        assert codec.match_produce(request, codec.parse_request_header(request), shape).records == 0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
