@@ -290,9 +290,12 @@ _TRIM_THRESHOLD_BYTES = 64 << 20
 
 
 def _keep_large_buffers_warm() -> None:
-    libc = ctypes.CDLL(None)
-    if not (libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
-            and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)):
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:  # not glibc: its allocator keeps its own ways
+        log.warning("no mallopt in this C library; large buffers keep the allocator's defaults")
+        return
+    if not (mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)):
         log.warning("mallopt refused the allocator settings; large buffers stay on mmap")
 
 

@@ -24,6 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from kio.serial.errors import SerialError
+
 from appliance.audit.records import Event, SessionOpened
 from appliance.broker.credentials import UpstreamCredentials
 from appliance.identity import process
@@ -38,9 +40,10 @@ from appliance.proxy.session import Session
 from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
 
 log = logging.getLogger("appliance.proxy")
-# A pooled connection is handed out only while younger than this: brokers close
-# idle connections after connections.max.idle.ms, 10 minutes by default.
-_POOL_MAX_IDLE_S = 300.0
+# A pooled connection is handed out only while younger than this, well inside
+# the broker's connections.max.idle.ms (10 minutes by default), so a session is
+# not given one the broker is closing at that moment.
+_POOL_MAX_IDLE_S = 60.0
 _POOL_RETRY_AFTER_S = 10.0
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -203,7 +206,7 @@ class _Parked(asyncio.Protocol):
         elif frames:
             try:
                 following = self.auth.receive(frames[0])
-            except (UpstreamAuthError, ValueError) as e:
+            except (UpstreamAuthError, ValueError, SerialError) as e:
                 self._failed(e)
                 return
             if following is not None:
@@ -236,7 +239,7 @@ class UpstreamPool:
     A session takes one instead of connecting and authenticating itself; each
     take (or miss) starts opening a replacement. A connection the broker closes
     while it waits (idle timeout, broker restart) leaves the pool, and one that
-    has waited 5 minutes, or half the SASL session lifetime the broker granted,
+    has waited a minute, or half the SASL session lifetime the broker granted,
     is closed instead of handed out. After the broker refuses the credentials,
     the pool opens no connections to that address for 10 seconds.
     """
@@ -248,6 +251,7 @@ class UpstreamPool:
         self._ready: dict[tuple[str, int], deque[_Parked]] = {}
         self._opening: dict[tuple[str, int], int] = {}
         self._failed_at: dict[tuple[str, int], float] = {}
+        self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
     def take(self, address: tuple[str, int]) -> asyncio.Transport | None:
@@ -266,12 +270,14 @@ class UpstreamPool:
         missing = self.size - len(self._ready.get(address, ())) - self._opening.get(address, 0)
         for _ in range(max(0, missing)):
             self._opening[address] = self._opening.get(address, 0) + 1
-            asyncio.get_running_loop().create_task(self._open(address))
+            task = asyncio.get_running_loop().create_task(self._open(address))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _open(self, address: tuple[str, int]) -> None:
         try:
             await asyncio.get_running_loop().create_connection(lambda: _Parked(self, address), *address)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - whatever failed, this attempt no longer counts as opening
             self._opening[address] -= 1
             log.debug("pooled connection to %s:%d not opened: %s", *address, e)
 
