@@ -18,6 +18,10 @@ from typing import Any, Callable
 
 from kio.serial import entity_reader, entity_writer
 from kio.serial.errors import SerialError
+from kio.serial.writers import (
+    write_compact_array_length, write_compact_string, write_int32, write_legacy_array_length, write_legacy_string,
+    write_unsigned_varint,
+)
 
 from appliance.kafka import apis
 
@@ -306,13 +310,12 @@ def response_facts(frame: bytes, api_key: int, api_version: int) -> ResponseFact
 _PRODUCE_TAIL = b"\0\0\0"  # empty tagged fields of the partition, the topic and the request (v9+)
 
 
-def _uvarint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+def _encoded(*fields: tuple[Callable, Any]) -> bytes:
+    """Fields written one after another by kio's primitive writers."""
+    out = io.BytesIO()
+    for write, value in fields:
+        write(out, value)
+    return out.getvalue()
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +339,7 @@ def produce_shape(frame: bytes, header: RequestHeader, request: Any) -> ProduceS
     tail = _PRODUCE_TAIL if flexible else b""
     records_end = len(frame) - len(tail)
     records_start = records_end - len(records)
-    length = _uvarint(len(records) + 1) if flexible else _INT32.pack(len(records))
+    length = _encoded((write_unsigned_varint, len(records) + 1) if flexible else (write_int32, len(records)))
     prefix_end = records_start - len(length)
     if (prefix_end < header.body_offset or frame[records_end:] != tail
             or frame[prefix_end:records_start] != length or frame[records_start:records_end] != records):
@@ -374,10 +377,11 @@ def match_produce(frame: bytes, header: RequestHeader, shape: ProduceShape) -> R
 @lru_cache(maxsize=1024)  # bounded: a workload chooses the topic and partition numbers
 def _produce_response_start(api_version: int, topic: str, partition: int) -> bytes:
     """What the body of a Produce response for one topic and one partition starts with, up to its error code."""
-    name = topic.encode()
     if apis.response_header_is_flexible(apis.PRODUCE, api_version):
-        return b"\x02" + _uvarint(len(name) + 1) + name + b"\x02" + _INT32.pack(partition)
-    return _INT32.pack(1) + struct.pack(">h", len(name)) + name + _INT32.pack(1) + _INT32.pack(partition)
+        return _encoded((write_compact_array_length, 1), (write_compact_string, topic),
+                        (write_compact_array_length, 1), (write_int32, partition))
+    return _encoded((write_legacy_array_length, 1), (write_legacy_string, topic),
+                    (write_legacy_array_length, 1), (write_int32, partition))
 
 
 def produce_response_error(frame: bytes, api_version: int, facts: RequestFacts) -> int | None:
