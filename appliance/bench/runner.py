@@ -151,37 +151,32 @@ class Runner:
         args += ["--record-size", str(size)] if payload_file is None else ["--payload-file", str(payload_file)]
         if arm.java_config is not None:
             args += ["--producer.config", str(arm.java_config)]
-        done = self.env.run(arm, self.env.java_argv("org.apache.kafka.tools.ProducerPerformance", *args),
-                            timeout=90 + records / 1000)
-        errors = parse.java_errors(done.stderr)
-        if done.returncode != 0 or errors:
-            raise BenchError(f"ProducerPerformance exited {done.returncode}: "
-                             f"{(errors or [done.stderr.strip()[-500:]])[0]}")
-        try:
-            totals = parse.producer_totals(done.stdout)
-        except parse.ToolOutputError as e:
-            raise BenchError(str(e)) from None
+        _, totals = self._kafka_tool(arm, "ProducerPerformance", args, records, parse.producer_totals)
         if totals.records != records:
             raise BenchError(f"ProducerPerformance sent {totals.records} of {records} records")
         return {"records": totals.records, "records_per_s": totals.records_per_s, "mb_per_s": totals.mb_per_s,
                 "java_avg_latency_ms": totals.avg_latency_ms, "java_p99_ms": totals.p99_ms,
                 "mb": totals.records * (size or 0) / MB if size else None}
 
+    def _kafka_tool(self, arm: Arm, tool: str, args: list[str], records: int, read_totals):
+        """Run one of Kafka's performance tools (`org.apache.kafka.tools.<tool>`) in `arm`: the finished
+        process and its totals as `read_totals` parses them, or BenchError naming what went wrong."""
+        done = self.env.run(arm, self.env.java_argv(f"org.apache.kafka.tools.{tool}", *args),
+                            timeout=90 + records / 1000)
+        errors = parse.java_errors(done.stderr)
+        if done.returncode != 0 or errors:
+            raise BenchError(f"{tool} exited {done.returncode}: {(errors or [done.stderr.strip()[-500:]])[0]}")
+        try:
+            return done, read_totals(done.stdout)
+        except parse.ToolOutputError as e:
+            raise BenchError(str(e)) from None
+
     def _consumer_perf(self, arm: Arm, topic: str, records: int, group: str) -> dict:
         args = ["--bootstrap-server", plan.BOOTSTRAP, "--topic", topic, "--messages", str(records),
                 "--group", group, "--timeout", "30000"]
         if arm.java_config is not None:
             args += ["--consumer.config", str(arm.java_config)]
-        done = self.env.run(arm, self.env.java_argv("org.apache.kafka.tools.ConsumerPerformance", *args),
-                            timeout=90 + records / 1000)
-        errors = parse.java_errors(done.stderr)
-        if done.returncode != 0 or errors:
-            raise BenchError(f"ConsumerPerformance exited {done.returncode}: "
-                             f"{(errors or [done.stderr.strip()[-500:]])[0]}")
-        try:
-            totals = parse.consumer_totals(done.stdout)
-        except parse.ToolOutputError as e:
-            raise BenchError(str(e)) from None
+        done, totals = self._kafka_tool(arm, "ConsumerPerformance", args, records, parse.consumer_totals)
         if totals.records < records:
             raise BenchError(f"ConsumerPerformance read {totals.records} of {records} records "
                              f"({done.stdout.strip().splitlines()[-1][:200] if done.stdout.strip() else ''})")
