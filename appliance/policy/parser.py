@@ -165,27 +165,37 @@ class _Reader:
             return Policy(rules=tuple(rules), immutable_topics=immutable, source=self.source)
         return Policy(rules=tuple(rules), immutable_topics=immutable, source=self.source, masking=masking)
 
-    def rule(self, node: Node, index: int, lines: dict[str, int]) -> Rule:
-        label = f"rule {index}"
+    def named_entry(self, node: Node, index: int, *, kind: str, section: str, allowed: tuple[str, ...],
+                    lines: dict[str, int]) -> tuple[dict[str, tuple[Node, Node]], Node, str, int]:
+        """One named item of `section` (a rule, a masking rule): its keys, name node, name and line.
+
+        The name must be there and unique; `lines` maps each name seen so far to its line.
+        """
+        label = f"{kind} {index}"
         if not isinstance(node, MappingNode):
-            raise self.error(node, "rules", f"item {index} must be a mapping with the keys {', '.join(RULE_KEYS)}")
+            raise self.error(node, section, f"item {index} must be a mapping with the keys {', '.join(allowed)}")
         line = node.start_mark.line + 1
-        for key_node, value_node in node.value:  # name the rule in errors about keys before its name
+        for key_node, value_node in node.value:  # name the item in errors about keys before its name
             if getattr(key_node, "value", None) == "name" and isinstance(value_node, ScalarNode) and value_node.value:
-                label = f"rule {value_node.value!r}"
-        keys = self.mapping(node, RULE_KEYS, what="a rule setting", rule=label)
+                label = f"{kind} {value_node.value!r}"
+        keys = self.mapping(node, allowed, what=f"a {kind} setting", rule=label)
         if "name" not in keys:
             raise PolicyError(f"{self.source} line {line}: key 'name' is missing from {label}; "
-                              f"every rule needs a unique name")
+                              f"every {kind} needs a unique name")
         name_node = keys["name"][1]
-        name = self.text(name_node, "name", what="the rule's name", rule=f"rule {index}")
+        name = self.text(name_node, "name", what=f"the {kind}'s name", rule=f"{kind} {index}")
+        if name in lines:
+            raise self.error(name_node, "name", f"{name!r} is already the name of the {kind} at line "
+                                                f"{lines[name]}; {kind} names must be unique", rule=f"{kind} {index}")
+        lines[name] = line
+        return keys, name_node, name, line
+
+    def rule(self, node: Node, index: int, lines: dict[str, int]) -> Rule:
+        keys, name_node, name, line = self.named_entry(node, index, kind="rule", section="rules", allowed=RULE_KEYS,
+                                                       lines=lines)
         if name in RESERVED_RULE_NAMES:
             raise self.error(name_node, "name", f"{name!r} is reserved for decisions no rule made; "
                                                 f"choose another name", rule=f"rule {index}")
-        if name in lines:
-            raise self.error(name_node, "name", f"{name!r} is already the name of the rule at line "
-                                                f"{lines[name]}; rule names must be unique", rule=f"rule {index}")
-        lines[name] = line
         label = f"rule {name!r}"
 
         effect = Effect.ALLOW
@@ -234,25 +244,8 @@ class _Reader:
         from appliance.masking.paths import JsonPath, PathError
         from appliance.masking.rules import Binary, Direction, Invalid, MaskRule
 
-        label = f"masking rule {index}"
-        if not isinstance(node, MappingNode):
-            raise self.error(node, "masking", f"item {index} must be a mapping with the keys "
-                                              f"{', '.join(MASK_RULE_KEYS)}")
-        line = node.start_mark.line + 1
-        for key_node, value_node in node.value:
-            if getattr(key_node, "value", None) == "name" and isinstance(value_node, ScalarNode) and value_node.value:
-                label = f"masking rule {value_node.value!r}"
-        keys = self.mapping(node, MASK_RULE_KEYS, what="a masking rule setting", rule=label)
-        if "name" not in keys:
-            raise PolicyError(f"{self.source} line {line}: key 'name' is missing from {label}; "
-                              f"every masking rule needs a unique name")
-        name_node = keys["name"][1]
-        name = self.text(name_node, "name", what="the masking rule's name", rule=f"masking rule {index}")
-        if name in lines:
-            raise self.error(name_node, "name", f"{name!r} is already the name of the masking rule at line "
-                                                f"{lines[name]}; masking rule names must be unique",
-                             rule=f"masking rule {index}")
-        lines[name] = line
+        keys, _, name, line = self.named_entry(node, index, kind="masking rule", section="masking",
+                                               allowed=MASK_RULE_KEYS, lines=lines)
         label = f"masking rule {name!r}"
 
         topics = self.patterns(keys, "topics", label, topic=True)
