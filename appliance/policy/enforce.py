@@ -64,6 +64,11 @@ class Verdict:
     mask_fetched: frozenset[str] = frozenset()  # Fetch: topics whose records this workload reads masked
     facts: codec.RequestFacts | None = None  # what the audit records, when known without a decode
 
+    @property
+    def reads_response(self) -> bool:
+        """Whether `Enforcer.complete` must see the whole response before any of it reaches the client."""
+        return self.merge is not None or self.filter_topics or bool(self.mask_fetched)
+
 
 def _error(resource: ResourceType, decision: Decision) -> ErrorCode:
     return IMMUTABLE_ERROR if decision.rule == "immutable-topics" else DENIED_ERROR[resource]

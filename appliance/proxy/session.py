@@ -276,7 +276,7 @@ class Session:
         if size < _STREAM_AT_BYTES or pending is None or pending.header.api_key != apis.FETCH:
             return
         verdict = pending.verdict
-        if verdict is not None and (verdict.merge is not None or verdict.filter_topics or verdict.mask_fetched):
+        if verdict is not None and verdict.reads_response:
             return
         del self._in_flight[correlation_id]
         self._streaming = _Streaming(pending, 4 + size, [])
