@@ -43,4 +43,11 @@ class Revoked:
     reason: str
 
 
-Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked
+@dataclass(frozen=True, slots=True)
+class DeadlinePassed:
+    """A deadline the shell keeps (connect, SASL, idle, request) ran out; the reason names which and how long."""
+
+    reason: str
+
+
+Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed

@@ -99,6 +99,25 @@ class Session:
         self._on_client = self._hold_client
         self._on_upstream = self._authenticate
 
+    # ---- what the shell reads to keep budgets and deadlines ----------------------
+
+    @property
+    def relaying(self) -> bool:
+        """Upstream authentication is done and requests are being relayed."""
+        return self._on_client == self._relay_client
+
+    @property
+    def oldest_request_at(self) -> float | None:
+        """When the oldest request still waiting for the broker's answer arrived; None when none waits."""
+        if self._streaming is not None:
+            return self._streaming.pending.at
+        return min((p.at for p in self._in_flight.values()), default=None)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes this session holds: the workload's bytes held before relaying, and partial frames of both sides."""
+        return sum(map(len, self._held)) + self._client_frames.pending + self._upstream_frames.pending
+
     # ---- entry point --------------------------------------------------------
 
     def handle(self, event: ev.Event, now: float) -> list[Command]:
@@ -119,6 +138,8 @@ class Session:
                     out.append(SendToUpstream(self._auth.start()))
                 case ev.ClientClosed(reason) | ev.UpstreamClosed(reason) | ev.Revoked(reason):
                     self._close(reason, now, out)
+                case ev.DeadlinePassed(reason):
+                    self._close(reason, now, out, level="warning")
         except _BadInput as e:
             self._close(str(e), now, out, level="warning")
         except UpstreamAuthError as e:

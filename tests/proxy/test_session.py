@@ -301,3 +301,16 @@ def test_scram_key_derivation_runs_once_per_salt_and_password():
     assert (_salted_password.cache_info().misses, _salted_password.cache_info().hits) == (1, 2)
     # The cache is keyed by the password too: a wrong one still fails.
     assert _scram_exchange("wrong", auth_info)[0].startswith("server refused")
+
+
+def test_deadline_closes_the_session_and_audits_the_reason():
+    from appliance.proxy import events as ev
+    from appliance.proxy.commands import Audit, CloseConnection
+    s = new_session()
+    assert not s.relaying and s.oldest_request_at is None
+    s.handle(ev.ClientData(b"\0\0\0\x10partial"), 1.0)
+    assert s.buffered_bytes == len(b"\0\0\0\x10partial")
+    out = s.handle(ev.DeadlinePassed("upstream authentication took longer than 10 s"), 2.0)
+    closes = [c for c in out if isinstance(c, CloseConnection)]
+    assert closes and "10 s" in closes[0].reason
+    assert any(isinstance(c, Audit) and getattr(c.record, "reason", "").startswith("upstream authentication") for c in out)
