@@ -313,4 +313,4 @@ def test_deadline_closes_the_session_and_audits_the_reason():
     out = s.handle(ev.DeadlinePassed("upstream authentication took longer than 10 s"), 2.0)
     closes = [c for c in out if isinstance(c, CloseConnection)]
     assert closes and "10 s" in closes[0].reason
-    assert any(isinstance(c, Audit) and getattr(c.record, "reason", "").startswith("upstream authentication") for c in out)
+    assert any(isinstance(c, Audit) and getattr(c.record, "close_reason", "").startswith("upstream authentication") for c in out)
