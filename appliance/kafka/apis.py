@@ -65,6 +65,14 @@ def can_parse(api_key: int, version: int) -> bool:
 
 
 @cache
+def has_schema(api_key: int, version: int) -> bool:
+    """Whether kio has this version's request and response schemas, offered or not (the proxy can then
+    answer a request of it, for example UNSUPPORTED_VERSION, in a form the client reads)."""
+    name = api_key_map.get(api_key)
+    return name is not None and version in schema_name_map[name]
+
+
+@cache
 def request_class(api_key: int, version: int) -> type:
     return load_request_schema(api_key, version)
 

@@ -23,7 +23,7 @@ from kio.serial.writers import (
     write_unsigned_varint,
 )
 
-from appliance.kafka import apis
+from appliance.kafka import apis, bounds
 
 _HEADER = struct.Struct(">hhih")
 _INT32 = struct.Struct(">i")
@@ -119,6 +119,18 @@ def parse_request_header(frame: bytes) -> RequestHeader:
     return RequestHeader(api_key, api_version, correlation_id, client_id, offset)
 
 
+def schema_body_offset(frame: bytes, header: RequestHeader) -> int:
+    """Where the body starts for any version kio has a schema of (the header's `body_offset` is -1 for
+    versions the proxy does not parse, even when kio could read them)."""
+    if header.body_offset >= 0:
+        return header.body_offset
+    if not apis.has_schema(header.api_key, header.api_version):
+        return -1
+    client_id_len = _HEADER.unpack_from(frame, 4)[3]
+    offset = 4 + _HEADER.size + max(client_id_len, 0)
+    return _skip_tagged_fields(frame, offset) if apis.request_is_flexible(header.api_key, header.api_version) else offset
+
+
 def response_correlation_id(frame: bytes) -> int:
     if len(frame) < 8:
         raise DecodeError(f"response frame of {len(frame) - 4} bytes has no correlation id")
@@ -132,24 +144,30 @@ def response_body_offset(frame: bytes, api_key: int, api_version: int) -> int:
     return offset
 
 
+def decode_entity(cls: type, frame: bytes, offset: int, what: str) -> Any:
+    """`cls` read by kio from `frame` at `offset`, after every length in it is checked against the bytes
+    present (kio's native reader would try to allocate whatever a count claims). Any fault is a
+    DecodeError that begins with `what` ("Fetch v12 response") and names the field."""
+    try:
+        bounds.check(cls, frame, offset)
+        entity, _ = entity_reader(cls)(frame, offset)
+    except bounds.BoundsError as e:
+        raise DecodeError(f"{what} does not decode: {e}") from None
+    except (SerialError, ValueError, IndexError, KeyError, TypeError, UnicodeDecodeError, OverflowError) as e:
+        raise DecodeError(f"{what} does not decode: {type(e).__name__}: {e}") from None
+    return entity
+
+
 def decode_request(frame: bytes, header: RequestHeader) -> Any:
     cls = apis.request_class(header.api_key, header.api_version)
-    try:
-        entity, _ = entity_reader(cls)(frame, header.body_offset)
-    except (SerialError, ValueError, IndexError, UnicodeDecodeError) as e:
-        raise DecodeError(
-            f"{apis.api_name(header.api_key)} v{header.api_version} request does not decode: {e}"
-        ) from None
-    return entity
+    return decode_entity(cls, frame, header.body_offset,
+                         f"{apis.api_name(header.api_key)} v{header.api_version} request")
 
 
 def decode_response(frame: bytes, api_key: int, api_version: int) -> Any:
     cls = apis.response_class(api_key, api_version)
-    try:
-        entity, _ = entity_reader(cls)(frame, response_body_offset(frame, api_key, api_version))
-    except (SerialError, ValueError, IndexError, UnicodeDecodeError) as e:
-        raise DecodeError(f"{apis.api_name(api_key)} v{api_version} response does not decode: {e}") from None
-    return entity
+    return decode_entity(cls, frame, response_body_offset(frame, api_key, api_version),
+                         f"{apis.api_name(api_key)} v{api_version} response")
 
 
 def count_records(records: bytes | None, start: int = 0, end: int | None = None) -> int:
@@ -419,6 +437,34 @@ def encode_response(header: RequestHeader, entity: Any) -> bytes:
 def build_response(header: RequestHeader, **fields_: Any) -> bytes:
     """A response to `header`'s request, of the same version, with the given fields."""
     return encode_response(header, apis.response_class(header.api_key, header.api_version)(**fields_))
+
+
+def unsupported_version_response(frame: bytes, header: RequestHeader, entries: tuple[str, str] | None) -> bytes:
+    """UNSUPPORTED_VERSION for a request of a version the proxy did not offer, in that version's response.
+
+    `entries` (request collection, response collection) names the per-resource entries a client looks
+    for (a Produce's topics): each gets an entry carrying the error, so the refusal is not an empty
+    answer with no error. Every error code in the response is UNSUPPORTED_VERSION.
+    """
+    from kio.schema.errors import ErrorCode
+
+    from appliance.kafka.synth import default_entity, element_type, mirror
+
+    error = ErrorCode.unsupported_version
+    cls = apis.response_class(header.api_key, header.api_version)
+    fields_: dict[str, Any] = {}
+    if entries is not None:
+        request_field, response_field = entries
+        request_cls = apis.request_class(header.api_key, header.api_version)
+        hints = typing.get_type_hints(cls)
+        if request_field in request_cls.__dataclass_fields__ and response_field in hints:
+            request = decode_entity(request_cls, frame, schema_body_offset(frame, header),
+                                    f"{apis.api_name(header.api_key)} v{header.api_version} request")
+            element = element_type(hints[response_field])
+            items = getattr(request, request_field) or ()
+            fields_[response_field] = tuple(mirror(item, element, error, "version not offered by the appliance")
+                                            for item in items)
+    return encode_response(header, default_entity(cls, error, **fields_))
 
 
 def replace_request_body(frame: bytes, header: RequestHeader, request: Any) -> bytes:

@@ -16,8 +16,11 @@ The session's state is the handler `_on_client` / `_on_upstream` point to.
 
 from __future__ import annotations
 
+import datetime
 import json
 import struct
+import traceback
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -79,23 +82,37 @@ class _InFlight:
     request_bytes: int
     verdict: Verdict | None = None
     masked: int | None = None
+    # The proxy's own answer, waiting for the broker's answers to earlier requests (responses go
+    # back in request order): (frame, error code, outcome). None: the broker answers this one.
+    answer: tuple[bytes, int | None, str] | None = None
+
+
+# Bytes the workload may send before upstream authentication completes; a client sends one
+# ApiVersions request, or a few requests, before its first answer.
+DEFAULT_MAX_HELD_BYTES = 1 << 20
 
 
 class Session:
     def __init__(self, session_id: str, credentials: UpstreamCredentials, enforcer: Enforcer, *,
-                 max_frame_bytes: int, now: float) -> None:
+                 max_frame_bytes: int, now: float, max_held_bytes: int = DEFAULT_MAX_HELD_BYTES) -> None:
         self.session_id = session_id
         self.enforcer = enforcer
         self.bytes_from_client = 0
         self.bytes_to_client = 0
         self.requests = 0
         self.closed = False
+        self.max_held_bytes = max_held_bytes
         self._client_frames = FrameSplitter(max_frame_bytes)
         self._upstream_frames = FrameSplitter(max_frame_bytes)
         self._auth = UpstreamAuthenticator(credentials)
         self._held: list[bytes] = []
-        self._in_flight: dict[int, _InFlight] = {}
+        self._held_bytes = 0
+        # Requests in the order they were sent; the broker answers in that order (Kafka's protocol).
+        # The head always waits for the broker: answers of the proxy's own behind it wait their turn.
+        self._in_flight: deque[_InFlight] = deque()
+        self._in_flight_ids: set[int] = set()
         self._streaming: _Streaming | None = None
+        self._context = "the connection"  # what the session was handling, for a fault's reason
         self._on_client = self._hold_client
         self._on_upstream = self._authenticate
 
@@ -111,16 +128,18 @@ class Session:
         """When the oldest request still waiting for the broker's answer arrived; None when none waits."""
         if self._streaming is not None:
             return self._streaming.pending.at
-        return min((p.at for p in self._in_flight.values()), default=None)
+        return self._in_flight[0].at if self._in_flight else None
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes this session holds: the workload's bytes held before relaying, and partial frames of both sides."""
-        return sum(map(len, self._held)) + self._client_frames.pending + self._upstream_frames.pending
+        return self._held_bytes + self._client_frames.pending + self._upstream_frames.pending
 
     # ---- entry point --------------------------------------------------------
 
     def handle(self, event: ev.Event, now: float) -> list[Command]:
+        """Commands for one event. Total: whatever goes wrong, this session closes with an audited reason
+        naming what it was handling; no exception leaves, so no other session is touched."""
         if self.closed:
             return []
         out: list[Command] = []
@@ -144,16 +163,36 @@ class Session:
             self._close(str(e), now, out, level="warning")
         except UpstreamAuthError as e:
             self._close(f"upstream authentication failed: {e}", now, out, level="error")
+        except Exception as e:  # noqa: BLE001 - the boundary: every fault ends this session, never the process
+            self._fault(e, now, out)
         return out
 
+    def _fault(self, error: Exception, now: float, out: list[Command]) -> None:
+        reason = f"internal fault while handling {self._context}: {type(error).__name__}: {error}"
+        out.append(Log("error", f"session {self.session_id}: {reason}\n{traceback.format_exc()}"))
+        if self.closed:
+            return
+        try:
+            self._close(reason, now, out, level="error")
+        except Exception:  # noqa: BLE001 - the close itself failed: close without the per-request audit
+            self.closed = True
+            self._in_flight.clear()
+            self._streaming = None
+            out.append(Audit(SessionClosed(self.session_id, now, self.bytes_from_client, self.bytes_to_client,
+                                           self.requests, reason)))
+            out.append(CloseConnection(reason))
+
     def _close(self, reason: str, now: float, out: list[Command], *, level: str = "info") -> None:
+        if self.closed:
+            return
+        self.closed = True
         if self._streaming is not None:  # closed part-way through a response passed through
             out.append(Audit(self._operation(self._streaming.pending, now, None, None, "unanswered")))
             self._streaming = None
-        for pending in self._in_flight.values():
+        for pending in self._in_flight:
             out.append(Audit(self._operation(pending, now, None, None, "unanswered")))
         self._in_flight.clear()
-        self.closed = True
+        self._in_flight_ids.clear()
         out.append(Log(level, f"session {self.session_id} closed: {reason}"))
         out.append(Audit(SessionClosed(self.session_id, now, self.bytes_from_client, self.bytes_to_client, self.requests, reason)))
         out.append(CloseConnection(reason))
@@ -161,29 +200,36 @@ class Session:
     # ---- upstream authentication ----------------------------------------------
 
     def _hold_client(self, data: bytes, now: float, out: list[Command]) -> None:
+        self._held_bytes += len(data)
+        if self._held_bytes > self.max_held_bytes:
+            raise _BadInput(f"workload sent {self._held_bytes} bytes before upstream authentication completed, "
+                            f"more than the {self.max_held_bytes} the proxy holds")
         self._held.append(data)
 
     def _authenticate(self, data: bytes, now: float, out: list[Command]) -> None:
+        self._context = "the broker's answer during upstream authentication"
         try:
             responses = self._upstream_frames.feed(data)
         except FrameError as e:
             raise _BadInput(f"malformed frame from broker during authentication: {e}") from None
-        for response in responses:
+        for i, response in enumerate(responses):
             following = self._auth.receive(response)
             if following is not None:
                 out.append(SendToUpstream(following))
                 continue
+            if i + 1 < len(responses) or self._upstream_frames.pending:
+                raise _BadInput("broker sent bytes after the last authentication answer, before any request")
             out.append(Log("debug", f"session {self.session_id} authenticated upstream"))
             self._start_relay(now, out)
 
     def _start_relay(self, now: float, out: list[Command]) -> None:
         self._on_client = self._relay_client
         self._on_upstream = self._relay_upstream
-        held, self._held = b"".join(self._held), []
+        held, self._held, self._held_bytes = b"".join(self._held), [], 0
         if held:
             self._relay_client(held, now, out)
 
-    # ---- relay ---------------------------------------------------------------
+    # ---- relay: the workload's requests ------------------------------------------
 
     def _relay_client(self, data: bytes, now: float, out: list[Command]) -> None:
         try:
@@ -195,33 +241,42 @@ class Session:
 
     def _relay_client_frames(self, data: bytes, now: float, out: list[Command]) -> None:
         forward: list[bytes] = []
+
+        def flush() -> None:
+            nonlocal forward
+            if forward:
+                out.append(SendToUpstream(forward[0] if len(forward) == 1 else b"".join(forward)))
+                forward = []
+
         for frame in self._client_frames.feed(data):
+            self._context = "a request from the workload"
             header = codec.parse_request_header(frame)
+            self._context = (f"{apis.api_name(header.api_key)} v{header.api_version} request "
+                             f"(correlation id {header.correlation_id})")
             self.requests += 1
-            answer = self._answer_locally(header, frame, now, out)
-            if answer is not None:
-                if forward:
-                    out.append(SendToUpstream(b"".join(forward)))
-                    forward = []
+            if header.correlation_id in self._in_flight_ids:
+                flush()
+                self._close(f"{self._context} reuses the correlation id of a request still in flight; "
+                            "answers could not be told apart", now, out, level="warning")
+                return
+            if self._answer_locally(header, frame, now, out):
+                if self.closed:
+                    flush()
+                    return
+                continue
+            if self._version_refused(header):
+                flush()
+                self._refuse_version(header, frame, now, out)
                 if self.closed:
                     return
                 continue
-            if header.body_offset < 0:
-                self._close(
-                    f"{apis.api_name(header.api_key)} v{header.api_version} (api key {header.api_key}) is not "
-                    "a request the proxy can parse; it was refused, not forwarded", now, out, level="warning")
-                return
             verdict = self.enforcer.check(frame, header)
             facts = verdict.facts or codec.facts_of(header.api_key, verdict.request)
             pending = _InFlight(header, facts, now, len(frame), verdict, verdict.masked or None)
             if verdict.answer is not None:
-                if forward:
-                    out.append(SendToUpstream(b"".join(forward)))
-                    forward = []
-                out.append(SendToClient(verdict.answer))
-                self.bytes_to_client += len(verdict.answer)
+                flush()
                 error = codec.response_facts(verdict.answer, header.api_key, header.api_version).error_code
-                out.append(Audit(self._operation(pending, now, len(verdict.answer), error, "refused")))
+                self._reply(pending, verdict.answer, error, "refused", now, out)
                 continue
             if verdict.forward is None:  # refused, and the client expects no answer (acks=0)
                 out.append(Audit(self._operation(pending, now, None, None, "refused")))
@@ -229,13 +284,69 @@ class Session:
             if header.api_key == apis.PRODUCE and facts.acks == 0:
                 out.append(Audit(self._operation(pending, now, None, None, "no-response")))
             else:
-                self._in_flight[header.correlation_id] = pending
+                self._in_flight.append(pending)
+                self._in_flight_ids.add(header.correlation_id)
             forward.append(verdict.forward)
-        if forward:
-            out.append(SendToUpstream(forward[0] if len(forward) == 1 else b"".join(forward)))
+        flush()
 
-    def _answer_locally(self, header: codec.RequestHeader, frame: bytes, now: float, out: list[Command]) -> bytes | None:
-        """Requests the proxy answers itself instead of forwarding; None to forward."""
+    def _reply(self, pending: _InFlight, response: bytes, error: int | None, outcome: str, now: float,
+               out: list[Command]) -> None:
+        """Send the proxy's own answer now, or after the broker's answers to earlier requests."""
+        if self._in_flight or self._streaming is not None:
+            pending.answer = (response, error, outcome)
+            self._in_flight.append(pending)
+            self._in_flight_ids.add(pending.header.correlation_id)
+            return
+        out.append(SendToClient(response))
+        self.bytes_to_client += len(response)
+        out.append(Audit(self._operation(pending, now, len(response), error, outcome)))
+
+    def _send_ready(self, now: float, send: list[bytes], out: list[Command]) -> None:
+        """The proxy's own answers now at the head of the queue join `send`, in order."""
+        while self._in_flight and self._in_flight[0].answer is not None:
+            pending = self._in_flight.popleft()
+            self._in_flight_ids.discard(pending.header.correlation_id)
+            response, error, outcome = pending.answer
+            send.append(response)
+            out.append(Audit(self._operation(pending, now, len(response), error, outcome)))
+
+    @staticmethod
+    def _version_refused(header: codec.RequestHeader) -> bool:
+        """Whether this request is of a version the proxy did not offer in ApiVersions (or cannot parse).
+
+        An API outside the permission table that the proxy can parse goes on to the enforcer, which
+        refuses it as unmapped (CLUSTER_AUTHORIZATION_FAILED, audited "unmapped-api").
+        """
+        if not apis.can_parse(header.api_key, header.api_version):
+            return True
+        if not permissions.covered(header.api_key):
+            return False
+        offered = permissions.offered(header.api_key)
+        return offered is None or not offered.min <= header.api_version <= offered.max
+
+    def _refuse_version(self, header: codec.RequestHeader, frame: bytes, now: float, out: list[Command]) -> None:
+        """A version the proxy did not offer in ApiVersions: UNSUPPORTED_VERSION, never forwarded.
+
+        The answer is written in the request's own version, the only one the client reads it in. When kio
+        has no schema of that version there is no answer the client could read, and the session closes,
+        as Kafka's own broker closes on a request version it cannot parse.
+        """
+        name = f"{apis.api_name(header.api_key)} v{header.api_version} (api key {header.api_key})"
+        offered = permissions.offered(header.api_key)
+        what = "not an API the proxy offers" if offered is None else f"offered at v{offered.min}-v{offered.max} only"
+        if not apis.has_schema(header.api_key, header.api_version):
+            self._close(f"{name} is {what}, and is not a version the proxy can answer; it was refused, "
+                        "not forwarded", now, out, level="warning")
+            return
+        row = permissions.permission_for(header.api_key, header.api_version)
+        entries = (row.each.field, row.each.response_field) if row is not None and row.each is not None else None
+        response = codec.unsupported_version_response(frame, header, entries)
+        pending = _InFlight(header, codec.RequestFacts(), now, len(frame))
+        out.append(Log("warning", f"session {self.session_id}: {name} is {what}; answered UNSUPPORTED_VERSION"))
+        self._reply(pending, response, int(ErrorCode.unsupported_version), "refused", now, out)
+
+    def _answer_locally(self, header: codec.RequestHeader, frame: bytes, now: float, out: list[Command]) -> bool:
+        """Requests the proxy answers itself instead of forwarding; False to go on."""
         response: bytes | None = None
         error: int | None = None
         if header.api_key == apis.SASL_HANDSHAKE and header.body_offset >= 0:
@@ -246,7 +357,7 @@ class Session:
             error = ErrorCode.sasl_authentication_failed
             fields = dict(error_code=error, error_message=_SASL_HINT, auth_bytes=b"")
             if header.api_version >= 1:
-                fields["session_lifetime"] = 0
+                fields["session_lifetime"] = datetime.timedelta(0)
             response = codec.build_response(header, **fields)
         elif header.api_key == apis.API_VERSIONS and header.body_offset < 0:
             # A version newer than the proxy parses: answer v0 UNSUPPORTED_VERSION
@@ -256,14 +367,14 @@ class Session:
             v0 = codec.RequestHeader(header.api_key, 0, header.correlation_id, header.client_id, 0)
             response = codec.build_response(v0, error_code=error, api_keys=(ApiVersion(api_key=apis.API_VERSIONS, min_version=known.min, max_version=known.max),))
         if response is None:
-            return None
+            return False
         pending = _InFlight(header, codec.RequestFacts(), now, len(frame))
-        out.append(SendToClient(response))
-        self.bytes_to_client += len(response)
-        out.append(Audit(self._operation(pending, now, len(response), int(error), "answered-by-proxy")))
+        self._reply(pending, response, int(error), "answered-by-proxy", now, out)
         if header.api_key == apis.SASL_AUTHENTICATE:
             self._close(f"workload attempted SASL authentication; {_SASL_HINT}", now, out, level="warning")
-        return response
+        return True
+
+    # ---- relay: the broker's responses -------------------------------------------
 
     def _relay_upstream(self, data: bytes, now: float, out: list[Command]) -> None:
         try:
@@ -276,13 +387,24 @@ class Session:
     def _relay_upstream_frames(self, data: bytes, now: float, out: list[Command]) -> None:
         if self._streaming is not None:
             data = self._stream(data, now, out)
-            if not data:
+            if not data or self.closed:
                 return
         frames = self._upstream_frames.feed(data)
         if frames:
             self._answer_frames(frames, now, out)
         if self._upstream_frames.pending >= 8 and not self.closed:
             self._maybe_stream(now, out)
+
+    def _head_fault(self, correlation_id: int) -> str | None:
+        """Why a broker response with this correlation id cannot be the answer to the oldest request in
+        flight (a broker answering out of order, or unasked, is a fault); None when it is."""
+        if not self._in_flight:
+            return f"broker answered correlation id {correlation_id}, which no request in flight has"
+        head = self._in_flight[0].header
+        if head.correlation_id != correlation_id:
+            return (f"broker answered correlation id {correlation_id} out of order: the oldest request in flight "
+                    f"is {apis.api_name(head.api_key)} v{head.api_version} with correlation id {head.correlation_id}")
+        return None
 
     def _maybe_stream(self, now: float, out: list[Command]) -> None:
         """Start passing a large response through as it arrives, when nothing in it needs rewriting.
@@ -293,13 +415,20 @@ class Session:
         whole, afterwards, for the audit.
         """
         size, correlation_id = _SIZE_AND_CORRELATION.unpack(self._upstream_frames.peek(8))
-        pending = self._in_flight.get(correlation_id)
-        if size < _STREAM_AT_BYTES or pending is None or pending.header.api_key != apis.FETCH:
+        if size < _STREAM_AT_BYTES:
+            return
+        fault = self._head_fault(correlation_id)
+        if fault is not None:
+            self._close(fault, now, out, level="warning")
+            return
+        pending = self._in_flight[0]
+        if pending.header.api_key != apis.FETCH:
             return
         verdict = pending.verdict
         if verdict is not None and verdict.reads_response:
             return
-        del self._in_flight[correlation_id]
+        self._in_flight.popleft()
+        self._in_flight_ids.discard(correlation_id)
         self._streaming = _Streaming(pending, 4 + size, [])
         self._stream(self._upstream_frames.take_pending(), now, out)
 
@@ -315,19 +444,29 @@ class Session:
             self._streaming = None
             frame = b"".join(streaming.chunks)
             header = streaming.pending.header
+            self._context = (f"{apis.api_name(header.api_key)} v{header.api_version} response "
+                             f"(correlation id {header.correlation_id})")
             facts = codec.response_facts(frame, header.api_key, header.api_version)
             out.append(Audit(self._operation(streaming.pending, now, len(frame), facts.error_code, "forwarded", facts)))
+            send: list[bytes] = []
+            self._send_ready(now, send, out)
+            self._send(send, out)
         return rest
 
     def _answer_frames(self, frames: list[bytes], now: float, out: list[Command]) -> None:
         send: list[bytes] = []
         for frame in frames:
+            self._context = "a response from the broker"
             correlation_id = codec.response_correlation_id(frame)
-            pending = self._in_flight.pop(correlation_id, None)
-            if pending is None:
-                self._close(f"broker answered correlation id {correlation_id}, which no request in flight has", now, out, level="warning")
+            fault = self._head_fault(correlation_id)
+            if fault is not None:
+                self._send(send, out)
+                self._close(fault, now, out, level="warning")
                 return
+            pending = self._in_flight[0]
             header = pending.header
+            self._context = (f"{apis.api_name(header.api_key)} v{header.api_version} response "
+                             f"(correlation id {correlation_id})")
             if header.api_key == apis.API_VERSIONS:
                 frame = codec.cap_api_versions(frame, header.api_version, permissions.offered)
             elif pending.verdict is not None:
@@ -339,12 +478,19 @@ class Session:
                 error = codec.produce_response_error(frame, header.api_version, pending.facts)
             facts = codec.response_facts(frame, header.api_key, header.api_version) if error is None \
                 else codec.ResponseFacts(error)
+            self._in_flight.popleft()
+            self._in_flight_ids.discard(correlation_id)
             outcome = _OUTCOMES.get(pending.verdict.outcome if pending.verdict is not None else "", "forwarded")
             out.append(Audit(self._operation(pending, now, len(frame), facts.error_code, outcome, facts)))
             send.append(frame)
-        data_out = send[0] if len(send) == 1 else b"".join(send)
-        self.bytes_to_client += len(data_out)
-        out.append(SendToClient(data_out))
+            self._send_ready(now, send, out)
+        self._send(send, out)
+
+    def _send(self, frames: list[bytes], out: list[Command]) -> None:
+        if frames:
+            data_out = frames[0] if len(frames) == 1 else b"".join(frames)
+            self.bytes_to_client += len(data_out)
+            out.append(SendToClient(data_out))
 
     def _operation(
         self, pending: _InFlight, now: float, response_bytes: int | None, error_code: int | None,

@@ -18,11 +18,11 @@ from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
 from kio.schema.sasl_authenticate.v2.response import SaslAuthenticateResponse
 from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
 from kio.schema.sasl_handshake.v1.response import SaslHandshakeResponse
-from kio.serial import entity_reader, entity_writer
+from kio.serial import entity_writer
 
 from appliance.broker.credentials import UpstreamCredentials
 from appliance.kafka import apis
-from appliance.kafka.codec import response_body_offset, response_correlation_id
+from appliance.kafka.codec import DecodeError, decode_entity, response_body_offset, response_correlation_id
 from appliance.kafka.framing import frame
 
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
@@ -97,12 +97,23 @@ class UpstreamAuthenticator:
     def _authenticate(self, payload: bytes) -> bytes:
         return self._send(apis.SASL_AUTHENTICATE, 2, SaslAuthenticateRequest, SaslAuthenticateRequest(auth_bytes=payload))
 
+    @staticmethod
+    def _read(cls: type, response_frame: bytes, api_key: int, version: int):
+        """The broker's answer, bounds-checked and decoded; a frame that is not one is an authentication failure."""
+        what = f"{apis.api_name(api_key)} v{version} response during upstream authentication"
+        try:
+            return decode_entity(cls, response_frame, response_body_offset(response_frame, api_key, version), what)
+        except DecodeError as e:
+            raise UpstreamAuthError(str(e)) from None
+
     def receive(self, response_frame: bytes) -> bytes | None:
         """Consume one broker frame; return the next frame to send, or None when done."""
-        response_correlation_id(response_frame)
+        try:
+            response_correlation_id(response_frame)
+        except DecodeError as e:
+            raise UpstreamAuthError(str(e)) from None
         if self._step == "handshake":
-            response, _ = entity_reader(SaslHandshakeResponse)(
-                response_frame, response_body_offset(response_frame, apis.SASL_HANDSHAKE, 1))
+            response = self._read(SaslHandshakeResponse, response_frame, apis.SASL_HANDSHAKE, 1)
             if int(response.error_code.value) != 0:
                 raise UpstreamAuthError(
                     f"broker refused SASL mechanism {self.credentials.mechanism}: {_error_text(response)}; "
@@ -115,8 +126,7 @@ class UpstreamAuthenticator:
             self._scram = scramp.ScramClient([creds.mechanism], creds.username, creds.password)
             self._step = "server-first"
             return self._authenticate(self._scram.get_client_first().encode())
-        response, _ = entity_reader(SaslAuthenticateResponse)(
-            response_frame, response_body_offset(response_frame, apis.SASL_AUTHENTICATE, 2))
+        response = self._read(SaslAuthenticateResponse, response_frame, apis.SASL_AUTHENTICATE, 2)
         if int(response.error_code.value) != 0:
             raise UpstreamAuthError(
                 f"broker refused the appliance's {self.credentials.mechanism} credentials for user "
@@ -124,12 +134,12 @@ class UpstreamAuthenticator:
             )
         try:
             if self._step == "server-first":
-                self._scram.set_server_first(response.auth_bytes.decode())
+                self._scram.set_server_first(response.auth_bytes.decode("utf-8", "strict"))
                 self._step = "final"
                 return self._authenticate(self._scram.get_client_final().encode())
             if self._scram is not None:
                 self._scram.set_server_final(response.auth_bytes.decode())
-        except scramp.ScramException as e:
+        except (scramp.ScramException, UnicodeDecodeError) as e:
             raise UpstreamAuthError(f"SCRAM exchange with the broker failed: {e}") from None
         lifetime = response.session_lifetime.total_seconds()
         self.session_lifetime_s = lifetime if lifetime > 0 else None

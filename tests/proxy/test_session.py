@@ -169,11 +169,13 @@ def test_garbage_frame_closes_this_session_with_an_audited_reason():
     assert of(out, CloseConnection)
 
 
-def test_unparseable_version_is_refused_not_forwarded():
+def test_a_version_kio_lacks_is_refused_not_forwarded_and_closes():
     s = authenticated_session()
-    out = s.handle(ev.ClientData(frame(struct.pack(">hhih", 0, 13, 1, -1) + b"\0" * 20)), 0)
+    out = s.handle(ev.ClientData(frame(struct.pack(">hhih", 0, 99, 1, -1) + b"\0" * 20)), 0)
     assert not of(out, SendToUpstream)
-    assert "Produce v13 (api key 0) is not a request the proxy can parse" in of(out, CloseConnection)[0].reason
+    assert of(out, CloseConnection)[0].reason == (
+        "Produce v99 (api key 0) is offered at v3-v12 only, and is not a version the proxy can answer; "
+        "it was refused, not forwarded")
 
 
 def test_revoke_audits_unanswered_requests_and_closes():
