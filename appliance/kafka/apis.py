@@ -9,7 +9,7 @@ offers clients the last versions that carry names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from kio.index import load_request_schema, load_response_schema
 from kio.schema.index import api_key_map, schema_name_map
@@ -39,7 +39,7 @@ class VersionRange:
     max: int
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded: any api key a workload writes reaches it
 def api_name(api_key: int) -> str:
     """`Produce`, `Fetch`, ... in Kafka's own spelling; `Unknown(N)` for keys kio lacks."""
     name = api_key_map.get(api_key)
@@ -48,7 +48,7 @@ def api_name(api_key: int) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded: any api key a workload writes reaches it
 def parseable(api_key: int) -> VersionRange | None:
     """The request versions of this API the proxy can decode, or None for an unknown API."""
     name = api_key_map.get(api_key)
@@ -64,10 +64,10 @@ def can_parse(api_key: int, version: int) -> bool:
     return known is not None and known.min <= version <= known.max
 
 
-@cache
 def has_schema(api_key: int, version: int) -> bool:
     """Whether kio has this version's request and response schemas, offered or not (the proxy can then
-    answer a request of it, for example UNSUPPORTED_VERSION, in a form the client reads)."""
+    answer a request of it, for example UNSUPPORTED_VERSION, in a form the client reads). Not cached:
+    any api key and version a workload writes reach it."""
     name = api_key_map.get(api_key)
     return name is not None and version in schema_name_map[name]
 

@@ -171,7 +171,7 @@ def _walk_string(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) ->
 
 
 def _walk_array(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) -> int:
-    _, name, nullable, element, minimum, fixed = step
+    _, name, nullable = step[:3]
     if flexible:
         count, pos = _uvarint(buf, pos, end)
         count -= 1
@@ -184,25 +184,7 @@ def _walk_array(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) -> 
         if count == -1 and nullable:
             return pos
         raise BoundsError(f"array count {count} is not allowed here (the field is not nullable)", "." + name)
-    if count * minimum > end - pos:
-        raise BoundsError(f"array of {count} elements needs at least {count * minimum} bytes, "
-                          f"{end - pos} remain", "." + name)
-    if fixed is not None:
-        return pos + count * fixed
-    kind = element[0]
-    i = 0
-    try:
-        if kind == _ENTITY:
-            plan = element[2]
-            for i in range(count):
-                pos = _walk(plan, buf, pos, end)
-        else:
-            for i in range(count):
-                pos = _walk_string(element, buf, pos, end, flexible)
-    except BoundsError as e:
-        e.segments.insert(0, f".{name}[{i}]")
-        raise
-    return pos
+    return _walk_elements(step, count, buf, pos, end, flexible)
 
 
 def _walk_step(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) -> int:
@@ -231,11 +213,72 @@ def _walk_step(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) -> i
 
 
 def _walk(plan: Plan, buf: bytes, pos: int, end: int) -> int:
+    # The hot path: fixed runs, strings and one-byte compact lengths inline; the rest in helpers.
     flexible = plan.flexible
     for step in plan.steps:
-        pos = _walk_step(step, buf, pos, end, flexible)
+        kind = step[0]
+        if kind == _SKIP:
+            pos += step[1]
+            if pos > end:
+                raise BoundsError(f"fixed-size fields need {pos - end} bytes more than remain")
+            continue
+        if kind == _ENTITY:
+            pos = _walk_step(step, buf, pos, end, flexible)
+            continue
+        if flexible and pos < end and buf[pos] < 0x80:
+            n = buf[pos] - 1
+            pos += 1
+        elif flexible:
+            n, pos = _uvarint(buf, pos, end)
+            n -= 1
+        else:
+            width = step[3] if kind == _STRING else 4
+            if pos + width > end:
+                what = f"{width}-byte length" if kind == _STRING else "4-byte array count"
+                raise BoundsError(f"{what} runs past the end", "." + step[1])
+            n = (_INT16 if width == 2 else _INT32).unpack_from(buf, pos)[0]
+            pos += width
+        if n < 0:
+            if n == -1 and step[2]:
+                continue
+            what = "length" if kind == _STRING else "array count"
+            raise BoundsError(f"{what} {n} is not allowed here (the field is not nullable)", "." + step[1])
+        if kind == _STRING:
+            if n > end - pos:
+                raise BoundsError(f"length {n} exceeds the {end - pos} bytes that remain", "." + step[1])
+            pos += n
+            continue
+        pos = _walk_elements(step, n, buf, pos, end, flexible)
     if not flexible:
         return pos
+    if pos < end and buf[pos] == 0:  # no tagged fields: the common case
+        return pos + 1
+    return _walk_tagged(plan, buf, pos, end)
+
+
+def _walk_elements(step: tuple, count: int, buf: bytes, pos: int, end: int, flexible: bool) -> int:
+    _, name, _, element, minimum, fixed = step
+    if count * minimum > end - pos:
+        raise BoundsError(f"array of {count} elements needs at least {count * minimum} bytes, "
+                          f"{end - pos} remain", "." + name)
+    if fixed is not None:
+        return pos + count * fixed
+    i = 0
+    try:
+        if element[0] == _ENTITY:
+            plan = element[2]
+            for i in range(count):
+                pos = _walk(plan, buf, pos, end)
+        else:
+            for i in range(count):
+                pos = _walk_string(element, buf, pos, end, flexible)
+    except BoundsError as e:
+        e.segments.insert(0, f".{name}[{i}]")
+        raise
+    return pos
+
+
+def _walk_tagged(plan: Plan, buf: bytes, pos: int, end: int) -> int:
     count, pos = _uvarint(buf, pos, end)
     if count > end - pos:  # each tagged field takes at least 2 bytes
         raise BoundsError(f"{count} tagged fields cannot fit in the {end - pos} bytes that remain")

@@ -70,6 +70,16 @@ def _checks_json(checks: tuple) -> str:
     return json.dumps([c.as_row() for c in checks])
 
 
+@lru_cache(maxsize=1024)  # only versions the proxy parses reach it: bounded by kio's schemas
+def _version_not_offered(api_key: int, version: int) -> bool:
+    """A parseable version outside what ApiVersions offered. An API outside the permission table goes on
+    to the enforcer, which refuses it as unmapped (CLUSTER_AUTHORIZATION_FAILED, audited "unmapped-api")."""
+    if not permissions.covered(api_key):
+        return False
+    offered = permissions.offered(api_key)
+    return offered is None or not offered.min <= version <= offered.max
+
+
 class _BadInput(Exception):
     """Bytes from one side that end this session; the message names the side and the fault."""
 
@@ -112,7 +122,9 @@ class Session:
         self._in_flight: deque[_InFlight] = deque()
         self._in_flight_ids: set[int] = set()
         self._streaming: _Streaming | None = None
-        self._context = "the connection"  # what the session was handling, for a fault's reason
+        # What the session is handling, for a fault's reason: a description, or (header, "request" or
+        # "response"), formatted only when a fault needs it.
+        self._context: str | tuple[codec.RequestHeader, str] = "the connection"
         self._on_client = self._hold_client
         self._on_upstream = self._authenticate
 
@@ -168,7 +180,7 @@ class Session:
         return out
 
     def _fault(self, error: Exception, now: float, out: list[Command]) -> None:
-        reason = f"internal fault while handling {self._context}: {type(error).__name__}: {error}"
+        reason = f"internal fault while handling {self._describe_context()}: {type(error).__name__}: {error}"
         out.append(Log("error", f"session {self.session_id}: {reason}\n{traceback.format_exc()}"))
         if self.closed:
             return
@@ -181,6 +193,13 @@ class Session:
             out.append(Audit(SessionClosed(self.session_id, now, self.bytes_from_client, self.bytes_to_client,
                                            self.requests, reason)))
             out.append(CloseConnection(reason))
+
+    def _describe_context(self) -> str:
+        if isinstance(self._context, str):
+            return self._context
+        header, what = self._context
+        return (f"{apis.api_name(header.api_key)} v{header.api_version} {what} "
+                f"(correlation id {header.correlation_id})")
 
     def _close(self, reason: str, now: float, out: list[Command], *, level: str = "info") -> None:
         if self.closed:
@@ -251,12 +270,11 @@ class Session:
         for frame in self._client_frames.feed(data):
             self._context = "a request from the workload"
             header = codec.parse_request_header(frame)
-            self._context = (f"{apis.api_name(header.api_key)} v{header.api_version} request "
-                             f"(correlation id {header.correlation_id})")
+            self._context = (header, "request")
             self.requests += 1
             if header.correlation_id in self._in_flight_ids:
                 flush()
-                self._close(f"{self._context} reuses the correlation id of a request still in flight; "
+                self._close(f"{self._describe_context()} reuses the correlation id of a request still in flight; "
                             "answers could not be told apart", now, out, level="warning")
                 return
             if self._answer_locally(header, frame, now, out):
@@ -312,17 +330,8 @@ class Session:
 
     @staticmethod
     def _version_refused(header: codec.RequestHeader) -> bool:
-        """Whether this request is of a version the proxy did not offer in ApiVersions (or cannot parse).
-
-        An API outside the permission table that the proxy can parse goes on to the enforcer, which
-        refuses it as unmapped (CLUSTER_AUTHORIZATION_FAILED, audited "unmapped-api").
-        """
-        if not apis.can_parse(header.api_key, header.api_version):
-            return True
-        if not permissions.covered(header.api_key):
-            return False
-        offered = permissions.offered(header.api_key)
-        return offered is None or not offered.min <= header.api_version <= offered.max
+        """Whether this request is of a version the proxy did not offer in ApiVersions (or cannot parse)."""
+        return header.body_offset < 0 or _version_not_offered(header.api_key, header.api_version)
 
     def _refuse_version(self, header: codec.RequestHeader, frame: bytes, now: float, out: list[Command]) -> None:
         """A version the proxy did not offer in ApiVersions: UNSUPPORTED_VERSION, never forwarded.
@@ -444,8 +453,7 @@ class Session:
             self._streaming = None
             frame = b"".join(streaming.chunks)
             header = streaming.pending.header
-            self._context = (f"{apis.api_name(header.api_key)} v{header.api_version} response "
-                             f"(correlation id {header.correlation_id})")
+            self._context = (header, "response")
             facts = codec.response_facts(frame, header.api_key, header.api_version)
             out.append(Audit(self._operation(streaming.pending, now, len(frame), facts.error_code, "forwarded", facts)))
             send: list[bytes] = []
@@ -465,8 +473,7 @@ class Session:
                 return
             pending = self._in_flight[0]
             header = pending.header
-            self._context = (f"{apis.api_name(header.api_key)} v{header.api_version} response "
-                             f"(correlation id {correlation_id})")
+            self._context = (header, "response")
             if header.api_key == apis.API_VERSIONS:
                 frame = codec.cap_api_versions(frame, header.api_version, permissions.offered)
             elif pending.verdict is not None:
