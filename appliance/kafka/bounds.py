@@ -170,7 +170,7 @@ def _walk_string(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) ->
     return pos + length
 
 
-def _walk_array(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) -> int:
+def _walk_array(step: tuple, buf: bytes, pos: int, end: int, flexible: bool, budget: list) -> int:
     _, name, nullable = step[:3]
     if flexible:
         count, pos = _uvarint(buf, pos, end)
@@ -184,10 +184,10 @@ def _walk_array(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) -> 
         if count == -1 and nullable:
             return pos
         raise BoundsError(f"array count {count} is not allowed here (the field is not nullable)", "." + name)
-    return _walk_elements(step, count, buf, pos, end, flexible)
+    return _walk_elements(step, count, buf, pos, end, flexible, budget)
 
 
-def _walk_step(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) -> int:
+def _walk_step(step: tuple, buf: bytes, pos: int, end: int, flexible: bool, budget: list) -> int:
     kind = step[0]
     if kind == _SKIP:
         pos += step[1]
@@ -197,7 +197,7 @@ def _walk_step(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) -> i
     if kind == _STRING:
         return _walk_string(step, buf, pos, end, flexible)
     if kind == _ARRAY:
-        return _walk_array(step, buf, pos, end, flexible)
+        return _walk_array(step, buf, pos, end, flexible, budget)
     _, name, plan, nullable = step
     if nullable:
         if pos >= end:
@@ -206,13 +206,13 @@ def _walk_step(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) -> i
         if buf[pos - 1] == 0xFF:  # kio reads -1 as null and anything else as present
             return pos
     try:
-        return _walk(plan, buf, pos, end)
+        return _walk(plan, buf, pos, end, budget)
     except BoundsError as e:
         e.segments.insert(0, "." + name)
         raise
 
 
-def _walk(plan: Plan, buf: bytes, pos: int, end: int) -> int:
+def _walk(plan: Plan, buf: bytes, pos: int, end: int, budget: list) -> int:
     # The hot path: fixed runs, strings and one-byte compact lengths inline; the rest in helpers.
     flexible = plan.flexible
     for step in plan.steps:
@@ -223,7 +223,7 @@ def _walk(plan: Plan, buf: bytes, pos: int, end: int) -> int:
                 raise BoundsError(f"fixed-size fields need {pos - end} bytes more than remain")
             continue
         if kind == _ENTITY:
-            pos = _walk_step(step, buf, pos, end, flexible)
+            pos = _walk_step(step, buf, pos, end, flexible, budget)
             continue
         if flexible and pos < end and buf[pos] < 0x80:
             n = buf[pos] - 1
@@ -248,19 +248,23 @@ def _walk(plan: Plan, buf: bytes, pos: int, end: int) -> int:
                 raise BoundsError(f"length {n} exceeds the {end - pos} bytes that remain", "." + step[1])
             pos += n
             continue
-        pos = _walk_elements(step, n, buf, pos, end, flexible)
+        pos = _walk_elements(step, n, buf, pos, end, flexible, budget)
     if not flexible:
         return pos
     if pos < end and buf[pos] == 0:  # no tagged fields: the common case
         return pos + 1
-    return _walk_tagged(plan, buf, pos, end)
+    return _walk_tagged(plan, buf, pos, end, budget)
 
 
-def _walk_elements(step: tuple, count: int, buf: bytes, pos: int, end: int, flexible: bool) -> int:
+def _walk_elements(step: tuple, count: int, buf: bytes, pos: int, end: int, flexible: bool, budget: list) -> int:
     _, name, _, element, minimum, fixed = step
     if count * minimum > end - pos:
         raise BoundsError(f"array of {count} elements needs at least {count * minimum} bytes, "
                           f"{end - pos} remain", "." + name)
+    budget[0] -= count
+    if budget[0] < 0:
+        raise BoundsError(f"array of {count} elements takes the message past the {budget[1]} array elements "
+                          "one message may have", "." + name)
     if fixed is not None:
         return pos + count * fixed
     i = 0
@@ -268,7 +272,7 @@ def _walk_elements(step: tuple, count: int, buf: bytes, pos: int, end: int, flex
         if element[0] == _ENTITY:
             plan = element[2]
             for i in range(count):
-                pos = _walk(plan, buf, pos, end)
+                pos = _walk(plan, buf, pos, end, budget)
         else:
             for i in range(count):
                 pos = _walk_string(element, buf, pos, end, flexible)
@@ -278,7 +282,7 @@ def _walk_elements(step: tuple, count: int, buf: bytes, pos: int, end: int, flex
     return pos
 
 
-def _walk_tagged(plan: Plan, buf: bytes, pos: int, end: int) -> int:
+def _walk_tagged(plan: Plan, buf: bytes, pos: int, end: int, budget: list) -> int:
     count, pos = _uvarint(buf, pos, end)
     if count > end - pos:  # each tagged field takes at least 2 bytes
         raise BoundsError(f"{count} tagged fields cannot fit in the {end - pos} bytes that remain")
@@ -292,7 +296,7 @@ def _walk_tagged(plan: Plan, buf: bytes, pos: int, end: int) -> int:
             raise BoundsError(f"tagged field {tag} is not one {plan.name} has")
         name, step = known
         try:
-            stop = _walk_step(step, buf, pos, pos + size, True)
+            stop = _walk_step(step, buf, pos, pos + size, True, budget)
         except BoundsError as e:
             if step[0] == _SKIP:  # other steps name their field themselves
                 e.segments.insert(0, "." + name)
@@ -304,14 +308,19 @@ def _walk_tagged(plan: Plan, buf: bytes, pos: int, end: int) -> int:
     return pos
 
 
-def check(cls: type, buf: bytes, offset: int) -> int:
-    """Walk an encoding of `cls` at `offset`; the offset just after it, or BoundsError naming the field."""
-    return _walk(plan_for(cls), buf, offset, len(buf))
+def check(cls: type, buf: bytes, offset: int, max_elements: int | None = None) -> int:
+    """Walk an encoding of `cls` at `offset`; the offset just after it, or BoundsError naming the field.
+
+    `max_elements` bounds the array elements of the whole message: kio makes a Python object of each,
+    ten or more times the bytes the smallest element takes on the wire.
+    """
+    limit = (1 << 62) if max_elements is None else max_elements
+    return _walk(plan_for(cls), buf, offset, len(buf), [limit, limit])
 
 
-def read(cls: type, buf: bytes, offset: int) -> Any:
+def read(cls: type, buf: bytes, offset: int, max_elements: int | None = None) -> Any:
     """`cls` decoded by kio at `offset` after the bounds check; BoundsError or kio's own errors otherwise."""
     from kio.serial import entity_reader
 
-    check(cls, buf, offset)
+    check(cls, buf, offset, max_elements)
     return entity_reader(cls)(buf, offset)[0]

@@ -144,12 +144,18 @@ def response_body_offset(frame: bytes, api_key: int, api_version: int) -> int:
     return offset
 
 
-def decode_entity(cls: type, frame: bytes, offset: int, what: str) -> Any:
+# Array elements one request may have. kio builds an object per element (a hundred bytes or more
+# for an element that takes a few on the wire), so a 100 MiB request of small elements would take
+# gigabytes. Clients send hundreds (partitions of a Produce, offsets of a commit), rarely thousands.
+MAX_REQUEST_ELEMENTS = 100_000
+
+
+def decode_entity(cls: type, frame: bytes, offset: int, what: str, max_elements: int | None = None) -> Any:
     """`cls` read by kio from `frame` at `offset`, after every length in it is checked against the bytes
     present (kio's native reader would try to allocate whatever a count claims). Any fault is a
     DecodeError that begins with `what` ("Fetch v12 response") and names the field."""
     try:
-        bounds.check(cls, frame, offset)
+        bounds.check(cls, frame, offset, max_elements)
         entity, _ = entity_reader(cls)(frame, offset)
     except bounds.BoundsError as e:
         raise DecodeError(f"{what} does not decode: {e}") from None
@@ -161,7 +167,7 @@ def decode_entity(cls: type, frame: bytes, offset: int, what: str) -> Any:
 def decode_request(frame: bytes, header: RequestHeader) -> Any:
     cls = apis.request_class(header.api_key, header.api_version)
     return decode_entity(cls, frame, header.body_offset,
-                         f"{apis.api_name(header.api_key)} v{header.api_version} request")
+                         f"{apis.api_name(header.api_key)} v{header.api_version} request", MAX_REQUEST_ELEMENTS)
 
 
 def decode_response(frame: bytes, api_key: int, api_version: int) -> Any:
@@ -459,7 +465,8 @@ def unsupported_version_response(frame: bytes, header: RequestHeader, entries: t
         hints = typing.get_type_hints(cls)
         if request_field in request_cls.__dataclass_fields__ and response_field in hints:
             request = decode_entity(request_cls, frame, schema_body_offset(frame, header),
-                                    f"{apis.api_name(header.api_key)} v{header.api_version} request")
+                                    f"{apis.api_name(header.api_key)} v{header.api_version} request",
+                                    MAX_REQUEST_ELEMENTS)
             element = element_type(hints[response_field])
             items = getattr(request, request_field) or ()
             fields_[response_field] = tuple(mirror(item, element, error, "version not offered by the appliance")

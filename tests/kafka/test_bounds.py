@@ -116,3 +116,18 @@ def test_mutated_encodings_either_fail_the_check_or_decode():
                     entity_reader(cls)(variant, 0)
                 except (SerialError, ValueError, KeyError, TypeError, OverflowError):
                     pass
+
+
+def test_a_request_may_have_a_bounded_number_of_array_elements():
+    from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
+    request = MetadataRequest(topics=tuple(MetadataRequestTopic(topic_id=None, name=f"t{i}") for i in range(50)),
+                              allow_auto_topic_creation=False, include_topic_authorized_operations=False)
+    data = encode(request)
+    assert bounds.check(MetadataRequest, data, 0, max_elements=50) == len(data)
+    with pytest.raises(bounds.BoundsError, match=r"^topics: array of 50 elements takes the message past the 49 "):
+        bounds.check(MetadataRequest, data, 0, max_elements=49)
+    big = MetadataRequest(topics=tuple(MetadataRequestTopic(topic_id=None, name="") for _ in range(codec.MAX_REQUEST_ELEMENTS + 1)),
+                          allow_auto_topic_creation=False, include_topic_authorized_operations=False)
+    frame = struct.pack(">ihhih", 0, 3, 12, 7, -1) + b"\0" + encode(big)
+    with pytest.raises(codec.DecodeError, match="past the 100000 array elements one message may have"):
+        codec.decode_request(frame, codec.parse_request_header(frame))
