@@ -115,7 +115,7 @@ def test_metadata_for_every_topic_hides_what_may_not_be_described():
                                       include_topic_authorized_operations=False), correlation_id=5)
     header = codec.parse_request_header(f)
     verdict = ORDERS.check(f, header)
-    assert verdict.filter_topics and verdict.forward is f
+    assert verdict.reads_response and verdict.forward is f
     from kio.schema.metadata.v12.response import MetadataResponse, MetadataResponseTopic
     topics = tuple(MetadataResponseTopic(error_code=ErrorCode.none, name=n, topic_id=__import__("uuid").uuid4(),
                                          is_internal=False, partitions=(), topic_authorized_operations=-2147483648)
