@@ -73,11 +73,17 @@ def _scram_described(request: Any, element: type, error: ErrorCode, message: str
                  for u in request.users or ())
 
 
+def _one_error(request: Any, element: type, error: ErrorCode, message: str) -> tuple:
+    # DescribeLogDirs v0-2 has no top-level error code: one log dir entry carries the refusal.
+    return (default_entity(element, error),)
+
+
 # api key -> ((response field, builder), ...) for whole-request permissions.
 ENTRIES: dict[int, tuple[tuple[str, Builder], ...]] = {
     30: (("results", _each("creations")),),  # CreateAcls
     31: (("filter_results", _each("filters")),),  # DeleteAcls
     34: (("results", _log_dirs),),  # AlterReplicaLogDirs
+    35: (("results", _one_error),),  # DescribeLogDirs
     43: (("replica_election_results", _each("topic_partitions")),),  # ElectLeaders
     45: (("responses", _each("topics")),),  # AlterPartitionReassignments
     49: (("entries", _quota_entries),),  # AlterClientQuotas

@@ -80,7 +80,7 @@ def whole_refusal(ctx: Context, permission: Permission, request: Any, policy: Po
             continue
         resource, operation = whole.resource, whole.operation
         if whole.kind_field:
-            resource, operation = _kind(whole.kinds, getattr(request, whole.kind_field), (resource, operation))
+            resource, operation = _kind(whole.kinds, getattr(request, whole.kind_field, 0), (resource, operation))  # v0: groups only
         decision = ctx.check(checks, operation, resource, None if name is None else str(name), policy)
         if not decision.allowed and first is None:
             first = (refusals.error_for(resource, decision), refusals.message_for(decision))
