@@ -25,6 +25,7 @@ from kio.schema.errors import ErrorCode
 
 from appliance.kafka import apis, codec
 from appliance.kafka.synth import default_entity
+from appliance.masking.decompress import MAX_BATCH_BYTES
 from appliance.policy import filters
 from appliance.policy.filters.context import Context, TopicIds
 from appliance.policy.filters.results import Answer, Check, Close, Forward, Rewritten, Then
@@ -66,10 +67,12 @@ class Enforcer:
     """Decides requests for one principal, on one connection, against whatever `policy()` returns now."""
 
     def __init__(self, principal: Principal, policy: typing.Callable[[], Policy], *,
-                 topic_ids: TopicIds | None = None) -> None:
+                 topic_ids: TopicIds | None = None, max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
         self.principal = principal
         self.policy = policy
-        ctx = Context(principal, policy) if topic_ids is None else Context(principal, policy, topic_ids)
+        ctx = Context(principal, policy, max_batch_bytes=max_batch_bytes)
+        if topic_ids is not None:
+            ctx.topic_ids = topic_ids
         self._filters = filters.build(ctx)
         self._table = TableFilter(ctx)
 

@@ -256,3 +256,17 @@ def test_a_produce_to_a_masked_topic_is_read_every_time():
         f = produce_values({"pii": b'{"email": "a@example.com"}'})
         verdict = enforcer.check(f, codec.parse_request_header(f))
         assert verdict.masked == 1 and b"a@example.com" not in verdict.forward
+
+
+def test_a_produced_batch_that_decompresses_past_the_cap_is_invalid_record():
+    from tests.masking.builders import Rec, build_batch
+    enforcer = Enforcer(Principal("orders", frozenset()), lambda: MASKED, max_batch_bytes=4096)
+    big = build_batch([Rec(b'{"email": "a@example.com", "pad": "' + b"0" * 10_000 + b'"}')], codec=4)
+    f = request_frame(ProduceRequest(transactional_id=None, acks=-1, timeout=datetime.timedelta(seconds=1),
+                                     topic_data=(TopicProduceData(name="pii", partition_data=(
+                                         PartitionProduceData(index=0, records=big),)),)), correlation_id=31)
+    verdict = enforcer.check(f, codec.parse_request_header(f))
+    assert verdict.forward is None
+    answer = codec.decode_response(verdict.answer, apis.PRODUCE, 9)
+    partition = answer.responses[0].partition_responses[0]
+    assert partition.error_code == ErrorCode.invalid_record and "decompresses to more than 4096" in partition.error_message

@@ -15,6 +15,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from appliance.masking.decompress import MAX_BATCH_BYTES
 from appliance.policy.model import Decision, Operation, Policy, Principal, ResourceType
 
 # Ids remembered; a cluster with more topics than this resolves the older ones again from the next Metadata.
@@ -53,6 +54,7 @@ class Context:
     principal: Principal
     policy: typing.Callable[[], Policy]
     topic_ids: TopicIds = field(default_factory=lambda: SHARED_TOPIC_IDS)
+    max_batch_bytes: int = MAX_BATCH_BYTES  # decompressed size of a batch read for masking, at most
 
     def decide(self, operation: Operation, resource: ResourceType, name: str | None,
                policy: Policy | None = None) -> Decision:

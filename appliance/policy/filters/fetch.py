@@ -194,7 +194,7 @@ class FetchStep:
                 topics.append(dataclasses.replace(topic, partitions=partitions))
                 changed = True
                 continue
-            masked_topic, n = _mask_topic(topic, masker_for(self.filter.ctx, policy, name))
+            masked_topic, n = _mask_topic(topic, masker_for(self.filter.ctx, policy, name), self.filter.ctx.max_batch_bytes)
             total += n
             changed = changed or masked_topic is not topic
             topics.append(masked_topic)
@@ -227,7 +227,7 @@ def _nullable(cls: type, field: str) -> bool:
     return isinstance(tp, types.UnionType) and type(None) in typing.get_args(tp)
 
 
-def _mask_topic(topic: Any, masker: Any) -> tuple[Any, int]:
+def _mask_topic(topic: Any, masker: Any, cap: int) -> tuple[Any, int]:
     if masker is None:
         return topic, 0
     total, partitions, changed = 0, [], False
@@ -236,7 +236,7 @@ def _mask_topic(topic: Any, masker: Any) -> tuple[Any, int]:
             partitions.append(p)
             continue
         try:
-            records, n = rewrite_records(p.records, masker, partition=int(p.partition_index))
+            records, n = rewrite_records(p.records, masker, partition=int(p.partition_index), max_batch_bytes=cap)
         except MaskingRejected:
             # Records that cannot be masked are not handed over in the clear.
             partitions.append(dataclasses.replace(p, records=None, error_code=ErrorCode.corrupt_message))

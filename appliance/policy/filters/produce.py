@@ -70,7 +70,7 @@ class ProduceFilter:
         _, kept, refused = split(self.ctx, permission.each, request, policy, checks)
         masked, changed = 0, False
         if policy.masking:
-            kept, masked, changed = _mask(kept, policy, refused)
+            kept, masked, changed = _mask(kept, policy, refused, self.ctx.max_batch_bytes)
         if not refused:
             if changed:
                 rewritten = dataclasses.replace(request, topic_data=tuple(kept))
@@ -87,7 +87,7 @@ class ProduceFilter:
                          outcome="partly refused", masked=masked)
 
 
-def _mask(topics: list, policy: Policy, refused: list) -> tuple[list, int, bool]:
+def _mask(topics: list, policy: Policy, refused: list, cap: int) -> tuple[list, int, bool]:
     """Mask the records of every topic a produce rule covers; a topic whose records a rule rejects
     moves to `refused`, answered INVALID_RECORD with the rule's reason."""
     kept, total, changed = [], 0, False
@@ -99,8 +99,8 @@ def _mask(topics: list, policy: Policy, refused: list) -> tuple[list, int, bool]
         try:
             partitions = []
             for p in topic.partition_data:
-                records, n = (p.records, 0) if not p.records else rewrite_records(p.records, masker,
-                                                                                  partition=int(p.index))
+                records, n = (p.records, 0) if not p.records else rewrite_records(
+                    p.records, masker, partition=int(p.index), max_batch_bytes=cap)
                 total += n
                 partitions.append(p if records is p.records else dataclasses.replace(p, records=records))
         except MaskingRejected as e:

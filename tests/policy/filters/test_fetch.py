@@ -153,3 +153,14 @@ def test_streaming_is_decided_when_the_response_arrives_under_the_policy_then():
     g = fetch(session_id=9, epoch=3)
     current["policy"] = policy("orders")
     assert enforcer.check(g, codec.parse_request_header(g)).reads_response
+
+
+def test_a_fetched_batch_that_decompresses_past_the_cap_is_corrupt_message_not_clear():
+    enforcer = Enforcer(Principal("reader"), lambda: policy('"*"'), max_batch_bytes=4096)
+    f = fetch(session_id=9, epoch=3)
+    header = codec.parse_request_header(f)
+    verdict = enforcer.check(f, header)
+    big = build_batch([Rec(json.dumps({"email": "jane@example.com", "pad": "0" * 10_000}).encode())], codec=4)
+    out, _ = enforcer.complete(response({"pii": big}, session_id=9), header, verdict)
+    partition = decoded(out).responses[0].partitions[0]
+    assert partition.error_code == ErrorCode.corrupt_message and partition.records is None
