@@ -74,9 +74,14 @@ class Enforcer:
         if topic_ids is not None:
             ctx.topic_ids = topic_ids
         self._filters = filters.build(ctx)
+        self._produce = self._filters[apis.PRODUCE]
         self._table = TableFilter(ctx)
 
     def check(self, frame: bytes, header: codec.RequestHeader) -> Verdict:
+        if header.api_key == apis.PRODUCE:  # the hot path: a shape already decided, no decode, no dispatch
+            known = self._produce.by_shape(frame, header, self.policy())
+            if known is not None:
+                return Verdict("allowed", known.checks, None, frame, facts=known.facts)
         permission = permission_for(header.api_key, header.api_version)
         if permission is None:
             return self._unmapped(header)

@@ -38,13 +38,21 @@ class ProduceFilter:
         self._shapes: list[tuple[codec.ProduceShape, tuple]] = []  # newest first
         self._shapes_policy: Policy | None = None
 
-    def request(self, frame: bytes, header: codec.RequestHeader, permission: Permission, policy: Policy) -> Result:
+    def by_shape(self, frame: bytes, header: codec.RequestHeader, policy: Policy) -> Forward | None:
+        """The decision for a request of a shape already allowed under `policy`, read without a decode."""
         if policy is not self._shapes_policy:
             self._shapes, self._shapes_policy = [], policy
+            return None
         for shape, checks in self._shapes:
             facts = codec.match_produce(frame, header, shape)
             if facts is not None:
                 return Forward(checks, None, None, facts)
+        return None
+
+    def request(self, frame: bytes, header: codec.RequestHeader, permission: Permission, policy: Policy) -> Result:
+        known = self.by_shape(frame, header, policy)
+        if known is not None:
+            return known
         request = codec.decode_request(frame, header)
         result = self._decide(frame, header, request, permission, policy)
         if type(result) is Forward:
