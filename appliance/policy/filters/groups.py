@@ -19,7 +19,9 @@ Filtered, as Kafka's authorizer does, in the response:
   not handed over (the consumer asks for metadata of its subscription, and a
   later heartbeat's assignment includes it once known).
 - DescribeGroups / ConsumerGroupDescribe: `authorized_operations` is the
-  workload's own.
+  workload's own; a ConsumerGroupDescribe group whose members subscribe to or
+  are assigned a topic the workload may not describe is answered
+  TOPIC_AUTHORIZATION_FAILED without its members, as Kafka answers it.
 """
 
 from __future__ import annotations
@@ -159,8 +161,21 @@ class HeartbeatFilter:
         return Forward(tuple(checks), request, Edit(ctx, None, edit))
 
 
+def _hidden_topics(ctx: Context, group: Any, policy: Policy) -> set[str]:
+    """Topics a ConsumerGroupDescribe group's members name (subscriptions, assignments) that the workload
+    may not describe."""
+    names: set[str] = set()
+    for member in group.members:
+        names.update(str(n) for n in member.subscribed_topic_names or ())
+        for assignment in (member.assignment, member.target_assignment):
+            names.update(str(tp.topic_name) for tp in assignment.topic_partitions if tp.topic_name is not None)
+    return {n for n in names if not ctx.decide(Operation.DESCRIBE, ResourceType.TOPIC, n, policy).allowed}
+
+
 class DescribeGroupsFilter:
-    """DescribeGroups (15) and ConsumerGroupDescribe (69): the table decides; operations are the workload's."""
+    """DescribeGroups (15) and ConsumerGroupDescribe (69): the table decides; operations are the workload's;
+    a KIP-848 group whose members name topics the workload may not describe is refused
+    TOPIC_AUTHORIZATION_FAILED (Kafka does the same), so their names do not leak."""
 
     api_keys = (15, 69)
 
@@ -170,14 +185,29 @@ class DescribeGroupsFilter:
 
     def request(self, frame: bytes, header: codec.RequestHeader, permission: Permission, policy: Policy) -> Result:
         request = codec.decode_request(frame, header)
-        if not getattr(request, "include_authorized_operations", False):
+        operations = bool(getattr(request, "include_authorized_operations", False))
+        if not operations and header.api_key != 69:
             return self._table.request(frame, header, request, permission, policy)
         ctx = self.ctx
 
         def edit(entity: Any, now: Policy) -> tuple[Any, int]:
-            groups = tuple(g if int(g.error_code) else dataclasses.replace(g, authorized_operations=authorized_operations(
-                now, ctx.principal, ResourceType.GROUP, str(g.group_id))) for g in entity.groups)
-            return dataclasses.replace(entity, groups=groups), 0
+            groups = []
+            for g in entity.groups:
+                if int(g.error_code):
+                    groups.append(g)
+                    continue
+                hidden = sorted(_hidden_topics(ctx, g, now)) if header.api_key == 69 else []
+                if hidden:  # as Kafka: members' topics the workload may not describe refuse the group
+                    groups.append(dataclasses.replace(
+                        g, error_code=ErrorCode.topic_authorization_failed, members=(),
+                        error_message="refused by the appliance's policy: the group's members subscribe to or are "
+                                      "assigned topics this identity may not describe"))
+                    continue
+                if operations:
+                    g = dataclasses.replace(g, authorized_operations=authorized_operations(
+                        now, ctx.principal, ResourceType.GROUP, str(g.group_id)))
+                groups.append(g)
+            return dataclasses.replace(entity, groups=tuple(groups)), 0
 
         return self._table.request(frame, header, request, permission, policy,
                                    then=lambda merge: Edit(ctx, merge, edit))

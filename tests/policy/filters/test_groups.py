@@ -110,3 +110,29 @@ def test_describe_groups_reports_the_workloads_operations():
     _, answer = roundtrip(e, DescribeGroupsRequest(groups=("app-1",), include_authorized_operations=True),
                           DescribeGroupsResponse(throttle_time=datetime.timedelta(0), groups=(group,)))
     assert answer.groups[0].authorized_operations == (1 << 3) | (1 << 8) | (1 << 10)  # read, describe, describe-configs
+
+
+def test_consumer_group_describe_refuses_a_group_whose_members_name_hidden_topics():
+    from kio.schema.consumer_group_describe.v1.request import ConsumerGroupDescribeRequest
+    from kio.schema.consumer_group_describe.v1.response import (Assignment, ConsumerGroupDescribeResponse,
+                                                                DescribedGroup, Member, TopicPartitions)
+    e = Enforcer(Principal("app"), lambda: POLICY)
+
+    def member(topic: str) -> Member:
+        a = Assignment(topic_partitions=(TopicPartitions(topic_id=uuid.uuid4(), topic_name=topic, partitions=(0,)),))
+        return Member(member_id="m", instance_id=None, rack_id=None, member_epoch=1, client_id="c", client_host="/h",
+                      subscribed_topic_names=(topic,), subscribed_topic_regex=None, assignment=a,
+                      target_assignment=a, member_type=1)
+
+    def group(gid: str, topic: str) -> DescribedGroup:
+        return DescribedGroup(error_code=ErrorCode.none, error_message=None, group_id=gid, group_state="Stable",
+                              group_epoch=1, assignment_epoch=1, assignor_name="uniform", members=(member(topic),),
+                              authorized_operations=-2147483648)
+
+    _, answer = roundtrip(e, ConsumerGroupDescribeRequest(group_ids=("app-1", "app-2"), include_authorized_operations=False),
+                          ConsumerGroupDescribeResponse(throttle_time=datetime.timedelta(0),
+                                                        groups=(group("app-1", "ok-a"), group("app-2", "secret"))))
+    by_id = {g.group_id: g for g in answer.groups}
+    assert by_id["app-1"].error_code == ErrorCode.none and by_id["app-1"].members
+    assert by_id["app-2"].error_code == ErrorCode.topic_authorization_failed and by_id["app-2"].members == ()
+    assert "secret" not in repr(by_id["app-2"])
