@@ -92,7 +92,7 @@ def default_entity(cls: type, error: ErrorCode, **overrides: Any) -> Any:
 
 
 def _source_value(source: Any, name: str) -> tuple[bool, Any]:
-    if isinstance(source, int) and not isinstance(source, bool) and name in ("index", "partition_index", "partition"):
+    if isinstance(source, int) and not isinstance(source, bool) and name in _INDEX_FIELDS:
         return True, source
     if isinstance(source, str) and name in ("name", "topic", "group_id", "key", "resource_name", "transactional_id"):
         return True, source
@@ -127,7 +127,7 @@ def mirror(source: Any, cls: type, error: ErrorCode, message: str | None = None)
     return cls(**values)
 
 
-_INDEX_FIELDS = ("index", "partition_index", "partition")
+_INDEX_FIELDS = ("index", "partition_index", "partition", "partition_id")
 
 
 def _nested_source(source: Any, element: type) -> tuple:

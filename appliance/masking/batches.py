@@ -25,7 +25,8 @@ whose iterator resolves timestamps (for LOG_APPEND_TIME batches it returns the
 batch's max timestamp for every record) and drops record attributes, so what
 it yields cannot be written back as it was. kafka-python supplies the header
 layout, the varint encoder and the codecs (gzip, xerial-framed snappy, lz4
-frames without block linking, zstd); `crc32c` computes the checksum.
+frames without block linking, zstd); `crc32c` computes the checksum. Decompression is `appliance.masking.decompress`, which stops at a
+cap (`MAX_BATCH_BYTES`, 16 MiB by default) instead of expanding a hostile batch whole.
 
 Before a batch is parsed, its decompressed bytes go to `masker.could_match`,
 a cheap look (a few C-speed scans) that lets batches with nothing to mask
@@ -42,6 +43,7 @@ from kafka import codec as kafka_codec
 from kafka.record.default_records import DefaultRecordBase
 from kafka.record.util import encode_varint
 
+from appliance.masking.decompress import DECODE as _DECOMPRESS, MAX_BATCH_BYTES, TooLarge
 from appliance.masking.rules import MaskingRejected, RecordMasker
 
 HEADER = DefaultRecordBase.HEADER_STRUCT  # 61 bytes, base offset .. record count
@@ -59,8 +61,6 @@ _LENGTH = struct.Struct(">i")
 _CRC = struct.Struct(">I")
 
 CODEC_NAMES = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
-_DECODE = {1: kafka_codec.gzip_decode, 2: kafka_codec.snappy_decode, 3: kafka_codec.lz4_decode,
-           4: kafka_codec.zstd_decode}
 _ENCODE = {1: lambda data: kafka_codec.gzip_encode(data, compresslevel=GZIP_LEVEL),
            2: kafka_codec.snappy_encode, 3: kafka_codec.lz4_encode, 4: kafka_codec.zstd_encode}
 
@@ -70,11 +70,13 @@ class _Corrupt(Exception):
 
 
 def rewrite_records(records: bytes, masker: RecordMasker, *, secret: bytes | None = None,
-                    partition: int | None = None) -> tuple[bytes, int]:
+                    partition: int | None = None, max_batch_bytes: int = MAX_BATCH_BYTES) -> tuple[bytes, int]:
     """(the records with masked values, how many values were masked); `records` itself when none were.
 
     `secret`, when given, rebinds the masker to it (a masker built without one
     cannot hash). `partition` only names the partition in a MaskingRejected.
+    A compressed batch is decompressed up to `max_batch_bytes` and no further:
+    one that holds more is refused (MaskingRejected), never expanded whole.
     """
     if secret is not None:
         masker = masker.with_secret(secret)
@@ -93,7 +95,7 @@ def rewrite_records(records: bytes, masker: RecordMasker, *, secret: bytes | Non
             break  # a partial batch at the end of a fetch: kept as is
         if (records[pos + MAGIC_OFFSET] == 2 and end - pos >= HEADER_SIZE
                 and not records[pos + ATTRIBUTES_OFFSET + 1] & CONTROL_MASK):
-            rewritten = _rewrite_batch(records, pos, end, masker, partition)
+            rewritten = _rewrite_batch(records, pos, end, masker, partition, max_batch_bytes)
             if rewritten is not None:
                 batch, masked = rewritten
                 if pieces is None:
@@ -110,7 +112,7 @@ def rewrite_records(records: bytes, masker: RecordMasker, *, secret: bytes | Non
 
 
 def _rewrite_batch(records: bytes, pos: int, end: int, masker: RecordMasker,
-                   partition: int | None) -> tuple[bytes, int] | None:
+                   partition: int | None, max_batch_bytes: int) -> tuple[bytes, int] | None:
     header = HEADER.unpack_from(records, pos)
     base_offset, attributes, count = header[0], header[5], header[12]
     codec = attributes & CODEC_MASK
@@ -121,11 +123,14 @@ def _rewrite_batch(records: bytes, pos: int, end: int, masker: RecordMasker,
 
     body = records[pos + HEADER_SIZE:end]
     if codec:
-        decode = _DECODE.get(codec)
+        decode = _DECOMPRESS.get(codec)
         if decode is None:
             raise refuse(f"the batch's attributes name compression codec {codec}, which Kafka does not define")
         try:
-            data = decode(body)
+            data = decode(body, max_batch_bytes)
+        except TooLarge:
+            raise refuse(f"its {CODEC_NAMES[codec]} data decompresses to more than {max_batch_bytes} bytes, the "
+                         f"appliance's cap on a batch it reads for masking") from None
         except Exception as e:  # each codec library raises its own errors
             if _crc_ok(records, pos, end, header):
                 raise refuse(f"its {CODEC_NAMES[codec]} data does not decompress: {e}") from None

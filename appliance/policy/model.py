@@ -339,6 +339,20 @@ class Policy:
         """
         return self._allows_any_cached(principal, operation, resource_type)  # type: ignore[operator]
 
+    def grants_every(self, principal: Principal, operation: Operation, resource_type: ResourceType) -> bool:
+        """Whether `operation` is allowed on every name of this type: an allow rule for the principal covers
+        `*` and no deny rule for the principal names any resource of the type for that operation.
+
+        For fast paths that skip per-name decisions (a consumer allowed every topic in the clear needs no
+        look at what a Fetch response carries); immutable topics do not restrict produce, consume or unmask.
+        """
+        denies, allows = self._index.get((operation, resource_type), _NOTHING)
+        if any(rule.covers(principal) for rule in denies):
+            return False
+        if resource_type == ResourceType.TOPIC and operation in IMMUTABLE_OPERATIONS and self.immutable_topics:
+            return False
+        return any(rule.covers(principal) and rule.covers_every(resource_type) for rule in allows)
+
     def _decide(self, principal: Principal, operation: Operation, resource_type: ResourceType,
                 name: str | None) -> Decision:
         what = f"{operation} on {describe_resource(resource_type, name)}"

@@ -88,17 +88,20 @@ _ALTER_CONFIG_KINDS = ((_CONFIG_TOPIC, R.TOPIC, Op.ALTER), (_CONFIG_GROUP, R.GRO
 TABLE: tuple[Permission, ...] = (
     Permission(0, whole=(Whole(R.TRANSACTIONAL_ID, Op.TRANSACTIONS, "transactional_id", optional=True),),
                each=Each(R.TOPIC, Op.PRODUCE, "topic_data", "name", "responses")),
-    Permission(1, each=Each(R.TOPIC, Op.CONSUME, "topics", "topic", "responses")),
+    Permission(1, each=Each(R.TOPIC, Op.CONSUME, "topics", "topic", "responses"),
+               note="decided again on every topic the response carries, under the policy in force then "
+                    "(fetch sessions list no partitions); a revoked topic is dropped from the fetch session"),
     Permission(2, each=Each(R.TOPIC, Op.CONSUME, "topics", "name", "topics")),
     Permission(3, each=Each(R.TOPIC, Op.DESCRIBE, "topics", "name", "topics"),
-               note="a request for every topic answers only the topics the workload may describe; "
-                    "auto-creation needs create"),
+               note="a request for every topic (v0: empty list; v1+: null) answers only the topics the workload "
+                    "may describe; auto-creation needs create; authorized operations are the workload's"),
     Permission(8, whole=(Whole(R.GROUP, Op.GROUP, "group_id"),),
                each=Each(R.TOPIC, Op.CONSUME, "topics", "name", "topics"), max_version=9),
     Permission(9, whole=(Whole(R.GROUP, Op.GROUP, "group_id"),),
-               each=Each(R.TOPIC, Op.CONSUME, "topics", "name", "topics"), max_version=9),
+               each=Each(R.TOPIC, Op.CONSUME, "topics", "name", "topics"), max_version=9,
+               note="topics are decided on the answer: refused by name, left out of \"all of the group's\""),
     Permission(9, each=Each(R.GROUP, Op.GROUP, "groups", "group_id", "groups"), since_version=8, max_version=9,
-               note="v8+: each group is checked; topics inside a group are not"),
+               note="v8+: each group is checked; its topics need consume, decided on the answer"),
     Permission(10, whole=(Whole(R.GROUP, Op.GROUP, "key", kind_field="key_type", kinds=_FIND_KINDS),)),
     Permission(10, each=Each(R.GROUP, Op.GROUP, "coordinator_keys", None, "coordinators", top_kind_field="key_type",
                              kinds=_FIND_KINDS), since_version=4),
@@ -107,7 +110,8 @@ TABLE: tuple[Permission, ...] = (
     Permission(13, whole=(Whole(R.GROUP, Op.GROUP, "group_id"),)),
     Permission(14, whole=(Whole(R.GROUP, Op.GROUP, "group_id"),)),
     Permission(15, each=Each(R.GROUP, Op.DESCRIBE, "groups", None, "groups")),
-    _cluster(16, Op.DESCRIBE),
+    Permission(16, open=True, note="answers only the groups the workload may describe (every group with "
+                                   "describe on the cluster), as Kafka does"),
     Permission(18, open=True, note="answered with versions capped to what the proxy parses"),
     Permission(19, each=Each(R.TOPIC, Op.CREATE, "topics", "name", "topics")),
     Permission(20, each=Each(R.TOPIC, Op.DELETE, "topic_names", None, "responses")),
@@ -150,15 +154,20 @@ TABLE: tuple[Permission, ...] = (
     _cluster(49, note="AlterClientQuotas"),
     _cluster(50, note="DescribeUserScramCredentials"),
     _cluster(51, note="AlterUserScramCredentials"),
-    _cluster(60, Op.DESCRIBE),
+    Permission(60, open=True, note="as in Kafka; cluster_authorized_operations is the workload's, 0 without "
+                                   "describe on the cluster"),
     Permission(61, each=Each(R.TOPIC, Op.DESCRIBE, "topics", "name", "topics")),
     Permission(65, each=Each(R.TRANSACTIONAL_ID, Op.DESCRIBE, "transactional_ids", None, "transaction_states")),
-    _cluster(66, Op.DESCRIBE),
-    Permission(68, whole=(Whole(R.GROUP, Op.GROUP, "group_id"),), note="KIP-848 consumer group heartbeat"),
+    Permission(66, open=True, note="answers only the transactional ids the workload may describe (every one "
+                                   "with describe on the cluster), as Kafka does"),
+    Permission(68, whole=(Whole(R.GROUP, Op.GROUP, "group_id"),),
+               note="KIP-848; subscribed topic names need describe; the assignment keeps only topics the "
+                    "workload may describe"),
     Permission(69, each=Each(R.GROUP, Op.DESCRIBE, "group_ids", None, "groups")),
     Permission(71, open=True, note="client telemetry"),
     Permission(72, open=True, note="client telemetry"),
-    Permission(75, each=Each(R.TOPIC, Op.DESCRIBE, "topics", "name", "topics")),
+    Permission(75, each=Each(R.TOPIC, Op.DESCRIBE, "topics", "name", "topics"),
+               note="an empty list (every topic) answers only the topics the workload may describe"),
 )
 
 

@@ -162,3 +162,26 @@ def test_java_console_producer_is_masked_too(codec, identities, direct, sasl_arg
     assert len(stored["records"]) == 5
     for r in stored["records"]:
         assert_masked(r["value"])
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+def test_a_zstd_bomb_to_a_produce_masked_topic_is_refused_without_expanding_it(identities, direct, sasl_args,
+                                                                                appliance):
+    """F: 256 MiB of zeros in a few KB of zstd was decompressed, scanned and forwarded; now INVALID_RECORD
+    at the 16 MiB cap, and serve's peak memory does not grow by anything like the value's size."""
+    topic = f"mask-in-bomb-{secrets.token_hex(3)}"
+    create(direct, sasl_args, topic)
+    before = _peak_rss_kib(appliance.proc.pid)
+    raw = str(Path(__file__).resolve().parents[1] / "adversarial" / "raw_client.py")
+    out = identities["mask-writer"].run([PY, raw, "zstd-bomb", "127.0.0.1", "39092", topic, "256"], timeout=120)
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    assert answer["wire_bytes"] < 64 * 1024, answer
+    assert answer["error"] == 87 and "decompresses to more than" in answer["message"], answer  # INVALID_RECORD
+    grown_mib = (_peak_rss_kib(appliance.proc.pid) - before) / 1024
+    assert grown_mib < 64, f"serve's peak RSS grew by {grown_mib:.0f} MiB"

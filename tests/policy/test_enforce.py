@@ -115,7 +115,7 @@ def test_metadata_for_every_topic_hides_what_may_not_be_described():
                                       include_topic_authorized_operations=False), correlation_id=5)
     header = codec.parse_request_header(f)
     verdict = ORDERS.check(f, header)
-    assert verdict.filter_topics and verdict.forward is f
+    assert verdict.reads_response and verdict.forward is f
     from kio.schema.metadata.v12.response import MetadataResponse, MetadataResponseTopic
     topics = tuple(MetadataResponseTopic(error_code=ErrorCode.none, name=n, topic_id=__import__("uuid").uuid4(),
                                          is_internal=False, partitions=(), topic_authorized_operations=-2147483648)
@@ -256,3 +256,17 @@ def test_a_produce_to_a_masked_topic_is_read_every_time():
         f = produce_values({"pii": b'{"email": "a@example.com"}'})
         verdict = enforcer.check(f, codec.parse_request_header(f))
         assert verdict.masked == 1 and b"a@example.com" not in verdict.forward
+
+
+def test_a_produced_batch_that_decompresses_past_the_cap_is_invalid_record():
+    from tests.masking.builders import Rec, build_batch
+    enforcer = Enforcer(Principal("orders", frozenset()), lambda: MASKED, max_batch_bytes=4096)
+    big = build_batch([Rec(b'{"email": "a@example.com", "pad": "' + b"0" * 10_000 + b'"}')], codec=4)
+    f = request_frame(ProduceRequest(transactional_id=None, acks=-1, timeout=datetime.timedelta(seconds=1),
+                                     topic_data=(TopicProduceData(name="pii", partition_data=(
+                                         PartitionProduceData(index=0, records=big),)),)), correlation_id=31)
+    verdict = enforcer.check(f, codec.parse_request_header(f))
+    assert verdict.forward is None
+    answer = codec.decode_response(verdict.answer, apis.PRODUCE, 9)
+    partition = answer.responses[0].partition_responses[0]
+    assert partition.error_code == ErrorCode.invalid_record and "decompresses to more than 4096" in partition.error_message

@@ -334,3 +334,29 @@ def test_a_deny_on_star_denies_every_such_request(rules, principal, op, resource
     assert decision.rule in ("wall", "immutable-topics") or (
         decision.rule != "default-deny" and policy.rule_named(decision.rule).effect == Effect.DENY)
     assert not policy.allows_any(principal, op, rtype).allowed
+
+
+def test_grants_every_needs_an_allow_for_star_and_no_deny_for_the_principal():
+    from appliance.policy.model import Operation, Principal, ResourceType
+    from appliance.policy.parser import parse_policy
+    p = parse_policy("""
+version: 1
+rules:
+  - name: all
+    identities: [a, b]
+    operations: [consume]
+    topics: ["*"]
+  - name: some
+    identities: [c]
+    operations: [consume]
+    topics: ["prefix:x"]
+  - name: not-secrets
+    effect: deny
+    identities: [b]
+    operations: [consume]
+    topics: [secret]
+""", source="t")
+    assert p.grants_every(Principal("a"), Operation.CONSUME, ResourceType.TOPIC)
+    assert not p.grants_every(Principal("b"), Operation.CONSUME, ResourceType.TOPIC)  # a deny names one
+    assert not p.grants_every(Principal("c"), Operation.CONSUME, ResourceType.TOPIC)  # a prefix is not all
+    assert not p.grants_every(Principal("a"), Operation.UNMASK, ResourceType.TOPIC)

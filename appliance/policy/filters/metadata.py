@@ -1,0 +1,131 @@
+"""Metadata, DescribeTopicPartitions and DescribeCluster: what exists, filtered as Kafka's authorizer does.
+
+Kafka omits, silently, every topic the principal may not describe from an
+"all topics" answer (`scope` says which requests mean all), answers a named
+topic it may not describe TOPIC_AUTHORIZATION_FAILED, and reports
+`authorized_operations` for the principal. The proxy asks the broker as its
+super user, so it filters each answer under the policy in force when the
+answer passes, and writes the workload's own rights into the
+authorized-operations fields. Every topic id the broker names is remembered
+(`Context.topic_ids`) before anything is filtered, for KIP-848 assignments.
+Metadata may auto-create the topics it names: that needs `create`, or the
+request goes on with auto-creation off. DescribeCluster needs nothing (as in
+Kafka); its `cluster_authorized_operations` is 0 without describe on the cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from appliance.kafka import codec
+from appliance.policy.filters import refusals, scope
+from appliance.policy.filters.context import Context
+from appliance.policy.filters.operations import authorized_operations
+from appliance.policy.filters.results import Check, Forward, Result, Rewritten
+from appliance.policy.filters.table import Edit, Merge, TableFilter, split
+from appliance.policy.model import Operation, Policy, ResourceType
+from appliance.policy.permissions import Permission
+
+EVERY_TOPIC = "every-topic-filtered"
+
+
+def _topics_edit(ctx: Context, wanted: frozenset[str] | None, topic_ops: bool, cluster_ops: bool):
+    """Keep the broker's topics the workload may describe now (and, when given, that it asked for)."""
+
+    def edit(entity: Any, policy: Policy) -> tuple[Any, int]:
+        kept, changed = [], False
+        for t in entity.topics:
+            ctx.topic_ids.learn(getattr(t, "topic_id", None), t.name)
+            name = None if t.name is None else str(t.name)
+            if name is None or (wanted is not None and name not in wanted) or not ctx.decide(
+                    Operation.DESCRIBE, ResourceType.TOPIC, name, policy).allowed:
+                changed = True
+                continue
+            if topic_ops:
+                t = dataclasses.replace(t, topic_authorized_operations=authorized_operations(
+                    policy, ctx.principal, ResourceType.TOPIC, name))
+                changed = True
+            kept.append(t)
+        if cluster_ops and hasattr(entity, "cluster_authorized_operations"):
+            entity = dataclasses.replace(entity, cluster_authorized_operations=_cluster_ops(ctx, policy))
+            changed = True
+        return (dataclasses.replace(entity, topics=tuple(kept)) if changed else entity), 0
+
+    return edit
+
+
+def _cluster_ops(ctx: Context, policy: Policy) -> int:
+    if not ctx.decide(Operation.DESCRIBE, ResourceType.CLUSTER, None, policy).allowed:
+        return 0  # as Kafka: without describe on the cluster, no rights are reported
+    return authorized_operations(policy, ctx.principal, ResourceType.CLUSTER, None)
+
+
+class MetadataFilter:
+    api_keys = (3,)
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def request(self, frame: bytes, header: codec.RequestHeader, permission: Permission, policy: Policy) -> Result:
+        request = codec.decode_request(frame, header)
+        topic_ops = bool(getattr(request, "include_topic_authorized_operations", False))
+        cluster_ops = bool(getattr(request, "include_cluster_authorized_operations", False))
+        if scope.metadata_asks_every_topic(header.api_version, request.topics):
+            every = Check(ResourceType.TOPIC, None, Operation.DESCRIBE, True, EVERY_TOPIC)
+            return Forward((every,), request, Edit(self.ctx, None, _topics_edit(self.ctx, None, topic_ops, cluster_ops)))
+        checks: list = []
+        _, kept, refused = split(self.ctx, permission.each, request, policy, checks)
+        rewritten = request
+        if refused:
+            # v0 cannot ask for none (empty means all): the answer is filtered down to the kept names.
+            rewritten = dataclasses.replace(request, topics=tuple(kept))
+        if getattr(request, "allow_auto_topic_creation", False) and not all(
+                self.ctx.check(checks, Operation.CREATE, ResourceType.TOPIC, str(t.name), policy).allowed
+                for t in kept if t.name is not None):
+            rewritten = dataclasses.replace(rewritten, allow_auto_topic_creation=False)
+        wanted = frozenset(str(t.name) for t in kept if t.name is not None)
+        merge = Merge("topics", refusals.mirrored(header, "topics", refused)) if refused else None
+        then = Edit(self.ctx, merge, _topics_edit(self.ctx, wanted, topic_ops, cluster_ops))
+        if rewritten is request:
+            return Forward(tuple(checks), request, then)
+        outcome = "allowed" if not refused else ("partly refused" if kept else "refused")
+        return Rewritten(codec.replace_request_body(frame, header, rewritten), tuple(checks), request, then,
+                         outcome=outcome)
+
+
+class DescribeTopicPartitionsFilter:
+    api_keys = (75,)
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._table = TableFilter(ctx)
+
+    def request(self, frame: bytes, header: codec.RequestHeader, permission: Permission, policy: Policy) -> Result:
+        request = codec.decode_request(frame, header)
+        # Kafka fills topic_authorized_operations in every DescribeTopicPartitions answer.
+        edit = _topics_edit(self.ctx, None, True, False)
+        if scope.asks_every_topic(header.api_key, header.api_version, request):
+            every = Check(ResourceType.TOPIC, None, Operation.DESCRIBE, True, EVERY_TOPIC)
+            return Forward((every,), request, Edit(self.ctx, None, edit))
+        return self._table.request(frame, header, request, permission, policy,
+                                   then=lambda merge: Edit(self.ctx, merge, edit))
+
+
+class DescribeClusterFilter:
+    api_keys = (60,)
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def request(self, frame: bytes, header: codec.RequestHeader, permission: Permission, policy: Policy) -> Result:
+        request = codec.decode_request(frame, header)
+        if not request.include_cluster_authorized_operations:
+            return Forward((), request)
+        checks: list = []
+        self.ctx.check(checks, Operation.DESCRIBE, ResourceType.CLUSTER, None, policy)
+
+        def edit(entity: Any, now: Policy) -> tuple[Any, int]:
+            return dataclasses.replace(entity, cluster_authorized_operations=_cluster_ops(self.ctx, now)), 0
+
+        return Forward(tuple(checks), request, Edit(self.ctx, None, edit))
