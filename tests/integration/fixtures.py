@@ -1,0 +1,284 @@
+"""Integration fixtures: the real kernel, a real Kafka broker, the real appliance process.
+
+Loaded once for the whole suite as a plugin (tests/conftest.py), so that
+tests/integration and tests/adversarial share ONE broker and ONE appliance per
+run: fixtures imported into a second conftest would be a second set of
+session fixtures, and a second appliance on the same port.
+
+Everything here is real: the appliance runs as `appliance serve` in its own
+process with its programs attached at the cgroup v2 root, the broker is the
+embedded Apache Kafka, workloads are processes in real cgroups running real
+clients, and the audit is read back with `appliance audit ... --json`.
+A missing prerequisite (root, cgroup v2, bpffs, bcc, Java, the jars) fails the
+run; nothing here skips.
+
+The test appliance uses its own ports, state directory, bpffs directory and
+cgroups, so it can run beside an appliance started by `make run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from appliance.broker.embedded import EmbeddedBroker
+from appliance.config import load_config
+from appliance.identity import cgroups
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENTS = Path(__file__).resolve().parent / "clients"
+STATE = Path("/var/lib/appliance-test")
+PY = sys.executable
+BROKER4 = "127.0.0.1:39092"
+BROKER6 = "[::1]:39093"
+NETNS = "appliance-test-ns"
+NETNS_HOST, NETNS_PEER = "10.231.0.1", "10.231.0.2"
+BROKER_NETNS = f"{NETNS_PEER}:39092"
+WORKLOAD_PARENT = "appliance-test-workloads"
+POLICY = STATE / "policy.yaml"  # a copy of tests/integration/policy.yaml that policy tests rewrite
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if {"integration", "adversarial"} & set(item.path.parts):
+            item.add_marker(pytest.mark.integration)
+
+
+def _fail_unless(condition: bool, message: str) -> None:
+    if not condition:
+        pytest.fail(f"integration prerequisite missing: {message}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def prerequisites():
+    _fail_unless(os.geteuid() == 0, "run as root (BPF programs, cgroups and namespaces need it)")
+    _fail_unless(cgroups.cgroup2_root().is_dir(), "cgroup v2 is not mounted")
+    _fail_unless(" /sys/fs/bpf bpf " in Path("/proc/mounts").read_text(), "bpffs is not mounted at /sys/fs/bpf (run scripts/setup)")
+    try:
+        import bcc  # noqa: F401
+    except ImportError as e:
+        _fail_unless(False, f"bcc does not import ({e}); the venv must be made from /usr/bin/python3 with system site packages")
+    _fail_unless(shutil.which("java") is not None, "java is not installed")
+    _fail_unless(shutil.which("kcat") is not None, "kcat is not installed")
+
+
+@pytest.fixture(scope="session")
+def config_path(prerequisites) -> Path:
+    for leftover in ("audit.db", "audit.db-wal", "audit.db-shm", "enrollments.json", "serve.log"):
+        (STATE / leftover).unlink(missing_ok=True)
+    STATE.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(__file__).with_name("policy.yaml"), POLICY)
+    path = STATE / "appliance.yaml"
+    path.write_text(yaml.safe_dump({
+        "state_dir": str(STATE),
+        "run_dir": "/run/appliance-test",
+        "listen_port": 39190,
+        "brokers": [BROKER4, BROKER6, BROKER_NETNS],
+        "bpffs_dir": "/sys/fs/bpf/appliance-test",
+        "proxy_cgroup": "appliance-test-proxy",
+        "exempt_cgroups": ["appliance-test-broker", "appliance-test-direct"],
+        "audit_flush_ms": 50,
+        "policy_file": str(POLICY),
+        "embedded_broker": {"port4": 39092, "port6": 39093, "controller_port": 39094,
+                            "data_dir": str(STATE / "broker"), "cgroup": "appliance-test-broker"},
+    }))
+    return path
+
+
+@pytest.fixture(scope="session")
+def config(config_path):
+    return load_config(config_path)
+
+
+@pytest.fixture(scope="session")
+def broker(config):
+    b = EmbeddedBroker(config.embedded_broker)
+    b.start()
+    yield b
+    b.stop()
+
+
+def cli(config_path: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    result = subprocess.run([PY, "-m", "appliance", "--config", str(config_path), *args],
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"appliance {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def audit(config_path: Path, table: str, *args: str) -> list[dict]:
+    return json.loads(cli(config_path, "audit", table, "--json", "--limit", "10000", *args).stdout)
+
+
+def eventually(check, timeout: float = 10.0, interval: float = 0.1, message: str = "condition"):
+    """Poll `check` until it returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{message} did not hold within {timeout}s (last: {last!r})")
+
+
+@dataclass
+class ApplianceProcess:
+    config_path: Path
+    config: object
+    proc: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> Path:
+        return STATE / "serve.log"
+
+    def status(self) -> dict | None:
+        try:
+            snapshot = json.loads(self.config.status_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return snapshot if self.proc is not None and snapshot.get("pid") == self.proc.pid else None
+
+    def start(self) -> None:
+        self.config.status_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([PY, "-m", "appliance", "--config", str(self.config_path), "serve"],
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while self.status() is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"appliance serve did not come up; log:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def appliance(config_path, config, broker):
+    from appliance.steering.loader import attached_programs
+
+    app = ApplianceProcess(config_path, config)
+    app.start()
+    yield app
+    if app.proc.poll() is None:
+        assert app.stop() == 0, f"appliance serve exited badly; log:\n{app.log.read_text()[-3000:]}"
+    else:  # a test killed it and left it down: start and stop once so it detaches
+        app.start()
+        app.stop()
+    leftovers = [p for p in attached_programs() if p.get("bpffs_dir") in (str(config.bpffs_dir), None)]
+    assert leftovers == [], f"programs left attached after the appliance stopped: {leftovers}"
+
+
+@dataclass
+class Cgroup:
+    """A real cgroup that runs processes, enrolled or not."""
+
+    cgroup: cgroups.Cgroup
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        target = self.cgroup.directory / "cgroup.procs"
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        proc = subprocess.Popen(argv, preexec_fn=lambda: target.write_text(str(os.getpid())), **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def run(self, argv: list[str], *, timeout: float = 60, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+        proc = self.popen(argv, stdin=subprocess.PIPE if input is not None else None)
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"{argv[:4]} timed out after {timeout}s\nstdout: {out[-2000:]}\nstderr: {err[-2000:]}")
+        result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{argv[:4]} exited {result.returncode}\nstdout: {out[-3000:]}\nstderr: {err[-3000:]}")
+        return result
+
+    def client(self, script: str, *args: str, **kwargs) -> dict:
+        """Run one of tests/integration/clients/ and return the JSON it prints last."""
+        result = self.run([PY, str(CLIENTS / script), *args], **kwargs)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for _ in range(50):
+            try:
+                cgroups.remove(self.cgroup)
+                return
+            except cgroups.CgroupError:
+                time.sleep(0.1)
+
+
+@pytest.fixture
+def make_cgroup(prerequisites):
+    made: list[Cgroup] = []
+
+    def make(prefix: str = "cg") -> Cgroup:
+        cg = Cgroup(cgroups.ensure(f"{WORKLOAD_PARENT}/{prefix}-{secrets.token_hex(3)}"))
+        made.append(cg)
+        return cg
+
+    yield make
+    for cg in made:
+        cg.cleanup()
+
+
+@pytest.fixture
+def enroll(appliance, config_path, make_cgroup):
+    """Make a cgroup, enrol it with `appliance enroll`, and wait until the appliance applied it."""
+    enrolled: list[Cgroup] = []
+
+    def do(identity: str, *groups: str) -> Cgroup:
+        cg = make_cgroup(identity)
+        cli(config_path, "enroll", cg.cgroup.path, "--identity", identity, *[f"--group={g}" for g in groups])
+        eventually(lambda: any(w["cgroup_id"] == cg.cgroup.id for w in (appliance.status() or {}).get("workloads", [])),
+                   timeout=5, message=f"enrolment of {identity} applied")
+        enrolled.append(cg)
+        return cg
+
+    yield do
+    for cg in enrolled:
+        cli(config_path, "unenroll", cg.cgroup.path, check=False)
+
+
+@pytest.fixture(scope="session")
+def direct(prerequisites, broker):
+    """An exempt cgroup: its clients reach the broker directly, with the appliance's credentials."""
+    cg = Cgroup(cgroups.ensure("appliance-test-direct"))
+    yield cg
+    cg.cleanup()
+
+
+@pytest.fixture(scope="session")
+def sasl_args(broker) -> list[str]:
+    creds = broker.credentials
+    return ["--sasl", f"{creds.mechanism}:{creds.username}:{creds.password}"]
+
+
+def java_argv(broker: EmbeddedBroker, main_class: str, *args: str) -> list[str]:
+    """A Kafka Java tool as a plain command, to run inside a workload's cgroup with no credentials."""
+    return [shutil.which("java"), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-cp", f"{broker.jar_dir}/*", main_class, *args]
