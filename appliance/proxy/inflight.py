@@ -32,11 +32,12 @@ class InFlight:
 
 
 class InFlightQueue:
-    __slots__ = ("_queue", "_ids")
+    __slots__ = ("_queue", "_ids", "answer_bytes")
 
     def __init__(self) -> None:
         self._queue: deque[InFlight] = deque()
         self._ids: set[int] = set()
+        self.answer_bytes = 0  # bytes of the proxy's own answers waiting their turn
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -54,10 +55,14 @@ class InFlightQueue:
     def append(self, pending: InFlight) -> None:
         self._queue.append(pending)
         self._ids.add(pending.header.correlation_id)
+        if pending.answer is not None:
+            self.answer_bytes += len(pending.answer[0])
 
     def popleft(self) -> InFlight:
         pending = self._queue.popleft()
         self._ids.discard(pending.header.correlation_id)
+        if pending.answer is not None:
+            self.answer_bytes -= len(pending.answer[0])
         return pending
 
     def pop_ready(self) -> Iterator[InFlight]:
@@ -79,3 +84,4 @@ class InFlightQueue:
     def clear(self) -> None:
         self._queue.clear()
         self._ids.clear()
+        self.answer_bytes = 0

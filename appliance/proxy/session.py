@@ -132,8 +132,10 @@ class Session:
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes this session holds: the workload's bytes held before relaying, and partial frames of both sides."""
-        return self._held_bytes + self._client_frames.pending + self._upstream_frames.pending
+        """Bytes this session holds: the workload's bytes held before relaying, partial frames of both sides,
+        and the proxy's own answers waiting behind earlier requests."""
+        return (self._held_bytes + self._client_frames.pending + self._upstream_frames.pending
+                + self._in_flight.answer_bytes)
 
     # ---- entry point --------------------------------------------------------
 
