@@ -1,16 +1,19 @@
 """One proxied connection as a pure state machine: events in, commands out.
 
 A session first authenticates upstream with the appliance's credentials while
-holding whatever the workload sends, then relays. In relay it reads each
-request's header, answers itself the few requests the proxy owns (SASL from
-the workload, ApiVersions it cannot parse), asks the enforcer (policy) whether
-the rest may go on, and forwards what is allowed: as the bytes that arrived
-when all of it is, re-encoded without the refused entries when only part is. Responses come back in
-request order; each is matched to its request by correlation id, ApiVersions
-answers are capped to the versions the proxy can parse, and the operation is
-audited with its latency and error code. A Produce with acks=0 gets no
-response, so it is audited when forwarded.
+holding (up to a bound) whatever the workload sends, then relays. In relay it
+reads each request's header, answers itself the few requests the proxy owns
+(SASL from the workload, ApiVersions it cannot parse, versions it did not
+offer: UNSUPPORTED_VERSION), asks the enforcer (policy) whether the rest may go
+on, and forwards what is allowed: as the bytes that arrived when all of it is,
+re-encoded without the refused entries when only part is. Responses come back
+in request order and each must answer the oldest request in flight
+(`inflight.py`); ApiVersions answers are capped to the versions the proxy
+offers, and the operation is audited with its latency and error code. A
+Produce with acks=0 gets no response, so it is audited when forwarded.
 
+`handle` is total: any fault closes this session with an audited reason that
+names what it was handling; nothing escapes to the shell or other sessions.
 The session's state is the handler `_on_client` / `_on_upstream` point to.
 """
 
@@ -20,7 +23,6 @@ import datetime
 import json
 import struct
 import traceback
-from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,6 +35,7 @@ from appliance.kafka import apis, codec
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy import events as ev
 from appliance.proxy.commands import Audit, CloseConnection, Command, Log, SendToClient, SendToUpstream
+from appliance.proxy.inflight import InFlight, InFlightQueue
 from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
 from appliance.policy import permissions
 from appliance.policy.enforce import Enforcer, Verdict
@@ -54,7 +57,7 @@ _STREAM_AT_BYTES = 64 * 1024
 
 @dataclass(slots=True)
 class _Streaming:
-    pending: "_InFlight"
+    pending: InFlight
     remaining: int
     chunks: list
 
@@ -84,19 +87,6 @@ class _BadInput(Exception):
     """Bytes from one side that end this session; the message names the side and the fault."""
 
 
-@dataclass(slots=True)
-class _InFlight:
-    header: codec.RequestHeader
-    facts: codec.RequestFacts
-    at: float
-    request_bytes: int
-    verdict: Verdict | None = None
-    masked: int | None = None
-    # The proxy's own answer, waiting for the broker's answers to earlier requests (responses go
-    # back in request order): (frame, error code, outcome). None: the broker answers this one.
-    answer: tuple[bytes, int | None, str] | None = None
-
-
 # Bytes the workload may send before upstream authentication completes; a client sends one
 # ApiVersions request, or a few requests, before its first answer.
 DEFAULT_MAX_HELD_BYTES = 1 << 20
@@ -117,10 +107,7 @@ class Session:
         self._auth = UpstreamAuthenticator(credentials)
         self._held: list[bytes] = []
         self._held_bytes = 0
-        # Requests in the order they were sent; the broker answers in that order (Kafka's protocol).
-        # The head always waits for the broker: answers of the proxy's own behind it wait their turn.
-        self._in_flight: deque[_InFlight] = deque()
-        self._in_flight_ids: set[int] = set()
+        self._in_flight = InFlightQueue()
         self._streaming: _Streaming | None = None
         # What the session is handling, for a fault's reason: a description, or (header, "request" or
         # "response"), formatted only when a fault needs it.
@@ -140,12 +127,15 @@ class Session:
         """When the oldest request still waiting for the broker's answer arrived; None when none waits."""
         if self._streaming is not None:
             return self._streaming.pending.at
-        return self._in_flight[0].at if self._in_flight else None
+        head = self._in_flight.head
+        return None if head is None else head.at
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes this session holds: the workload's bytes held before relaying, and partial frames of both sides."""
-        return self._held_bytes + self._client_frames.pending + self._upstream_frames.pending
+        """Bytes this session holds: the workload's bytes held before relaying, partial frames of both sides,
+        and the proxy's own answers waiting behind earlier requests."""
+        return (self._held_bytes + self._client_frames.pending + self._upstream_frames.pending
+                + self._in_flight.answer_bytes)
 
     # ---- entry point --------------------------------------------------------
 
@@ -211,7 +201,6 @@ class Session:
         for pending in self._in_flight:
             out.append(Audit(self._operation(pending, now, None, None, "unanswered")))
         self._in_flight.clear()
-        self._in_flight_ids.clear()
         out.append(Log(level, f"session {self.session_id} closed: {reason}"))
         out.append(Audit(SessionClosed(self.session_id, now, self.bytes_from_client, self.bytes_to_client, self.requests, reason)))
         out.append(CloseConnection(reason))
@@ -272,7 +261,7 @@ class Session:
             header = codec.parse_request_header(frame)
             self._context = (header, "request")
             self.requests += 1
-            if header.correlation_id in self._in_flight_ids:
+            if header.correlation_id in self._in_flight:
                 flush()
                 self._close(f"{self._describe_context()} reuses the correlation id of a request still in flight; "
                             "answers could not be told apart", now, out, level="warning")
@@ -290,7 +279,7 @@ class Session:
                 continue
             verdict = self.enforcer.check(frame, header)
             facts = verdict.facts or codec.facts_of(header.api_key, verdict.request)
-            pending = _InFlight(header, facts, now, len(frame), verdict, verdict.masked or None)
+            pending = InFlight(header, facts, now, len(frame), verdict, verdict.masked or None)
             if verdict.answer is not None:
                 flush()
                 error = codec.response_facts(verdict.answer, header.api_key, header.api_version).error_code
@@ -303,17 +292,15 @@ class Session:
                 out.append(Audit(self._operation(pending, now, None, None, "no-response")))
             else:
                 self._in_flight.append(pending)
-                self._in_flight_ids.add(header.correlation_id)
             forward.append(verdict.forward)
         flush()
 
-    def _reply(self, pending: _InFlight, response: bytes, error: int | None, outcome: str, now: float,
+    def _reply(self, pending: InFlight, response: bytes, error: int | None, outcome: str, now: float,
                out: list[Command]) -> None:
         """Send the proxy's own answer now, or after the broker's answers to earlier requests."""
         if self._in_flight or self._streaming is not None:
             pending.answer = (response, error, outcome)
             self._in_flight.append(pending)
-            self._in_flight_ids.add(pending.header.correlation_id)
             return
         out.append(SendToClient(response))
         self.bytes_to_client += len(response)
@@ -321,9 +308,7 @@ class Session:
 
     def _send_ready(self, now: float, send: list[bytes], out: list[Command]) -> None:
         """The proxy's own answers now at the head of the queue join `send`, in order."""
-        while self._in_flight and self._in_flight[0].answer is not None:
-            pending = self._in_flight.popleft()
-            self._in_flight_ids.discard(pending.header.correlation_id)
+        for pending in self._in_flight.pop_ready():
             response, error, outcome = pending.answer
             send.append(response)
             out.append(Audit(self._operation(pending, now, len(response), error, outcome)))
@@ -350,7 +335,7 @@ class Session:
         row = permissions.permission_for(header.api_key, header.api_version)
         entries = (row.each.field, row.each.response_field) if row is not None and row.each is not None else None
         response = codec.unsupported_version_response(frame, header, entries)
-        pending = _InFlight(header, codec.RequestFacts(), now, len(frame))
+        pending = InFlight(header, codec.RequestFacts(), now, len(frame))
         out.append(Log("warning", f"session {self.session_id}: {name} is {what}; answered UNSUPPORTED_VERSION"))
         self._reply(pending, response, int(ErrorCode.unsupported_version), "refused", now, out)
 
@@ -377,7 +362,7 @@ class Session:
             response = codec.build_response(v0, error_code=error, api_keys=(ApiVersion(api_key=apis.API_VERSIONS, min_version=known.min, max_version=known.max),))
         if response is None:
             return False
-        pending = _InFlight(header, codec.RequestFacts(), now, len(frame))
+        pending = InFlight(header, codec.RequestFacts(), now, len(frame))
         self._reply(pending, response, int(error), "answered-by-proxy", now, out)
         if header.api_key == apis.SASL_AUTHENTICATE:
             self._close(f"workload attempted SASL authentication; {_SASL_HINT}", now, out, level="warning")
@@ -404,17 +389,6 @@ class Session:
         if self._upstream_frames.pending >= 8 and not self.closed:
             self._maybe_stream(now, out)
 
-    def _head_fault(self, correlation_id: int) -> str | None:
-        """Why a broker response with this correlation id cannot be the answer to the oldest request in
-        flight (a broker answering out of order, or unasked, is a fault); None when it is."""
-        if not self._in_flight:
-            return f"broker answered correlation id {correlation_id}, which no request in flight has"
-        head = self._in_flight[0].header
-        if head.correlation_id != correlation_id:
-            return (f"broker answered correlation id {correlation_id} out of order: the oldest request in flight "
-                    f"is {apis.api_name(head.api_key)} v{head.api_version} with correlation id {head.correlation_id}")
-        return None
-
     def _maybe_stream(self, now: float, out: list[Command]) -> None:
         """Start passing a large response through as it arrives, when nothing in it needs rewriting.
 
@@ -426,18 +400,17 @@ class Session:
         size, correlation_id = _SIZE_AND_CORRELATION.unpack(self._upstream_frames.peek(8))
         if size < _STREAM_AT_BYTES:
             return
-        fault = self._head_fault(correlation_id)
+        fault = self._in_flight.head_fault(correlation_id)
         if fault is not None:
             self._close(fault, now, out, level="warning")
             return
-        pending = self._in_flight[0]
+        pending = self._in_flight.head
         if pending.header.api_key != apis.FETCH:
             return
         verdict = pending.verdict
         if verdict is not None and verdict.reads_response:
             return
         self._in_flight.popleft()
-        self._in_flight_ids.discard(correlation_id)
         self._streaming = _Streaming(pending, 4 + size, [])
         self._stream(self._upstream_frames.take_pending(), now, out)
 
@@ -466,12 +439,12 @@ class Session:
         for frame in frames:
             self._context = "a response from the broker"
             correlation_id = codec.response_correlation_id(frame)
-            fault = self._head_fault(correlation_id)
+            fault = self._in_flight.head_fault(correlation_id)
             if fault is not None:
                 self._send(send, out)
                 self._close(fault, now, out, level="warning")
                 return
-            pending = self._in_flight[0]
+            pending = self._in_flight.head
             header = pending.header
             self._context = (header, "response")
             if header.api_key == apis.API_VERSIONS:
@@ -486,7 +459,6 @@ class Session:
             facts = codec.response_facts(frame, header.api_key, header.api_version) if error is None \
                 else codec.ResponseFacts(error)
             self._in_flight.popleft()
-            self._in_flight_ids.discard(correlation_id)
             outcome = _OUTCOMES.get(pending.verdict.outcome if pending.verdict is not None else "", "forwarded")
             out.append(Audit(self._operation(pending, now, len(frame), facts.error_code, outcome, facts)))
             send.append(frame)
@@ -500,7 +472,7 @@ class Session:
             out.append(SendToClient(data_out))
 
     def _operation(
-        self, pending: _InFlight, now: float, response_bytes: int | None, error_code: int | None,
+        self, pending: InFlight, now: float, response_bytes: int | None, error_code: int | None,
         outcome: str, response: codec.ResponseFacts | None = None,
     ) -> Operation:
         header, facts, verdict = pending.header, pending.facts, pending.verdict

@@ -13,7 +13,11 @@ import json
 import secrets
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import BROKER4, CLIENTS, PY, audit, eventually
+
+pytestmark = pytest.mark.integration  # the real appliance, broker and cgroups
 
 HOSTILE = str(Path(__file__).resolve().parent / "clients" / "hostile.py")
 

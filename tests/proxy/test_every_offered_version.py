@@ -109,3 +109,40 @@ def test_every_offered_request_is_forwarded_or_answered_well_formed(policy_name)
             close = of(out, CloseConnection) or of(back, CloseConnection)
             assert close and f"{apis.api_name(key)} v{version}" in close[0].reason
     assert not failures, "\n".join(f"{apis.api_name(k)} v{v} ({k}): {why}" for k, v, why in failures)
+
+
+def test_every_version_outside_the_offered_range_is_answered_unsupported_version_or_closed():
+    """For each API the proxy offers: every version kio knows outside the offered range (and one past
+    what kio knows) is never forwarded; it is answered UNSUPPORTED_VERSION in its own version, or, when
+    there is no schema to answer in, the session closes with a reason naming the api and version."""
+    from kio.schema.index import api_key_map, schema_name_map
+    failures = []
+    for key in sorted({k for k, _ in OFFERED}):
+        offered = permissions.offered(key)
+        known = sorted(schema_name_map[api_key_map[key]])
+        outside = [v for v in known if not offered.min <= v <= offered.max] + [known[-1] + 1]
+        for version in outside:
+            s = _session(ALLOW_ALL)
+            if apis.has_schema(key, version):
+                data = request_frame(default_entity(apis.request_class(key, version), ErrorCode.none),
+                                     correlation_id=77)
+            else:
+                import struct
+                from appliance.kafka.framing import frame
+                data = frame(struct.pack(">hhih", key, version, 77, -1) + b"\0" * 8)
+            out = s.handle(ev.ClientData(data), 0.0)
+            name = f"{apis.api_name(key)} v{version}"
+            if of(out, SendToUpstream) or _faults(out):
+                failures.append((name, "forwarded or faulted"))
+            elif key == apis.API_VERSIONS:  # answered in v0, which every client reads, with the range offered
+                entity = codec.decode_response(of(out, SendToClient)[0].data, key, 0)
+                if entity.error_code != 35 or of(out, CloseConnection):
+                    failures.append((name, f"not answered v0 UNSUPPORTED_VERSION: {entity}"))
+            elif apis.has_schema(key, version):
+                sent = b"".join(c.data for c in of(out, SendToClient))
+                entity = codec.decode_response(sent, key, version)
+                if of(out, CloseConnection) or (hasattr(entity, "error_code") and entity.error_code != 35):
+                    failures.append((name, f"not answered UNSUPPORTED_VERSION: {entity}"))
+            elif not (of(out, CloseConnection) and name in of(out, CloseConnection)[0].reason):
+                failures.append((name, "neither answered nor closed naming it"))
+    assert not failures, failures
