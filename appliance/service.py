@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import dataclasses
 import json
 import logging
@@ -89,17 +90,34 @@ class Appliance:
                                  interval_s=config.broker_probe_interval_ms / 1000)
         probing = None
         try:
-            # Listen before steering anything; the kernel then hands steered
-            # connections to these sockets alone.
-            self.server = ProxyServer(
-                hosts=(config.listen_host4, config.listen_host6), port=config.listen_port,
-                lookup=kernel_lookup(self.steering, max_age_s=config.handoff_max_age_ms / 1000),
-                identity_of=self.by_cgroup_id.get, credentials=credentials, policy=lambda: self.policy,
-                audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
-                upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed,
-            )
-            await self.server.start()
-            self.steering.listeners = self.server.listening_sockets()
+            # Listen before steering anything; the kernel hands steered
+            # connections to these sockets alone, once admitted below.
+            def make_server(port: int) -> ProxyServer:
+                return ProxyServer(
+                    hosts=(config.listen_host4, config.listen_host6), port=port,
+                    lookup=kernel_lookup(self.steering, max_age_s=config.handoff_max_age_ms / 1000),
+                    identity_of=self.by_cgroup_id.get, credentials=credentials, policy=lambda: self.policy,
+                    audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
+                    upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed,
+                )
+
+            self.server = make_server(config.listen_port)
+            try:
+                await self.server.start()
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                # Another process bound the port (possibly while we were down). It
+                # receives nothing: sk_lookup hands every SYN to that address to our
+                # sockets wherever they are bound, so listen on free ports instead.
+                await self.server.stop()
+                self.server = make_server(0)
+                await self.server.start()
+                taken = f"port {config.listen_port} on {config.listen_host4}/{config.listen_host6}"
+                log.warning("%s is bound by another process; listening on free ports instead, and the kernel "
+                            "hands steered connections to them (that process receives none)", taken)
+                self._event("error", f"{taken} is bound by another process; the appliance listens on free ports "
+                            "and the kernel still hands steered connections only to them")
             self.steering.attach()
             self.steering.set_brokers((b.host, b.port) for b in config.brokers)
             probing = asyncio.get_running_loop().create_task(self.probe.run())
@@ -110,6 +128,9 @@ class Appliance:
             for cgroup_id in self.exempt:
                 self.steering.set_cgroup(cgroup_id, CgroupKind.EXEMPT)
             self.sync_enrollments(force=True)
+            # Ready: only now does the kernel hand steered connections to the
+            # listeners; until here (and during a restart) they are refused.
+            self.steering.admit(self.server.listening_sockets())
             self._event("start", f"appliance serving on port {config.listen_port}, steering "
                         f"{', '.join(map(str, config.brokers))}", detail={"config": config.source,
                         "exempt": sorted(self.exempt.values())})

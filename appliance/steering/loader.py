@@ -5,7 +5,8 @@ toolbox). `Steering.attach()` compiles the programs (about half a second),
 then, in this order:
 
 1. writes the config entry (proxy listener, the appliance's network
-   namespace cookie) and puts the proxy's listening sockets (`listeners`) in
+   namespace cookie) and puts the proxy's listening sockets (`listeners`, if
+   given; a serving process passes them later with `admit()`, once ready) in
    the `proxy_socks` sockmap;
 2. links `sklookup_proxy` to this network namespace (BPF_LINK_CREATE) and
    pins the link as `<bpffs_dir>/link_sklookup`, replacing a stale one;
@@ -73,8 +74,8 @@ class Steering:
             raise ValueError(f"proxy_port {proxy_port} is out of range (1-65535)")
         self.bpffs_dir = Path(bpffs_dir)
         self.bpf_dir = Path(bpf_dir) if bpf_dir is not None else DEFAULT_BPF_DIR
-        # The proxy's listening sockets, handed to the kernel on attach(); set before it.
-        self.listeners: list[socket.socket] = list(listeners)
+        # The proxy's listening sockets, handed to the kernel on attach(), or later with admit().
+        self.listeners: list = list(listeners)
         self._config = S.Config(proxy_port=proxy_port, refuse_unenrolled=int(refuse_unenrolled))
         try:
             self._config.proxy_ip4 = S.packed_word(proxy_host4)
@@ -196,6 +197,16 @@ class Steering:
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
+
+    def admit(self, listeners: Iterable) -> None:
+        """Put the proxy's listening sockets in `proxy_socks`: from now on SYNs to the proxy's address reach them.
+
+        Until then (and again once they close) those SYNs are refused. A
+        serving process calls this once it is ready to take sessions, so no
+        connection it cannot serve yet is accepted and closed.
+        """
+        self.listeners = list(listeners)
+        self._put_listeners(self._fd("proxy_socks"))
 
     def _put_listeners(self, fd: int) -> None:
         for sock in self.listeners:
