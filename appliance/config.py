@@ -93,6 +93,11 @@ class Config:
     audit_flush_ms: int = 200
     upstream_pool: int = 2
     policy_file: Path = EMBEDDED_POLICY
+    # How often the appliance checks that each steered broker accepts TCP connects;
+    # enrolled connects to one that does not are refused in the kernel meanwhile.
+    broker_probe_interval_ms: int = 1000
+    # A kernel hand-off record older than this when the proxy accepts is not used.
+    handoff_max_age_ms: int = 10_000
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     source: str = "embedded defaults"
 
@@ -116,7 +121,8 @@ class Config:
 
 _PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir", "policy_file"}
 _INT_KEYS = {"listen_port": (1, 65535), "max_frame_bytes": (1024, 1 << 31), "audit_flush_ms": (1, 60_000),
-             "upstream_pool": (0, 64)}
+             "upstream_pool": (0, 64), "broker_probe_interval_ms": (100, 60_000),
+             "handoff_max_age_ms": (100, 600_000)}
 
 
 def load_config(path: Path | None) -> Config:

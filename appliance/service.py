@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import dataclasses
 import json
 import logging
@@ -31,13 +32,23 @@ from appliance.policy.model import Policy
 from appliance.policy.parser import PolicyError, load_policy
 from appliance.proxy.original_dst import kernel_lookup
 from appliance.proxy.server import ProxyServer
-from appliance.steering.loader import CgroupKind, Steering
+from appliance.steering.loader import BrokerState, CgroupKind, Steering
+from appliance.steering.probe import BrokerProbe
+from appliance.steering.structs import RefusalReason
 
 log = logging.getLogger("appliance")
 _SYNC_INTERVAL_S = 0.25
 _RESOLVE_INTERVAL_S = 2.0
 _REFUSAL_WINDOW_NOTE = "refusals from one cgroup to one address within one poll (250 ms) share one event"
 _STATUS_INTERVAL_S = 1.0
+_REFUSERS_KEPT = 1024  # cgroups whose kernel counters status shows beside the enrolled and exempt ones
+_REFUSAL_WORDS = {
+    RefusalReason.UNENROLLED: "from unenrolled cgroup",
+    RefusalReason.NO_PROXY: "(no proxy configured yet) from enrolled cgroup",
+    RefusalReason.BROKER_DOWN: "(the appliance cannot reach that broker now) from enrolled cgroup",
+    RefusalReason.FOREIGN_NETNS: "(another network namespace than the appliance's) from enrolled cgroup",
+    RefusalReason.NO_RECORD: "(no room to record the caller) from enrolled cgroup",
+}
 
 
 class Appliance:
@@ -55,6 +66,8 @@ class Appliance:
         self.steering: Steering | None = None
         self.server: ProxyServer | None = None
         self.writer: AuditWriter | None = None
+        self.probe: BrokerProbe | None = None
+        self._refusers: dict[int, None] = {}  # insertion-ordered, bounded
         self.started_at = time.time()
 
     # ---- lifecycle -----------------------------------------------------------
@@ -73,17 +86,41 @@ class Appliance:
             bpffs_dir=config.bpffs_dir, proxy_port=config.listen_port, proxy_host4=config.listen_host4,
             proxy_host6=config.listen_host6, refuse_unenrolled=config.refuse_unenrolled,
         )
+        self.probe = BrokerProbe([(b.host, b.port) for b in config.brokers], self._mark_broker,
+                                 interval_s=config.broker_probe_interval_ms / 1000)
+        probing = None
         try:
-            # Listen before steering anything, so no steered connect finds the port closed.
-            self.server = ProxyServer(
-                hosts=(config.listen_host4, config.listen_host6), port=config.listen_port,
-                lookup=kernel_lookup(self.steering), identity_of=self.by_cgroup_id.get,
-                credentials=credentials, policy=lambda: self.policy, audit=self.writer.submit,
-                max_frame_bytes=config.max_frame_bytes, upstream_pool=config.upstream_pool,
-            )
-            await self.server.start()
+            # Listen before steering anything; the kernel hands steered
+            # connections to these sockets alone, once admitted below.
+            def make_server(port: int) -> ProxyServer:
+                return ProxyServer(
+                    hosts=(config.listen_host4, config.listen_host6), port=port,
+                    lookup=kernel_lookup(self.steering, max_age_s=config.handoff_max_age_ms / 1000),
+                    identity_of=self.by_cgroup_id.get, credentials=credentials, policy=lambda: self.policy,
+                    audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
+                    upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed,
+                )
+
+            self.server = make_server(config.listen_port)
+            try:
+                await self.server.start()
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                # Another process bound the port (possibly while we were down). It
+                # receives nothing: sk_lookup hands every SYN to that address to our
+                # sockets wherever they are bound, so listen on free ports instead.
+                await self.server.stop()
+                self.server = make_server(0)
+                await self.server.start()
+                taken = f"port {config.listen_port} on {config.listen_host4}/{config.listen_host6}"
+                log.warning("%s is bound by another process; listening on free ports instead, and the kernel "
+                            "hands steered connections to them (that process receives none)", taken)
+                self._event("error", f"{taken} is bound by another process; the appliance listens on free ports "
+                            "and the kernel still hands steered connections only to them")
             self.steering.attach()
             self.steering.set_brokers((b.host, b.port) for b in config.brokers)
+            probing = asyncio.get_running_loop().create_task(self.probe.run())
             self.exempt = {own.id: own.path}
             for path in config.exempt_cgroups:
                 cg = cgroups.ensure(path)
@@ -91,6 +128,9 @@ class Appliance:
             for cgroup_id in self.exempt:
                 self.steering.set_cgroup(cgroup_id, CgroupKind.EXEMPT)
             self.sync_enrollments(force=True)
+            # Ready: only now does the kernel hand steered connections to the
+            # listeners; until here (and during a restart) they are refused.
+            self.steering.admit(self.server.listening_sockets())
             self._event("start", f"appliance serving on port {config.listen_port}, steering "
                         f"{', '.join(map(str, config.brokers))}", detail={"config": config.source,
                         "exempt": sorted(self.exempt.values())})
@@ -104,6 +144,8 @@ class Appliance:
                         detail={"path": str(config.policy_file)})
             await self._maintain()
         finally:
+            if probing is not None:
+                probing.cancel()
             await self._shutdown()
 
     def stop(self) -> None:
@@ -204,25 +246,45 @@ class Appliance:
             self.steering.clear_cgroup(cgroup_id)
             log.info("cleared stale steering entry for cgroup id %d", cgroup_id)
 
+    # ---- brokers' reachability ---------------------------------------------
+
+    def _mark_broker(self, address: tuple[str, int], up: bool) -> None:
+        host, port = address
+        self.steering.set_broker_state(host, port, BrokerState.UP if up else BrokerState.DOWN)
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if up:
+            log.info("broker %s is reachable again; enrolled connects to it are steered", where)
+            self._event("broker-up", f"broker {where} is reachable again; enrolled connects to it are steered",
+                        detail={"broker": where})
+        else:
+            log.warning("broker %s is unreachable; enrolled connects to it are refused (ECONNREFUSED)", where)
+            self._event("broker-down", f"broker {where} is unreachable from the appliance; enrolled connects "
+                        "to it are refused with ECONNREFUSED until it answers again", detail={"broker": where})
+
     # ---- kernel refusals, status -------------------------------------------
 
     def _drain_refusals(self) -> None:
-        """Audit the kernel's refusals; repeats from one cgroup to one address in one poll share an event."""
-        grouped: dict[tuple[int, str], list] = {}
+        """Audit the kernel's refusals; repeats from one cgroup to one address for one reason in one poll share an event."""
+        grouped: dict[tuple[int, str, RefusalReason], list] = {}
         for refusal in self.steering.poll_refusals(0):
             host, port = refusal.dst_host, refusal.dst_port
             dst = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            grouped.setdefault((refusal.cgroup_id, dst), []).append(refusal)
-        for (cgroup_id, dst), refusals in grouped.items():
+            grouped.setdefault((refusal.cgroup_id, dst, refusal.reason), []).append(refusal)
+        for (cgroup_id, dst, reason), refusals in grouped.items():
+            self._refusers.pop(cgroup_id, None)
+            self._refusers[cgroup_id] = None
+            if len(self._refusers) > _REFUSERS_KEPT:
+                del self._refusers[next(iter(self._refusers))]
             first = refusals[0]
             path = cgroups.path_of_id(cgroup_id)
             pids = sorted({r.tgid for r in refusals})
             times = f"{len(refusals)} connects" if len(refusals) > 1 else "connect"
             self._event(
                 "refused-connect",
-                f"refused {times} to {dst} from unenrolled cgroup {path or cgroup_id} (pid {first.tgid}, {first.comm})",
+                f"refused {times} to {dst} {_REFUSAL_WORDS[reason]} {path or cgroup_id} (pid {first.tgid}, {first.comm})",
                 cgroup_id=cgroup_id, cgroup_path=path, pid=first.tgid,
-                detail={"uid": first.uid, "comm": first.comm, "destination": dst, "count": len(refusals), "pids": pids},
+                detail={"uid": first.uid, "comm": first.comm, "destination": dst, "count": len(refusals), "pids": pids,
+                        "reason": reason.name.lower()},
             )
 
     def _event(self, kind: str, message: str, *, detail: dict | None = None, **fields) -> None:
@@ -230,7 +292,9 @@ class Appliance:
                                  detail=json.dumps(detail) if detail else None, **fields))
 
     def write_status(self) -> None:
-        counters = self.steering.counters()
+        # Lookups by key only: status never walks a kernel map on the event loop.
+        counters = self.steering.counters_of([*self.by_cgroup_id, *self.exempt, *self._refusers])
+        states = self.steering.broker_states()
         snapshot = {
             "pid": os.getpid(),
             "started_at": self.started_at,
@@ -240,6 +304,8 @@ class Appliance:
             "listener": {"hosts": [self.config.listen_host4, self.config.listen_host6], "port": self.config.listen_port},
             "brokers": [str(b) for b in self.config.brokers],
             "steering": self.steering.status(),
+            "kernel_health": self.steering.health(),
+            "broker_states": {(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"): s.name.lower() for (h, p), s in states.items()},
             "workloads": [
                 {"identity": r.identity, "groups": ",".join(r.groups), "cgroup_path": r.cgroup_path, "cgroup_id": cid,
                  **_counts(counters, cid)}

@@ -31,6 +31,40 @@
 #define APPLIANCE_ENROLLED 1
 #define APPLIANCE_EXEMPT 2
 
+/* Values of the `brokers` map: whether the proxy can reach that broker now.
+ * Userspace sets them from its probes; an enrolled connect to a DOWN broker
+ * is refused with ECONNREFUSED, as it would be without the appliance. */
+#define APPLIANCE_BROKER_UP 1
+#define APPLIANCE_BROKER_DOWN 2
+
+/* Why a connect was refused (struct appliance_refusal.reason). */
+#define APPLIANCE_REFUSED_UNENROLLED 1   /* no enrolled or exempt cgroup at or above the caller */
+#define APPLIANCE_REFUSED_NO_PROXY 2     /* enrolled, but no proxy port configured yet */
+#define APPLIANCE_REFUSED_BROKER_DOWN 3  /* enrolled, but the proxy cannot reach that broker */
+#define APPLIANCE_REFUSED_FOREIGN_NS 4   /* enrolled, but in another network namespace than the proxy */
+#define APPLIANCE_REFUSED_NO_RECORD 5    /* enrolled, but the record of the caller could not be stored */
+
+/* Slots of the `health` array: helper calls that failed and events that lose
+ * information, each counted so `appliance status` can show them. */
+#define APPLIANCE_HEALTH_RINGBUF_DROP 0   /* refusal event not queued: ring buffer full */
+#define APPLIANCE_HEALTH_STORE_FAIL 1     /* socket storage could not be created */
+#define APPLIANCE_HEALTH_PEER_FAIL 2      /* hand-off record not written to conn_by_peer */
+#define APPLIANCE_HEALTH_COUNTER_FAIL 3   /* per-cgroup counter entry could not be created */
+#define APPLIANCE_HEALTH_CB_FLAGS_FAIL 4  /* close notification not armed on a steered socket */
+#define APPLIANCE_HEALTH_RETVAL_FAIL 5    /* ECONNREFUSED could not be set (the caller saw EPERM) */
+#define APPLIANCE_HEALTH_NO_LISTENER 6    /* a SYN to the proxy dropped: no proxy socket (appliance down) */
+#define APPLIANCE_HEALTH_ASSIGN_FAIL 7    /* a SYN to the proxy dropped: bpf_sk_assign failed */
+#define APPLIANCE_HEALTH_SLOTS 8
+
+/* Keys of the `proxy_socks` sockmap: the proxy's listening sockets. */
+#define APPLIANCE_SOCK_KEY4 0
+#define APPLIANCE_SOCK_KEY6 1
+
+/* States of a socket's storage (struct appliance_sock.state). */
+#define APPLIANCE_SOCK_CONNECTING 1   /* steered; record in .conn */
+#define APPLIANCE_SOCK_ESTABLISHED 2  /* handed off under .peer; getpeername rewritten */
+#define APPLIANCE_SOCK_CLOSED 3       /* hand-off record removed */
+
 #define APPLIANCE_COMM_LEN 16
 
 /* Map sizes and walk depth. Each may be overridden with a -D flag. */
@@ -41,7 +75,7 @@
 #define APPLIANCE_MAX_CGROUPS 4096 /* enrolled + exempt cgroups */
 #endif
 #ifndef APPLIANCE_MAX_CONNS
-#define APPLIANCE_MAX_CONNS 65536 /* in-flight records; LRU, so old ones are evicted, never leaked */
+#define APPLIANCE_MAX_CONNS 65536 /* hand-off records not yet taken; LRU, and removed when the client socket closes */
 #endif
 #ifndef APPLIANCE_MAX_COUNTED
 #define APPLIANCE_MAX_COUNTED 8192 /* cgroups with counters; LRU */
@@ -53,8 +87,8 @@
 #define APPLIANCE_MAX_CGROUP_DEPTH 32 /* ancestry levels examined; an enrollment deeper than this is not seen */
 #endif
 
-/* An endpoint: broker address (key of `brokers`), client local address (key
- * of `conn_by_peer`), original destination (value of `orig_by_cookie`).
+/* An endpoint: broker address (key of `brokers`), either end of a hand-off
+ * key, the original destination of a steered connection.
  * An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is always stored as IPv4. */
 struct appliance_addr {
 	__u32 addr[4];  /* network byte order */
@@ -62,18 +96,38 @@ struct appliance_addr {
 	__u16 family;   /* APPLIANCE_AF_INET or APPLIANCE_AF_INET6 */
 };
 
-/* Who connected to a steered broker: written by connect4/6 under the socket
- * cookie, re-keyed by sock_ops under the client's local endpoint, taken
- * (looked up and deleted) by the proxy on accept. */
+/* The key of a hand-off record: the connection exactly as the proxy's
+ * accepted socket sees it (peer, local address, network namespace). */
+struct appliance_peer_key {
+	struct appliance_addr client;  /* the workload's end */
+	struct appliance_addr proxy;   /* the address it reached: the proxy's listener */
+	__u64 netns_cookie;            /* bpf_get_netns_cookie / SO_NETNS_COOKIE */
+};
+
+/* Who connected to a steered broker: written by connect4/6 into the
+ * socket's storage, copied by sock_ops to `conn_by_peer` under the
+ * connection's peer key, taken (looked up and deleted) by the proxy on
+ * accept, and deleted when the client socket closes if nobody took it. */
 struct appliance_conn {
 	__u64 cgroup_id;           /* the caller's own cgroup */
 	__u64 enrolled_cgroup_id;  /* the deepest enrolled cgroup at or above it */
+	__u64 connected_ns;        /* bpf_ktime_get_ns() at connect (CLOCK_MONOTONIC) */
+	__u64 netns_cookie;        /* the caller's network namespace */
 	struct appliance_addr broker;
 	__u32 pid;                 /* thread id */
 	__u32 tgid;                /* process id */
 	__u32 uid;
 	__u32 gid;
 	char comm[APPLIANCE_COMM_LEN];
+	__u32 _pad;
+};
+
+/* Per-socket state (value of the `socks` socket storage): dies with the
+ * socket, so nothing here can leak or be found by another socket. */
+struct appliance_sock {
+	struct appliance_conn conn;
+	struct appliance_peer_key peer;
+	__u32 state;               /* APPLIANCE_SOCK_* */
 	__u32 _pad;
 };
 
@@ -85,6 +139,8 @@ struct appliance_refusal {
 	__u32 tgid;
 	__u32 uid;
 	char comm[APPLIANCE_COMM_LEN];
+	__u32 reason;              /* APPLIANCE_REFUSED_* */
+	__u32 _pad;
 };
 
 /* Per-cgroup counters (value of `counters`). Steered connects are charged to
@@ -102,6 +158,7 @@ struct appliance_config {
 	__u16 proxy_port;    /* host byte order; the same port on both families */
 	__u8 refuse_unenrolled;
 	__u8 _pad;
+	__u64 netns_cookie;  /* the proxy's network namespace: only its workloads can be steered */
 };
 
 #endif /* APPLIANCE_H */

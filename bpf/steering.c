@@ -5,46 +5,61 @@
  * rewritten to the appliance's proxy (enrolled cgroups), let through (exempt
  * cgroups, e.g. the proxy's own) or refused with ECONNREFUSED (everyone else,
  * unless configured otherwise). The record of who connected is handed to the
- * proxy through a map keyed by the client's endpoint, and the workload keeps
- * seeing the broker as its peer.
+ * proxy through a map keyed by the connection as the proxy sees it, and the
+ * workload keeps seeing the broker as its peer. Connections addressed to the
+ * proxy's listener are handed only to the proxy's own listening sockets; with
+ * the proxy gone they are refused, whoever binds that port.
  *
  * Layout: the maps (their structs are in appliance.h), then one section per
  * attach-point family:
  *   sock_addr  sock4_connect, sock6_connect   cgroup/connect4|6
  *              sock4_getpeer, sock6_getpeer   cgroup/getpeername4|6
- *   sock_ops   sockops_estab                  sock_ops, ACTIVE_ESTABLISHED
+ *   sock_ops   sockops_estab                  sock_ops: ACTIVE_ESTABLISHED, STATE
+ *   sk_lookup  sklookup_proxy                 sk_lookup, on the proxy's netns
  * The families are sections of this one file rather than #included files
  * because bcc 0.26 only turns functions of the main file into programs (and
  * only rewrites `map.lookup()` there); an included .c compiles but its
  * programs are "Unknown program".
- * Every program is attached once, with BPF_F_ALLOW_MULTI, at the cgroup v2
- * root, so it sees every process on the host. Cost: the connect programs do
- * one hash lookup for a destination that is not a steered broker, which is
- * nearly every connect on the host; the cgroup walk happens only for broker
- * destinations. sock_ops does one LRU lookup, which misses, per TCP
- * connection the host opens.
+ * The cgroup programs are attached once, with BPF_F_ALLOW_MULTI, at the
+ * cgroup v2 root, so they see every process on the host. Cost: the connect
+ * programs do one hash lookup for a destination that is not a steered broker,
+ * which is nearly every connect on the host; the cgroup walk happens only for
+ * broker destinations. sock_ops does one socket-storage lookup, which misses,
+ * per TCP connection the host opens. sk_lookup compares the destination of
+ * each incoming SYN with the proxy's listener (two compares for other
+ * traffic).
  *
  * Kernel assumptions (all verified on the project's 6.18): cgroup v2;
  * bpf_set_retval from cgroup sock_addr programs (5.18+);
  * bpf_get_current_ancestor_cgroup_id offered to sock_addr programs (recent
  * kernels only); bounded loops (5.3+); ring buffers (5.8+); lookup-and-delete
- * on LRU hash maps (5.14+, the proxy's take_connection).
+ * on hash maps (5.14+, the proxy's take); socket storage from sock_addr and
+ * sock_ops (5.10+); bpf_get_netns_cookie from sock_addr and sock_ops (5.15+);
+ * sk_lookup with a SOCKMAP of listening sockets (5.10+); SK_DROP there makes
+ * the kernel answer the SYN with a RST, so the client's connect() fails with
+ * ECONNREFUSED at once.
  *
- * Required -D flags (the loader passes them): APPLIANCE_SIZEOF_ADDR, _CONN,
- * _REFUSAL, _COUNTERS, _CONFIG, the ctypes sizes of the Python mirrors.
+ * Required -D flags (the loader passes them): APPLIANCE_SIZEOF_ADDR,
+ * _PEER_KEY, _CONN, _SOCK, _REFUSAL, _COUNTERS, _CONFIG, the ctypes sizes of
+ * the Python mirrors.
  */
 #include <linux/errno.h>
 #include "appliance.h"
 
-#if !defined(APPLIANCE_SIZEOF_ADDR) || !defined(APPLIANCE_SIZEOF_CONN) || \
+#if !defined(APPLIANCE_SIZEOF_ADDR) || !defined(APPLIANCE_SIZEOF_PEER_KEY) || \
+	!defined(APPLIANCE_SIZEOF_CONN) || !defined(APPLIANCE_SIZEOF_SOCK) || \
 	!defined(APPLIANCE_SIZEOF_REFUSAL) || !defined(APPLIANCE_SIZEOF_COUNTERS) || \
 	!defined(APPLIANCE_SIZEOF_CONFIG)
 #error "compile through appliance.steering.loader: it passes the Python mirrors' sizes as -DAPPLIANCE_SIZEOF_*"
 #endif
 _Static_assert(sizeof(struct appliance_addr) == APPLIANCE_SIZEOF_ADDR,
 	       "struct appliance_addr differs from structs.Addr");
+_Static_assert(sizeof(struct appliance_peer_key) == APPLIANCE_SIZEOF_PEER_KEY,
+	       "struct appliance_peer_key differs from structs.PeerKey");
 _Static_assert(sizeof(struct appliance_conn) == APPLIANCE_SIZEOF_CONN,
 	       "struct appliance_conn differs from structs.Conn");
+_Static_assert(sizeof(struct appliance_sock) == APPLIANCE_SIZEOF_SOCK,
+	       "struct appliance_sock differs from structs.Sock");
 _Static_assert(sizeof(struct appliance_refusal) == APPLIANCE_SIZEOF_REFUSAL,
 	       "struct appliance_refusal differs from structs.RefusalEvent");
 _Static_assert(sizeof(struct appliance_counters) == APPLIANCE_SIZEOF_COUNTERS,
@@ -52,35 +67,46 @@ _Static_assert(sizeof(struct appliance_counters) == APPLIANCE_SIZEOF_COUNTERS,
 _Static_assert(sizeof(struct appliance_config) == APPLIANCE_SIZEOF_CONFIG,
 	       "struct appliance_config differs from structs.Config");
 
-/* bcc 0.26's helpers.h declares bpf_get_socket_cookie() as returning u32,
- * which would cut the 64-bit cookie; this declaration keeps all of it. */
-static __u64 (*appliance_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
+#define APPLIANCE_IPPROTO_TCP 6
+#define APPLIANCE_TCP_CLOSE 7 /* enum tcp_state's TCP_CLOSE: the socket is gone for the network */
+#define APPLIANCE_LOOPBACK4 0x7f000001 /* 127.0.0.1, host order */
 
-/* Steered broker endpoints (value unused, always 1). Written by userspace. */
+/* Steered broker endpoints -> APPLIANCE_BROKER_UP | _DOWN. Written by userspace. */
 BPF_HASH(brokers, struct appliance_addr, __u32, APPLIANCE_MAX_BROKERS);
 /* cgroup v2 id -> APPLIANCE_ENROLLED | APPLIANCE_EXEMPT. Written by userspace;
  * a plain hash, never LRU: an enrollment must not be evicted. */
 BPF_HASH(cgroups, __u64, __u32, APPLIANCE_MAX_CGROUPS);
-/* socket cookie -> record, from connect until the handshake completes. */
-BPF_TABLE("lru_hash", __u64, struct appliance_conn, conn_by_cookie, APPLIANCE_MAX_CONNS);
-/* client local endpoint -> record, until the proxy takes it on accept. */
-BPF_TABLE("lru_hash", struct appliance_addr, struct appliance_conn, conn_by_peer, APPLIANCE_MAX_CONNS);
-/* socket cookie -> original destination, for getpeername in the workload. */
-BPF_TABLE("lru_hash", __u64, struct appliance_addr, orig_by_cookie, APPLIANCE_MAX_CONNS);
+/* Per-socket state of steered client sockets: freed with the socket. */
+BPF_SK_STORAGE(socks, struct appliance_sock);
+/* The connection as the proxy sees it -> record, until the proxy takes it on
+ * accept or the client socket closes. LRU only as a last bound. */
+BPF_TABLE("lru_hash", struct appliance_peer_key, struct appliance_conn, conn_by_peer, APPLIANCE_MAX_CONNS);
 /* cgroup id -> counters. */
 BPF_TABLE("lru_hash", __u64, struct appliance_counters, counters, APPLIANCE_MAX_COUNTED);
+/* APPLIANCE_HEALTH_* slot -> count. */
+BPF_ARRAY(health, __u64, APPLIANCE_HEALTH_SLOTS);
+/* The proxy's listening sockets (APPLIANCE_SOCK_KEY4, _KEY6). An entry
+ * leaves when its socket closes, which is what makes a dead proxy refuse. */
+BPF_TABLE("sockmap", __u32, int, proxy_socks, 2);
 /* The proxy's listener and the refusal policy (one entry). */
 BPF_ARRAY(config, struct appliance_config, 1);
 /* struct appliance_refusal events. */
 BPF_RINGBUF_OUTPUT(refusals, APPLIANCE_REFUSAL_PAGES);
-
-/* ==== sock_addr family: cgroup/connect4|6, cgroup/getpeername4|6 ==== */
 
 static __always_inline struct appliance_config *config_get(void)
 {
 	int zero = 0;
 	return config.lookup(&zero);
 }
+
+static __always_inline void note(int slot)
+{
+	__u64 *n = health.lookup(&slot);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* ==== sock_addr family: cgroup/connect4|6, cgroup/getpeername4|6 ==== */
 
 /* The kind of the deepest cgroup at or above the caller that the `cgroups`
  * map knows, and that cgroup's id in *matched; 0 if none. Levels run from the
@@ -108,8 +134,10 @@ static __always_inline void count(__u64 cgroup_id, int refused)
 {
 	struct appliance_counters zero = {};
 	struct appliance_counters *c = counters.lookup_or_try_init(&cgroup_id, &zero);
-	if (!c)
+	if (!c) {
+		note(APPLIANCE_HEALTH_COUNTER_FAIL);
 		return;
+	}
 	if (refused)
 		__sync_fetch_and_add(&c->refused, 1);
 	else
@@ -119,7 +147,7 @@ static __always_inline void count(__u64 cgroup_id, int refused)
 /* Fail closed: the client's connect() returns ECONNREFUSED (a program that
  * just returns 0 would give EPERM, which clients report as a local
  * permission problem rather than "nothing listening there"). */
-static __always_inline int refuse(struct appliance_addr *dst, __u64 cgroup_id)
+static __always_inline int refuse(struct appliance_addr *dst, __u64 cgroup_id, __u32 reason)
 {
 	struct appliance_refusal ev;
 	__builtin_memset(&ev, 0, sizeof(ev));
@@ -129,40 +157,74 @@ static __always_inline int refuse(struct appliance_addr *dst, __u64 cgroup_id)
 	ev.pid = (__u32)pid_tgid;
 	ev.tgid = pid_tgid >> 32;
 	ev.uid = (__u32)bpf_get_current_uid_gid();
+	ev.reason = reason;
 	bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
-	refusals.ringbuf_output(&ev, sizeof(ev), 0);
+	if (refusals.ringbuf_output(&ev, sizeof(ev), 0))
+		note(APPLIANCE_HEALTH_RINGBUF_DROP);
 	count(cgroup_id, 1);
-	bpf_set_retval(-ECONNREFUSED);
+	if (bpf_set_retval(-ECONNREFUSED))
+		note(APPLIANCE_HEALTH_RETVAL_FAIL);
 	return SYS_REJECT;
 }
 
-static __always_inline void remember(struct bpf_sock_addr *ctx, struct appliance_addr *dst,
-				     __u64 cgroup_id, __u64 enrolled_id)
+/* Record the caller in the socket's own storage; 0 if it cannot be stored. */
+static __always_inline int remember(struct bpf_sock_addr *ctx, struct appliance_addr *dst,
+				    __u64 cgroup_id, __u64 enrolled_id, __u64 netns)
 {
-	struct appliance_conn rec;
-	__builtin_memset(&rec, 0, sizeof(rec));
+	struct appliance_sock *st = socks.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		note(APPLIANCE_HEALTH_STORE_FAIL);
+		return 0;
+	}
+	__builtin_memset(st, 0, sizeof(*st));
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
-	rec.cgroup_id = cgroup_id;
-	rec.enrolled_cgroup_id = enrolled_id;
-	rec.broker = *dst;
-	rec.pid = (__u32)pid_tgid;
-	rec.tgid = pid_tgid >> 32;
-	rec.uid = (__u32)uid_gid;
-	rec.gid = uid_gid >> 32;
-	bpf_get_current_comm(&rec.comm, sizeof(rec.comm));
-	__u64 cookie = appliance_socket_cookie(ctx);
-	conn_by_cookie.update(&cookie, &rec);
+	st->conn.cgroup_id = cgroup_id;
+	st->conn.enrolled_cgroup_id = enrolled_id;
+	st->conn.connected_ns = bpf_ktime_get_ns();
+	st->conn.netns_cookie = netns;
+	st->conn.broker = *dst;
+	st->conn.pid = (__u32)pid_tgid;
+	st->conn.tgid = pid_tgid >> 32;
+	st->conn.uid = (__u32)uid_gid;
+	st->conn.gid = uid_gid >> 32;
+	bpf_get_current_comm(&st->conn.comm, sizeof(st->conn.comm));
+	st->state = APPLIANCE_SOCK_CONNECTING;
+	return 1;
 }
 
-/* The decision for a connect to *dst. Returns -1 to rewrite the destination
- * to the proxy (the caller does it, since the fields differ per family),
- * otherwise the program's return code. */
+/* The state of the steered broker that a connect to *dst reaches, or NULL.
+ * Any other loopback address (127.0.0.0/8) at a port where a broker is
+ * steered on 127.0.0.1 counts as that broker: the kernel delivers it locally,
+ * and a broker listening on a wildcard would take it. *dst becomes the
+ * broker's own address, which the proxy connects to. */
+static __always_inline __u32 *broker_state(struct appliance_addr *dst)
+{
+	__u32 *state = brokers.lookup(dst);
+	if (state || dst->family != APPLIANCE_AF_INET)
+		return state;
+	if ((dst->addr[0] & bpf_htonl(0xff000000)) != bpf_htonl(0x7f000000))
+		return 0;
+	struct appliance_addr lo = *dst;
+	lo.addr[0] = bpf_htonl(APPLIANCE_LOOPBACK4);
+	state = brokers.lookup(&lo);
+	if (state)
+		*dst = lo;
+	return state;
+}
+
+/* The decision for a connect to *dst (already turned into the address the
+ * kernel will route to). Returns -1 to rewrite the destination to the proxy
+ * (the caller does it, since the fields differ per family), otherwise the
+ * program's return code. */
 #define STEER_TO_PROXY (-1)
 static __always_inline int decide(struct bpf_sock_addr *ctx, struct appliance_addr *dst,
 				  struct appliance_config *cfg)
 {
-	if (ctx->type != APPLIANCE_SOCK_STREAM || !brokers.lookup(dst))
+	if (ctx->type != APPLIANCE_SOCK_STREAM)
+		return SYS_PROCEED;
+	__u32 *state = broker_state(dst);
+	if (!state)
 		return SYS_PROCEED;
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
 	__u64 matched = 0;
@@ -171,14 +233,32 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct appliance_ad
 		return SYS_PROCEED;
 	if (kind == APPLIANCE_ENROLLED) {
 		if (!cfg->proxy_port) /* no proxy configured: never direct */
-			return refuse(dst, cgroup_id);
-		remember(ctx, dst, cgroup_id, matched);
+			return refuse(dst, cgroup_id, APPLIANCE_REFUSED_NO_PROXY);
+		/* The proxy's address means the proxy only in the proxy's own
+		 * network namespace; elsewhere it is that namespace's loopback. */
+		__u64 netns = bpf_get_netns_cookie(ctx);
+		if (netns != cfg->netns_cookie)
+			return refuse(dst, cgroup_id, APPLIANCE_REFUSED_FOREIGN_NS);
+		if (*state == APPLIANCE_BROKER_DOWN)
+			return refuse(dst, cgroup_id, APPLIANCE_REFUSED_BROKER_DOWN);
+		if (!remember(ctx, dst, cgroup_id, matched, netns))
+			return refuse(dst, cgroup_id, APPLIANCE_REFUSED_NO_RECORD);
 		count(matched, 0);
 		return STEER_TO_PROXY;
 	}
 	if (cfg->refuse_unenrolled)
-		return refuse(dst, cgroup_id);
+		return refuse(dst, cgroup_id, APPLIANCE_REFUSED_UNENROLLED);
 	return SYS_PROCEED;
+}
+
+/* connect(0.0.0.0) goes to the socket's bound address, or 127.0.0.1 when it
+ * has none (the kernel's route lookup does so); the program sees 0.0.0.0. */
+static __always_inline __u32 routed4(struct bpf_sock_addr *ctx, __u32 ip4)
+{
+	if (ip4 != 0)
+		return ip4;
+	__u32 bound = ctx->sk->src_ip4;
+	return bound ? bound : bpf_htonl(APPLIANCE_LOOPBACK4);
 }
 
 /* attach type: cgroup/connect4 */
@@ -189,7 +269,7 @@ int sock4_connect(struct bpf_sock_addr *ctx)
 		return SYS_PROCEED;
 	struct appliance_addr dst = {};
 	dst.family = APPLIANCE_AF_INET;
-	dst.addr[0] = ctx->user_ip4;
+	dst.addr[0] = routed4(ctx, ctx->user_ip4);
 	dst.port = bpf_ntohs((__u16)ctx->user_port);
 	int verdict = decide(ctx, &dst, cfg);
 	if (verdict != STEER_TO_PROXY)
@@ -201,7 +281,9 @@ int sock4_connect(struct bpf_sock_addr *ctx)
 
 /* An AF_INET6 socket reaches IPv4 brokers through IPv4-mapped addresses
  * (Java clients do so by default): such a destination is looked up as IPv4
- * and rewritten to the IPv4 proxy listener, still mapped. */
+ * and rewritten to the IPv4 proxy listener, still mapped. [::] goes to ::1,
+ * or to 127.0.0.1 from a socket bound to an IPv4-mapped address
+ * (tcp_v6_connect does so); ::ffff:0.0.0.0 is 0.0.0.0 over IPv4. */
 /* attach type: cgroup/connect6 */
 int sock6_connect(struct bpf_sock_addr *ctx)
 {
@@ -212,10 +294,18 @@ int sock6_connect(struct bpf_sock_addr *ctx)
 	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1];
 	__u32 w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
 	int mapped = w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff);
+	if (w0 == 0 && w1 == 0 && w2 == 0 && w3 == 0) { /* [::] */
+		struct bpf_sock *sk = ctx->sk;
+		if (sk->src_ip6[0] == 0 && sk->src_ip6[1] == 0 && sk->src_ip6[2] == bpf_htonl(0x0000ffff)) {
+			mapped = 1;
+		} else {
+			w3 = bpf_htonl(1);
+		}
+	}
 	dst.port = bpf_ntohs((__u16)ctx->user_port);
 	if (mapped) {
 		dst.family = APPLIANCE_AF_INET;
-		dst.addr[0] = w3;
+		dst.addr[0] = routed4(ctx, w3);
 	} else {
 		dst.family = APPLIANCE_AF_INET6;
 		dst.addr[0] = w0;
@@ -227,6 +317,9 @@ int sock6_connect(struct bpf_sock_addr *ctx)
 	if (verdict != STEER_TO_PROXY)
 		return verdict;
 	if (mapped) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
 		ctx->user_ip6[3] = cfg->proxy_ip4;
 	} else {
 		ctx->user_ip6[0] = cfg->proxy_ip6[0];
@@ -238,13 +331,19 @@ int sock6_connect(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
-/* getpeername on a steered socket reports the broker, not the proxy. The
- * entry is written by sock_ops once the connection is established. */
+static __always_inline struct appliance_addr *steered_broker(struct bpf_sock_addr *ctx)
+{
+	struct appliance_sock *st = socks.sk_storage_get(ctx->sk, 0, 0);
+	if (!st || st->state < APPLIANCE_SOCK_ESTABLISHED)
+		return 0;
+	return &st->conn.broker;
+}
+
+/* getpeername on a steered socket reports the broker, not the proxy. */
 /* attach type: cgroup/getpeername4 */
 int sock4_getpeer(struct bpf_sock_addr *ctx)
 {
-	__u64 cookie = appliance_socket_cookie(ctx);
-	struct appliance_addr *orig = orig_by_cookie.lookup(&cookie);
+	struct appliance_addr *orig = steered_broker(ctx);
 	if (orig && orig->family == APPLIANCE_AF_INET) {
 		ctx->user_ip4 = orig->addr[0];
 		ctx->user_port = bpf_htons(orig->port);
@@ -255,8 +354,7 @@ int sock4_getpeer(struct bpf_sock_addr *ctx)
 /* attach type: cgroup/getpeername6 */
 int sock6_getpeer(struct bpf_sock_addr *ctx)
 {
-	__u64 cookie = appliance_socket_cookie(ctx);
-	struct appliance_addr *orig = orig_by_cookie.lookup(&cookie);
+	struct appliance_addr *orig = steered_broker(ctx);
 	if (!orig)
 		return SYS_PROCEED;
 	if (orig->family == APPLIANCE_AF_INET) { /* an IPv4 broker reached via a mapped address */
@@ -276,48 +374,134 @@ int sock6_getpeer(struct bpf_sock_addr *ctx)
 
 /* ==== sock_ops family ==== */
 
-/* Attach type: sock_ops (BPF_CGROUP_SOCK_OPS), acting on
- * BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB only; that callback is delivered without
- * any callback flag, and skops->local_port is in host byte order.
- *
- * Why it exists: the proxy's accepted socket has a different cookie from the
- * workload's socket, so the record written under the workload's cookie
- * cannot be found from the proxy side. Once the handshake completes the
- * client's local endpoint is known, and it is exactly the peer of the
- * proxy's accepted socket: the record moves there. The callback runs before
- * the client's final ACK is sent, so the record is in place before the proxy
- * can accept. */
+/* One end of a sock_ops connection; an IPv4-mapped address becomes IPv4, as
+ * the proxy's IPv4 listener sees it. Ports come in host order. */
+static __always_inline void endpoint(struct appliance_addr *a, __u32 family, __u32 ip4, __u32 *ip6, __u32 port)
+{
+	a->port = (__u16)port;
+	if (family == APPLIANCE_AF_INET) {
+		a->family = APPLIANCE_AF_INET;
+		a->addr[0] = ip4;
+		return;
+	}
+	__u32 w0 = ip6[0], w1 = ip6[1], w2 = ip6[2], w3 = ip6[3];
+	if (w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff)) {
+		a->family = APPLIANCE_AF_INET;
+		a->addr[0] = w3;
+	} else {
+		a->family = APPLIANCE_AF_INET6;
+		a->addr[0] = w0;
+		a->addr[1] = w1;
+		a->addr[2] = w2;
+		a->addr[3] = w3;
+	}
+}
+
+static __always_inline int is_proxy(struct appliance_addr *a, struct appliance_config *cfg)
+{
+	if (a->port != cfg->proxy_port)
+		return 0;
+	if (a->family == APPLIANCE_AF_INET)
+		return a->addr[0] == cfg->proxy_ip4;
+	return a->addr[0] == cfg->proxy_ip6[0] && a->addr[1] == cfg->proxy_ip6[1] &&
+	       a->addr[2] == cfg->proxy_ip6[2] && a->addr[3] == cfg->proxy_ip6[3];
+}
+
+/* The proxy's accepted socket has a different cookie from the workload's
+ * socket, so the record cannot stay with the client socket alone. Once the
+ * handshake completes the connection is fully known, and exactly as the
+ * proxy's accepted socket will see it: peer, local address, network
+ * namespace. The record is copied there. The callback runs before the
+ * client's final ACK is sent, so the record is in place before the proxy can
+ * accept. The socket is then asked for state callbacks, so its record goes
+ * when it closes and no later socket with the same addresses can find it. */
+static __always_inline void hand_off(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return;
+	struct appliance_sock *st = socks.sk_storage_get(sk, 0, 0);
+	if (!st || st->state != APPLIANCE_SOCK_CONNECTING)
+		return;
+	struct appliance_config *cfg = config_get();
+	if (!cfg)
+		return;
+	struct appliance_peer_key key = {};
+	endpoint(&key.client, skops->family, skops->local_ip4, skops->local_ip6, skops->local_port);
+	/* remote_port holds the network-order port in its upper half */
+	endpoint(&key.proxy, skops->family, skops->remote_ip4, skops->remote_ip6, bpf_ntohl(skops->remote_port));
+	if (!is_proxy(&key.proxy, cfg)) { /* reconnected elsewhere after the steered attempt */
+		st->state = APPLIANCE_SOCK_CLOSED;
+		return;
+	}
+	key.netns_cookie = bpf_get_netns_cookie(skops);
+	st->peer = key;
+	st->state = APPLIANCE_SOCK_ESTABLISHED;
+	if (conn_by_peer.update(&key, &st->conn))
+		note(APPLIANCE_HEALTH_PEER_FAIL);
+	if (bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG))
+		note(APPLIANCE_HEALTH_CB_FLAGS_FAIL);
+}
+
+static __always_inline void forget(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return;
+	struct appliance_sock *st = socks.sk_storage_get(sk, 0, 0);
+	if (!st || st->state != APPLIANCE_SOCK_ESTABLISHED)
+		return;
+	conn_by_peer.delete(&st->peer); /* ENOENT when the proxy took it: the usual case */
+	st->state = APPLIANCE_SOCK_CLOSED;
+}
+
+/* Attach type: sock_ops (BPF_CGROUP_SOCK_OPS). ACTIVE_ESTABLISHED is
+ * delivered without any callback flag; STATE only for sockets that asked
+ * (steered ones); skops->local_port is in host byte order. */
 int sockops_estab(struct bpf_sock_ops *skops)
 {
-	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
-		return SYS_PROCEED;
-	__u64 cookie = appliance_socket_cookie(skops);
-	struct appliance_conn *rec = conn_by_cookie.lookup(&cookie);
-	if (!rec)
-		return SYS_PROCEED;
-
-	struct appliance_addr peer = {};
-	peer.port = (__u16)skops->local_port;
-	if (skops->family == APPLIANCE_AF_INET) {
-		peer.family = APPLIANCE_AF_INET;
-		peer.addr[0] = skops->local_ip4;
-	} else {
-		__u32 w0 = skops->local_ip6[0], w1 = skops->local_ip6[1];
-		__u32 w2 = skops->local_ip6[2], w3 = skops->local_ip6[3];
-		if (w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff)) {
-			/* IPv4 over an AF_INET6 socket: the proxy sees an IPv4 peer */
-			peer.family = APPLIANCE_AF_INET;
-			peer.addr[0] = w3;
-		} else {
-			peer.family = APPLIANCE_AF_INET6;
-			peer.addr[0] = w0;
-			peer.addr[1] = w1;
-			peer.addr[2] = w2;
-			peer.addr[3] = w3;
-		}
-	}
-	conn_by_peer.update(&peer, rec);
-	orig_by_cookie.update(&cookie, &rec->broker);
-	conn_by_cookie.delete(&cookie);
+	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+		hand_off(skops);
+	else if (skops->op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == APPLIANCE_TCP_CLOSE)
+		forget(skops);
 	return SYS_PROCEED;
+}
+
+/* ==== sk_lookup family ==== */
+
+/* Attach type: sk_lookup (BPF_SK_LOOKUP), linked to the proxy's network
+ * namespace; runs for every SYN that namespace receives, before any listener
+ * is looked up. A SYN to the proxy's listener address goes to the proxy's own
+ * socket from `proxy_socks`, whoever else has bound that port; with the entry
+ * gone (the socket closed, because the appliance stopped or died) it is
+ * dropped, which answers the SYN with a RST: ECONNREFUSED. */
+int sklookup_proxy(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->protocol != APPLIANCE_IPPROTO_TCP)
+		return SK_PASS;
+	struct appliance_config *cfg = config_get();
+	if (!cfg || !cfg->proxy_port || ctx->local_port != cfg->proxy_port)
+		return SK_PASS;
+	__u32 key;
+	if (ctx->family == APPLIANCE_AF_INET && ctx->local_ip4 == cfg->proxy_ip4) {
+		key = APPLIANCE_SOCK_KEY4;
+	} else if (ctx->family == APPLIANCE_AF_INET6 && ctx->local_ip6[0] == cfg->proxy_ip6[0] &&
+		   ctx->local_ip6[1] == cfg->proxy_ip6[1] && ctx->local_ip6[2] == cfg->proxy_ip6[2] &&
+		   ctx->local_ip6[3] == cfg->proxy_ip6[3]) {
+		key = APPLIANCE_SOCK_KEY6;
+	} else {
+		return SK_PASS;
+	}
+	struct bpf_sock *sk = (struct bpf_sock *)proxy_socks.lookup(&key);
+	if (!sk) {
+		note(APPLIANCE_HEALTH_NO_LISTENER);
+		return SK_DROP;
+	}
+	long err = bpf_sk_assign(ctx, sk, BPF_SK_LOOKUP_F_NO_REUSEPORT);
+	bpf_sk_release(sk);
+	if (err) {
+		note(APPLIANCE_HEALTH_ASSIGN_FAIL);
+		return SK_DROP;
+	}
+	return SK_PASS;
 }

@@ -99,7 +99,7 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 
 EVENT_KINDS = ("start", "stop", "enroll", "unenroll", "refused-connect", "refused-session", "policy-load",
-               "policy-error", "error")
+               "policy-error", "error", "broker-down", "broker-up")
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:

@@ -16,8 +16,11 @@ from appliance.cli.output import emit, when
 
 
 @click.command()
+@click.option("--supervise", is_flag=True,
+              help="Run the appliance as a child and restart it at once if it dies (backoff if it keeps dying); "
+                   "enrolled connects are refused, never sent direct, while it restarts.")
 @click.pass_context
-def serve(ctx) -> None:
+def serve(ctx, supervise: bool) -> None:
     """Run the appliance: attach steering, proxy enrolled workloads, audit everything.
 
     With no --config it runs on the embedded defaults, steering the embedded
@@ -27,7 +30,7 @@ def serve(ctx) -> None:
     \b
     Example:
       appliance serve
-      appliance --config /etc/appliance/appliance.yaml serve
+      appliance --config /etc/appliance/appliance.yaml serve --supervise
     """
     from appliance.broker.credentials import CredentialsError
     from appliance.policy.parser import PolicyError
@@ -35,6 +38,16 @@ def serve(ctx) -> None:
 
     if os.geteuid() != 0:
         raise click.ClickException("serve must run as root: it loads BPF programs and moves itself into a cgroup")
+    if supervise:
+        from appliance.supervisor import supervise as run_supervised
+
+        config = ctx.obj
+        argv = [sys.executable, "-m", "appliance"]
+        if config.source != "embedded defaults":
+            argv += ["--config", config.source]
+        if ctx.find_root().params.get("verbose"):
+            argv.append("--verbose")
+        sys.exit(run_supervised(argv + ["serve"]))
     try:
         run_service(ctx.obj)
     except CredentialsError as e:
@@ -83,6 +96,10 @@ def status(ctx, as_json: bool) -> None:
                                         or "empty (fills once a workload connects)"))
         click.echo(f"audit: {snapshot['audit']['path']} ({snapshot['audit']['written']} records written, "
                    f"{snapshot['audit']['failed_batches']} failed batches)")
+        states = snapshot.get("broker_states") or {}
+        click.echo("broker reachability: " + (", ".join(f"{b} {state}" for b, state in states.items()) or "unknown"))
+        health = snapshot.get("kernel_health") or {}
+        click.echo("kernel health: " + ", ".join(f"{name} {n}" for name, n in health.items()))
     emit(kernel, as_json=False, columns=("name", "attach_type", "cgroup"), title="programs attached (from the kernel)")
     if snapshot is None:
         return

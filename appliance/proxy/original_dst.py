@@ -1,8 +1,9 @@
 """Where an accepted connection was really going, and who made it: the kernel's record.
 
 The cgroup/connect programs recorded the original broker address and the
-caller under the client's address and port; this module turns that record into
-the proxy's terms. Only `appliance.steering` talks to the kernel.
+caller; sock_ops filed that record under the connection exactly as the proxy's
+accepted socket sees it (peer, local address, network namespace cookie). This
+module takes it with those three and turns it into the proxy's terms. Only `appliance.steering` talks to the kernel.
 """
 
 from __future__ import annotations
@@ -39,27 +40,48 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-Lookup = Callable[[int, str, int], "OriginalDestination | None"]
+Lookup = Callable[[socket.socket], "OriginalDestination | None"]
+SO_NETNS_COOKIE = 71  # asm-generic/socket.h (5.14+); Python 3.11's socket module lacks the name
+# A record normally waits microseconds between the handshake and the accept;
+# one this old is not handed to anyone (defence in depth: the kernel already
+# removes a record when its client socket closes).
+DEFAULT_MAX_AGE_S = 10.0
 
 
 class _TakesConnections(Protocol):
-    def take_connection(self, family: int, peer_host: str, peer_port: int): ...
+    def take_connection(self, client: tuple[str, int], proxy: tuple[str, int], netns_cookie: int,
+                        max_age_s: float | None = None): ...
 
 
-def kernel_lookup(steering: _TakesConnections) -> Lookup:
-    """A lookup that consumes the kernel's record for an accepted peer (one use per connection)."""
+def _unmapped(address: tuple) -> tuple[str, int]:
+    """An IPv4 client accepted on a dual-stack socket shows as ::ffff:a.b.c.d: it is the IPv4 address."""
+    host, port = address[0], address[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, port
 
-    def lookup(family: int, host: str, port: int) -> OriginalDestination | None:
-        # An IPv4 client accepted on a dual-stack socket shows as ::ffff:a.b.c.d.
-        if family == socket.AF_INET6 and host.startswith("::ffff:") and "." in host:
-            family, host = socket.AF_INET, host[7:]
-        record = steering.take_connection(4 if family == socket.AF_INET else 6, host, port)
+
+def kernel_lookup(steering: _TakesConnections, *, max_age_s: float = DEFAULT_MAX_AGE_S) -> Lookup:
+    """A lookup that consumes the kernel's record for an accepted socket (one use per connection).
+
+    The record is keyed by the whole connection as the accepted socket sees
+    it: peer, local address and network namespace, so it cannot be claimed
+    by another socket that merely reuses the client's address and port.
+    """
+
+    def lookup(sock: socket.socket) -> OriginalDestination | None:
+        try:
+            client, proxy = _unmapped(sock.getpeername()), _unmapped(sock.getsockname())
+            cookie = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+        except OSError:  # the client already reset the connection
+            return None
+        record = steering.take_connection(client, proxy, cookie, max_age_s)
         if record is None:
             return None
         return OriginalDestination(
-            broker_host=record.broker_host, broker_port=record.broker_port, client_host=host, client_port=port,
-            cgroup_id=record.cgroup_id, enrolled_cgroup_id=record.enrolled_cgroup_id, pid=record.pid,
-            tgid=record.tgid, uid=record.uid, gid=record.gid, comm=record.comm,
+            broker_host=record.broker_host, broker_port=record.broker_port, client_host=client[0],
+            client_port=client[1], cgroup_id=record.cgroup_id, enrolled_cgroup_id=record.enrolled_cgroup_id,
+            pid=record.pid, tgid=record.tgid, uid=record.uid, gid=record.gid, comm=record.comm,
         )
 
     return lookup

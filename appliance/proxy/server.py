@@ -116,6 +116,7 @@ class _Connection:
             transport, _ = await loop.create_connection(
                 lambda: _UpstreamProtocol(self), self.origin.broker_host, self.origin.broker_port)
         except OSError as e:
+            self.server.upstream_failed(address)
             self.dispatch(ev.UpstreamClosed(f"cannot reach broker {self.origin.broker_address}: {e.strerror or e}"))
             return
         if self.session.closed:
@@ -318,7 +319,10 @@ class ProxyServer:
         self, *, hosts: tuple[str, ...], port: int, lookup: Lookup,
         identity_of: Callable[[int], Enrollment | None], credentials: UpstreamCredentials,
         policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int, upstream_pool: int = 0,
+        upstream_failed: Callable[[tuple[str, int]], None] = lambda address: None,
     ) -> None:
+        # Told when a broker refuses a connect, so steering can refuse new connects to it at once.
+        self.upstream_failed = upstream_failed
         self.policy = policy
         self.hosts = hosts
         self.port = port
@@ -337,11 +341,16 @@ class ProxyServer:
             self._servers.append(await loop.create_server(
                 lambda: _ClientProtocol(self), host, self.port, reuse_address=True, backlog=1024))
 
+    def listening_sockets(self) -> list:
+        """The listening sockets (socket-like: family, fileno, getsockname), for steering to hand
+        steered connections to them alone; after start()."""
+        return [sock for server in self._servers for sock in server.sockets]
+
     def accept(self, transport: asyncio.Transport) -> _Connection | None:
         now = time.time()
         sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
-        origin = self.lookup(sock.family, peer[0], peer[1])
+        origin = self.lookup(sock)
         if origin is None:
             self._refuse(transport, now, f"connection from {peer[0]}:{peer[1]} was not steered by the kernel "
                          "(no record of it); direct connections to the proxy are refused")

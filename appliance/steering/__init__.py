@@ -8,13 +8,15 @@ one of its names, so importing this package for its types loads no compiler.
 
 from __future__ import annotations
 
-from appliance.steering.structs import CgroupCounters, CgroupKind, ConnRecord, Refusal
+from appliance.steering.structs import BrokerState, CgroupCounters, CgroupKind, ConnRecord, Refusal, RefusalReason
 
 __all__ = [
+    "BrokerState",
     "CgroupCounters",
     "CgroupKind",
     "ConnRecord",
     "Refusal",
+    "RefusalReason",
     "Steering",
     "SteeringError",
     "attached_programs",

@@ -35,6 +35,37 @@ class CgroupKind(enum.IntEnum):
     EXEMPT = 2
 
 
+class BrokerState(enum.IntEnum):
+    """Values of the `brokers` map (APPLIANCE_BROKER_UP, APPLIANCE_BROKER_DOWN)."""
+
+    UP = 1
+    DOWN = 2
+
+
+class RefusalReason(enum.IntEnum):
+    """struct appliance_refusal.reason (APPLIANCE_REFUSED_*)."""
+
+    UNENROLLED = 1
+    NO_PROXY = 2
+    BROKER_DOWN = 3
+    FOREIGN_NETNS = 4
+    NO_RECORD = 5
+
+
+# Slots of the `health` array (APPLIANCE_HEALTH_*), in order, by the names
+# `appliance status` shows.
+HEALTH_SLOTS = (
+    "ringbuf_drops",         # refusal events lost: ring buffer full
+    "storage_failures",      # socket storage not created: the connect was refused
+    "handoff_failures",      # hand-off record not written to conn_by_peer
+    "counter_failures",      # a per-cgroup counter entry not created
+    "close_hook_failures",   # close notification not armed on a steered socket
+    "retval_failures",       # ECONNREFUSED not set: the caller saw EPERM instead
+    "no_listener_drops",     # SYNs to the proxy refused: no proxy socket (appliance down)
+    "assign_failures",       # SYNs to the proxy refused: bpf_sk_assign failed
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ConnRecord:
     """Who made a steered connection, and the broker it asked for (struct appliance_conn)."""
@@ -49,6 +80,8 @@ class ConnRecord:
     uid: int
     gid: int
     comm: str
+    connected_ns: int = 0  # CLOCK_MONOTONIC at connect, as time.monotonic_ns()
+    netns_cookie: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +96,7 @@ class Refusal:
     family: int
     dst_host: str
     dst_port: int
+    reason: RefusalReason = RefusalReason.UNENROLLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +111,20 @@ class Addr(ct.Structure):
     _fields_ = [("addr", ct.c_uint32 * 4), ("port", ct.c_uint16), ("family", ct.c_uint16)]
 
 
+class PeerKey(ct.Structure):
+    """struct appliance_peer_key"""
+
+    _fields_ = [("client", Addr), ("proxy", Addr), ("netns_cookie", ct.c_uint64)]
+
+
 class Conn(ct.Structure):
     """struct appliance_conn"""
 
     _fields_ = [
         ("cgroup_id", ct.c_uint64),
         ("enrolled_cgroup_id", ct.c_uint64),
+        ("connected_ns", ct.c_uint64),
+        ("netns_cookie", ct.c_uint64),
         ("broker", Addr),
         ("pid", ct.c_uint32),
         ("tgid", ct.c_uint32),
@@ -91,6 +133,12 @@ class Conn(ct.Structure):
         ("comm", ct.c_char * COMM_LEN),
         ("_pad", ct.c_uint32),
     ]
+
+
+class Sock(ct.Structure):
+    """struct appliance_sock (only the kernel reads it; mirrored for the size check)"""
+
+    _fields_ = [("conn", Conn), ("peer", PeerKey), ("state", ct.c_uint32), ("_pad", ct.c_uint32)]
 
 
 class RefusalEvent(ct.Structure):
@@ -103,6 +151,8 @@ class RefusalEvent(ct.Structure):
         ("tgid", ct.c_uint32),
         ("uid", ct.c_uint32),
         ("comm", ct.c_char * COMM_LEN),
+        ("reason", ct.c_uint32),
+        ("_pad", ct.c_uint32),
     ]
 
 
@@ -121,12 +171,15 @@ class Config(ct.Structure):
         ("proxy_port", ct.c_uint16),
         ("refuse_unenrolled", ct.c_uint8),
         ("_pad", ct.c_uint8),
+        ("netns_cookie", ct.c_uint64),
     ]
 
 
 MIRRORS: dict[str, type[ct.Structure]] = {
     "ADDR": Addr,
+    "PEER_KEY": PeerKey,
     "CONN": Conn,
+    "SOCK": Sock,
     "REFUSAL": RefusalEvent,
     "COUNTERS": Counters,
     "CONFIG": Config,
@@ -166,15 +219,17 @@ def make_addr(host: str, port: int) -> Addr:
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
-def peer_key(family: int, host: str, port: int) -> Addr:
-    """The `conn_by_peer` key of an accepted socket's peer; on the proxy's hot path, so no ipaddress.
+def peer_key(client: tuple[str, int], proxy: tuple[str, int], netns_cookie: int) -> PeerKey:
+    """The `conn_by_peer` key of an accepted socket: its peer, its local address, its netns cookie."""
+    return PeerKey(endpoint(*client), endpoint(*proxy), netns_cookie)
 
-    `family` is socket.AF_INET/AF_INET6 (4 and 6 are accepted too); the host
-    string decides, and an IPv4-mapped IPv6 peer (a dual-stack listener's view
-    of an IPv4 client) is looked up as the IPv4 client it is.
+
+def endpoint(host: str, port: int) -> Addr:
+    """One end of an accepted connection as an Addr; on the proxy's hot path, so no ipaddress.
+
+    The host string decides the family, and an IPv4-mapped IPv6 address (a
+    dual-stack listener's view of an IPv4 client) is the IPv4 address it is.
     """
-    if family not in (socket.AF_INET, socket.AF_INET6, 4, 6):
-        raise ValueError(f"family {family} is neither AF_INET ({socket.AF_INET}) nor AF_INET6 ({socket.AF_INET6})")
     key = Addr(port=port, family=socket.AF_INET)
     if ":" not in host:
         ct.memmove(key.addr, socket.inet_pton(socket.AF_INET, host), 4)
@@ -207,12 +262,16 @@ def packed_words6(host: str) -> ct.Array:
 def conn_record(c: Conn) -> ConnRecord:
     b = c.broker
     return ConnRecord(b.family, addr_host(b), b.port, c.cgroup_id, c.enrolled_cgroup_id, c.pid, c.tgid, c.uid, c.gid,
-                      c.comm.decode(errors="replace"))
+                      c.comm.decode(errors="replace"), c.connected_ns, c.netns_cookie)
 
 
 def refusal(e: RefusalEvent) -> Refusal:
+    try:
+        reason = RefusalReason(e.reason)
+    except ValueError:  # a newer kernel side than this mirror: still a refusal
+        reason = RefusalReason.UNENROLLED
     return Refusal(e.cgroup_id, e.pid, e.tgid, e.uid, e.comm.decode(errors="replace"), e.dst.family,
-                   addr_host(e.dst), e.dst.port)
+                   addr_host(e.dst), e.dst.port, reason)
 
 
 # --- kernel uapi (linux/bpf.h), prefixes that the loader reads -----------------

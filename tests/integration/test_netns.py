@@ -50,9 +50,15 @@ def remote_broker(config, broker):
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def broker_state(appliance, address: str) -> str | None:
+    return ((appliance.status() or {}).get("broker_states") or {}).get(address)
+
+
 def test_remote_broker_behaves_the_same(appliance, config_path, remote_broker, enroll, make_cgroup):
     t = f"remote-{secrets.token_hex(3)}"
     workload = enroll("remote-app")
+    # The appliance probes every second: a broker that just came up is steered once a probe reached it.
+    eventually(lambda: broker_state(appliance, BROKER_NETNS) == "up", message="remote broker seen as reachable")
     result = workload.client("confluent.py", BROKER_NETNS, t, "--produce", "10", "--consume", "10")
     assert result["errors"] == [] and result["consumed"] == 10
     sessions = eventually(lambda: audit(config_path, "sessions", "--identity", "remote-app"), message="remote session")
