@@ -89,16 +89,40 @@ class Config:
     proxy_cgroup: str = "appliance-proxy"
     refuse_unenrolled: bool = True
     bpffs_dir: Path = Path("/sys/fs/bpf/appliance")
-    max_frame_bytes: int = 100 * 1024 * 1024
-    audit_flush_ms: int = 200
     upstream_pool: int = 2
     policy_file: Path = EMBEDDED_POLICY
+    # ---- resource bounds and audit failure (docs/configuration.md#resource-bounds) ----
+    # Kafka's own broker accepts request frames up to socket.request.max.bytes
+    # (100 MiB) but records only up to message.max.bytes (about 1 MiB), and a
+    # producer's max.request.size is 1 MiB: 8 MiB leaves room and bounds what
+    # one partial request can pin. Responses are bounded by what consumers ask
+    # for (fetch.max.bytes, 50 MiB; the broker caps it at 55 MiB).
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_frame_bytes: int = 64 * 1024 * 1024
+    session_buffer_bytes: int = 16 * 1024 * 1024
+    buffer_budget_bytes: int = 256 * 1024 * 1024
+    max_sessions: int = 1024
+    max_sessions_per_workload: int = 512
+    connect_timeout_s: float = 10.0
+    sasl_timeout_s: float = 10.0
+    idle_timeout_s: float = 600.0
+    request_timeout_s: float = 360.0
+    frame_timeout_s: float = 30.0
+    audit_flush_ms: int = 200
+    audit_queue_max: int = 50_000
+    audit_failure: str = "refuse"
+    audit_dir: Path | None = None
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     source: str = "embedded defaults"
 
     @property
     def audit_db(self) -> Path:
-        return self.state_dir / "audit.db"
+        return (self.audit_dir or self.state_dir) / "audit.db"
+
+    @property
+    def run_marker(self) -> Path:
+        """Present while `serve` runs; found at start, it means the previous run did not stop cleanly."""
+        return self.audit_db.with_name("serve.running")
 
     @property
     def enrollments_file(self) -> Path:
@@ -114,9 +138,16 @@ class Config:
         return self.run_dir / "status.json"
 
 
-_PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir", "policy_file"}
-_INT_KEYS = {"listen_port": (1, 65535), "max_frame_bytes": (1024, 1 << 31), "audit_flush_ms": (1, 60_000),
-             "upstream_pool": (0, 64)}
+_PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir", "policy_file", "audit_dir"}
+_INT_KEYS = {"listen_port": (1, 65535), "audit_flush_ms": (1, 60_000), "upstream_pool": (0, 64),
+             # resource bounds
+             "max_request_bytes": (1024, 100 << 20), "max_frame_bytes": (1024, 1 << 31),
+             "session_buffer_bytes": (64 << 10, 1 << 32), "buffer_budget_bytes": (1 << 20, 1 << 40),
+             "max_sessions": (1, 65536), "max_sessions_per_workload": (1, 65536),
+             "audit_queue_max": (1000, 10_000_000)}
+_SECONDS_KEYS = {"connect_timeout_s": (0.1, 600), "sasl_timeout_s": (0.1, 600), "idle_timeout_s": (1, 86400),
+                 "request_timeout_s": (1, 86400), "frame_timeout_s": (1, 3600)}
+AUDIT_FAILURE_MODES = ("refuse", "forward")
 
 
 def load_config(path: Path | None) -> Config:
@@ -157,6 +188,15 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{where} must be a whole number from {low} to {high}, got {value!r}")
             changes[key] = value
+        elif key in _SECONDS_KEYS:
+            low, high = _SECONDS_KEYS[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{where} must be a number of seconds from {low:g} to {high:g}, got {value!r}")
+            changes[key] = float(value)
+        elif key == "audit_failure":
+            if value not in AUDIT_FAILURE_MODES:
+                raise ConfigError(f"{where} must be one of {', '.join(AUDIT_FAILURE_MODES)}, got {value!r}")
+            changes[key] = value
         elif key == "brokers":
             if not isinstance(value, list) or not value:
                 raise ConfigError(f"{where} must be a non-empty list of HOST:PORT strings")
@@ -176,9 +216,40 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
                 raise ConfigError(f"{where} must be a non-empty string")
             changes[key] = value
     config = replace(Config(), **changes)
+    _check_bounds(config, source)
     if "state_dir" in changes and "upstream_credentials" not in changes:
         config = replace(config, upstream_credentials=config.state_dir / "broker" / "appliance-credentials.json")
     return config
+
+
+def _check_bounds(config: Config, source: str) -> None:
+    """Bounds that only make sense together: each names both keys and what would hold."""
+    if config.max_request_bytes > config.session_buffer_bytes:
+        raise ConfigError(
+            f"{source}: key 'session_buffer_bytes' ({config.session_buffer_bytes}) must be at least "
+            f"'max_request_bytes' ({config.max_request_bytes}): a session paused below one whole request "
+            "could never finish it")
+    if config.session_buffer_bytes > config.buffer_budget_bytes:
+        raise ConfigError(
+            f"{source}: key 'buffer_budget_bytes' ({config.buffer_budget_bytes}) must be at least "
+            f"'session_buffer_bytes' ({config.session_buffer_bytes})")
+    if config.max_sessions_per_workload > config.max_sessions:
+        raise ConfigError(
+            f"{source}: key 'max_sessions_per_workload' ({config.max_sessions_per_workload}) must not exceed "
+            f"'max_sessions' ({config.max_sessions})")
+
+
+def memory_ceiling(config: Config) -> int:
+    """Bytes the proxy may hold for workloads at most, beyond its baseline (docs/configuration.md)."""
+    return (config.buffer_budget_bytes + config.max_sessions * READ_CHUNK_BYTES
+            + config.audit_queue_max * AUDIT_RECORD_BYTES)
+
+
+# One socket read (uvloop reads up to 256 KB at a time): a session can add at
+# most this before the shell, which checks after each read, pauses it.
+READ_CHUNK_BYTES = 256 * 1024
+# An Operation record queued for the audit writer, measured with tracemalloc.
+AUDIT_RECORD_BYTES = 1024
 
 
 def _parse_embedded_broker(value: Any, where: str) -> EmbeddedBrokerConfig:

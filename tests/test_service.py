@@ -20,3 +20,46 @@ def test_the_allocator_accepts_the_large_buffer_settings(caplog):
         assert block < libc.sbrk(0)
     finally:
         libc.free(ctypes.c_void_p(block))
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit_and_caps_sessions():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+        assert service.raise_fd_limit() == hard == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+        # 1024 open files hold (1024 - 128 - 4) // 2 sessions, not 1024
+        assert service._sessions_the_fd_limit_allows(1024, 4) == (min(1024, hard) - 128 - 4) // 2
+        assert service._sessions_the_fd_limit_allows(10, 4) == 10
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_unclean_stop_is_recorded_at_the_next_start_and_its_sessions_closed(tmp_path):
+    import json
+
+    from appliance.audit import store
+    from appliance.audit.records import SessionOpened
+    from appliance.audit.writer import AuditWriter
+    from appliance.config import parse_config
+
+    config = parse_config({"state_dir": str(tmp_path)})
+    db = store.open_db(config.audit_db)
+    store.write_batch(db, [SessionOpened("s1", 100.0, "orders", (), 1, "/o", 1, 7, 0, 0, "kcat", "a", "b")])
+    config.run_marker.write_text(json.dumps({"pid": 4242, "started_at": 90.0}))  # a run killed with -9
+
+    app = service.Appliance(config)
+    previous = app._claim_run_marker()
+    assert previous == {"pid": 4242, "started_at": 90.0}
+    assert json.loads(config.run_marker.read_text())["pid"] != 4242
+    closed = app._close_orphan_sessions(previous)
+    app.writer = AuditWriter(config.audit_db, flush_ms=10)
+    app._record_unclean_stop(previous, closed)
+    app.writer.close()
+    (event,) = store.query_events(db, kind="unclean-stop")
+    assert event["pid"] == 4242 and json.loads(event["detail"])["sessions_closed"] == 1
+    (session,) = store.query_sessions(db)
+    assert session["ended_at"] == 100.0 and session["close_reason"].startswith("appliance stopped uncleanly (pid 4242")
+    assert service.Appliance(config)._claim_run_marker() is not None  # still there: this run did not stop either

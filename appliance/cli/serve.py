@@ -81,8 +81,20 @@ def status(ctx, as_json: bool) -> None:
         pool = snapshot.get("upstream_pool") or {}
         click.echo("upstream pool: " + (", ".join(f"{address} {n} ready" for address, n in pool.items())
                                         or "empty (fills once a workload connects)"))
-        click.echo(f"audit: {snapshot['audit']['path']} ({snapshot['audit']['written']} records written, "
-                   f"{snapshot['audit']['failed_batches']} failed batches)")
+        audit = snapshot["audit"]
+        click.echo(f"audit: {audit['path']} ({audit['written']} records written, "
+                   f"{audit['failed_batches']} failed batches, {audit.get('lost', 0)} lost)")
+        if audit.get("failing"):
+            what = ("new requests refused with KAFKA_STORAGE_ERROR" if audit.get("audit_failure") == "refuse"
+                    else "requests forwarded unaudited (audit_failure: forward)")
+            click.echo(f"audit: FAILING since {when(audit['failing_since'])}: {audit['failing']}; {what}")
+        limits = snapshot.get("limits")
+        if limits:
+            click.echo(f"sessions: {limits['sessions']} of {limits['max_sessions']} "
+                       f"({limits['session_limit_refusals']} refused at the limit); held "
+                       f"{limits['held_bytes']} of {limits['buffer_budget_bytes']} bytes, "
+                       f"{limits['paused_sessions']} paused; deadline closes: "
+                       f"{', '.join(f'{k} {n}' for k, n in limits['deadline_closes'].items()) or 'none'}")
     emit(kernel, as_json=False, columns=("name", "attach_type", "cgroup"), title="programs attached (from the kernel)")
     if snapshot is None:
         return
