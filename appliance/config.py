@@ -100,7 +100,7 @@ class Config:
     max_request_bytes: int = 8 * 1024 * 1024
     max_frame_bytes: int = 64 * 1024 * 1024
     session_buffer_bytes: int = 16 * 1024 * 1024
-    buffer_budget_bytes: int = 256 * 1024 * 1024
+    buffer_budget_bytes: int = 128 * 1024 * 1024
     max_sessions: int = 1024
     max_sessions_per_workload: int = 512
     connect_timeout_s: float = 10.0
@@ -241,12 +241,12 @@ def _check_bounds(config: Config, source: str) -> None:
 
 def memory_ceiling(config: Config) -> int:
     """Bytes the proxy may hold for workloads at most, beyond its baseline (docs/configuration.md)."""
-    return (config.buffer_budget_bytes + config.max_sessions * READ_CHUNK_BYTES
+    return (2 * config.buffer_budget_bytes + config.max_sessions * READ_CHUNK_BYTES
             + config.audit_queue_max * AUDIT_RECORD_BYTES)
 
 
-# One socket read (uvloop reads up to 256 KB at a time): a session can add at
-# most this before the shell, which checks after each read, pauses it.
+# One socket read (uvloop's UV_STREAM_RECV_BUF_SIZE is 256,000 bytes): a session
+# can add at most this before the shell, which checks after each read, pauses it.
 READ_CHUNK_BYTES = 256 * 1024
 # An Operation record queued for the audit writer, measured with tracemalloc.
 AUDIT_RECORD_BYTES = 1024

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -120,6 +121,11 @@ class Appliance:
             loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
             self._event("policy-load", f"policy {config.policy_file} in force: {len(self.policy.rules)} rules",
                         detail={"path": str(config.policy_file)})
+            # What start-up made lives as long as the process: out of the cyclic
+            # collector's sight, so the collection after sessions let go of a
+            # lot of memory (proxy.server.release_freed_heap) stays short.
+            gc.collect()
+            gc.freeze()
             await self._maintain()
         finally:
             await self._shutdown()

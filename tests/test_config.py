@@ -74,7 +74,7 @@ def test_the_documented_examples_are_valid_and_every_setting_is_documented():
     ("audit_failure: ignore", "key 'audit_failure' must be one of refuse, forward, got 'ignore'"),
     ("audit_dir: audit", "key 'audit_dir' must be an absolute path"),
     ("max_request_bytes: 33554432", "key 'session_buffer_bytes' (16777216) must be at least 'max_request_bytes' (33554432)"),
-    ("session_buffer_bytes: 536870912", "key 'buffer_budget_bytes' (268435456) must be at least 'session_buffer_bytes'"),
+    ("session_buffer_bytes: 536870912", "key 'buffer_budget_bytes' (134217728) must be at least 'session_buffer_bytes'"),
     ("max_sessions: 100", "key 'max_sessions_per_workload' (512) must not exceed 'max_sessions' (100)"),
 ])
 def test_resource_bounds_are_checked_and_named(tmp_path, text, message):
@@ -90,7 +90,7 @@ def test_resource_bounds_default_safe_and_the_audit_can_move(tmp_path):
 
     config = load_config(None)
     assert (config.max_request_bytes, config.audit_failure, config.max_sessions) == (8 << 20, "refuse", 1024)
-    assert memory_ceiling(config) == (256 << 20) + 1024 * (256 << 10) + 50_000 * 1024
+    assert memory_ceiling(config) == 2 * (128 << 20) + 1024 * (256 << 10) + 50_000 * 1024
     f = tmp_path / "a.yaml"
     f.write_text("audit_dir: /mnt/audit\nidle_timeout_s: 2.5\n")
     config = load_config(f)

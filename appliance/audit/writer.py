@@ -13,6 +13,8 @@ finds the queue full, `failing` names the reason until a commit succeeds
 again. Records lost meanwhile are counted, with the time span they cover, and
 the first commit that succeeds afterwards writes that as a row of `gaps`, in
 the same transaction, so a reader sees exactly what is missing and when.
+Events of a failed batch (few, and the ones that say what happened, such as
+`audit-failing`) are kept, up to 1000, and written then too.
 While failing, the thread retries every `flush_ms` even when nothing new
 arrives, so recovery is noticed as soon as space returns.
 """
@@ -32,6 +34,10 @@ from appliance.audit.records import AuditRecord, Event, Gap
 log = logging.getLogger(__name__)
 _STOP = object()
 _MAX_BATCH = 5000
+# Events (starts, refusals, the audit-failing event itself) of a batch that
+# failed are kept and written with the gap marker, up to this many; the many
+# operation rows are only counted.
+_RETAIN_EVENTS = 1000
 
 
 @dataclass(slots=True)
@@ -77,6 +83,7 @@ class AuditWriter:
         self._dropped_last: float | None = None
         self._dropped_seen = 0
         self._gap: _OpenGap | None = None
+        self._retained: list[Event] = []
         self._thread.start()
 
     def submit(self, record: AuditRecord) -> bool:
@@ -144,7 +151,7 @@ class AuditWriter:
                 else:
                     pending.append(item)
             self._fold_dropped()
-            if not pending and self._gap is not None:
+            if not pending and (self._gap is not None or self._retained):
                 self._write([])
             for start in range(0, len(pending), _MAX_BATCH):
                 self._write(pending[start:start + _MAX_BATCH])
@@ -167,11 +174,12 @@ class AuditWriter:
 
     def _write(self, batch: list[AuditRecord]) -> None:
         gap = self._gap
-        records = batch
+        retained, self._retained = self._retained, []
+        records = retained + batch
         if gap is not None:
             now = time.time()
             reasons = ", ".join(f"{n} by {why}" for why, n in gap.reasons.items())
-            records = batch + [
+            records = records + [
                 Gap(gap.started_at, gap.ended_at, gap.records, reasons),
                 Event(at=now, kind="audit-recovered",
                       message=f"audit writing again after failing since {time.strftime('%H:%M:%S', time.localtime(self.failing_since or gap.started_at))}: "
@@ -182,13 +190,16 @@ class AuditWriter:
             store.write_batch(self._db, records)
         except Exception as e:  # noqa: BLE001 - whatever SQLite says, these records are lost, and counted
             self.failed_batches += 1
-            if batch:
-                self._lose(min(map(_at, batch)), max(map(_at, batch)), len(batch), f"write error: {e}")
+            keep = [r for r in records if isinstance(r, Event) and r.kind != "audit-recovered"]
+            self._retained = keep[:_RETAIN_EVENTS]
+            lost = [r for r in batch if not isinstance(r, (Event, Gap))] + keep[_RETAIN_EVENTS:]
+            if lost:
+                self._lose(min(map(_at, lost)), max(map(_at, lost)), len(lost), f"write error: {e}")
             if self.failing is None:
                 log.exception("audit batch of %d records could not be written to %s", len(batch), self.path)
             self._fail(f"write error on {self.path}: {e}")
             return
-        self.written += len(batch)
+        self.written += len(retained) + len(batch)
         if gap is not None:
             self.gaps_written += 1
             self._gap = None

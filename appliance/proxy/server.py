@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import json
 import logging
 import socket
@@ -422,10 +423,20 @@ class UpstreamPool:
 
 
 def release_freed_heap() -> None:
-    """Hand freed heap pages back to the kernel (glibc); elsewhere, nothing to do."""
+    """Free what closed sessions held, and hand the freed heap pages back to the kernel.
+
+    A session refers to itself (its state is a bound method of its own), so a
+    closed one, with its partial frames, is freed only by the cyclic garbage
+    collector, whose oldest generation runs rarely: 24 closed sessions' 60 MiB
+    stayed resident, and a second attack added 60 MiB more. Collect first,
+    then ask glibc to return the pages (it keeps freed heap for reuse
+    otherwise). `serve` freezes its start-up objects, so a collection walks
+    only what was made since: milliseconds, at most every 5 s.
+    """
+    gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except AttributeError:
+    except AttributeError:  # not glibc
         pass
 
 
@@ -564,6 +575,8 @@ class ProxyServer:
         if self._limit_pending:
             self._flush_limit_refusals()
         if self.held_peak - self.held_total >= _TRIM_AFTER_BYTES and now - self._trimmed_at >= _TRIM_EVERY_S:
+            log.info("sessions let go of %d MiB; handing freed heap back to the kernel",
+                     (self.held_peak - self.held_total) >> 20)
             self.release_memory()
             self._trimmed_at = now
             self.held_peak = self.held_total

@@ -27,6 +27,7 @@ def test_a_full_database_sets_failing_and_the_first_commit_after_writes_the_gap(
     writer._db.execute(f"PRAGMA max_page_count = {pages}")
     for i in range(3000):
         writer.submit(op(at=1000.0 + i))
+    writer.submit(Event(at=1500.0, kind="audit-failing", message="audit records cannot be written"))
     writer.flush()
     assert writer.failing is not None and "database or disk is full" in writer.failing
     assert writer.lost == 3000 and writer.failed_batches >= 1
@@ -37,6 +38,7 @@ def test_a_full_database_sets_failing_and_the_first_commit_after_writes_the_gap(
     (gap,) = store.query_gaps(db)
     assert (gap["started_at"], gap["ended_at"], gap["records_lost"]) == (1000.0, 3999.0, 3000)
     assert "database or disk is full" in gap["reason"]
+    assert [e["at"] for e in store.query_events(db, kind="audit-failing")] == [1500.0]  # kept, written late
     (recovered,) = store.query_events(db, kind="audit-recovered")
     assert "3000 records lost" in recovered["message"]
     assert db["operations"].count == 0 and db["sessions"].count == 1
