@@ -87,3 +87,14 @@ def test_the_sweep_ends_sessions_whose_deadline_passed_naming_it():
     (closed,) = [r for r in audited if isinstance(r, SessionClosed)]
     assert closed.close_reason.startswith("connect deadline: the broker at 127.0.0.1:9092 did not accept")
     assert proxy.limits_status()["deadline_closes"] == {"connect": 1}
+
+
+def test_the_audit_gate_is_there_only_when_audit_failure_is_refuse():
+    from appliance.policy.enforce import Enforcer
+    from appliance.proxy.audit_gate import AuditGate
+
+    forwarding = server([])
+    assert isinstance(connection(forwarding, 1).session.enforcer, Enforcer)
+    refusing = server([])
+    refusing.audit_failing = lambda: None
+    assert isinstance(connection(refusing, 1).session.enforcer, AuditGate)

@@ -154,8 +154,6 @@ elif mode == "produce":
     s = connect(host, port)
     api_versions(s)
     s.sendall(encode(request, 2))
-    frame = recv_frame(s)
-    body = io.BytesIO(frame[5:])  # correlation id, then the flexible header's tagged fields
-    response = entity_reader(ProduceResponse)(body)
+    response, _ = entity_reader(ProduceResponse)(recv_frame(s), 5)  # correlation id, then tagged fields
     partition = response.responses[0].partition_responses[0]
     print(json.dumps({"error_code": int(partition.error_code), "error_message": partition.error_message}))
