@@ -129,6 +129,7 @@ class _Connection:
         self.clock = Clock(now)
         self.held = 0  # the session's buffered_bytes after the last event, counted in server.held_total
         self.connecting: asyncio.Task | None = None
+        self.paused = False  # reading the client is paused for the budget (and self is in server.paused)
         self.gone = False
 
     def dispatch(self, event: ev.Event) -> None:
@@ -149,7 +150,11 @@ class _Connection:
             self._account(now, isinstance(event, (ev.ClientData, ev.UpstreamData)))
 
     def _account(self, now: float, data: bool) -> None:
-        """Keep the budget's books after an event, and pause or resume reading the client by them."""
+        """Keep the budget's books after an event, and pause or resume reading the client by them.
+
+        Runs after every read, so the common case (whole frames, nothing held,
+        nothing paused) costs a property read and three comparisons.
+        """
         session, server = self.session, self.server
         held = session.buffered_bytes
         if held != self.held:
@@ -161,16 +166,22 @@ class _Connection:
             elif dropped and server.paused and server.held_total <= server.limits.buffer_budget_bytes:
                 server.recheck_paused()
         if data:
-            self.clock.saw(now, held, session.requests, session.bytes_to_client)
-        self.check_budget()
+            clock = self.clock
+            clock.active_at = now
+            if held == 0 or session.requests != clock.requests or session.bytes_to_client != clock.bytes_to_client:
+                clock.progress_at, clock.requests, clock.bytes_to_client = now, session.requests, session.bytes_to_client
+        if held or self.paused:
+            self.check_budget()
 
     def check_budget(self) -> None:
         server = self.server
         if may_read_client(server.limits, self.held, server.held_total, len(server.live)):
-            if self in server.paused:
+            if self.paused:
+                self.paused = False
                 server.paused.discard(self)
                 self.client_reading.resume("budget")
-        elif self not in server.paused:
+        elif not self.paused:
+            self.paused = True
             server.paused.add(self)
             server.budget_pauses += 1
             self.client_reading.pause("budget")
@@ -187,6 +198,7 @@ class _Connection:
             server = self.server
             server.live.pop(self.session.session_id, None)
             server.paused.discard(self)
+            self.paused = False
             server.held_total -= self.held
             self.held = 0
             cgroup_id = self.origin.enrolled_cgroup_id
