@@ -306,9 +306,11 @@ class _Parked(asyncio.Protocol):
         self.frames = FrameSplitter(pool.max_frame_bytes)
         self.ready = False
         self.ready_at = 0.0
+        self.opened_at = time.monotonic()
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self.pool.authenticating.add(self)
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.write(self.auth.start())
 
@@ -335,6 +337,7 @@ class _Parked(asyncio.Protocol):
             else:
                 self.ready = True
                 self.ready_at = time.monotonic()
+                self.pool.authenticating.discard(self)
                 self.pool.park(self)
 
     def usable(self, now: float) -> bool:
@@ -351,6 +354,7 @@ class _Parked(asyncio.Protocol):
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.authenticating.discard(self)
         self.pool.forget(self)
 
 
@@ -365,10 +369,16 @@ class UpstreamPool:
     the pool opens no connections to that address for 10 seconds.
     """
 
-    def __init__(self, credentials: UpstreamCredentials, max_frame_bytes: int, size: int) -> None:
+    def __init__(self, credentials: UpstreamCredentials, max_frame_bytes: int, size: int, *,
+                 connect_timeout_s: float = 10.0, sasl_timeout_s: float = 10.0) -> None:
         self.credentials = credentials
         self.max_frame_bytes = max_frame_bytes
         self.size = size
+        # A pooled connection that never finishes connecting or authenticating
+        # would count as "opening" for ever, and the pool would never refill.
+        self.connect_timeout_s = connect_timeout_s
+        self.sasl_timeout_s = sasl_timeout_s
+        self.authenticating: set[_Parked] = set()
         self._ready: dict[tuple[str, int], deque[_Parked]] = {}
         self._opening: dict[tuple[str, int], int] = {}
         self._failed_at: dict[tuple[str, int], float] = {}
@@ -397,10 +407,19 @@ class UpstreamPool:
 
     async def _open(self, address: tuple[str, int]) -> None:
         try:
-            await asyncio.get_running_loop().create_connection(lambda: _Parked(self, address), *address)
+            await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                lambda: _Parked(self, address), *address), self.connect_timeout_s)
         except Exception as e:  # noqa: BLE001 - whatever failed, this attempt no longer counts as opening
             self._opening[address] -= 1
             log.debug("pooled connection to %s:%d not opened: %s", *address, e)
+
+    def sweep(self, now: float) -> None:
+        """Close pooled connections whose SASL exchange has taken longer than sasl_timeout_s (monotonic `now`)."""
+        for parked in [p for p in self.authenticating if now - p.opened_at > self.sasl_timeout_s]:
+            log.warning("pooled connection to %s:%d did not authenticate within %g s (sasl_timeout_s); closed",
+                        *parked.address, self.sasl_timeout_s)
+            self.authenticating.discard(parked)
+            parked.transport.close()
 
     def failed(self, address: tuple[str, int]) -> None:
         """The broker refused the appliance's credentials: sessions connect on their own for a while,
@@ -485,7 +504,8 @@ class ProxyServer:
         self.credentials = credentials
         self.audit = audit
         self.max_frame_bytes = max_frame_bytes
-        self.pool = UpstreamPool(credentials, max_frame_bytes, upstream_pool)
+        self.pool = UpstreamPool(credentials, max_frame_bytes, upstream_pool,
+                                 connect_timeout_s=limits.connect_timeout_s, sasl_timeout_s=limits.sasl_timeout_s)
         self.live: dict[str, _Connection] = {}
         self._servers: list[asyncio.AbstractServer] = []
 
@@ -582,6 +602,7 @@ class ProxyServer:
                 self.deadline_closes[kind] = self.deadline_closes.get(kind, 0) + 1
                 conn.dispatch(ev.DeadlinePassed(reason))
                 conn.close()
+        self.pool.sweep(time.monotonic())
         self.held_total = sum(c.held for c in self.live.values())  # the books, re-added once a second
         self.recheck_paused()
         if self._limit_pending:
