@@ -63,3 +63,39 @@ def test_an_unclean_stop_is_recorded_at_the_next_start_and_its_sessions_closed(t
     (session,) = store.query_sessions(db)
     assert session["ended_at"] == 100.0 and session["close_reason"].startswith("appliance stopped uncleanly (pid 4242")
     assert service.Appliance(config)._claim_run_marker() is not None  # still there: this run did not stop either
+
+
+class _FailingWriter:
+    def __init__(self) -> None:
+        self.failing, self.failing_since, self.lost, self.events = None, None, 0, []
+
+    def submit(self, record) -> bool:
+        self.events.append(record)
+        return True
+
+
+def test_a_failing_audit_is_said_loudly_once_then_reminded_and_its_recovery_noted(tmp_path, caplog):
+    from appliance.config import parse_config
+
+    for mode, consequence in (("refuse", "new requests are refused with KAFKA_STORAGE_ERROR (56)"),
+                              ("forward", "requests are forwarded without audit records (audit_failure: forward)")):
+        app = service.Appliance(parse_config({"state_dir": str(tmp_path), "audit_failure": mode}))
+        app.writer = _FailingWriter()
+        app.writer.failing, app.writer.failing_since = "write error on /a/audit.db: database or disk is full", 1.0
+        with caplog.at_level(logging.CRITICAL, logger="appliance"):
+            caplog.clear()
+            app._watch_audit()
+            app._watch_audit()  # the same failure: no second event
+        (event,) = app.writer.events
+        assert event.kind == "audit-failing" and consequence in event.message and "disk is full" in event.message
+        assert [r.levelname for r in caplog.records] == ["CRITICAL"] and consequence in caplog.records[0].getMessage()
+        app._audit_failing_reminded -= 11  # ten seconds on: reminded
+        with caplog.at_level(logging.CRITICAL, logger="appliance"):
+            caplog.clear()
+            app._watch_audit()
+        assert "AUDIT STILL FAILING" in caplog.records[0].getMessage()
+        app.writer.failing = None
+        with caplog.at_level(logging.WARNING, logger="appliance"):
+            caplog.clear()
+            app._watch_audit()
+        assert "audit writing again" in caplog.records[0].getMessage()
