@@ -188,6 +188,11 @@ class _Connection:
 
     def deadline(self, now: float) -> str | None:
         session = self.session
+        if "upstream-busy" in self.client_reading.reasons:
+            # The broker is not reading what the workload sent: the workload is
+            # not stalling, so neither the frame nor the idle deadline runs. The
+            # request deadline still does.
+            self.clock.progress_at = self.clock.active_at = now
         return deadline_passed(self.server.limits, self.clock, now, upstream_open=self.upstream is not None,
                                relaying=session.relaying, oldest_request_at=session.oldest_request_at,
                                held=self.held, broker=self.origin.broker_address)

@@ -98,3 +98,19 @@ def test_the_audit_gate_is_there_only_when_audit_failure_is_refuse():
     refusing = server([])
     refusing.audit_failing = lambda: None
     assert isinstance(connection(refusing, 1).session.enforcer, AuditGate)
+
+
+def test_a_partial_frame_waiting_on_a_broker_that_does_not_read_is_not_the_workloads_stall():
+    audited = []
+    proxy = server(audited)
+    conn = connection(proxy, 1)
+    conn.upstream = Transport()
+    conn.dispatch(ev.UpstreamConnected(authenticated=True))
+    conn.dispatch(ev.ClientData(b"\0\0\x10\0" + b"\0" * 100))  # part of a 4 KiB frame
+    conn.client_reading.pause("upstream-busy")  # the broker's socket buffer is full
+    proxy.sweep(conn.clock.progress_at + 40)
+    assert not conn.gone
+    conn.client_reading.resume("upstream-busy")
+    proxy.sweep(conn.clock.progress_at + 31)
+    assert conn.gone and [r.close_reason for r in audited if isinstance(r, SessionClosed)][0].startswith(
+        "frame deadline: 104 bytes of an unfinished frame")
