@@ -89,16 +89,13 @@ class Config:
     proxy_cgroup: str = "appliance-proxy"
     refuse_unenrolled: bool = True
     bpffs_dir: Path = Path("/sys/fs/bpf/appliance")
-    upstream_pool: int = 2
-    policy_file: Path = EMBEDDED_POLICY
     # ---- resource bounds and audit failure (docs/configuration.md#resource-bounds) ----
     # Kafka's own broker accepts request frames up to socket.request.max.bytes
     # (100 MiB) but records only up to message.max.bytes (about 1 MiB), and a
     # producer's max.request.size is 1 MiB: 8 MiB leaves room and bounds what
     # one partial request can pin. Responses are bounded by what consumers ask
-    # for (fetch.max.bytes, 50 MiB; the broker caps it at 55 MiB).
+    # for (fetch.max.bytes, 50 MiB; the broker caps it at 55 MiB): max_frame_bytes.
     max_request_bytes: int = 8 * 1024 * 1024
-    max_frame_bytes: int = 64 * 1024 * 1024
     session_buffer_bytes: int = 16 * 1024 * 1024
     buffer_budget_bytes: int = 128 * 1024 * 1024
     max_sessions: int = 1024
@@ -108,10 +105,14 @@ class Config:
     idle_timeout_s: float = 600.0
     request_timeout_s: float = 360.0
     frame_timeout_s: float = 30.0
-    audit_flush_ms: int = 200
     audit_queue_max: int = 50_000
     audit_failure: str = "refuse"
     audit_dir: Path | None = None
+    # ---- end of resource bounds ----
+    max_frame_bytes: int = 64 * 1024 * 1024
+    audit_flush_ms: int = 200
+    upstream_pool: int = 2
+    policy_file: Path = EMBEDDED_POLICY
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     source: str = "embedded defaults"
 
@@ -138,13 +139,14 @@ class Config:
         return self.run_dir / "status.json"
 
 
-_PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir", "policy_file", "audit_dir"}
-_INT_KEYS = {"listen_port": (1, 65535), "audit_flush_ms": (1, 60_000), "upstream_pool": (0, 64),
-             # resource bounds
-             "max_request_bytes": (1024, 100 << 20), "max_frame_bytes": (1024, 1 << 31),
-             "session_buffer_bytes": (64 << 10, 1 << 32), "buffer_budget_bytes": (1 << 20, 1 << 40),
-             "max_sessions": (1, 65536), "max_sessions_per_workload": (1, 65536),
-             "audit_queue_max": (1000, 10_000_000)}
+_PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir", "policy_file"}
+_INT_KEYS = {"listen_port": (1, 65535), "max_frame_bytes": (1024, 1 << 31), "audit_flush_ms": (1, 60_000),
+             "upstream_pool": (0, 64)}
+
+# Resource bounds (kept apart from the table above, which other settings extend).
+_BOUND_INT_KEYS = {"max_request_bytes": (1024, 100 << 20), "session_buffer_bytes": (64 << 10, 1 << 32),
+                   "buffer_budget_bytes": (1 << 20, 1 << 40), "max_sessions": (1, 65536),
+                   "max_sessions_per_workload": (1, 65536), "audit_queue_max": (1000, 10_000_000)}
 _SECONDS_KEYS = {"connect_timeout_s": (0.1, 600), "sasl_timeout_s": (0.1, 600), "idle_timeout_s": (1, 86400),
                  "request_timeout_s": (1, 86400), "frame_timeout_s": (1, 3600)}
 AUDIT_FAILURE_MODES = ("refuse", "forward")
@@ -179,12 +181,12 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
         where = f"{source}: key {key!r}"
         if key not in known:
             raise ConfigError(f"{where} is not a setting; valid settings are: {', '.join(sorted(known))}")
-        if key in _PATH_KEYS or key == "state_dir":
+        if key in _PATH_KEYS or key in ("state_dir", "audit_dir"):
             if not isinstance(value, str) or not value.startswith("/"):
                 raise ConfigError(f"{where} must be an absolute path, got {value!r}")
             changes[key] = Path(value)
-        elif key in _INT_KEYS:
-            low, high = _INT_KEYS[key]
+        elif key in _INT_KEYS or key in _BOUND_INT_KEYS:
+            low, high = _INT_KEYS[key] if key in _INT_KEYS else _BOUND_INT_KEYS[key]
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{where} must be a whole number from {low} to {high}, got {value!r}")
             changes[key] = value

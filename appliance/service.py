@@ -95,10 +95,7 @@ class Appliance:
                 hosts=(config.listen_host4, config.listen_host6), port=config.listen_port,
                 lookup=kernel_lookup(self.steering), identity_of=self.by_cgroup_id.get,
                 credentials=credentials, policy=lambda: self.policy, audit=self.writer.submit,
-                max_frame_bytes=config.max_frame_bytes, upstream_pool=config.upstream_pool,
-                limits=Limits.of(config), max_request_bytes=config.max_request_bytes, max_sessions=self.max_sessions,
-                max_sessions_per_workload=min(config.max_sessions_per_workload, self.max_sessions),
-                audit_failing=(lambda: self.writer.failing) if config.audit_failure == "refuse" else None,
+                max_frame_bytes=config.max_frame_bytes, upstream_pool=config.upstream_pool, **self._bounds(),
             )
             await self.server.start()
             self.steering.attach()
@@ -166,7 +163,16 @@ class Appliance:
         except FileNotFoundError:
             pass
 
-    # ---- the audit: unclean stops and failure ---------------------------------
+    # ---- the audit: unclean stops and failure; the proxy's bounds --------------
+
+    def _bounds(self) -> dict:
+        """The proxy's budgets, deadlines, session limits and audit-failure decision, from the config."""
+        config = self.config
+        return dict(
+            limits=Limits.of(config), max_request_bytes=config.max_request_bytes, max_sessions=self.max_sessions,
+            max_sessions_per_workload=min(config.max_sessions_per_workload, self.max_sessions),
+            audit_failing=(lambda: self.writer.failing) if config.audit_failure == "refuse" else None,
+        )
 
     def _claim_run_marker(self) -> dict | None:
         """Write this run's marker; return the previous run's if it is still there (it did not stop cleanly)."""
@@ -178,6 +184,10 @@ class Appliance:
             pass
         except (OSError, ValueError) as e:
             previous = {"unreadable": str(e)}
+        pid = previous.get("pid") if previous else None
+        if isinstance(pid, int) and pid != os.getpid() and _is_serving(pid):
+            raise AlreadyServing(f"another `appliance serve` (pid {pid}) is running with the audit in "
+                                 f"{marker.parent} (its run marker is {marker}); stop it first")
         marker.parent.mkdir(parents=True, exist_ok=True)
         try:
             marker.write_text(json.dumps({"pid": os.getpid(), "started_at": self.started_at}))
@@ -358,6 +368,18 @@ class Appliance:
         tmp = self.config.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(snapshot, indent=2, default=str))
         os.replace(tmp, self.config.status_file)
+
+
+class AlreadyServing(RuntimeError):
+    """Another serving process holds this audit database (its run marker names a live `appliance serve`)."""
+
+
+def _is_serving(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"serve" in argv and any(b"appliance" in a for a in argv)
 
 
 def _mtime(path: Path) -> float | None:

@@ -99,3 +99,29 @@ def test_a_failing_audit_is_said_loudly_once_then_reminded_and_its_recovery_note
             caplog.clear()
             app._watch_audit()
         assert "audit writing again" in caplog.records[0].getMessage()
+
+
+def test_a_second_serve_on_the_same_audit_refuses_to_start(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import pytest
+
+    from appliance.config import parse_config
+
+    config = parse_config({"state_dir": str(tmp_path)})
+    # A live process whose command line reads like a serving appliance.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "appliance", "serve"])
+    while not Path(f"/proc/{other.pid}/cmdline").read_bytes():  # empty for a moment while it execs
+        time.sleep(0.01)
+    try:
+        config.run_marker.write_text(json.dumps({"pid": other.pid, "started_at": 1.0}))
+        with pytest.raises(service.AlreadyServing, match=f"another `appliance serve` \\(pid {other.pid}\\) is running"):
+            service.Appliance(config)._claim_run_marker()
+    finally:
+        other.kill()
+        other.wait()
+    assert service.Appliance(config)._claim_run_marker()["pid"] == other.pid  # gone now: an unclean stop

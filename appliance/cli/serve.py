@@ -31,6 +31,7 @@ def serve(ctx) -> None:
     """
     from appliance.broker.credentials import CredentialsError
     from appliance.policy.parser import PolicyError
+    from appliance.service import AlreadyServing
     from appliance.service import serve as run_service
 
     if os.geteuid() != 0:
@@ -42,6 +43,8 @@ def serve(ctx) -> None:
                                    "or set upstream_credentials in the config)") from None
     except PolicyError as e:
         raise click.ClickException(f"the policy does not load, so the appliance does not start: {e}") from None
+    except AlreadyServing as e:
+        raise click.ClickException(str(e)) from None
 
 
 @click.command()
@@ -82,12 +85,11 @@ def status(ctx, as_json: bool) -> None:
         click.echo("upstream pool: " + (", ".join(f"{address} {n} ready" for address, n in pool.items())
                                         or "empty (fills once a workload connects)"))
         audit = snapshot["audit"]
-        click.echo(f"audit: {audit['path']} ({audit['written']} records written, "
-                   f"{audit['failed_batches']} failed batches, {audit.get('lost', 0)} lost)")
         if audit.get("failing"):
             what = ("new requests refused with KAFKA_STORAGE_ERROR" if audit.get("audit_failure") == "refuse"
                     else "requests forwarded unaudited (audit_failure: forward)")
-            click.echo(f"audit: FAILING since {when(audit['failing_since'])}: {audit['failing']}; {what}")
+            click.echo(f"audit: FAILING since {when(audit['failing_since'])}: {audit['failing']}; {what}; "
+                       f"{audit['lost']} records lost")
         limits = snapshot.get("limits")
         if limits:
             click.echo(f"sessions: {limits['sessions']} of {limits['max_sessions']} "
@@ -95,6 +97,8 @@ def status(ctx, as_json: bool) -> None:
                        f"{limits['held_bytes']} of {limits['buffer_budget_bytes']} bytes, "
                        f"{limits['paused_sessions']} paused; deadline closes: "
                        f"{', '.join(f'{k} {n}' for k, n in limits['deadline_closes'].items()) or 'none'}")
+        click.echo(f"audit: {snapshot['audit']['path']} ({snapshot['audit']['written']} records written, "
+                   f"{snapshot['audit']['failed_batches']} failed batches)")
     emit(kernel, as_json=False, columns=("name", "attach_type", "cgroup"), title="programs attached (from the kernel)")
     if snapshot is None:
         return

@@ -480,10 +480,22 @@ class ProxyServer:
     def __init__(
         self, *, hosts: tuple[str, ...], port: int, lookup: Lookup,
         identity_of: Callable[[int], Enrollment | None], credentials: UpstreamCredentials,
-        policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int, upstream_pool: int = 0,
         limits: Limits, max_request_bytes: int, max_sessions: int, max_sessions_per_workload: int,
         audit_failing: Callable[[], str | None] | None = None, release_memory: Callable[[], None] = release_freed_heap,
+        policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int, upstream_pool: int = 0,
     ) -> None:
+        self.policy = policy
+        self.hosts = hosts
+        self.port = port
+        self.lookup = lookup
+        self.identity_of = identity_of
+        self.credentials = credentials
+        self.audit = audit
+        self.max_frame_bytes = max_frame_bytes
+        self.pool = UpstreamPool(credentials, max_frame_bytes, upstream_pool,
+                                 connect_timeout_s=limits.connect_timeout_s, sasl_timeout_s=limits.sasl_timeout_s)
+        self.live: dict[str, _Connection] = {}
+        self._servers: list[asyncio.AbstractServer] = []
         self.limits = limits
         self.max_request_bytes = max_request_bytes
         self.max_sessions = max_sessions
@@ -501,18 +513,6 @@ class ProxyServer:
         self._limit_pending: dict[tuple[int, str], list] = {}
         self._trimmed_at = 0.0
         self._sweeper: asyncio.Task | None = None
-        self.policy = policy
-        self.hosts = hosts
-        self.port = port
-        self.lookup = lookup
-        self.identity_of = identity_of
-        self.credentials = credentials
-        self.audit = audit
-        self.max_frame_bytes = max_frame_bytes
-        self.pool = UpstreamPool(credentials, max_frame_bytes, upstream_pool,
-                                 connect_timeout_s=limits.connect_timeout_s, sasl_timeout_s=limits.sasl_timeout_s)
-        self.live: dict[str, _Connection] = {}
-        self._servers: list[asyncio.AbstractServer] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -49,7 +49,7 @@ def enroll_in(app: ApplianceProcess, make_cgroup, identity: str):
 
 
 def hostile(cg, *args: str) -> subprocess.Popen:
-    return cg.popen([PY, str(CLIENTS / "hostile.py"), *args])
+    return cg.popen([PY, str(CLIENTS / "budget_client.py"), *args])
 
 
 def line(proc: subprocess.Popen, timeout: float = 90) -> dict:

@@ -21,6 +21,8 @@ import pytest
 from tests.adversarial.reconfigured import enroll_in, hostile, line, reconfigured
 from tests.integration.conftest import BROKER4, CLIENTS, PY, audit, cli, eventually
 
+pytestmark = pytest.mark.integration  # real serve, real broker: run under the shared lock
+
 MOUNT = Path("/mnt/appliance-test-audit")
 STORAGE_ERROR = 56  # KAFKA_STORAGE_ERROR
 

@@ -14,8 +14,12 @@ import json
 import secrets
 import time
 
+import pytest
+
 from tests.adversarial.reconfigured import CLIENTS, enroll_in, fds, hostile, line, reconfigured, rss_kib
 from tests.integration.conftest import BROKER4, PY, eventually
+
+pytestmark = pytest.mark.integration  # real serve, real broker: run under the shared lock
 
 
 def test_500_sessions_beside_a_steady_producer(appliance, make_cgroup, direct, sasl_args):

@@ -16,6 +16,8 @@ import pytest
 from tests.adversarial.reconfigured import enroll_in, fds, hostile, line, reconfigured, rss_kib
 from tests.integration.conftest import audit, eventually
 
+pytestmark = pytest.mark.integration  # real serve, real broker: run under the shared lock
+
 MiB = 1 << 20
 BUDGET = 32 * MiB
 FRAME_TIMEOUT_S = 8

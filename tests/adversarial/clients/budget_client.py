@@ -1,6 +1,6 @@
 """Raw Kafka connections as a hostile (or merely idle) workload makes them; prints one JSON line per phase.
 
-Usage: hostile.py MODE HOST PORT [ARGS]
+Usage: budget_client.py MODE HOST PORT [ARGS]
   partial N SIZE : N connections; each does ApiVersions, then sends a SIZE-byte frame's
                    size and all but its last byte (as far as the proxy reads); prints
                    {"ready": ..., "sent": [...]}, then how long until each was closed
