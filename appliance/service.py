@@ -39,14 +39,14 @@ from appliance.proxy.server import ProxyServer
 from appliance.steering.loader import CgroupKind, Steering
 
 log = logging.getLogger("appliance")
-_SYNC_INTERVAL_S = 0.25
-_RESOLVE_INTERVAL_S = 2.0
-_REFUSAL_WINDOW_NOTE = "refusals from one cgroup to one address within one poll (250 ms) share one event"
-_STATUS_INTERVAL_S = 1.0
 # While the audit fails, the log says so again this often.
 _AUDIT_FAILING_REMINDER_S = 10.0
 # File descriptors beside two per session: listeners, pooled connections, SQLite, bcc, logs.
 _FDS_BESIDE_SESSIONS = 128
+_SYNC_INTERVAL_S = 0.25
+_RESOLVE_INTERVAL_S = 2.0
+_REFUSAL_WINDOW_NOTE = "refusals from one cgroup to one address within one poll (250 ms) share one event"
+_STATUS_INTERVAL_S = 1.0
 
 
 class Appliance:
