@@ -89,7 +89,27 @@ class Config:
     proxy_cgroup: str = "appliance-proxy"
     refuse_unenrolled: bool = True
     bpffs_dir: Path = Path("/sys/fs/bpf/appliance")
-    max_frame_bytes: int = 100 * 1024 * 1024
+    # ---- resource bounds and audit failure (docs/configuration.md#resource-bounds) ----
+    # Kafka's own broker accepts request frames up to socket.request.max.bytes
+    # (100 MiB) but records only up to message.max.bytes (about 1 MiB), and a
+    # producer's max.request.size is 1 MiB: 8 MiB leaves room and bounds what
+    # one partial request can pin. Responses are bounded by what consumers ask
+    # for (fetch.max.bytes, 50 MiB; the broker caps it at 55 MiB): max_frame_bytes.
+    max_request_bytes: int = 8 * 1024 * 1024
+    session_buffer_bytes: int = 16 * 1024 * 1024
+    buffer_budget_bytes: int = 128 * 1024 * 1024
+    max_sessions: int = 1024
+    max_sessions_per_workload: int = 512
+    connect_timeout_s: float = 10.0
+    sasl_timeout_s: float = 10.0
+    idle_timeout_s: float = 600.0
+    request_timeout_s: float = 360.0
+    frame_timeout_s: float = 30.0
+    audit_queue_max: int = 50_000
+    audit_failure: str = "refuse"
+    audit_dir: Path | None = None
+    # ---- end of resource bounds ----
+    max_frame_bytes: int = 64 * 1024 * 1024
     audit_flush_ms: int = 200
     upstream_pool: int = 2
     policy_file: Path = EMBEDDED_POLICY
@@ -103,7 +123,12 @@ class Config:
 
     @property
     def audit_db(self) -> Path:
-        return self.state_dir / "audit.db"
+        return (self.audit_dir or self.state_dir) / "audit.db"
+
+    @property
+    def run_marker(self) -> Path:
+        """Present while `serve` runs; found at start, it means the previous run did not stop cleanly."""
+        return self.audit_db.with_name("serve.running")
 
     @property
     def enrollments_file(self) -> Path:
@@ -123,6 +148,14 @@ _PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir", "poli
 _INT_KEYS = {"listen_port": (1, 65535), "max_frame_bytes": (1024, 1 << 31), "audit_flush_ms": (1, 60_000),
              "upstream_pool": (0, 64), "broker_probe_interval_ms": (100, 60_000),
              "handoff_max_age_ms": (100, 600_000)}
+
+# Resource bounds (kept apart from the table above, which other settings extend).
+_BOUND_INT_KEYS = {"max_request_bytes": (1024, 100 << 20), "session_buffer_bytes": (64 << 10, 1 << 32),
+                   "buffer_budget_bytes": (1 << 20, 1 << 40), "max_sessions": (1, 65536),
+                   "max_sessions_per_workload": (1, 65536), "audit_queue_max": (1000, 10_000_000)}
+_SECONDS_KEYS = {"connect_timeout_s": (0.1, 600), "sasl_timeout_s": (0.1, 600), "idle_timeout_s": (1, 86400),
+                 "request_timeout_s": (1, 86400), "frame_timeout_s": (1, 3600)}
+AUDIT_FAILURE_MODES = ("refuse", "forward")
 
 
 def load_config(path: Path | None) -> Config:
@@ -154,14 +187,23 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
         where = f"{source}: key {key!r}"
         if key not in known:
             raise ConfigError(f"{where} is not a setting; valid settings are: {', '.join(sorted(known))}")
-        if key in _PATH_KEYS or key == "state_dir":
+        if key in _PATH_KEYS or key in ("state_dir", "audit_dir"):
             if not isinstance(value, str) or not value.startswith("/"):
                 raise ConfigError(f"{where} must be an absolute path, got {value!r}")
             changes[key] = Path(value)
-        elif key in _INT_KEYS:
-            low, high = _INT_KEYS[key]
+        elif key in _INT_KEYS or key in _BOUND_INT_KEYS:
+            low, high = _INT_KEYS[key] if key in _INT_KEYS else _BOUND_INT_KEYS[key]
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{where} must be a whole number from {low} to {high}, got {value!r}")
+            changes[key] = value
+        elif key in _SECONDS_KEYS:
+            low, high = _SECONDS_KEYS[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{where} must be a number of seconds from {low:g} to {high:g}, got {value!r}")
+            changes[key] = float(value)
+        elif key == "audit_failure":
+            if value not in AUDIT_FAILURE_MODES:
+                raise ConfigError(f"{where} must be one of {', '.join(AUDIT_FAILURE_MODES)}, got {value!r}")
             changes[key] = value
         elif key == "brokers":
             if not isinstance(value, list) or not value:
@@ -182,9 +224,40 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
                 raise ConfigError(f"{where} must be a non-empty string")
             changes[key] = value
     config = replace(Config(), **changes)
+    _check_bounds(config, source)
     if "state_dir" in changes and "upstream_credentials" not in changes:
         config = replace(config, upstream_credentials=config.state_dir / "broker" / "appliance-credentials.json")
     return config
+
+
+def _check_bounds(config: Config, source: str) -> None:
+    """Bounds that only make sense together: each names both keys and what would hold."""
+    if config.max_request_bytes > config.session_buffer_bytes:
+        raise ConfigError(
+            f"{source}: key 'session_buffer_bytes' ({config.session_buffer_bytes}) must be at least "
+            f"'max_request_bytes' ({config.max_request_bytes}): a session paused below one whole request "
+            "could never finish it")
+    if config.session_buffer_bytes > config.buffer_budget_bytes:
+        raise ConfigError(
+            f"{source}: key 'buffer_budget_bytes' ({config.buffer_budget_bytes}) must be at least "
+            f"'session_buffer_bytes' ({config.session_buffer_bytes})")
+    if config.max_sessions_per_workload > config.max_sessions:
+        raise ConfigError(
+            f"{source}: key 'max_sessions_per_workload' ({config.max_sessions_per_workload}) must not exceed "
+            f"'max_sessions' ({config.max_sessions})")
+
+
+def memory_ceiling(config: Config) -> int:
+    """Bytes the proxy may hold for workloads at most, beyond its baseline (docs/configuration.md)."""
+    return (2 * config.buffer_budget_bytes + config.max_sessions * READ_CHUNK_BYTES
+            + config.audit_queue_max * AUDIT_RECORD_BYTES)
+
+
+# One socket read (uvloop's UV_STREAM_RECV_BUF_SIZE is 256,000 bytes): a session
+# can add at most this before the shell, which checks after each read, pauses it.
+READ_CHUNK_BYTES = 256 * 1024
+# An Operation record queued for the audit writer, measured with tracemalloc.
+AUDIT_RECORD_BYTES = 1024
 
 
 def _parse_embedded_broker(value: Any, where: str) -> EmbeddedBrokerConfig:

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import errno
 import dataclasses
+import errno
+import gc
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import time
 from pathlib import Path
 
+from appliance.audit import store
 from appliance.audit.records import Event
 from appliance.audit.writer import AuditWriter
 from appliance.broker.credentials import load_credentials
@@ -30,6 +33,8 @@ from appliance.identity.enrollment import Enrollment, EnrollmentStore
 from appliance.masking.secret import load_or_create_secret
 from appliance.policy.model import Policy
 from appliance.policy.parser import PolicyError, load_policy
+from appliance.proxy.audit_gate import AUDIT_FAILING_ERROR
+from appliance.proxy.limits import Limits
 from appliance.proxy.original_dst import kernel_lookup
 from appliance.proxy.server import ProxyServer
 from appliance.steering.loader import BrokerState, CgroupKind, Steering
@@ -37,6 +42,10 @@ from appliance.steering.probe import BrokerProbe
 from appliance.steering.structs import RefusalReason
 
 log = logging.getLogger("appliance")
+# While the audit fails, the log says so again this often.
+_AUDIT_FAILING_REMINDER_S = 10.0
+# File descriptors beside two per session: listeners, pooled connections, SQLite, bcc, logs.
+_FDS_BESIDE_SESSIONS = 128
 _SYNC_INTERVAL_S = 0.25
 _RESOLVE_INTERVAL_S = 2.0
 _REFUSAL_WINDOW_NOTE = "refusals from one cgroup to one address within one poll (250 ms) share one event"
@@ -69,6 +78,9 @@ class Appliance:
         self.probe: BrokerProbe | None = None
         self._refusers: dict[int, None] = {}  # insertion-ordered, bounded
         self.started_at = time.time()
+        self.max_sessions = config.max_sessions
+        self._audit_failing_logged: str | None = None
+        self._audit_failing_reminded = 0.0
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -81,7 +93,11 @@ class Appliance:
         config.run_dir.mkdir(parents=True, exist_ok=True)
         own = cgroups.ensure(config.proxy_cgroup)
         cgroups.move_process(os.getpid(), own)
-        self.writer = AuditWriter(config.audit_db, flush_ms=config.audit_flush_ms)
+        previous_run = self._claim_run_marker()
+        closed = self._close_orphan_sessions(previous_run)
+        self.writer = AuditWriter(config.audit_db, flush_ms=config.audit_flush_ms, queue_max=config.audit_queue_max)
+        self._record_unclean_stop(previous_run, closed)
+        self.max_sessions = _sessions_the_fd_limit_allows(config.max_sessions, config.upstream_pool * len(config.brokers))
         self.steering = Steering(
             bpffs_dir=config.bpffs_dir, proxy_port=config.listen_port, proxy_host4=config.listen_host4,
             proxy_host6=config.listen_host6, refuse_unenrolled=config.refuse_unenrolled,
@@ -98,7 +114,7 @@ class Appliance:
                     lookup=kernel_lookup(self.steering, max_age_s=config.handoff_max_age_ms / 1000),
                     identity_of=self.by_cgroup_id.get, credentials=credentials, policy=lambda: self.policy,
                     audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
-                    upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed,
+                    upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed, **self._bounds(),
                 )
 
             self.server = make_server(config.listen_port)
@@ -142,6 +158,11 @@ class Appliance:
             loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
             self._event("policy-load", f"policy {config.policy_file} in force: {len(self.policy.rules)} rules",
                         detail={"path": str(config.policy_file)})
+            # What start-up made lives as long as the process: out of the cyclic
+            # collector's sight, so the collection after sessions let go of a
+            # lot of memory (proxy.server.release_freed_heap) stays short.
+            gc.collect()
+            gc.freeze()
             await self._maintain()
         finally:
             if probing is not None:
@@ -162,6 +183,7 @@ class Appliance:
                 self.sync_enrollments()
                 self.reload_policy_if_changed()
                 self._drain_refusals()
+                self._watch_audit()
                 if time.monotonic() - last_status >= _STATUS_INTERVAL_S:
                     self.write_status()
                     last_status = time.monotonic()
@@ -177,10 +199,96 @@ class Appliance:
         if self.writer is not None:
             self._event("stop", "appliance stopped; steering detached")
             self.writer.close()
+            self.config.run_marker.unlink(missing_ok=True)  # only now: this run's audit is complete
         try:
             self.config.status_file.unlink()
         except FileNotFoundError:
             pass
+
+    # ---- the audit: unclean stops and failure; the proxy's bounds --------------
+
+    def _bounds(self) -> dict:
+        """The proxy's budgets, deadlines, session limits and audit-failure decision, from the config."""
+        config = self.config
+        return dict(
+            limits=Limits.of(config), max_request_bytes=config.max_request_bytes, max_sessions=self.max_sessions,
+            max_sessions_per_workload=min(config.max_sessions_per_workload, self.max_sessions),
+            audit_failing=(lambda: self.writer.failing) if config.audit_failure == "refuse" else None,
+        )
+
+    def _claim_run_marker(self) -> dict | None:
+        """Write this run's marker; return the previous run's if it is still there (it did not stop cleanly)."""
+        marker = self.config.run_marker
+        previous: dict | None = None
+        try:
+            previous = json.loads(marker.read_text())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            previous = {"unreadable": str(e)}
+        pid = previous.get("pid") if previous else None
+        if isinstance(pid, int) and pid != os.getpid() and _is_serving(pid):
+            raise AlreadyServing(f"another `appliance serve` (pid {pid}) is running with the audit in "
+                                 f"{marker.parent} (its run marker is {marker}); stop it first")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            marker.write_text(json.dumps({"pid": os.getpid(), "started_at": self.started_at}))
+        except OSError as e:  # the audit beside it is probably failing too; that is reported as it happens
+            log.error("cannot write the run marker %s: %s; an unclean stop of this run will not be noticed", marker, e)
+        return previous
+
+    def _close_orphan_sessions(self, previous: dict | None) -> int:
+        """End the sessions the audit holds without an end, before anything is served; returns how many."""
+        if previous is not None:
+            since = previous.get("started_at")
+            when_ = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "an unknown time"
+            reason = (f"appliance stopped uncleanly (pid {previous.get('pid', '?')}, serving since {when_}); "
+                      "the session's end was not recorded, ended_at is the last time the audit saw it")
+        else:
+            reason = "the session's end was not recorded (its audit records were lost); ended_at is the last time the audit saw it"
+        try:
+            db = store.open_db(self.config.audit_db)
+            try:
+                closed = store.close_orphan_sessions(db, reason)
+            finally:
+                db.conn.close()
+        except Exception as e:  # noqa: BLE001 - the audit's own failure handling reports it from here on
+            log.error("could not close the sessions the previous run left open: %s", e)
+            return 0
+        if previous is None and closed:
+            log.warning("%d session(s) without an end in the audit were closed: %s", closed, reason)
+        return closed
+
+    def _record_unclean_stop(self, previous: dict | None, closed: int) -> None:
+        if previous is not None:
+            message = (f"the previous run (pid {previous.get('pid', '?')}) did not stop cleanly; "
+                       f"{closed} session(s) it left open were closed in the audit")
+            log.warning("%s", message)
+            self._event("unclean-stop", message, pid=previous.get("pid"),
+                        detail={"previous": previous, "sessions_closed": closed})
+
+    def _watch_audit(self) -> None:
+        """Say loudly, once and then every few seconds, that the audit is failing, and when it recovers."""
+        failing = self.writer.failing
+        if failing is not None:
+            refusing = self.config.audit_failure == "refuse"
+            consequence = (f"new requests are refused with {AUDIT_FAILING_ERROR.name.upper()} "
+                           f"({int(AUDIT_FAILING_ERROR)})" if refusing else
+                           "requests are forwarded without audit records (audit_failure: forward)")
+            if failing != self._audit_failing_logged:
+                self._audit_failing_logged = failing
+                self._audit_failing_reminded = time.monotonic()
+                log.critical("AUDIT FAILING: %s; %s", failing, consequence)
+                self._event("audit-failing", f"audit records cannot be written: {failing}; {consequence}",
+                            detail={"reason": failing, "audit_failure": self.config.audit_failure})
+            elif time.monotonic() - self._audit_failing_reminded >= _AUDIT_FAILING_REMINDER_S:
+                self._audit_failing_reminded = time.monotonic()
+                log.critical("AUDIT STILL FAILING since %s: %s; %s; %d records lost so far",
+                             time.strftime("%H:%M:%S", time.localtime(self.writer.failing_since or 0)), failing,
+                             consequence, self.writer.lost)
+        elif self._audit_failing_logged is not None:
+            self._audit_failing_logged = None
+            log.warning("audit writing again; %d records lost in all (the gaps table says when)", self.writer.lost)
 
     # ---- policy ----------------------------------------------------------------
 
@@ -316,11 +424,28 @@ class Appliance:
             "sessions": [vars_of(s) for s in self.server.sessions()],
             "upstream_pool": self.server.pool.ready(),
             "audit": {"path": str(self.config.audit_db), "written": self.writer.written,
-                      "failed_batches": self.writer.failed_batches},
+                      "failed_batches": self.writer.failed_batches, "state": "failing" if self.writer.failing else "ok",
+                      "failing": self.writer.failing, "failing_since": self.writer.failing_since,
+                      "lost": self.writer.lost, "gaps_written": self.writer.gaps_written,
+                      "queued": self.writer.queued, "queue_max": self.writer.queue_max,
+                      "audit_failure": self.config.audit_failure},
+            "limits": self.server.limits_status(),
         }
         tmp = self.config.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(snapshot, indent=2, default=str))
         os.replace(tmp, self.config.status_file)
+
+
+class AlreadyServing(RuntimeError):
+    """Another serving process holds this audit database (its run marker names a live `appliance serve`)."""
+
+
+def _is_serving(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"serve" in argv and any(b"appliance" in a for a in argv)
 
 
 def _mtime(path: Path) -> float | None:
@@ -365,9 +490,34 @@ def _keep_large_buffers_warm() -> None:
         log.warning("mallopt refused the allocator settings; large buffers stay on mmap")
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard limit (two per session); return the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, e)
+    return soft
+
+
+def _sessions_the_fd_limit_allows(max_sessions: int, pooled: int) -> int:
+    """max_sessions, or fewer if the open-file limit cannot hold two descriptors for each."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    fits = (limit - _FDS_BESIDE_SESSIONS - pooled) // 2
+    if fits < max_sessions:
+        log.error("max_sessions %d needs %d open files but the limit is %d: at most %d sessions will be served "
+                  "(raise `ulimit -Hn` or LimitNOFILE)", max_sessions, 2 * max_sessions + _FDS_BESIDE_SESSIONS,
+                  limit, max(fits, 1))
+        return max(fits, 1)
+    return max_sessions
+
+
 def serve(config: Config) -> None:
     import uvloop
 
+    raise_fd_limit()
     sys.setswitchinterval(_GIL_SWITCH_S)
     _keep_large_buffers_warm()
     uvloop.run(Appliance(config).run())

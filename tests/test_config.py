@@ -65,3 +65,34 @@ def test_the_documented_examples_are_valid_and_every_setting_is_documented():
     for f in fields(Config) + fields(EmbeddedBrokerConfig):
         if f.name != "source":
             assert f"| `{f.name}` |" in doc, f"setting {f.name!r} is missing from docs/configuration.md"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("max_request_bytes: 10", "key 'max_request_bytes' must be a whole number from 1024 to 104857600, got 10"),
+    ("idle_timeout_s: 0", "key 'idle_timeout_s' must be a number of seconds from 1 to 86400, got 0"),
+    ("connect_timeout_s: true", "key 'connect_timeout_s' must be a number of seconds"),
+    ("audit_failure: ignore", "key 'audit_failure' must be one of refuse, forward, got 'ignore'"),
+    ("audit_dir: audit", "key 'audit_dir' must be an absolute path"),
+    ("max_request_bytes: 33554432", "key 'session_buffer_bytes' (16777216) must be at least 'max_request_bytes' (33554432)"),
+    ("session_buffer_bytes: 536870912", "key 'buffer_budget_bytes' (134217728) must be at least 'session_buffer_bytes'"),
+    ("max_sessions: 100", "key 'max_sessions_per_workload' (512) must not exceed 'max_sessions' (100)"),
+])
+def test_resource_bounds_are_checked_and_named(tmp_path, text, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value).startswith(str(f)) and message in str(e.value)
+
+
+def test_resource_bounds_default_safe_and_the_audit_can_move(tmp_path):
+    from appliance.config import memory_ceiling
+
+    config = load_config(None)
+    assert (config.max_request_bytes, config.audit_failure, config.max_sessions) == (8 << 20, "refuse", 1024)
+    assert memory_ceiling(config) == 2 * (128 << 20) + 1024 * (256 << 10) + 50_000 * 1024
+    f = tmp_path / "a.yaml"
+    f.write_text("audit_dir: /mnt/audit\nidle_timeout_s: 2.5\n")
+    config = load_config(f)
+    assert str(config.audit_db) == "/mnt/audit/audit.db" and str(config.run_marker) == "/mnt/audit/serve.running"
+    assert config.idle_timeout_s == 2.5

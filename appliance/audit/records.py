@@ -58,7 +58,7 @@ class Operation:
 @dataclass(frozen=True, slots=True)
 class Event:
     at: float
-    kind: str  # enroll | unenroll | refused-connect | config-load | error | start | stop | ...
+    kind: str  # one of store.EVENT_KINDS
     message: str
     identity: str | None = None
     cgroup_id: int | None = None
@@ -68,4 +68,14 @@ class Event:
     detail: str | None = None  # JSON
 
 
-AuditRecord = SessionOpened | SessionClosed | Operation | Event
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Records that were never written: how many, the span of time they covered, and why."""
+
+    started_at: float
+    ended_at: float
+    records_lost: int
+    reason: str
+
+
+AuditRecord = SessionOpened | SessionClosed | Operation | Event | Gap

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-from appliance.audit.records import AuditRecord, Event, Operation, SessionClosed, SessionOpened
+from appliance.audit.records import AuditRecord, Event, Gap, Operation, SessionClosed, SessionOpened
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -95,11 +95,27 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE operations ADD COLUMN masked INTEGER;
         """,
     ),
+    (
+        "0004_audit_gaps",
+        """
+        CREATE TABLE gaps (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            ended_at REAL NOT NULL,
+            records_lost INTEGER NOT NULL,
+            reason TEXT NOT NULL
+        );
+        CREATE INDEX gaps_started_at ON gaps(started_at);
+        """,
+    ),
 ]
 
 
 EVENT_KINDS = ("start", "stop", "enroll", "unenroll", "refused-connect", "refused-session", "policy-load",
                "policy-error", "error", "broker-down", "broker-up")
+
+# The audit's own failures and the proxy's limits (docs/audit.md).
+EVENT_KINDS += ("unclean-stop", "audit-failing", "audit-recovered", "session-limit")
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:
@@ -160,6 +176,7 @@ def _insert_sql(table: str, cls: type, verb: str = "INSERT") -> tuple[str, Any]:
 # more per row on this path. sqlite-utils still owns the schema and queries.
 _OPERATION_INSERT = _insert_sql("operations", Operation)
 _EVENT_INSERT = _insert_sql("events", Event)
+_GAP_INSERT = _insert_sql("gaps", Gap)
 _SESSION_INSERT = _insert_sql("sessions", SessionOpened, "INSERT OR REPLACE")
 _SESSION_CLOSE = ("UPDATE sessions SET ended_at=?, bytes_from_client=?, bytes_to_client=?, requests=?, close_reason=?"
                   " WHERE session_id=?")
@@ -167,7 +184,7 @@ _SESSION_CLOSE = ("UPDATE sessions SET ended_at=?, bytes_from_client=?, bytes_to
 
 def write_batch(db: sqlite_utils.Database, records: Iterable[AuditRecord]) -> None:
     """Write records in one transaction; the writer thread and short-lived CLI processes call this."""
-    opened, closed, operations, events = [], [], [], []
+    opened, closed, operations, events, gaps = [], [], [], [], []
     for record in records:
         if isinstance(record, Operation):
             operations.append(_OPERATION_INSERT[1](record))
@@ -180,6 +197,8 @@ def write_batch(db: sqlite_utils.Database, records: Iterable[AuditRecord]) -> No
                            record.close_reason, record.session_id))
         elif isinstance(record, Event):
             events.append(_EVENT_INSERT[1](record))
+        elif isinstance(record, Gap):
+            gaps.append(_GAP_INSERT[1](record))
     conn = db.conn
     conn.execute("BEGIN")
     try:
@@ -191,9 +210,14 @@ def write_batch(db: sqlite_utils.Database, records: Iterable[AuditRecord]) -> No
             conn.executemany(_EVENT_INSERT[0], events)
         if closed:
             conn.executemany(_SESSION_CLOSE, closed)
+        if gaps:
+            conn.executemany(_GAP_INSERT[0], gaps)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # On SQLITE_FULL and I/O errors SQLite has already rolled the transaction
+        # back; a ROLLBACK then would raise and hide the real reason.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
 
 
@@ -204,6 +228,28 @@ def record_event(path: Path, event: Event) -> None:
         write_batch(db, [event])
     finally:
         db.conn.close()
+
+
+def close_orphan_sessions(db: sqlite_utils.Database, reason: str) -> int:
+    """End every session row that has no end, at the last time the audit saw it; returns how many.
+
+    Called at start, before anything is served, so no live session is among
+    them. `ended_at` becomes the session's last operation's time (or its start):
+    the end itself was never recorded, and the reason says so.
+    """
+    conn = db.conn
+    conn.execute("BEGIN")
+    try:
+        cursor = conn.execute(
+            "UPDATE sessions SET close_reason = ?, ended_at = coalesce("
+            "(SELECT max(o.at) FROM operations o WHERE o.session_id = sessions.session_id), started_at)"
+            " WHERE ended_at IS NULL", (reason,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return cursor.rowcount
 
 
 # ---- queries --------------------------------------------------------------------
@@ -253,6 +299,14 @@ def query_events(db, *, kind: str | None = None, identity: str | None = None, si
     if since is not None:
         clauses.append("at >= ?"), params.append(since)
     sql = f"SELECT * FROM events{_where(clauses)} ORDER BY at DESC, id DESC LIMIT ?"
+    return list(db.query(sql, params + [limit]))
+
+
+def query_gaps(db, *, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    clauses, params = [], []
+    if since is not None:
+        clauses.append("ended_at >= ?"), params.append(since)
+    sql = f"SELECT * FROM gaps{_where(clauses)} ORDER BY started_at DESC LIMIT ?"
     return list(db.query(sql, params + [limit]))
 
 

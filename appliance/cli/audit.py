@@ -16,6 +16,7 @@ _OPERATION_COLUMNS = ("at", "identity", "pid", "api_name", "api_version", "corre
                       "group_id", "records", "record_bytes", "decision", "masked", "error_code", "latency_ms",
                       "outcome")
 _EVENT_COLUMNS = ("at", "kind", "identity", "cgroup_path", "pid", "message")
+_GAP_COLUMNS = ("started_at", "ended_at", "records_lost", "reason")
 
 
 def _db(ctx: click.Context):
@@ -98,11 +99,27 @@ def events(ctx, kind, identity, since, limit, as_json) -> None:
 
 
 @audit.command()
+@click.option("--since", help="Only gaps ending since this long ago (30s, 10m, 2h, 1d) or an ISO-8601 time.")
+@click.option("--limit", default=100, show_default=True, help="At most this many rows, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by column name.")
+@click.pass_context
+def gaps(ctx, since, limit, as_json) -> None:
+    """What the audit is missing: spans of time whose records could not be written, how many, and why.
+
+    \b
+    Example:
+      appliance audit gaps --since 1d
+    """
+    rows = store.query_gaps(_db(ctx), since=parse_since(since), limit=limit)
+    emit(rows, as_json=as_json, columns=_GAP_COLUMNS, title="gaps", times=("started_at", "ended_at"))
+
+
+@audit.command()
 @click.argument("query")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by column name.")
 @click.pass_context
 def sql(ctx, query, as_json) -> None:
-    """Run a read-only SQL query (tables: sessions, operations, events, migrations).
+    """Run a read-only SQL query (tables: sessions, operations, events, gaps, migrations).
 
     \b
     Example:

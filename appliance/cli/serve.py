@@ -34,6 +34,7 @@ def serve(ctx, supervise: bool) -> None:
     """
     from appliance.broker.credentials import CredentialsError
     from appliance.policy.parser import PolicyError
+    from appliance.service import AlreadyServing
     from appliance.service import serve as run_service
 
     if os.geteuid() != 0:
@@ -55,6 +56,8 @@ def serve(ctx, supervise: bool) -> None:
                                    "or set upstream_credentials in the config)") from None
     except PolicyError as e:
         raise click.ClickException(f"the policy does not load, so the appliance does not start: {e}") from None
+    except AlreadyServing as e:
+        raise click.ClickException(str(e)) from None
 
 
 @click.command()
@@ -94,6 +97,19 @@ def status(ctx, as_json: bool) -> None:
         pool = snapshot.get("upstream_pool") or {}
         click.echo("upstream pool: " + (", ".join(f"{address} {n} ready" for address, n in pool.items())
                                         or "empty (fills once a workload connects)"))
+        audit = snapshot["audit"]
+        if audit.get("failing"):
+            what = ("new requests refused with KAFKA_STORAGE_ERROR" if audit.get("audit_failure") == "refuse"
+                    else "requests forwarded unaudited (audit_failure: forward)")
+            click.echo(f"audit: FAILING since {when(audit['failing_since'])}: {audit['failing']}; {what}; "
+                       f"{audit['lost']} records lost")
+        limits = snapshot.get("limits")
+        if limits:
+            click.echo(f"sessions: {limits['sessions']} of {limits['max_sessions']} "
+                       f"({limits['session_limit_refusals']} refused at the limit); held "
+                       f"{limits['held_bytes']} of {limits['buffer_budget_bytes']} bytes, "
+                       f"{limits['paused_sessions']} paused; deadline closes: "
+                       f"{', '.join(f'{k} {n}' for k, n in limits['deadline_closes'].items()) or 'none'}")
         click.echo(f"audit: {snapshot['audit']['path']} ({snapshot['audit']['written']} records written, "
                    f"{snapshot['audit']['failed_batches']} failed batches)")
         states = snapshot.get("broker_states") or {}

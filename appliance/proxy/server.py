@@ -8,6 +8,17 @@ redirected) and feeds the session every byte and closure as events, carrying
 out the commands it returns. Flow control: when one side's socket buffer
 fills, reading from the other side pauses.
 
+Resource bounds (decided in `limits`, kept here): after every read the shell
+looks at what the session holds and pauses reading its client while that is
+over the per-session budget, or over its fair share while all sessions
+together are over the global budget. One sweep a second checks every
+session's deadlines (connect, SASL, request, frame, idle) and ends the ones
+that passed with `DeadlinePassed`, re-checks paused sessions, and hands freed
+heap back to the kernel after a large release. Beyond `max_sessions` (or
+`max_sessions_per_workload` for one enrolled cgroup) a connection is reset
+as soon as it is accepted and counted into one `session-limit` event per
+workload per second.
+
 `UpstreamPool` keeps a few broker connections per broker address open and
 already authenticated, so a new session starts relaying without its own SASL
 exchange.
@@ -16,6 +27,9 @@ exchange.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
+import json
 import logging
 import socket
 import time
@@ -35,6 +49,8 @@ from appliance.policy.model import Policy, Principal
 from appliance.proxy import events as ev
 from appliance.proxy.commands import Audit, CloseConnection, Log, SendToClient, SendToUpstream
 from appliance.kafka.framing import FrameError, FrameSplitter
+from appliance.proxy.audit_gate import AuditGate
+from appliance.proxy.limits import Clock, Limits, deadline_passed, may_read_client
 from appliance.proxy.original_dst import Lookup, OriginalDestination
 from appliance.proxy.session import Session
 from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
@@ -45,6 +61,12 @@ log = logging.getLogger("appliance.proxy")
 # not given one the broker is closing at that moment.
 _POOL_MAX_IDLE_S = 60.0
 _POOL_RETRY_AFTER_S = 10.0
+# Deadlines are checked this often, so each is kept to within this much.
+SWEEP_INTERVAL_S = 1.0
+# Heap freed in one go past which it is handed back to the kernel (malloc_trim),
+# at most every few seconds: glibc keeps freed heap memory for reuse otherwise.
+_TRIM_AFTER_BYTES = 16 << 20
+_TRIM_EVERY_S = 5.0
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -60,6 +82,27 @@ class LiveSession:
     started_at: float
 
 
+class _Reading:
+    """Whether one side's socket is read: paused while any reason holds (flow control, budget, connecting)."""
+
+    __slots__ = ("transport", "reasons")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self.reasons:
+            self.transport.pause_reading()
+        self.reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self.reasons:
+            self.reasons.discard(reason)
+            if not self.reasons and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+
 class _Connection:
     """Both sockets of one proxied connection and the session between them."""
 
@@ -67,18 +110,31 @@ class _Connection:
                  enrollment: Enrollment, command: str, now: float) -> None:
         self.server = server
         self.client = client
+        self.client_reading = _Reading(client)
         self.upstream: asyncio.Transport | None = None
+        self.upstream_reading: _Reading | None = None
         self.origin = origin
         enforcer = Enforcer(Principal(enrollment.identity, frozenset(enrollment.groups)), server.policy)
+        if server.audit_failing is not None:
+            enforcer = AuditGate(enforcer, server.audit_failing)
         self.session = Session(uuid.uuid4().hex, server.credentials, enforcer, max_frame_bytes=server.max_frame_bytes,
                                now=now)
+        # Client requests get the tighter bound. Until Session takes its own
+        # max_request_bytes, the shell sets the limit of its client splitter.
+        self.session._client_frames = FrameSplitter(server.max_request_bytes)
         self.info = LiveSession(
             self.session.session_id, enrollment.identity, origin.enrolled_cgroup_id, origin.tgid,
             command, origin.client_address, origin.broker_address, now,
         )
+        self.clock = Clock(now)
+        self.held = 0  # the session's buffered_bytes after the last event, counted in server.held_total
+        self.connecting: asyncio.Task | None = None
+        self.paused = False  # reading the client is paused for the budget (and self is in server.paused)
+        self.gone = False
 
     def dispatch(self, event: ev.Event) -> None:
-        for command in self.session.handle(event, time.time()):
+        now = time.time()
+        for command in self.session.handle(event, now):
             match command:
                 case SendToUpstream(data):
                     self.upstream.write(data)
@@ -90,12 +146,82 @@ class _Connection:
                     log.log(_LOG_LEVELS[level], "%s", message)
                 case CloseConnection():
                     self.close()
+        if not self.gone:
+            self._account(now, isinstance(event, (ev.ClientData, ev.UpstreamData)))
+
+    def _account(self, now: float, data: bool) -> None:
+        """Keep the budget's books after an event, and pause or resume reading the client by them.
+
+        Runs after every read, so the common case (whole frames, nothing held,
+        nothing paused) costs a property read and three comparisons.
+        """
+        session, server = self.session, self.server
+        held = session.buffered_bytes
+        if held != self.held:
+            server.held_total += held - self.held
+            dropped = held < self.held
+            self.held = held
+            if server.held_total > server.held_peak:
+                server.held_peak = server.held_total
+            elif dropped and server.paused and server.held_total <= server.limits.buffer_budget_bytes:
+                server.recheck_paused()
+        if data:
+            clock = self.clock
+            clock.active_at = now
+            if held == 0 or session.requests != clock.requests or session.bytes_to_client != clock.bytes_to_client:
+                clock.progress_at, clock.requests, clock.bytes_to_client = now, session.requests, session.bytes_to_client
+        if held or self.paused:
+            self.check_budget()
+
+    def check_budget(self) -> None:
+        server = self.server
+        if may_read_client(server.limits, self.held, server.held_total, len(server.live)):
+            if self.paused:
+                self.paused = False
+                server.paused.discard(self)
+                self.client_reading.resume("budget")
+        elif not self.paused:
+            self.paused = True
+            server.paused.add(self)
+            server.budget_pauses += 1
+            self.client_reading.pause("budget")
+
+    def deadline(self, now: float) -> str | None:
+        session = self.session
+        if "upstream-busy" in self.client_reading.reasons:
+            # The broker is not reading what the workload sent: the workload is
+            # not stalling, so neither the frame nor the idle deadline runs. The
+            # request deadline still does.
+            self.clock.progress_at = self.clock.active_at = now
+        return deadline_passed(self.server.limits, self.clock, now, upstream_open=self.upstream is not None,
+                               relaying=session.relaying, oldest_request_at=session.oldest_request_at,
+                               held=self.held, broker=self.origin.broker_address)
 
     def close(self) -> None:
-        self.server.live.pop(self.session.session_id, None)
+        if not self.gone:
+            self.gone = True
+            server = self.server
+            server.live.pop(self.session.session_id, None)
+            server.paused.discard(self)
+            self.paused = False
+            server.held_total -= self.held
+            self.held = 0
+            cgroup_id = self.origin.enrolled_cgroup_id
+            server.per_workload[cgroup_id] -= 1
+            if not server.per_workload[cgroup_id]:
+                del server.per_workload[cgroup_id]
+            if self.connecting is not None and not self.connecting.done():
+                self.connecting.cancel()
+            if server.paused and server.held_total <= server.limits.buffer_budget_bytes:
+                server.recheck_paused()
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
+
+    def _upstream_open(self, transport: asyncio.Transport) -> None:
+        self.upstream = transport
+        self.upstream_reading = _Reading(transport)
+        self.clock.upstream_connected_at = time.time()
 
     async def connect_upstream(self) -> None:
         address = (self.origin.broker_host, self.origin.broker_port)
@@ -106,10 +232,10 @@ class _Connection:
             if self.session.closed:
                 parked.close()
                 return
-            self.upstream = parked
+            self._upstream_open(parked)
             parked.set_protocol(_UpstreamProtocol(self))
             self.dispatch(ev.UpstreamConnected(authenticated=True))
-            self.client.resume_reading()
+            self.client_reading.resume("connecting")
             return
         loop = asyncio.get_running_loop()
         try:
@@ -122,10 +248,10 @@ class _Connection:
         if self.session.closed:
             transport.close()
             return
-        self.upstream = transport
+        self._upstream_open(transport)
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.dispatch(ev.UpstreamConnected())
-        self.client.resume_reading()
+        self.client_reading.resume("connecting")
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -136,8 +262,8 @@ class _ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.conn = self.server.accept(transport)
         if self.conn is not None:
-            transport.pause_reading()  # until upstream is open
-            asyncio.get_running_loop().create_task(self.conn.connect_upstream())
+            self.conn.client_reading.pause("connecting")  # until upstream is open
+            self.conn.connecting = asyncio.get_running_loop().create_task(self.conn.connect_upstream())
 
     def data_received(self, data: bytes) -> None:
         if self.conn is not None:
@@ -149,12 +275,12 @@ class _ClientProtocol(asyncio.Protocol):
             self.conn.close()
 
     def pause_writing(self) -> None:
-        if self.conn is not None and self.conn.upstream is not None:
-            self.conn.upstream.pause_reading()
+        if self.conn is not None and self.conn.upstream_reading is not None:
+            self.conn.upstream_reading.pause("client-busy")
 
     def resume_writing(self) -> None:
-        if self.conn is not None and self.conn.upstream is not None:
-            self.conn.upstream.resume_reading()
+        if self.conn is not None and self.conn.upstream_reading is not None:
+            self.conn.upstream_reading.resume("client-busy")
 
 
 class _UpstreamProtocol(asyncio.Protocol):
@@ -169,10 +295,10 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.conn.close()
 
     def pause_writing(self) -> None:
-        self.conn.client.pause_reading()
+        self.conn.client_reading.pause("upstream-busy")
 
     def resume_writing(self) -> None:
-        self.conn.client.resume_reading()
+        self.conn.client_reading.resume("upstream-busy")
 
 
 class _Parked(asyncio.Protocol):
@@ -186,9 +312,11 @@ class _Parked(asyncio.Protocol):
         self.frames = FrameSplitter(pool.max_frame_bytes)
         self.ready = False
         self.ready_at = 0.0
+        self.opened_at = time.monotonic()
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self.pool.authenticating.add(self)
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.write(self.auth.start())
 
@@ -215,6 +343,7 @@ class _Parked(asyncio.Protocol):
             else:
                 self.ready = True
                 self.ready_at = time.monotonic()
+                self.pool.authenticating.discard(self)
                 self.pool.park(self)
 
     def usable(self, now: float) -> bool:
@@ -231,6 +360,7 @@ class _Parked(asyncio.Protocol):
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.authenticating.discard(self)
         self.pool.forget(self)
 
 
@@ -245,10 +375,16 @@ class UpstreamPool:
     the pool opens no connections to that address for 10 seconds.
     """
 
-    def __init__(self, credentials: UpstreamCredentials, max_frame_bytes: int, size: int) -> None:
+    def __init__(self, credentials: UpstreamCredentials, max_frame_bytes: int, size: int, *,
+                 connect_timeout_s: float = 10.0, sasl_timeout_s: float = 10.0) -> None:
         self.credentials = credentials
         self.max_frame_bytes = max_frame_bytes
         self.size = size
+        # A pooled connection that never finishes connecting or authenticating
+        # would count as "opening" for ever, and the pool would never refill.
+        self.connect_timeout_s = connect_timeout_s
+        self.sasl_timeout_s = sasl_timeout_s
+        self.authenticating: set[_Parked] = set()
         self._ready: dict[tuple[str, int], deque[_Parked]] = {}
         self._opening: dict[tuple[str, int], int] = {}
         self._failed_at: dict[tuple[str, int], float] = {}
@@ -277,10 +413,19 @@ class UpstreamPool:
 
     async def _open(self, address: tuple[str, int]) -> None:
         try:
-            await asyncio.get_running_loop().create_connection(lambda: _Parked(self, address), *address)
+            await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                lambda: _Parked(self, address), *address), self.connect_timeout_s)
         except Exception as e:  # noqa: BLE001 - whatever failed, this attempt no longer counts as opening
             self._opening[address] -= 1
             log.debug("pooled connection to %s:%d not opened: %s", *address, e)
+
+    def sweep(self, now: float) -> None:
+        """Close pooled connections whose SASL exchange has taken longer than sasl_timeout_s (monotonic `now`)."""
+        for parked in [p for p in self.authenticating if now - p.opened_at > self.sasl_timeout_s]:
+            log.warning("pooled connection to %s:%d did not authenticate within %g s (sasl_timeout_s); closed",
+                        *parked.address, self.sasl_timeout_s)
+            self.authenticating.discard(parked)
+            parked.transport.close()
 
     def failed(self, address: tuple[str, int]) -> None:
         """The broker refused the appliance's credentials: sessions connect on their own for a while,
@@ -314,10 +459,30 @@ class UpstreamPool:
             ready.clear()
 
 
+def release_freed_heap() -> None:
+    """Free what closed sessions held, and hand the freed heap pages back to the kernel.
+
+    A session refers to itself (its state is a bound method of its own), so a
+    closed one, with its partial frames, is freed only by the cyclic garbage
+    collector, whose oldest generation runs rarely: 24 closed sessions' 60 MiB
+    stayed resident, and a second attack added 60 MiB more. Collect first,
+    then ask glibc to return the pages (it keeps freed heap for reuse
+    otherwise). `serve` freezes its start-up objects, so a collection walks
+    only what was made since: milliseconds, at most every 5 s.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
+
+
 class ProxyServer:
     def __init__(
         self, *, hosts: tuple[str, ...], port: int, lookup: Lookup,
         identity_of: Callable[[int], Enrollment | None], credentials: UpstreamCredentials,
+        limits: Limits, max_request_bytes: int, max_sessions: int, max_sessions_per_workload: int,
+        audit_failing: Callable[[], str | None] | None = None, release_memory: Callable[[], None] = release_freed_heap,
         policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int, upstream_pool: int = 0,
         upstream_failed: Callable[[tuple[str, int]], None] = lambda address: None,
     ) -> None:
@@ -331,15 +496,34 @@ class ProxyServer:
         self.credentials = credentials
         self.audit = audit
         self.max_frame_bytes = max_frame_bytes
-        self.pool = UpstreamPool(credentials, max_frame_bytes, upstream_pool)
+        self.pool = UpstreamPool(credentials, max_frame_bytes, upstream_pool,
+                                 connect_timeout_s=limits.connect_timeout_s, sasl_timeout_s=limits.sasl_timeout_s)
         self.live: dict[str, _Connection] = {}
         self._servers: list[asyncio.AbstractServer] = []
+        self.limits = limits
+        self.max_request_bytes = max_request_bytes
+        self.max_sessions = max_sessions
+        self.max_sessions_per_workload = max_sessions_per_workload
+        # None: audit_failure is `forward`; otherwise the audit's failure reason, or None while it writes.
+        self.audit_failing = audit_failing
+        self.release_memory = release_memory
+        self.held_total = 0
+        self.held_peak = 0
+        self.paused: set[_Connection] = set()
+        self.per_workload: dict[int, int] = {}
+        self.budget_pauses = 0
+        self.deadline_closes: dict[str, int] = {}
+        self.limit_refusals = 0
+        self._limit_pending: dict[tuple[int, str], list] = {}
+        self._trimmed_at = 0.0
+        self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for host in self.hosts:
             self._servers.append(await loop.create_server(
                 lambda: _ClientProtocol(self), host, self.port, reuse_address=True, backlog=1024))
+        self._sweeper = loop.create_task(self._sweep())
 
     def listening_sockets(self) -> list:
         """The listening sockets (socket-like: family, fileno, getsockname), for steering to hand
@@ -360,6 +544,13 @@ class ProxyServer:
             self._refuse(transport, now, f"cgroup {origin.enrolled_cgroup_id} is no longer enrolled",
                          cgroup_id=origin.cgroup_id, pid=origin.tgid)
             return None
+        if len(self.live) >= self.max_sessions:
+            self._at_limit(transport, now, origin, enrollment, "max_sessions", self.max_sessions)
+            return None
+        if self.per_workload.get(origin.enrolled_cgroup_id, 0) >= self.max_sessions_per_workload:
+            self._at_limit(transport, now, origin, enrollment, "max_sessions_per_workload",
+                           self.max_sessions_per_workload)
+            return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         who = process.describe(origin.tgid, origin.cgroup_id, origin.comm, now)
         conn = _Connection(self, transport, origin, enrollment, who.command, now)
@@ -372,7 +563,80 @@ class ProxyServer:
         log.info("session %s: %s (pid %d, %s) -> %s", conn.session.session_id, enrollment.identity,
                  origin.tgid, who.command[:60], origin.broker_address)
         self.live[conn.session.session_id] = conn
+        self.per_workload[origin.enrolled_cgroup_id] = self.per_workload.get(origin.enrolled_cgroup_id, 0) + 1
         return conn
+
+    def _at_limit(self, transport: asyncio.Transport, now: float, origin: OriginalDestination,
+                  enrollment: Enrollment, key: str, limit: int) -> None:
+        """Reset a connection over a session limit; refusals are audited as one event per workload and second.
+
+        The reset reaches the client as ECONNRESET on its first read or write,
+        which every Kafka client treats as a lost broker connection and retries
+        after its reconnect backoff, as it does when a broker is at its own
+        connection limit.
+        """
+        self.limit_refusals += 1
+        transport.abort()
+        pending = self._limit_pending.get((origin.enrolled_cgroup_id, key))
+        if pending is None:
+            self._limit_pending[(origin.enrolled_cgroup_id, key)] = [now, 1, enrollment.identity, origin, limit]
+        else:
+            pending[1] += 1
+
+    def _flush_limit_refusals(self) -> None:
+        for (cgroup_id, key), (first, count, identity, origin, limit) in self._limit_pending.items():
+            times = f"{count} connections" if count > 1 else "a connection"
+            message = (f"refused {times} from {identity} (pid {origin.tgid}) to {origin.broker_address}: "
+                       f"{key} ({limit}) reached")
+            log.warning("%s", message)
+            self.audit(Event(at=first, kind="session-limit", message=message, identity=identity,
+                             cgroup_id=origin.cgroup_id, pid=origin.tgid,
+                             detail=json.dumps({"limit": key, "value": limit, "count": count,
+                                                "live": len(self.live)})))
+        self._limit_pending.clear()
+
+    def recheck_paused(self) -> None:
+        for conn in list(self.paused):
+            conn.check_budget()
+
+    async def _sweep(self) -> None:
+        """One timer for every session's deadlines, the paused sessions, limit refusals and freed heap."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                self.sweep(time.time())
+            except Exception:  # noqa: BLE001 - the sweep must outlive any one session's fault
+                log.exception("proxy sweep failed")
+
+    def sweep(self, now: float) -> None:
+        for conn in list(self.live.values()):
+            reason = conn.deadline(now)
+            if reason is not None:
+                kind = reason.split(" ", 1)[0]
+                self.deadline_closes[kind] = self.deadline_closes.get(kind, 0) + 1
+                conn.dispatch(ev.DeadlinePassed(reason))
+                conn.close()
+        self.pool.sweep(time.monotonic())
+        self.held_total = sum(c.held for c in self.live.values())  # the books, re-added once a second
+        self.recheck_paused()
+        if self._limit_pending:
+            self._flush_limit_refusals()
+        if self.held_peak - self.held_total >= _TRIM_AFTER_BYTES and now - self._trimmed_at >= _TRIM_EVERY_S:
+            log.info("sessions let go of %d MiB; handing freed heap back to the kernel",
+                     (self.held_peak - self.held_total) >> 20)
+            self.release_memory()
+            self._trimmed_at = now
+            self.held_peak = self.held_total
+
+    def limits_status(self) -> dict:
+        """Budgets and limits now, for `appliance status`."""
+        return {
+            "sessions": len(self.live), "max_sessions": self.max_sessions,
+            "max_sessions_per_workload": self.max_sessions_per_workload,
+            "held_bytes": self.held_total, "buffer_budget_bytes": self.limits.buffer_budget_bytes,
+            "paused_sessions": len(self.paused), "budget_pauses": self.budget_pauses,
+            "deadline_closes": dict(self.deadline_closes), "session_limit_refusals": self.limit_refusals,
+        }
 
     def _refuse(self, transport: asyncio.Transport, now: float, message: str, **fields) -> None:
         log.warning("%s", message)
@@ -390,6 +654,10 @@ class ProxyServer:
         return [c.info for c in self.live.values()]
 
     async def stop(self, reason: str = "appliance stopping") -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._limit_pending:
+            self._flush_limit_refusals()
         self.pool.close()
         for server in self._servers:
             server.close()

@@ -65,3 +65,14 @@ def test_the_broker_granted_session_lifetime_is_read_from_the_last_answer():
             error_code=ErrorCode.none, error_message=None, auth_bytes=b"", session_lifetime=granted),
             correlation_id=2, flexible_header=True))
         assert done is None and auth.session_lifetime_s == expected
+
+
+def test_a_pooled_connection_stuck_in_its_sasl_exchange_is_closed_at_the_sasl_deadline():
+    pool = UpstreamPool(PLAIN, 1 << 20, size=2, sasl_timeout_s=10)
+    stuck = _Parked(pool, BROKER)
+    stuck.transport = _Transport()
+    pool.authenticating.add(stuck)
+    pool.sweep(stuck.opened_at + 9)
+    assert not stuck.transport.closed
+    pool.sweep(stuck.opened_at + 11)  # the broker never answered: the slot it held in "opening" frees
+    assert stuck.transport.closed and not pool.authenticating
