@@ -32,7 +32,9 @@ from kio.schema.metadata.v12.response import MetadataResponse as _MetadataRespon
 from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest as _SaslAuthenticateRequest
 from kio.schema.sasl_authenticate.v2.response import SaslAuthenticateResponse as _SaslAuthenticateResponse
 from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest as _SaslHandshakeRequest
-from kio.serial import entity_reader, entity_writer
+from kio.serial import entity_writer
+
+from appliance.kafka.codec import decode_entity
 
 
 def _common(bootstrap: str, sasl_file: str | None) -> dict:
@@ -142,7 +144,7 @@ def connect(args) -> dict:
             body = _exchange(sock, _METADATA, 12, 9, _MetadataRequest(topics=None, allow_auto_topic_creation=False,
                                                                       include_topic_authorized_operations=False))
             marks.append(time.perf_counter())
-        metadata, _ = entity_reader(_MetadataResponse)(body, 0)
+        metadata = decode_entity(_MetadataResponse, body, 0, "Metadata v12 response")
         if not metadata.brokers:
             return {"error": "metadata answer without brokers"}
         if i == 0:
@@ -195,7 +197,7 @@ def _sasl(sock: socket.socket, creds: dict) -> None:
 
 def _authenticate(sock: socket.socket, correlation_id: int, payload: bytes) -> bytes:
     body = _exchange(sock, _SASL_AUTHENTICATE, 2, correlation_id, _SaslAuthenticateRequest(auth_bytes=payload))
-    response, _ = entity_reader(_SaslAuthenticateResponse)(body, 0)
+    response = decode_entity(_SaslAuthenticateResponse, body, 0, "SaslAuthenticate v2 response")
     if int(response.error_code.value) != 0:
         raise RuntimeError(f"SaslAuthenticate failed: {response.error_message}")
     return response.auth_bytes

@@ -24,11 +24,11 @@ from kio.schema.api_versions.v3.response import ApiVersionsResponse
 from kio.schema.errors import ErrorCode
 from kio.schema.request_header.v2.header import RequestHeader
 from kio.schema.response_header.v0.header import ResponseHeader
-from kio.serial import entity_reader, entity_writer
-from kio.serial.errors import SerialError
+from kio.serial import entity_writer
 from kio.static.primitive import i32
 
 from appliance.broker.netns import run_in
+from appliance.kafka.codec import DecodeError, decode_entity
 from appliance.config import BrokerAddress
 
 _CORRELATION_ID = 0x5EED
@@ -81,11 +81,11 @@ def api_versions(address: BrokerAddress, *, netns: str | None = None, timeout: f
         if not 0 < size <= _MAX_RESPONSE:
             raise ProbeError(f"{address} answered with a frame of {size} bytes; not a Kafka ApiVersions response")
         frame = _recv_exactly(sock, size)
-    try:
-        header, offset = entity_reader(ResponseHeader)(frame, 0)
-        response, _ = entity_reader(ApiVersionsResponse)(frame, offset)
-    except SerialError as e:
-        raise ProbeError(f"{address} answered something that is not an ApiVersions v3 response: {e!r}") from None
+    try:  # through the codec's bounds check: a broker's counts are not trusted either
+        header = decode_entity(ResponseHeader, frame, 0, "ApiVersions response header")
+        response = decode_entity(ApiVersionsResponse, frame, 4, "ApiVersions v3 response")
+    except DecodeError as e:
+        raise ProbeError(f"{address} answered something that is not an ApiVersions v3 response: {e}") from None
     if header.correlation_id != _CORRELATION_ID:
         raise ProbeError(f"{address} answered correlation id {header.correlation_id}, expected {_CORRELATION_ID}")
     if response.error_code != ErrorCode.none:
