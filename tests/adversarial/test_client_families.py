@@ -1,0 +1,264 @@
+"""Every guarantee, for every client family: the same checks with kcat, confluent-kafka, kafka-python,
+aiokafka, franz-go, the Java 4.x consumer (classic and KIP-848 group protocols) and the Java admin client.
+
+Each family runs unmodified in one enrolled cgroup (identity `fam-app`) through the real `appliance
+serve`. The cells of the matrix:
+
+  (a) round trip     an allowed topic: what the family produces, it consumes back
+  (b) refused        a topic it may not use: produce and consume fail fast with Kafka's authorization error
+  (c) masked tail    a fetch-masked topic read while tailing (consumers started and in steady state, with
+                     incremental fetch sessions where the family has them, before anything is produced):
+                     every value arrives masked (defect D)
+  (d) listing        a listing of all topics names only topics the identity may describe (defect E)
+  (e) admin          the Java admin's calls answer within their timeout; refusals are clear
+                     authorization errors (defect H)
+
+Each fixture below runs one cell for every family at once, in threads, and the tests read its results,
+so the module shares one broker and one appliance and takes about a minute and a half. Every client
+invocation has a deadline, and a failing cell prints everything the client said.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.clients.families import FAMILIES, authorization_error_in, java_admin
+from tests.integration.conftest import BROKER4, POLICY, PY, Cgroup, WORKLOAD_PARENT, cli, eventually
+
+BASE = Path(__file__).resolve().parents[1] / "integration" / "policy.yaml"
+IDENTITY = "fam-app"
+ALLOWED_PREFIXES = ("fam-ok-", "fam-mask-")
+EMAIL = "jane.doe@example.com"
+RULES = [{"name": "families-app", "identities": [IDENTITY],
+          "operations": ["produce", "consume", "describe", "create", "alter", "group"],
+          "topics": [f"prefix:{p}" for p in ALLOWED_PREFIXES], "consumer_groups": ["prefix:fam-"]}]
+MASKING = [{"name": "families-email-on-read", "topics": ["prefix:fam-mask-"], "on": ["fetch"],
+            "detectors": ["email"], "action": "redact"}]
+SUFFIX = secrets.token_hex(3)
+TOPICS = {
+    **{f"rt-{name}": f"fam-ok-{name}-{SUFFIX}" for name in FAMILIES},
+    "masked": f"fam-mask-tail-{SUFFIX}",
+    "denied": f"fam-no-{SUFFIX}",
+}
+# Much less than the clients' own timeouts (20 s): a refusal must come back, not be waited out.
+FAST = 10.0
+
+
+@pytest.fixture(scope="module")
+def policy(appliance):
+    """The integration policy plus this module's rules (policy.yaml itself belongs to the policy tests)."""
+    doc = yaml.safe_load(BASE.read_text())
+    doc["rules"] = [*doc["rules"], *RULES]
+    doc["masking"] = [*(doc.get("masking") or []), *MASKING]
+    tmp = POLICY.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(POLICY)
+    eventually(lambda: (appliance.status() or {}).get("policy", {}).get("rules") == len(doc["rules"]),
+               message="the client-family policy reloaded")
+    yield
+    shutil.copy(BASE, POLICY)
+
+
+@pytest.fixture(scope="module")
+def workload(appliance, config_path, policy):
+    from appliance.identity import cgroups
+
+    cg = Cgroup(cgroups.ensure(f"{WORKLOAD_PARENT}/{IDENTITY}-{SUFFIX}"))
+    cli(config_path, "enroll", cg.cgroup.path, "--identity", IDENTITY)
+    eventually(lambda: any(w["cgroup_id"] == cg.cgroup.id for w in appliance.status()["workloads"]),
+               message=f"{IDENTITY} enrolled")
+    yield cg
+    cli(config_path, "unenroll", cg.cgroup.path, check=False)
+    cg.cleanup()
+
+
+@pytest.fixture(scope="module")
+def topics(direct, sasl_args):
+    """Every topic this module uses, made at once straight at the broker with the appliance's credentials."""
+    script = ("import sys, json\nfrom confluent_kafka.admin import AdminClient, NewTopic\n"
+              "mech, user, pw = sys.argv[2].split(':', 2)\n"
+              "a = AdminClient({'bootstrap.servers': sys.argv[1], 'security.protocol': 'SASL_PLAINTEXT',"
+              " 'sasl.mechanism': mech, 'sasl.username': user, 'sasl.password': pw})\n"
+              "fs = a.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in sys.argv[3:]])\n"
+              "for f in fs.values(): f.result(20)\n")
+    direct.run([PY, "-c", script, BROKER4, sasl_args[1], *TOPICS.values()], timeout=60)
+    return TOPICS
+
+
+def expect(condition, message) -> None:
+    """An assertion whose message pytest shows whole: a failing cell must show what the client said."""
+    if not condition:
+        pytest.fail(str(message))
+
+
+def parallel(jobs: dict, workers: int = 4) -> dict:
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {key: pool.submit(job) for key, job in jobs.items()}
+        return {key: f.result() for key, f in futures.items()}
+
+
+# --- (a) round trip ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def round_trips(workload, topics):
+    def trip(name):
+        fam = FAMILIES[name]
+        topic = topics[f"rt-{name}"]
+        consumer = fam.consume(workload, BROKER4, topic, f"fam-rt-{name}-{SUFFIX}", n=5)
+        ready = consumer.wait_ready(40)
+        produced = fam.produce(workload, BROKER4, topic, n=5, fmt=f"{name}-rt-{{i}}").finish()
+        return ready, produced, consumer.finish()
+
+    return parallel({name: (lambda name=name: trip(name)) for name in FAMILIES})
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_round_trip_on_an_allowed_topic(family, round_trips):
+    ready, produced, consumed = round_trips[family]
+    expect(produced.summary["acked"] == 5 and produced.summary["failed"] == 0, produced)
+    expect(ready, f"the consumer never became ready{consumed}")
+    expect(sorted(consumed.summary["values"]) == [f"{family}-rt-{i}" for i in range(5)], consumed)
+    expect(consumed.summary["errors"] == [], consumed)
+
+
+# --- (b) refused topic ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def refusals(workload, topics):
+    jobs = {}
+    for name, fam in FAMILIES.items():
+        jobs[(name, "produce")] = (lambda fam=fam: fam.produce(workload, BROKER4, topics["denied"], n=3,
+                                                               fmt="never-{i}").finish())
+        jobs[(name, "consume")] = (lambda fam=fam, name=name: fam.consume(
+            workload, BROKER4, topics["denied"], f"fam-deny-{name}-{SUFFIX}", n=1, timeout=20).finish())
+    return parallel(jobs)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_b_produce_to_a_refused_topic_fails_fast_with_an_authorization_error(family, refusals):
+    result = refusals[(family, "produce")]
+    expect(result.summary["acked"] == 0, result)
+    expect(authorization_error_in(FAMILIES[family], result.summary["errors"]), result)
+    expect(result.elapsed < FAST, f"the refusal took {result.elapsed:.1f}s{result}")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_b_consume_from_a_refused_topic_fails_fast_with_an_authorization_error(family, refusals):
+    result = refusals[(family, "consume")]
+    expect(result.summary["values"] == [], result)
+    expect(authorization_error_in(FAMILIES[family], result.summary["errors"]), result)
+    expect(result.elapsed < FAST + 5, f"the refusal took {result.elapsed:.1f}s{result}")
+
+
+# --- (c) fetch-side masking while tailing (defect D) ------------------------------------------------
+
+MASKED_N = 10
+
+
+@pytest.fixture(scope="module")
+def masked_tail(workload, topics):
+    """All families tail the masked topic at once; only when every one of them is in steady state
+    are the records produced."""
+    consumers = {name: fam.consume(workload, BROKER4, topics["masked"], f"fam-mt-{name}-{SUFFIX}", n=MASKED_N,
+                                   timeout=60)
+                 for name, fam in FAMILIES.items()}
+    ready = {name: c.wait_ready(45) for name, c in consumers.items()}
+    produced = FAMILIES["confluent-kafka"].produce(workload, BROKER4, topics["masked"], n=MASKED_N,
+                                                   fmt=f"tail-{{i}} mail {EMAIL} now").finish()
+    expect(produced.summary["acked"] == MASKED_N, produced)
+    return {name: (ready[name], c.finish()) for name, c in consumers.items()}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_c_a_tailing_consumer_reads_fetch_masked_values_masked(family, masked_tail):
+    ready, consumed = masked_tail[family]
+    expect(ready, f"the consumer never became ready, so the records were not read while tailing{consumed}")
+    values = consumed.summary["values"]
+    expect(len(values) == MASKED_N, consumed)
+    leaked = [v for v in values if EMAIL in v]
+    expect(leaked == [], f"{len(leaked)} of {len(values)} values read in the clear{consumed}")
+    expect(all(re.fullmatch(r"tail-\d+ mail \[REDACTED\] now", v) for v in values), consumed)
+
+
+# --- (d) listing (defect E) -------------------------------------------------------------------------
+
+LISTERS = ["kcat", "confluent-kafka", "kafka-python", "aiokafka", "franz-go", "java-consumer"]
+
+
+@pytest.fixture(scope="module")
+def listings(workload, topics):
+    families = {**FAMILIES, "java-consumer": FAMILIES["java-classic"]}
+    return parallel({name: (lambda fam=families[name]: fam.metadata(workload, BROKER4).finish())
+                     for name in LISTERS})
+
+
+@pytest.mark.parametrize("family", LISTERS)
+def test_d_listing_all_topics_names_only_describable_topics(family, listings, topics):
+    result = listings[family]
+    seen = result.summary["topics"]
+    expect(topics["rt-kcat"] in seen, f"an allowed topic is missing from the listing{result}")
+    hidden = [t for t in seen if not t.startswith(ALLOWED_PREFIXES)]
+    expect(hidden == [], f"the listing names topics {IDENTITY} may not describe: {hidden}{result}")
+
+
+# --- (e) the Java admin client (defect H) -----------------------------------------------------------
+
+ADMIN_TIMEOUT = 8.0
+
+
+@pytest.fixture(scope="module")
+def admin(workload, topics):
+    result = java_admin(workload, BROKER4, timeout=ADMIN_TIMEOUT, allowed=topics["rt-java-classic"],
+                        denied=topics["denied"], new_topic=f"fam-ok-admin-{SUFFIX}",
+                        new_denied=f"fam-no-admin-{SUFFIX}", group=f"fam-rt-java-classic-{SUFFIX}",
+                        denied_group=f"other-{SUFFIX}").finish()
+    expect("calls" in result.summary, result)
+    return result
+
+
+def call(admin, name: str) -> dict:
+    expect(name in admin.summary["calls"], admin)
+    return admin.summary["calls"][name]
+
+
+@pytest.mark.parametrize("name", ["createTopics", "describeTopics", "listTopics", "describeConsumerGroups",
+                                  "incrementalAlterConfigs"])
+def test_e_admin_calls_the_identity_may_make_succeed(name, admin):
+    expect(call(admin, name)["ok"], f"{name}: {call(admin, name)}{admin}")
+
+
+def test_e_admin_listing_names_only_describable_topics(admin, topics):
+    names = call(admin, "listTopics").get("value") or []
+    expect(f"fam-ok-admin-{SUFFIX}" in names and topics["rt-java-classic"] in names, admin)
+    hidden = [t for t in names if not t.startswith(ALLOWED_PREFIXES)]
+    expect(hidden == [], f"listTopics names topics {IDENTITY} may not describe: {hidden}{admin}")
+
+
+@pytest.mark.parametrize("name, error", [
+    ("createTopics.denied", "TopicAuthorizationException"),
+    ("describeTopics.denied", "TopicAuthorizationException"),
+    ("incrementalAlterConfigs.denied", "TopicAuthorizationException"),
+    ("describeConsumerGroups.denied", "GroupAuthorizationException"),
+    ("createAcls", "ClusterAuthorizationException"),
+    ("alterClientQuotas", "ClusterAuthorizationException"),
+])
+def test_e_admin_refusals_are_clear_authorization_errors_within_the_timeout(name, error, admin):
+    result = call(admin, name)
+    expect(not result["ok"] and result["error"].endswith("." + error), f"{name}: {result}{admin}")
+    expect(result["elapsed_ms"] < ADMIN_TIMEOUT * 1000, f"{name} waited out its timeout: {result}")
+
+
+def test_e_describe_cluster_answers_as_kafka_would(admin):
+    """Kafka's authorizer lets any principal describe the cluster (only the authorized-operations field
+    needs describe on it); the Java admin's describeTopics depends on it. So: an answer, or at worst
+    a clear cluster authorization error, within the timeout."""
+    result = call(admin, "describeCluster")
+    expect(result["ok"] or result["error"].endswith(".ClusterAuthorizationException"), f"{result}{admin}")
+    expect(result["elapsed_ms"] < ADMIN_TIMEOUT * 1000, result)
