@@ -208,6 +208,29 @@ def test_d_listing_all_topics_names_only_describable_topics(family, listings, to
     expect(hidden == [], f"the listing names topics {IDENTITY} may not describe: {hidden}{result}")
 
 
+@pytest.fixture(scope="module")
+def pattern_subscriptions(workload, topics):
+    """A pattern that matches this module's allowed topics and its refused one. The classic consumer
+    resolves it from (filtered) metadata; a KIP-848 consumer sends it to the group coordinator, which
+    resolves it against every topic the broker has."""
+    from tests.integration.clients.build import java_argv
+    from tests.integration.clients.families import Client, last_json
+
+    pattern = f"re:fam-.*-{SUFFIX}"
+    return parallel({protocol: (lambda protocol=protocol: Client(
+        workload, java_argv("consume", BROKER4, pattern, f"fam-re-{protocol}-{SUFFIX}", "0", protocol, "30000"),
+        timeout=30, parse=last_json).finish()) for protocol in ("classic", "consumer")})
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_d_a_pattern_subscription_is_assigned_only_describable_topics(protocol, pattern_subscriptions, topics):
+    result = pattern_subscriptions[protocol]
+    assigned = result.summary.get("assigned_topics", [])
+    expect(topics["rt-kcat"] in assigned, f"the pattern's allowed topics were not assigned{result}")
+    hidden = [t for t in assigned if not t.startswith(ALLOWED_PREFIXES)]
+    expect(hidden == [], f"the group assigned topics {IDENTITY} may not describe: {hidden}{result}")
+
+
 # --- (e) the Java admin client (defect H) -----------------------------------------------------------
 
 ADMIN_TIMEOUT = 8.0

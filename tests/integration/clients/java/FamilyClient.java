@@ -7,8 +7,11 @@
  *       {"acked", "failed", "errors": {text: count}}
  *   consume  BOOTSTRAP TOPIC GROUP N PROTOCOL TIMEOUT_MS     (PROTOCOL: classic | consumer)
  *       {"ready": true} once partitions are assigned and three fetches have come back, so that the
- *       fetch session (KIP-227) is incremental from then on; then {"values": [...], "errors": [...]}.
- *       Stops at the first exception that is not retriable.
+ *       fetch session (KIP-227) is incremental from then on; then
+ *       {"values": [...], "errors": [...], "assigned_topics": [...]}.
+ *       Stops at the first exception that is not retriable. TOPIC "re:REGEX" subscribes to a pattern:
+ *       resolved by the client from metadata (classic) or by the broker's group coordinator (KIP-848).
+ *       N = 0 stops as soon as it is ready, to report what the group assigned.
  *   metadata BOOTSTRAP TIMEOUT_MS
  *       KafkaConsumer.listTopics(): {"topics": [...], "errors": [...]}
  *   admin    BOOTSTRAP TIMEOUT_MS key=value...
@@ -34,6 +37,7 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.regex.Pattern;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.admin.AlterConfigOp;
@@ -44,6 +48,7 @@ import org.apache.kafka.clients.consumer.CloseOptions;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.consumer.SubscriptionPattern;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
@@ -157,12 +162,19 @@ public final class FamilyClient {
         p.put(ConsumerConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, String.valueOf(timeoutMs));
         List<String> values = new ArrayList<>();
         List<String> errors = new ArrayList<>();
+        Collection<String> assigned = new TreeSet<>();
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
         try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(p, new StringDeserializer(), new StringDeserializer())) {
-            consumer.subscribe(List.of(topic));
+            if (!topic.startsWith("re:")) {
+                consumer.subscribe(List.of(topic));
+            } else if (protocol.equals("consumer")) {
+                consumer.subscribe(new SubscriptionPattern(topic.substring(3)));
+            } else {
+                consumer.subscribe(Pattern.compile(topic.substring(3)));
+            }
             long fetchesAtAssignment = -1, assignedAt = 0;
             boolean ready = false;
-            while (values.size() < n && System.nanoTime() < deadline) {
+            while ((values.size() < n || (n == 0 && !ready)) && System.nanoTime() < deadline) {
                 try {
                     for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(200))) {
                         values.add(r.value());
@@ -173,6 +185,7 @@ public final class FamilyClient {
                         break;
                     }
                 }
+                consumer.assignment().forEach(tp -> assigned.add(tp.topic()));
                 if (!ready && !consumer.assignment().isEmpty()) {
                     if (fetchesAtAssignment < 0) {
                         fetchesAtAssignment = fetchTotal(consumer);
@@ -187,12 +200,12 @@ public final class FamilyClient {
                     }
                 }
             }
-            if (values.size() < n && errors.isEmpty()) {
-                errors.add("timed out with " + values.size() + " of " + n + " records");
+            if ((values.size() < n || (n == 0 && !ready)) && errors.isEmpty()) {
+                errors.add("timed out with " + values.size() + " of " + n + " records" + (ready ? "" : ", never ready"));
             }
             consumer.close(CloseOptions.timeout(Duration.ofSeconds(2)));
         }
-        emit(Map.of("values", values, "errors", errors));
+        emit(Map.of("values", values, "errors", errors, "assigned_topics", assigned));
     }
 
     private static void metadata(String bootstrap, int timeoutMs) throws Exception {
