@@ -46,12 +46,15 @@ class Result:
     elapsed: float
     timed_out: bool
     summary: dict = field(default_factory=dict)
+    parsed: bool = False  # the summary came from the client's own output
 
     def __repr__(self) -> str:
-        """Everything a failing assertion needs to show why: the command, what it printed, how long it took."""
+        """Everything a failing assertion needs to show why: the command, what it printed, how long it took.
+        (stdout only when its summary could not be read from it: otherwise the summary says it all.)"""
+        out = "" if self.parsed else f"\n--- stdout (tail)\n{self.stdout[-2500:]}"
         return (f"\n$ {' '.join(self.argv)}\nexit {self.returncode} after {self.elapsed:.1f}s"
                 f"{' (killed: timed out)' if self.timed_out else ''}\nsummary: {json.dumps(self.summary)[:3000]}"
-                f"\n--- stdout (tail)\n{self.stdout[-2500:]}\n--- stderr (tail)\n{self.stderr[-2500:]}")
+                f"{out}\n--- stderr (tail)\n{self.stderr[-2500:]}")
 
 
 class Client:
@@ -107,6 +110,7 @@ class Client:
                         time.monotonic() - self.started, timed_out)
         try:
             result.summary = self.parse(result)
+            result.parsed = True
         except (ValueError, KeyError, TypeError) as e:
             # Every shape's keys, empty, so a test's assertion fails on the facts and prints the output.
             result.summary = {"acked": 0, "failed": 0, "values": [], "topics": [],
@@ -236,14 +240,16 @@ def _py_family(name: str, family: str, authorization_error: str) -> Family:
     )
 
 
-def _franz_family() -> Family:
-    def go_format(fmt: str) -> str:
-        return fmt.replace("%", "%%").replace("{i}", "%d")
+def printf_format(fmt: str) -> str:
+    """The harness's "{i}" value format as Go's and Java's printf format."""
+    return fmt.replace("%", "%%").replace("{i}", "%d")
 
+
+def _franz_family() -> Family:
     return Family(
         name="franz-go",
         produce_argv=lambda b, t, n, fmt, timeout: [str(build.franz_binary()), "produce", "-brokers", b, "-topic", t,
-                                                     "-n", str(n), "-value", go_format(fmt),
+                                                     "-n", str(n), "-value", printf_format(fmt),
                                                      "-delivery-timeout", f"{timeout}s", "-timeout", f"{timeout + 5}s"],
         consume_argv=lambda b, t, g, n, timeout: [str(build.franz_binary()), "consume", "-brokers", b, "-topic", t,
                                                    "-group", g, "-n", str(n), "-timeout", f"{timeout}s"],
@@ -254,12 +260,9 @@ def _franz_family() -> Family:
 
 
 def _java_family(name: str, protocol: str) -> Family:
-    def java_format(fmt: str) -> str:
-        return fmt.replace("%", "%%").replace("{i}", "%d")
-
     return Family(
         name=name,
-        produce_argv=lambda b, t, n, fmt, timeout: build.java_argv("produce", b, t, str(n), java_format(fmt),
+        produce_argv=lambda b, t, n, fmt, timeout: build.java_argv("produce", b, t, str(n), printf_format(fmt),
                                                                     str(int(timeout * 1000))),
         consume_argv=lambda b, t, g, n, timeout: build.java_argv("consume", b, t, g, str(n), protocol,
                                                                   str(int(timeout * 1000))),
