@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,15 +21,15 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+POM = HERE.parents[2] / "scripts" / "kafka" / "pom.xml"  # what scripts/setup resolves the jars from
 CACHE = Path(os.environ.get("APPLIANCE_JAR_CACHE", "/var/cache/appliance"))
-KAFKA_VERSION = "4.1.1"
+KAFKA_VERSION = re.search(r"<kafka\.version>(.+?)</kafka\.version>", POM.read_text()).group(1)
 JARS = CACHE / f"kafka-{KAFKA_VERSION}"
 # What the Java client needs at run time: the client library, its codecs, logging and Jackson for JSON.
 # Naming them (rather than the whole broker's jar directory) keeps class-path scanning, and startup, short.
-JAVA_RUNTIME_JARS = (
-    f"kafka-clients-{KAFKA_VERSION}.jar", "lz4-java-1.8.0.jar", "snappy-java-1.1.10.7.jar", "zstd-jni-1.5.6-10.jar",
-    "slf4j-api-2.0.16.jar", "log4j-api-2.24.3.jar", "log4j-core-2.24.3.jar", "log4j-slf4j2-impl-2.24.3.jar",
-    "jackson-databind-2.19.0.jar", "jackson-core-2.19.0.jar", "jackson-annotations-2.19.0.jar",
+JAVA_RUNTIME_ARTIFACTS = (
+    f"kafka-clients-{KAFKA_VERSION}", "lz4-java", "snappy-java", "zstd-jni", "slf4j-api", "log4j-api", "log4j-core",
+    "log4j-slf4j2-impl", "jackson-databind", "jackson-core", "jackson-annotations",
 )
 # Fast start for short-lived client runs: C1 only, the serial collector, a small heap.
 JAVA_FLAGS = ("-Xmx128m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto")
@@ -96,8 +97,15 @@ def franz_binary() -> Path:
 
 
 def _java_classpath_jars() -> list[Path]:
-    jars = [JARS / j for j in JAVA_RUNTIME_JARS]
-    missing = [j.name for j in jars if not j.exists()]
+    """One jar per artifact, whatever version the pom resolved (names are artifact-VERSION.jar)."""
+    jars, missing = [], []
+    for artifact in JAVA_RUNTIME_ARTIFACTS:
+        pattern = rf"{re.escape(artifact)}(-[0-9][^/]*)?\.jar"
+        found = sorted(j for j in JARS.glob(f"{artifact}*.jar") if re.fullmatch(pattern, j.name))
+        if found:
+            jars.append(found[-1])
+        else:
+            missing.append(artifact)
     if missing:
         raise BuildError(f"Kafka {KAFKA_VERSION} jars missing from {JARS}: {missing} (scripts/setup resolves them)")
     return jars
