@@ -9,6 +9,8 @@ serve`. The cells of the matrix:
   (c) masked tail    a fetch-masked topic read while tailing (consumers started and in steady state, with
                      incremental fetch sessions where the family has them, before anything is produced):
                      every value arrives masked (defect D)
+      revocation     a policy reload that takes away the consume right stops a live fetch session:
+                     nothing produced after it is delivered (defect D)
   (d) listing        a listing of all topics names only topics the identity may describe (defect E)
   (e) admin          the Java admin's calls answer within their timeout, as Kafka would answer them:
                      refusals are clear authorization errors, and what Kafka allows anyone
@@ -24,6 +26,7 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,15 +34,19 @@ import pytest
 import yaml
 
 from tests.integration.clients.families import FAMILIES, authorization_error_in, java_admin
-from tests.integration.conftest import BROKER4, POLICY, PY, Cgroup, WORKLOAD_PARENT, cli, eventually
+from tests.integration.conftest import BROKER4, CLIENTS, POLICY, PY, Cgroup, WORKLOAD_PARENT, cli, eventually
+from tests.integration.conftest import java_argv as java_tool_argv
 
 BASE = Path(__file__).resolve().parents[1] / "integration" / "policy.yaml"
 IDENTITY = "fam-app"
-ALLOWED_PREFIXES = ("fam-ok-", "fam-mask-")
+REVOKED = "fam-revoked"  # a second identity, whose consume right the revocation cell takes away
+ALLOWED_PREFIXES = ("fam-ok-", "fam-mask-", "fam-rv-")
 EMAIL = "jane.doe@example.com"
 RULES = [{"name": "families-app", "identities": [IDENTITY],
           "operations": ["produce", "consume", "describe", "create", "alter", "group"],
-          "topics": [f"prefix:{p}" for p in ALLOWED_PREFIXES], "consumer_groups": ["prefix:fam-"]}]
+          "topics": [f"prefix:{p}" for p in ALLOWED_PREFIXES], "consumer_groups": ["prefix:fam-"]},
+         {"name": "families-revocable", "identities": [REVOKED], "operations": ["consume", "describe", "group"],
+          "topics": ["prefix:fam-rv-"], "consumer_groups": ["prefix:fam-"]}]
 MASKING = [{"name": "families-email-on-read", "topics": ["prefix:fam-mask-"], "on": ["fetch"],
             "detectors": ["email"], "action": "redact"}]
 SUFFIX = secrets.token_hex(3)
@@ -47,49 +54,62 @@ TOPICS = {
     **{f"rt-{name}": f"fam-ok-{name}-{SUFFIX}" for name in FAMILIES},
     "masked": f"fam-mask-tail-{SUFFIX}",
     "denied": f"fam-no-{SUFFIX}",
+    "revoked": f"fam-rv-{SUFFIX}",
 }
 # Much less than the clients' own timeouts (20 s): a refusal must come back, not be waited out.
 FAST = 10.0
 
 
-@pytest.fixture(scope="module")
-def policy(appliance):
-    """The integration policy plus this module's rules (policy.yaml itself belongs to the policy tests)."""
+def apply_policy(appliance, rules: list[dict]) -> None:
+    """The integration policy plus `rules` and this module's masking, in force once the appliance says so."""
     doc = yaml.safe_load(BASE.read_text())
-    doc["rules"] = [*doc["rules"], *RULES]
+    doc["rules"] = [*doc["rules"], *rules]
     doc["masking"] = [*(doc.get("masking") or []), *MASKING]
     tmp = POLICY.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
     tmp.replace(POLICY)
     eventually(lambda: (appliance.status() or {}).get("policy", {}).get("rules") == len(doc["rules"]),
                message="the client-family policy reloaded")
+
+
+@pytest.fixture(scope="module")
+def policy(appliance):
+    """This module's rules on top of the integration policy (policy.yaml itself belongs to the policy tests)."""
+    apply_policy(appliance, RULES)
     yield
     shutil.copy(BASE, POLICY)
 
 
 @pytest.fixture(scope="module")
-def workload(appliance, config_path, policy):
+def enrolled(appliance, config_path, policy):
+    """Enrol a cgroup per identity for the whole module."""
     from appliance.identity import cgroups
 
-    cg = Cgroup(cgroups.ensure(f"{WORKLOAD_PARENT}/{IDENTITY}-{SUFFIX}"))
-    cli(config_path, "enroll", cg.cgroup.path, "--identity", IDENTITY)
-    eventually(lambda: any(w["cgroup_id"] == cg.cgroup.id for w in appliance.status()["workloads"]),
-               message=f"{IDENTITY} enrolled")
-    yield cg
-    cli(config_path, "unenroll", cg.cgroup.path, check=False)
-    cg.cleanup()
+    made: list[Cgroup] = []
+
+    def enrol(identity: str) -> Cgroup:
+        cg = Cgroup(cgroups.ensure(f"{WORKLOAD_PARENT}/{identity}-{SUFFIX}"))
+        cli(config_path, "enroll", cg.cgroup.path, "--identity", identity)
+        eventually(lambda: any(w["cgroup_id"] == cg.cgroup.id for w in appliance.status()["workloads"]),
+                   message=f"{identity} enrolled")
+        made.append(cg)
+        return cg
+
+    yield enrol
+    for cg in made:
+        cli(config_path, "unenroll", cg.cgroup.path, check=False)
+        cg.cleanup()
+
+
+@pytest.fixture(scope="module")
+def workload(enrolled):
+    return enrolled(IDENTITY)
 
 
 @pytest.fixture(scope="module")
 def topics(direct, sasl_args):
     """Every topic this module uses, made at once straight at the broker with the appliance's credentials."""
-    script = ("import sys, json\nfrom confluent_kafka.admin import AdminClient, NewTopic\n"
-              "mech, user, pw = sys.argv[2].split(':', 2)\n"
-              "a = AdminClient({'bootstrap.servers': sys.argv[1], 'security.protocol': 'SASL_PLAINTEXT',"
-              " 'sasl.mechanism': mech, 'sasl.username': user, 'sasl.password': pw})\n"
-              "fs = a.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in sys.argv[3:]])\n"
-              "for f in fs.values(): f.result(20)\n")
-    direct.run([PY, "-c", script, BROKER4, sasl_args[1], *TOPICS.values()], timeout=60)
+    direct.run([PY, str(CLIENTS / "create_topics.py"), BROKER4, sasl_args[1], *TOPICS.values()], timeout=60)
     return TOPICS
 
 
@@ -188,6 +208,38 @@ def test_c_a_tailing_consumer_reads_fetch_masked_values_masked(family, masked_ta
     expect(all(re.fullmatch(r"tail-\d+ mail \[REDACTED\] now", v) for v in values), consumed)
 
 
+# --- (c') a revocation reaches a live fetch session (defect D) --------------------------------------
+
+@pytest.fixture(scope="module")
+def revocation(appliance, enrolled, workload, topics):
+    """Every family tails a topic as `fam-revoked`; five records arrive; the policy then takes away that
+    identity's rule; five more are produced. None of those may reach a consumer."""
+    reader = enrolled(REVOKED)
+    consumers = {name: fam.consume(reader, BROKER4, topics["revoked"], f"fam-rv-{name}-{SUFFIX}", n=10, timeout=35)
+                 for name, fam in FAMILIES.items()}
+    ready = {name: c.wait_ready(45) for name, c in consumers.items()}
+    producer = FAMILIES["confluent-kafka"]
+    before = producer.produce(workload, BROKER4, topics["revoked"], n=5, fmt="before-{i}").finish()
+    expect(before.summary["acked"] == 5, before)
+    time.sleep(3)  # consumers in steady state take a fetch or two to read them
+    apply_policy(appliance, [r for r in RULES if REVOKED not in r["identities"]])
+    after = producer.produce(workload, BROKER4, topics["revoked"], n=5, fmt="after-{i}").finish()
+    expect(after.summary["acked"] == 5, after)
+    results = {name: (ready[name], c.finish()) for name, c in consumers.items()}
+    apply_policy(appliance, RULES)
+    return results
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_c_a_revoked_consume_right_stops_a_live_fetch_session(family, revocation):
+    ready, consumed = revocation[family]
+    values = consumed.summary["values"]
+    expect(ready and sorted(v for v in values if v.startswith("before-")) == [f"before-{i}" for i in range(5)],
+           f"the consumer was not tailing when the right was revoked, so the cell proves nothing{consumed}")
+    delivered = [v for v in values if v.startswith("after-")]
+    expect(delivered == [], f"{len(delivered)} records produced after the revocation were delivered{consumed}")
+
+
 # --- (d) listing (defect E) -------------------------------------------------------------------------
 
 LISTERS = ["kcat", "confluent-kafka", "kafka-python", "aiokafka", "franz-go", "java-consumer"]
@@ -245,6 +297,22 @@ def admin(workload, topics):
                         denied_group=f"other-{SUFFIX}").finish()
     expect("calls" in result.summary, result)
     return result
+
+
+@pytest.fixture(scope="module")
+def topic_command(workload, topics, broker):
+    """`kafka-topics --describe` of a topic the identity may describe: the tool an operator reaches for."""
+    from tests.integration.clients.families import Client
+
+    argv = java_tool_argv(broker, "org.apache.kafka.tools.TopicCommand", "--bootstrap-server", BROKER4,
+                          "--describe", "--topic", topics["rt-java-classic"])
+    return Client(workload, argv, timeout=30, parse=lambda r: {"errors": []}).finish()
+
+
+def test_e_kafka_topics_describes_a_describable_topic(topic_command, topics):
+    out = topic_command.stdout
+    expect(topic_command.returncode == 0 and f"Topic: {topics['rt-java-classic']}" in out
+           and "Partition: 0" in out, f"kafka-topics --describe failed{topic_command}\n--- stdout\n{out[-2000:]}")
 
 
 def call(admin, name: str) -> dict:

@@ -38,6 +38,7 @@ def test_kcat_produce_counts_retries_as_progress_and_errors_as_failures():
 def test_kcat_consume_and_metadata():
     assert _kcat_consume(result("a\nb\n")) == {"values": ["a", "b"], "errors": []}
     assert _kcat_consume(result("", returncode=1))["errors"] == ["kcat exited 1"]
+    assert _kcat_consume(result("a\n", returncode=124))["errors"] == ["timed out with 1 records"]
     listing = {"topics": [{"topic": "fam-ok-b", "partitions": []}, {"topic": "fam-ok-a", "error": "Broker: x"}]}
     assert _kcat_metadata(result(json.dumps(listing))) == {"topics": ["fam-ok-a", "fam-ok-b"],
                                                            "errors": ["fam-ok-a: Broker: x"]}

@@ -70,13 +70,20 @@ class Client:
         self._out: list[str] = []
         self._err: list[str] = []
         self.proc = cg.popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL)
+        self._exited_at: float | None = None
         self._threads = [threading.Thread(target=self._drain, args=(self.proc.stdout, self._out), daemon=True),
-                         threading.Thread(target=self._drain, args=(self.proc.stderr, self._err), daemon=True)]
+                         threading.Thread(target=self._drain, args=(self.proc.stderr, self._err), daemon=True),
+                         threading.Thread(target=self._reap, daemon=True)]
         for t in self._threads:
             t.start()
         if input is not None:
             self.proc.stdin.write(input)
             self.proc.stdin.close()
+
+    def _reap(self) -> None:
+        """Note when the process ended (finish() may be called much later, after other clients)."""
+        self.proc.wait()
+        self._exited_at = time.monotonic()
 
     def _drain(self, stream, sink: list[str]) -> None:
         for line in stream:
@@ -106,8 +113,9 @@ class Client:
             self.proc.wait()
         for t in self._threads:
             t.join(5)
+        ended = self._exited_at or time.monotonic()
         result = Result(self.argv, self.proc.returncode, "".join(self._out), "".join(self._err),
-                        time.monotonic() - self.started, timed_out)
+                        ended - self.started, timed_out)
         try:
             result.summary = self.parse(result)
             result.parsed = True
@@ -188,9 +196,12 @@ class Family:
 
 def _kcat_consume(result: Result) -> dict:
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line or "rror:" in line]
-    if result.returncode not in (0, None) and not errors:
+    values = [v for v in result.stdout.splitlines() if v]
+    if result.returncode == 124 and not errors:  # timeout(1) stopped it: kcat itself never gives up
+        errors = [f"timed out with {len(values)} records"]
+    elif result.returncode not in (0, None) and not errors:
         errors = [f"kcat exited {result.returncode}"]
-    return {"values": [v for v in result.stdout.splitlines() if v], "errors": errors}
+    return {"values": values, "errors": errors}
 
 
 def _kcat_metadata(result: Result) -> dict:
@@ -214,9 +225,11 @@ def _kcat_family() -> Family:
     return Family(
         name="kcat",
         produce_argv=produce_argv,
-        # -G: a group consumer, as a service would run it; -c N: exit after N values.
-        consume_argv=lambda b, t, g, n, timeout: ["kcat", "-b", b, "-G", g, t, "-X", "auto.offset.reset=earliest",
-                                                   "-X", "fetch.wait.max.ms=500", "-c", str(n), "-f", "%s\n"],
+        # -G: a group consumer, as a service would run it; -c N: exit after N values; -u: unbuffered, so
+        # what it read survives being stopped. kcat has no deadline of its own, so timeout(1) gives it one.
+        consume_argv=lambda b, t, g, n, timeout: ["timeout", str(int(timeout)), "kcat", "-b", b, "-G", g, t,
+                                                   "-X", "auto.offset.reset=earliest", "-X", "fetch.wait.max.ms=500",
+                                                   "-u", "-c", str(n), "-f", "%s\n"],
         metadata_argv=lambda b, timeout: ["kcat", "-b", b, "-L", "-J", "-m", str(int(timeout))],
         authorization_error=r"[Aa]uthorization failed",
         produce_input=True,
