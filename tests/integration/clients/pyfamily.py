@@ -18,6 +18,8 @@ import asyncio
 import collections
 import json
 import logging
+import os
+import sys
 import time
 
 
@@ -163,8 +165,15 @@ def kafka_python_consume(a) -> dict:
     tail = Tail(a.n, a.timeout)
     consumer = KafkaConsumer(bootstrap_servers=a.bootstrap, group_id=a.group, auto_offset_reset="earliest",
                              fetch_max_wait_ms=500, request_timeout_ms=10000)
+    # kafka-python may join the group before its metadata names the topic's partitions, assign itself
+    # nothing, and not rejoin for minutes (seen here); asking for the partitions first avoids that.
+    refused = False
+    try:
+        consumer.partitions_for_topic(a.topic)
+    except Exception as e:  # noqa: BLE001 - a refused topic says so here already
+        refused = tail.error(describe(e))
     consumer.subscribe([a.topic])
-    while tail.running():
+    while not refused and tail.running():
         try:
             for records in consumer.poll(timeout_ms=200).values():
                 tail.values.extend(r.value.decode() for r in records)
@@ -254,7 +263,15 @@ FAMILIES = {
 
 def main() -> None:
     # The clients' own warnings and errors go to stderr: when a cell fails, they say why.
+    # PYFAMILY_DEBUG=DIR: the clients' debug logs, one file per process, for a failure stderr cannot explain.
+    debug = os.environ.get("PYFAMILY_DEBUG")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if debug:
+        handler = logging.FileHandler(os.path.join(debug, f"{os.getpid()}-{sys.argv[1]}-{sys.argv[2]}.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.DEBUG)
+        logging.getLogger().handlers[0].setLevel(logging.WARNING)
     logging.getLogger().addHandler(CLIENT_LOG)
     p = argparse.ArgumentParser()
     p.add_argument("family", choices=sorted(FAMILIES))
