@@ -1,8 +1,9 @@
 """Every guarantee, for every client family: the same checks with kcat, confluent-kafka, kafka-python,
 aiokafka, franz-go, the Java 4.x consumer (classic and KIP-848 group protocols) and the Java admin client.
 
-Each family runs unmodified in one enrolled cgroup (identity `fam-app`) through the real `appliance
-serve`. The cells of the matrix:
+Each family runs unmodified in an enrolled cgroup (identity `fam-app`; `fam-revoked` for the revocation
+cell) through the real `appliance serve`, under this module's rules on top of the integration policy.
+The cells of the matrix:
 
   (a) round trip     an allowed topic: what the family produces, it consumes back
   (b) refused        a topic it may not use: produce and consume fail fast with Kafka's authorization error
@@ -11,13 +12,14 @@ serve`. The cells of the matrix:
                      every value arrives masked (defect D)
       revocation     a policy reload that takes away the consume right stops a live fetch session:
                      nothing produced after it is delivered (defect D)
-  (d) listing        a listing of all topics names only topics the identity may describe (defect E)
+  (d) listing        a listing of all topics, and a pattern subscription's assignment (classic and
+                     KIP-848), name only topics the identity may describe (defect E)
   (e) admin          the Java admin's calls answer within their timeout, as Kafka would answer them:
                      refusals are clear authorization errors, and what Kafka allows anyone
                      (describeCluster) is not refused (defect H)
 
 Each fixture below runs one cell for every family at once, in threads, and the tests read its results,
-so the module shares one broker and one appliance and takes about a minute and a half. Every client
+so the module shares one broker and one appliance and takes under two minutes. Every client
 invocation has a deadline, and a failing cell prints everything the client said.
 """
 
