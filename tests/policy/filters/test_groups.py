@@ -7,7 +7,7 @@ import uuid
 
 from kio.schema.errors import ErrorCode
 
-from appliance.kafka import apis, codec
+from appliance.kafka import codec
 from appliance.policy.enforce import Enforcer
 from appliance.policy.filters.context import TopicIds
 from appliance.policy.model import Principal
