@@ -58,7 +58,9 @@ class ListingFilter:
         listed = Check(resource, None, Operation.DESCRIBE, True, "every-entry-filtered")
 
         def edit(entity: Any, now: Policy) -> tuple[Any, int]:
-            if ctx.decide(Operation.DESCRIBE, ResourceType.CLUSTER, None, now).allowed:
+            # Kafka lists every group to describe on the cluster; transactional ids are always filtered.
+            if resource == ResourceType.GROUP and ctx.decide(Operation.DESCRIBE, ResourceType.CLUSTER, None,
+                                                              now).allowed:
                 return entity, 0
             entries = getattr(entity, field)
             kept = tuple(e for e in entries
