@@ -158,8 +158,7 @@ TABLE: tuple[Permission, ...] = (
                                    "describe on the cluster"),
     Permission(61, each=Each(R.TOPIC, Op.DESCRIBE, "topics", "name", "topics")),
     Permission(65, each=Each(R.TRANSACTIONAL_ID, Op.DESCRIBE, "transactional_ids", None, "transaction_states")),
-    Permission(66, open=True, note="answers only the transactional ids the workload may describe (every one "
-                                   "with describe on the cluster), as Kafka does"),
+    Permission(66, open=True, note="answers only the transactional ids the workload may describe, as Kafka does"),
     Permission(68, whole=(Whole(R.GROUP, Op.GROUP, "group_id"),),
                note="KIP-848; subscribed topic names need describe; the assignment keeps only topics the "
                     "workload may describe"),

@@ -186,6 +186,7 @@ def main():
         print(json.dumps({"wire_bytes": len(records), "error": int(p.error_code), "message": p.error_message}))
     elif mode == "heartbeat-regex":
         from kio.schema.consumer_group_heartbeat.v1.request import ConsumerGroupHeartbeatRequest
+        all_ids(sock)  # as a consumer does first: metadata, from which the proxy learns topic ids
         member, epoch, assigned, errors = str(uuid.uuid4()), 0, None, []
         deadline = time.monotonic() + 15
         first = True

@@ -184,4 +184,5 @@ def test_a_zstd_bomb_to_a_produce_masked_topic_is_refused_without_expanding_it(i
     assert answer["wire_bytes"] < 64 * 1024, answer
     assert answer["error"] == 87 and "decompresses to more than" in answer["message"], answer  # INVALID_RECORD
     grown_mib = (_peak_rss_kib(appliance.proc.pid) - before) / 1024
+    print(f"serve peak RSS grew by {grown_mib:.1f} MiB for a {answer['wire_bytes']}-byte bomb")
     assert grown_mib < 64, f"serve's peak RSS grew by {grown_mib:.0f} MiB"

@@ -21,9 +21,13 @@ Kafka would), and every response is decided again, topic by topic:
 
 Large responses are streamed through unread only when `reads_response` says
 nothing in them needs a look: the workload may consume every topic in the
-clear (`Policy.grants_every`), or a sessionless / full request listed only
-partitions it may consume in the clear. Both are decided when the response
-starts to arrive. Fetch v13+ names topics by id only and is not offered (see
+clear (`Policy.grants_every`); or a sessionless / full request listed only
+topics it may consume in the clear; or an incremental request in the fetch
+session this connection opened, every topic ever listed in which it may
+consume in the clear. The session's id is read from the broker's answer to
+the request that opened it (that one answer is always read), so a request
+naming any other session id is read whole. All of it is decided when the
+response starts to arrive, under the policy in force then. Fetch v13+ names topics by id only and is not offered (see
 `appliance.kafka.apis`); v12 responses carry names.
 """
 
@@ -56,6 +60,10 @@ class FetchFilter:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._forget: dict[str, set[int]] = {}  # to add to the next incremental request's forgotten topics
+        # The fetch session this connection opened: its id (from the broker's answer to the epoch-0 request)
+        # and every topic ever listed in it (a superset of what it holds: forgetting is not subtracted).
+        self._session_id: int | None = None
+        self._session_topics: set[str] = set()
         self._clear_policy: Policy | None = None
         self._clear_all = False
         self._clear: dict[str, bool] = {}
@@ -101,7 +109,15 @@ class FetchFilter:
                 forget.setdefault(str(item.topic), set()).update(int(p.partition) for p in item.partitions)
         merge = Merge("responses", refusals.mirrored(header, "responses", refused)) if refused else None
         listed = frozenset(str(t.topic) for t in kept)
-        then = FetchStep(self, listed, not incremental, merge)
+        opens = session_topics = None
+        if sessions and int(request.session_epoch) == 0:
+            opens = listed  # a new session: its id arrives in the answer, which is read for it
+        elif sessions and int(request.session_epoch) < 0:
+            self._session_id, self._session_topics = None, set()
+        elif incremental and self._session_id is not None and int(request.session_id) == self._session_id:
+            self._session_topics |= listed
+            session_topics = frozenset(self._session_topics)
+        then = FetchStep(self, listed, not incremental, merge, session_topics, opens)
         if refused and not kept and not in_session:
             # Sessionless and nothing to fetch: the proxy answers (a session's epoch must reach the broker).
             answer = refusals.answer_entries(header, "responses", merge.entries)
@@ -127,6 +143,9 @@ class FetchFilter:
 
     def forget_later(self, topic: str, partitions: list[int]) -> None:
         self._forget.setdefault(topic, set()).update(partitions)
+
+    def opened(self, session_id: int, topics: frozenset[str]) -> None:
+        self._session_id, self._session_topics = session_id, set(topics)
 
 
 def _with_forgotten(existing: tuple, forget: dict[str, set[int]], request_cls: type,
@@ -162,6 +181,8 @@ class FetchStep:
     listed: frozenset[str]  # topics the request listed and kept
     complete_listing: bool  # not incremental: the response carries only listed partitions
     merge: Merge | None
+    session_topics: frozenset[str] | None = None  # incremental in this connection's known session: all it may carry
+    opens: frozenset[str] | None = None  # an epoch-0 request: the session it opens, once its id is read
 
     @property
     def reads_response(self) -> bool:
@@ -170,7 +191,11 @@ class FetchStep:
         policy = self.filter.ctx.policy()
         if self.filter.clear_for_everything(policy):
             return False
+        if self.opens is not None:
+            return True
         if self.complete_listing and all(self.filter.clear(policy, t) for t in self.listed):
+            return False
+        if self.session_topics is not None and all(self.filter.clear(policy, t) for t in self.session_topics):
             return False
         return True
 
@@ -180,6 +205,8 @@ class FetchStep:
         policy = self.filter.ctx.policy()
         entity = codec.decode_response(response, header.api_key, header.api_version)
         in_session = int(getattr(entity, "session_id", 0) or 0) != 0
+        if self.opens is not None and in_session and not int(entity.error_code):
+            self.filter.opened(int(entity.session_id), self.opens)
         topics, total, changed = [], 0, False
         for topic in entity.responses:
             name = str(topic.topic)

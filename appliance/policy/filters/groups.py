@@ -16,8 +16,9 @@ Filtered, as Kafka's authorizer does, in the response:
   id is kept only when it maps (`Context.topic_ids`, learnt from Metadata and
   DescribeTopicPartitions answers) to a topic the workload may describe. An id
   the proxy has not seen named is left out: it cannot be decided, so it is
-  not handed over (the consumer asks for metadata of its subscription, and a
-  later heartbeat's assignment includes it once known).
+  not handed over. A consumer subscribing by names asks for their metadata
+  first; a broker-side regex subscription gets a topic once any Metadata
+  answer through the proxy has named it (docs/policy.md).
 - DescribeGroups / ConsumerGroupDescribe: `authorized_operations` is the
   workload's own; a ConsumerGroupDescribe group whose members subscribe to or
   are assigned a topic the workload may not describe is answered
@@ -57,7 +58,9 @@ class ListingFilter:
         listed = Check(resource, None, Operation.DESCRIBE, True, "every-entry-filtered")
 
         def edit(entity: Any, now: Policy) -> tuple[Any, int]:
-            if ctx.decide(Operation.DESCRIBE, ResourceType.CLUSTER, None, now).allowed:
+            # Kafka lists every group to describe on the cluster; transactional ids are always filtered.
+            if resource == ResourceType.GROUP and ctx.decide(Operation.DESCRIBE, ResourceType.CLUSTER, None,
+                                                              now).allowed:
                 return entity, 0
             entries = getattr(entity, field)
             kept = tuple(e for e in entries

@@ -164,3 +164,21 @@ def test_a_fetched_batch_that_decompresses_past_the_cap_is_corrupt_message_not_c
     out, _ = enforcer.complete(response({"pii": big}, session_id=9), header, verdict)
     partition = decoded(out).responses[0].partitions[0]
     assert partition.error_code == ErrorCode.corrupt_message and partition.records is None
+
+
+def test_a_known_session_of_clear_topics_streams_and_an_unknown_session_id_is_read():
+    current = {"policy": policy("orders")}
+    enforcer = Enforcer(Principal("reader"), lambda: current["policy"])
+    opening = fetch("orders", session_id=0, epoch=0)
+    header = codec.parse_request_header(opening)
+    verdict = enforcer.check(opening, header)
+    assert verdict.reads_response  # its answer carries the session id
+    enforcer.complete(response({"orders": records("x")}, session_id=77), header, verdict)
+    steady = fetch(session_id=77, epoch=1, correlation_id=2)
+    assert not enforcer.check(steady, codec.parse_request_header(steady)).reads_response
+    stolen = fetch(session_id=78, epoch=5, correlation_id=3)  # someone else's session id
+    assert enforcer.check(stolen, codec.parse_request_header(stolen)).reads_response
+    again = fetch(session_id=77, epoch=2, correlation_id=4)
+    verdict = enforcer.check(again, codec.parse_request_header(again))
+    current["policy"] = policy("other")  # revoked: the same session's answers are read again
+    assert verdict.reads_response

@@ -7,7 +7,7 @@ import uuid
 
 from kio.schema.errors import ErrorCode
 
-from appliance.kafka import apis, codec
+from appliance.kafka import codec
 from appliance.policy.enforce import Enforcer
 from appliance.policy.filters.context import TopicIds
 from appliance.policy.model import Principal
@@ -136,3 +136,24 @@ def test_consumer_group_describe_refuses_a_group_whose_members_name_hidden_topic
     assert by_id["app-1"].error_code == ErrorCode.none and by_id["app-1"].members
     assert by_id["app-2"].error_code == ErrorCode.topic_authorization_failed and by_id["app-2"].members == ()
     assert "secret" not in repr(by_id["app-2"])
+
+
+def test_list_transactions_answers_only_describable_transactional_ids_even_with_cluster_describe():
+    from kio.schema.list_transactions.v1.request import ListTransactionsRequest
+    from kio.schema.list_transactions.v1.response import ListTransactionsResponse, TransactionState
+    policy = parse_policy("""
+version: 1
+rules:
+  - name: tx
+    identities: [app]
+    operations: [describe]
+    transactional_ids: ["prefix:app-"]
+    cluster: true
+""", source="test")
+    e = Enforcer(Principal("app"), lambda: policy)
+    states = tuple(TransactionState(transactional_id=t, producer_id=1, transaction_state="Ongoing")
+                   for t in ("app-tx", "billing-tx"))
+    _, answer = roundtrip(e, ListTransactionsRequest(state_filters=(), producer_id_filters=(), duration_filter=-1),
+                          ListTransactionsResponse(throttle_time=datetime.timedelta(0), error_code=ErrorCode.none,
+                                                   unknown_state_filters=(), transaction_states=states))
+    assert [s.transactional_id for s in answer.transaction_states] == ["app-tx"]

@@ -125,3 +125,23 @@ def test_describe_cluster_is_forwarded_and_reports_no_rights_without_describe_on
     plain = request_frame(DescribeClusterRequest(include_cluster_authorized_operations=False, endpoint_type=1),
                           correlation_id=7)
     assert not e.check(plain, codec.parse_request_header(plain)).reads_response
+
+
+def test_metadata_cluster_authorized_operations_are_the_workloads():
+    from kio.schema.metadata.v10.request import MetadataRequest
+    described = parse_policy("""
+version: 1
+rules:
+  - name: peek
+    identities: [peeker]
+    operations: [describe]
+    cluster: true
+""", source="test")
+    for policy, expected in ((POLICY, 0), (described, (1 << DESCRIBE) | (1 << DESCRIBE_CONFIGS))):
+        e = Enforcer(Principal("peeker"), lambda: policy, topic_ids=TopicIds())
+        f = request_frame(MetadataRequest(topics=None, allow_auto_topic_creation=False,
+                                          include_cluster_authorized_operations=True,
+                                          include_topic_authorized_operations=False), correlation_id=8)
+        header = codec.parse_request_header(f)
+        out, _ = e.complete(broker_metadata(header), header, e.check(f, header))
+        assert codec.decode_response(out, apis.METADATA, 10).cluster_authorized_operations == expected
