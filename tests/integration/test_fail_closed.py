@@ -58,13 +58,15 @@ def test_garbage_frame_closes_one_session_while_another_keeps_producing(applianc
     out, err = producer.communicate(timeout=60)
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["produced"] == 3000 and summary["errors"] == []
-    closed = eventually(lambda: [s for s in audit(config_path, "sessions", "--identity", "rogue") if s["close_reason"]][2:]
-                        and [s for s in audit(config_path, "sessions", "--identity", "rogue") if s["close_reason"]],
-                        message="three rogue sessions closed and audited")
+    def rogue_closed():  # this test's rogue sessions: other tests may use the identity too
+        return [s for s in audit(config_path, "sessions", "--identity", "rogue")
+                if s["close_reason"] and s["cgroup_path"] == rogue.cgroup.path]
+
+    closed = eventually(lambda: rogue_closed()[2:] and rogue_closed(), message="three rogue sessions closed and audited")
     assert len(closed) == 3
     assert all("malformed frame from client: frame size 2147483647" in s["close_reason"] for s in closed)
     assert all(s["close_reason"] is None or "malformed" not in s["close_reason"]
-               for s in audit(config_path, "sessions", "--identity", "steady"))
+               for s in audit(config_path, "sessions", "--identity", "steady") if s["cgroup_path"] == steady.cgroup.path)
 
 
 def test_unenrol_closes_a_live_session_and_refuses_new_connects(appliance, config_path, enroll):
