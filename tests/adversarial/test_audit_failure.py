@@ -118,3 +118,41 @@ def test_kill_9_then_restart_records_the_unclean_stop_and_closes_its_sessions(au
     assert all(s["ended_at"] is not None and s["close_reason"].startswith(f"appliance stopped uncleanly (pid {killed}")
                for s in sessions), sessions
     assert json.loads((MOUNT / "serve.running").read_text())["pid"] == audited.proc.pid
+
+
+def test_audit_failure_forward_goes_on_unaudited_and_still_says_so(audited, make_cgroup, direct, sasl_args):
+    import yaml
+
+    from appliance.config import load_config
+    from tests.integration.conftest import STATE, ApplianceProcess
+
+    topic = f"unaudited-{secrets.token_hex(3)}"
+    direct.client("confluent.py", BROKER4, topic, "--create", *sasl_args)
+    settings = yaml.safe_load(audited.config_path.read_text())
+    path = STATE / "appliance-audit-forward.yaml"
+    path.write_text(yaml.safe_dump({**settings, "audit_failure": "forward"}))
+    audited.stop()
+    forwarding = ApplianceProcess(path, load_config(path))
+    forwarding.start()
+    try:
+        steady = enroll_in(forwarding, make_cgroup, "steady")
+        gaps_before = len(audit(path, "gaps"))
+        filler = fill(MOUNT)
+        for _ in range(20):  # until a commit has failed: the audit is failing
+            assert produce(steady, topic)["error_code"] == 0  # forwarded all the same, as chosen
+            if (forwarding.status() or {}).get("audit", {}).get("failing"):
+                break
+            time.sleep(0.3)
+        status = eventually(lambda: (forwarding.status() or {}).get("audit", {}).get("failing") and forwarding.status(),
+                            message="status says the audit is failing")
+        assert status["audit"]["audit_failure"] == "forward"
+        assert produce(steady, topic)["error_code"] == 0
+        assert "requests forwarded unaudited (audit_failure: forward)" in cli(path, "status").stdout
+        filler.unlink()
+        eventually(lambda: forwarding.status()["audit"]["state"] == "ok", message="the audit writes again")
+        eventually(lambda: len(audit(path, "gaps")) > gaps_before,
+                   message="the records forwarded unaudited counted in a new gap")
+    finally:
+        (MOUNT / "filler").unlink(missing_ok=True)
+        forwarding.stop()
+        audited.start()

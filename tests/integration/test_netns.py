@@ -67,3 +67,26 @@ def test_remote_broker_behaves_the_same(appliance, config_path, remote_broker, e
     assert peer["peer"] == [NETNS_PEER, 39092]
     outsider = make_cgroup("remote-outsider")
     assert outsider.client("raw.py", "connect", NETNS_PEER, "39092")["error"] == "ECONNREFUSED"
+
+
+def test_a_broker_cut_off_is_refused_then_steered_again_when_it_is_back(appliance, config_path, remote_broker, enroll):
+    """Issue 9, H: an unreachable broker gives clients ECONNREFUSED, as it would without the appliance."""
+    workload = enroll("partitioned")
+    eventually(lambda: broker_state(appliance, BROKER_NETNS) == "up", message="remote broker seen as reachable")
+    with IPRoute() as ip:
+        link = ip.link_lookup(ifname=VETH_HOST)[0]
+        ip.link("set", index=link, state="down")  # the broker's network goes away
+        try:
+            eventually(lambda: broker_state(appliance, BROKER_NETNS) == "down", message="the probe noticing")
+            refused = workload.client("raw.py", "connect", NETNS_PEER, "39092")
+            assert refused["error"] == "ECONNREFUSED", refused  # not accepted and then closed
+        finally:
+            ip.link("set", index=link, state="up")
+    eventually(lambda: broker_state(appliance, BROKER_NETNS) == "up", message="the probe noticing it is back")
+    back = workload.client("raw.py", "connect", NETNS_PEER, "39092")
+    assert back["errno"] == 0 and back["peer"] == [NETNS_PEER, 39092]
+    sessions = eventually(lambda: audit(config_path, "sessions", "--identity", "partitioned"), message="steered again")
+    assert {s["broker_address"] for s in sessions} == {BROKER_NETNS}
+    kinds = [e["kind"] for e in audit(config_path, "events") if e["kind"] in ("broker-down", "broker-up")
+             and BROKER_NETNS in e["message"]]
+    assert kinds[:2] == ["broker-up", "broker-down"]  # newest first: down, then up again
