@@ -87,8 +87,6 @@ masking:
 # Faults known to be inside the enforcer (appliance/policy), reported to its owners; every other
 # internal fault is a finding. Matched against the start of the fault's first line.
 KNOWN_FAULTS = tuple(re.compile(p) for p in (
-    # FindCoordinator v0 has no key_type; permissions' kind_field reads it.
-    r"^internal fault while handling FindCoordinator v0 request .*AttributeError: .*'key_type'",
     # A refused Metadata topic named only by id (name null) is mirrored into a response entry whose
     # name may not be null; kio cannot write it.
     r"^internal fault while handling Metadata v(1[0-2]) response .*TypeError: Unexpectedly received None value",
