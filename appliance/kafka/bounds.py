@@ -136,7 +136,8 @@ def plan_for(cls: type) -> Plan:
     return Plan(cls.__name__, flexible, tuple(steps), tagged, minimum, fixed)
 
 
-def _uvarint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def read_uvarint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """An unsigned varint of at most 5 bytes at `pos`, not reading past `end`: (value, the position after it)."""
     value = shift = 0
     while True:
         if pos >= end:
@@ -154,7 +155,7 @@ def _uvarint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
 def _walk_string(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) -> int:
     _, name, nullable, width = step
     if flexible:
-        length, pos = _uvarint(buf, pos, end)
+        length, pos = read_uvarint(buf, pos, end)
         length -= 1
     else:
         if pos + width > end:
@@ -173,7 +174,7 @@ def _walk_string(step: tuple, buf: bytes, pos: int, end: int, flexible: bool) ->
 def _walk_array(step: tuple, buf: bytes, pos: int, end: int, flexible: bool, budget: list) -> int:
     _, name, nullable = step[:3]
     if flexible:
-        count, pos = _uvarint(buf, pos, end)
+        count, pos = read_uvarint(buf, pos, end)
         count -= 1
     else:
         if pos + 4 > end:
@@ -229,7 +230,7 @@ def _walk(plan: Plan, buf: bytes, pos: int, end: int, budget: list) -> int:
             n = buf[pos] - 1
             pos += 1
         elif flexible:
-            n, pos = _uvarint(buf, pos, end)
+            n, pos = read_uvarint(buf, pos, end)
             n -= 1
         else:
             width = step[3] if kind == _STRING else 4
@@ -283,12 +284,12 @@ def _walk_elements(step: tuple, count: int, buf: bytes, pos: int, end: int, flex
 
 
 def _walk_tagged(plan: Plan, buf: bytes, pos: int, end: int, budget: list) -> int:
-    count, pos = _uvarint(buf, pos, end)
+    count, pos = read_uvarint(buf, pos, end)
     if count > end - pos:  # each tagged field takes at least 2 bytes
         raise BoundsError(f"{count} tagged fields cannot fit in the {end - pos} bytes that remain")
     for _ in range(count):
-        tag, pos = _uvarint(buf, pos, end)
-        size, pos = _uvarint(buf, pos, end)
+        tag, pos = read_uvarint(buf, pos, end)
+        size, pos = read_uvarint(buf, pos, end)
         if size > end - pos:
             raise BoundsError(f"tagged field {tag} of {size} bytes exceeds the {end - pos} bytes that remain")
         known = plan.tagged.get(tag)

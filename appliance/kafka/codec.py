@@ -73,18 +73,13 @@ class ResponseFacts:
 
 
 def _read_uvarint(data: bytes, offset: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if offset >= len(data):
-            raise DecodeError("truncated tagged fields in a flexible header")
-        byte = data[offset]
-        offset += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, offset
-        shift += 7
-        if shift > 28:
-            raise DecodeError("unsigned varint longer than 5 bytes in a flexible header")
+    """The bounds module's varint reader, with the header's own error messages."""
+    try:
+        return bounds.read_uvarint(data, offset, len(data))
+    except bounds.BoundsError:
+        if offset + 5 > len(data) and all(b & 0x80 for b in data[offset:]):
+            raise DecodeError("truncated tagged fields in a flexible header") from None
+        raise DecodeError("unsigned varint longer than 5 bytes in a flexible header") from None
 
 
 def _skip_tagged_fields(data: bytes, offset: int) -> int:
