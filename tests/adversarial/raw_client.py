@@ -5,6 +5,7 @@ Usage: raw_client.py MODE HOST PORT [ARGS]
   metadata-v1-all       : Metadata v1 with a null topic list
   dtp-all               : DescribeTopicPartitions v0 with an empty topic list ("all")
   metadata-ops TOPIC    : Metadata v12 naming TOPIC with include_topic_authorized_operations
+  metadata-by-id ID... : Metadata v12 naming topics by id only; prints {id: [name, error]}
   list-groups           : ListGroups v4
   offset-commit GROUP TOPIC : a simple-consumer OffsetCommit v8 of offset 1 for TOPIC partition 0
   offset-fetch-all GROUP    : OffsetFetch v7 with null topics (all of the group's)
@@ -131,6 +132,12 @@ def main():
                                            allow_auto_topic_creation=False, include_topic_authorized_operations=True))
         print(json.dumps({str(t.name): {"error": int(t.error_code), "ops": int(t.topic_authorized_operations)}
                           for t in r.topics}))
+    elif mode == "metadata-by-id":
+        from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
+        r = exchange(sock, MetadataRequest(
+            topics=tuple(MetadataRequestTopic(topic_id=uuid.UUID(i), name=None) for i in args),
+            allow_auto_topic_creation=False, include_topic_authorized_operations=False))
+        print(json.dumps({str(t.topic_id): [t.name, int(t.error_code)] for t in r.topics}))
     elif mode == "list-groups":
         from kio.schema.list_groups.v4.request import ListGroupsRequest
         r = exchange(sock, ListGroupsRequest(states_filter=()))

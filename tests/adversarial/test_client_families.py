@@ -274,14 +274,11 @@ def pattern_subscriptions(workload, topics):
     pattern = f"re:fam-.*-{SUFFIX}"
     return parallel({protocol: (lambda protocol=protocol: Client(
         workload, java_argv("consume", BROKER4, pattern, f"fam-re-{protocol}-{SUFFIX}", "0", protocol, "30000"),
-        timeout=30, parse=last_json).finish()) for protocol in ("classic",)})
+        timeout=30, parse=last_json).finish()) for protocol in ("classic", "consumer")})
 
 
-# Only the classic protocol here: a Java KIP-848 consumer with a pattern asks for Metadata by topic id
-# and needs OffsetFetch v10 (topic ids), which the proxy does not handle yet, so it cannot consume at all.
-# The broker's regex assignment itself is filtered (test_listing_leaks.py, raw KIP-848 heartbeats). Put
-# "consumer" back here when topic-id requests are handled.
-@pytest.mark.parametrize("protocol", ["classic"])
+# A Java KIP-848 consumer with a pattern learns its assigned topics' names with Metadata by topic id.
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_d_a_pattern_subscription_is_assigned_only_describable_topics(protocol, pattern_subscriptions, topics):
     result = pattern_subscriptions[protocol]
     assigned = result.summary.get("assigned_topics", [])

@@ -88,6 +88,35 @@ def test_a_kip848_regex_subscription_is_assigned_only_describable_topics(peeker)
     assert OK in assigned and only_allowed(assigned) == [], assigned
 
 
+# The broker's topic ids, read directly as the appliance's super user.
+_TOPIC_IDS = """
+import json, sys, uuid
+from confluent_kafka import TopicCollection
+from confluent_kafka.admin import AdminClient
+mech, user, password = sys.argv[2].split(":", 2)
+admin = AdminClient({"bootstrap.servers": sys.argv[1], "security.protocol": "SASL_PLAINTEXT",
+                     "sasl.mechanism": mech, "sasl.username": user, "sasl.password": password})
+ids = {}
+for name, future in admin.describe_topics(TopicCollection(sys.argv[3:])).items():
+    tid = future.result(timeout=20).topic_id
+    ids[name] = str(uuid.UUID(int=((tid.get_most_significant_bits() % 2**64) << 64)
+                               | (tid.get_least_significant_bits() % 2**64)))
+print(json.dumps(ids))
+"""
+
+
+def test_metadata_by_topic_id_names_only_describable_topics(peeker, direct, sasl_args):
+    # A workload that learns the id of a topic it may not describe (ids are not secret in Kafka) asks for
+    # it by id, beside an allowed one and one that does not exist; first before the proxy has seen the ids
+    # named by any answer, then after.
+    ids = json.loads(direct.run([PY, "-c", _TOPIC_IDS, BROKER4, sasl_args[1], OK, NO]).stdout.strip().splitlines()[-1])
+    stranger = "00000000-0000-4000-8000-00000000beef"
+    for attempt in ("unseen", "seen"):
+        answer = raw(peeker, "metadata-by-id", ids[OK], ids[NO], stranger)
+        assert answer == {ids[OK]: [OK, 0], ids[NO]: [None, 29], stranger: [None, 100]}, (attempt, answer)
+        raw(peeker, "metadata-v1-all")  # names every describable topic: the proxy has now seen OK's id
+
+
 def test_list_groups_answers_only_groups_the_workload_may_describe(peeker, enroll):
     raw(peeker, "heartbeat-regex", f"adv-own-lg-{SUFFIX}", "adv-leak-ok-.*")  # a group of its own
     other = enroll("orders")  # allowed everything: makes a group the peeker may not describe

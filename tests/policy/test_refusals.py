@@ -124,6 +124,10 @@ def _expected(api_key: int, version: int, request) -> tuple[str, int] | None:
 @pytest.mark.parametrize("api_key,version", list(_cases()))
 def test_a_refusal_answers_every_entry_with_kafkas_error_and_the_reason(api_key, version):
     request = sample(apis.request_class(api_key, version))
+    if api_key == apis.METADATA and version >= 10:
+        # By name: a request naming ids is decided on them alone (tests/policy/filters/test_metadata.py).
+        request = dataclasses.replace(request, topics=tuple(dataclasses.replace(t, topic_id=None)
+                                                            for t in request.topics))
     frame = request_frame(request, correlation_id=77)
     header = codec.parse_request_header(frame)
     verdict = Enforcer(Principal("nobody"), lambda: NOTHING).check(frame, header)

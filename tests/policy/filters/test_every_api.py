@@ -8,7 +8,7 @@ from kio.schema.errors import ErrorCode
 
 from appliance.kafka import apis, codec
 from appliance.kafka.synth import default_entity
-from appliance.policy.enforce import Enforcer
+from appliance.policy.enforce import Enforcer, FilterClosed
 from appliance.policy.model import Principal
 from appliance.policy.parser import parse_policy
 from appliance.policy.permissions import TABLE, offered
@@ -33,6 +33,8 @@ masking:
     action: redact
 """, source="everything")
 NOTHING = parse_policy("version: 1\nrules: []\n", source="nothing")
+# Samples Kafka itself refuses as invalid, which close the connection: Metadata v10-11 naming a topic id.
+INVALID_SAMPLES = {(apis.METADATA, 10): "by id", (apis.METADATA, 11): "by id"}
 
 
 def _cases():
@@ -49,6 +51,10 @@ def test_check_and_complete_are_total(api_key, version, policy):
     frame = request_frame(request, correlation_id=5)
     header = codec.parse_request_header(frame)
     enforcer = Enforcer(Principal("w"), lambda: policy)
+    if (api_key, version) in INVALID_SAMPLES:
+        with pytest.raises(FilterClosed, match=INVALID_SAMPLES[api_key, version]):
+            enforcer.check(frame, header)
+        return
     verdict = enforcer.check(frame, header)
     if verdict.answer is not None:
         codec.decode_response(verdict.answer, api_key, version)

@@ -145,3 +145,95 @@ rules:
         header = codec.parse_request_header(f)
         out, _ = e.complete(broker_metadata(header), header, e.check(f, header))
         assert codec.decode_response(out, apis.METADATA, 10).cluster_authorized_operations == expected
+
+
+# --- topics asked for by id (Metadata v12+; the Java KIP-848 consumer's regex assignment) ----------------
+
+def _by_id_request(*topic_ids, version: int = 12, **kw):
+    from importlib import import_module
+    m = import_module(f"kio.schema.metadata.v{version}.request")
+    if version < 11:
+        kw.setdefault("include_cluster_authorized_operations", False)
+    return m.MetadataRequest(topics=tuple(m.MetadataRequestTopic(topic_id=i, name=None) for i in topic_ids),
+                             allow_auto_topic_creation=False, include_topic_authorized_operations=False, **kw)
+
+
+def _broker_answer_by_id(header: codec.RequestHeader, request) -> bytes:
+    """The broker as the proxy's super user: every asked id it knows, named; the others UNKNOWN_TOPIC_ID."""
+    import typing
+    from appliance.kafka.synth import element_type
+    cls = apis.response_class(apis.METADATA, header.api_version)
+    topic_cls = element_type(typing.get_type_hints(cls)["topics"])
+    names = {v: k for k, v in IDS.items()}
+    topics = tuple(default_entity(topic_cls, ErrorCode.none, name=names[t.topic_id], topic_id=t.topic_id)
+                   if t.topic_id in names else
+                   default_entity(topic_cls, ErrorCode.unknown_topic_id, name=None, topic_id=t.topic_id)
+                   for t in request.topics)
+    return codec.encode_response(header, default_entity(cls, ErrorCode.none, topics=topics))
+
+
+def _ask_by_id(e: Enforcer, request, correlation_id: int = 9):
+    f = request_frame(request, correlation_id=correlation_id)
+    header = codec.parse_request_header(f)
+    verdict = e.check(f, header)
+    sent = verdict.forward
+    forwarded = codec.decode_request(sent, codec.parse_request_header(sent))
+    out, _ = e.complete(_broker_answer_by_id(header, forwarded), header, verdict)
+    answer = codec.decode_response(out, apis.METADATA, header.api_version)
+    return {t.topic_id: (t.name, t.error_code) for t in answer.topics}, verdict, forwarded
+
+
+def test_an_id_never_seen_named_is_forwarded_and_decided_on_the_answer():
+    seen, verdict, forwarded = _ask_by_id(enforcer(), _by_id_request(IDS["ok-a"], IDS["secret"]))
+    assert seen == {IDS["ok-a"]: ("ok-a", ErrorCode.none),
+                    IDS["secret"]: (None, ErrorCode.topic_authorization_failed)}
+    assert {c.rule for c in verdict.checks} == {"decided-on-the-answer"}
+
+
+def test_an_id_seen_named_is_decided_by_that_name_before_the_broker_is_asked():
+    ids = TopicIds()
+    for name, topic_id in IDS.items():
+        ids.learn(topic_id, name)
+    seen, verdict, forwarded = _ask_by_id(enforcer(ids), _by_id_request(IDS["ok-b"], IDS["secret"]))
+    assert [t.topic_id for t in forwarded.topics] == [IDS["ok-b"]]
+    assert seen == {IDS["ok-b"]: ("ok-b", ErrorCode.none),
+                    IDS["secret"]: (None, ErrorCode.topic_authorization_failed)}
+    assert verdict.outcome == "partly refused"
+    assert [(c.name, c.allowed) for c in verdict.checks] == [("ok-b", True), ("secret", False)]
+
+
+def test_an_unknown_id_is_answered_as_the_broker_answers_it():
+    stranger = uuid.uuid4()
+    seen, _, _ = _ask_by_id(enforcer(), _by_id_request(stranger))
+    assert seen == {stranger: (None, ErrorCode.unknown_topic_id)}
+
+
+def test_a_name_beside_an_id_cannot_smuggle_the_ids_topic():
+    # Kafka reads only ids once any is given: a request naming "ok-a" with the id of "secret" is about "secret".
+    from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
+    request = MetadataRequest(topics=(MetadataRequestTopic(topic_id=IDS["secret"], name="ok-a"),),
+                              allow_auto_topic_creation=False, include_topic_authorized_operations=False)
+    seen, _, _ = _ask_by_id(enforcer(), request)
+    assert seen == {IDS["secret"]: (None, ErrorCode.topic_authorization_failed)}
+
+
+def test_an_answer_about_an_id_not_asked_for_is_dropped():
+    e = enforcer()
+    f = request_frame(_by_id_request(IDS["ok-a"]), correlation_id=11)
+    header = codec.parse_request_header(f)
+    verdict = e.check(f, header)
+    out, _ = e.complete(_broker_answer_by_id(header, _by_id_request(IDS["ok-a"], IDS["ok-b"])), header, verdict)
+    assert [t.name for t in codec.decode_response(out, apis.METADATA, 12).topics] == ["ok-a"]
+
+
+def test_ids_before_v12_and_ids_mixed_with_names_close_the_connection():
+    from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
+    import pytest
+    from appliance.policy.enforce import FilterClosed
+    for request in (_by_id_request(IDS["ok-a"], version=10), _by_id_request(None, version=11),
+                    MetadataRequest(topics=(MetadataRequestTopic(topic_id=IDS["ok-a"], name=None),
+                                            MetadataRequestTopic(topic_id=None, name="ok-b")),
+                                    allow_auto_topic_creation=False, include_topic_authorized_operations=False)):
+        f = request_frame(request, correlation_id=12)
+        with pytest.raises(FilterClosed, match="by id"):
+            enforcer().check(f, codec.parse_request_header(f))
