@@ -216,17 +216,41 @@ class Rule:
     name: str
     operations: frozenset[Operation]
     effect: Effect = Effect.ALLOW
-    identities: frozenset[str] = frozenset()
-    groups: frozenset[str] = frozenset()
+    # Who: identity and group patterns, written as topics are (`orders`, `prefix:ci-`, `glob:team-*`, `*`).
+    identities: tuple[Pattern, ...] = ()
+    groups: tuple[Pattern, ...] = ()
     topics: tuple[Pattern, ...] = ()
     consumer_groups: tuple[Pattern, ...] = ()
     transactional_ids: tuple[Pattern, ...] = ()
     cluster: bool = False
     line: int = field(default=0, compare=False)  # where the rule starts in its file; 0 when built in code
 
+    def __post_init__(self) -> None:
+        # Names given in code (a set of strings) are patterns too; the parser gives patterns already.
+        for key in ("identities", "groups"):
+            value = getattr(self, key)
+            object.__setattr__(self, key, tuple(v if isinstance(v, Pattern) else Pattern.parse(v)
+                                                for v in sorted(value, key=str)))
+
     def covers(self, principal: Principal) -> bool:
-        return ("*" in self.identities or principal.identity in self.identities
-                or not self.groups.isdisjoint(principal.groups))
+        return self.why_covers(principal) is not None
+
+    def why_covers(self, principal: Principal) -> str | None:
+        """Why the rule names this principal, or None when it does not."""
+        for pattern in self.identities:
+            if pattern.matches(principal.identity):
+                if pattern.kind == PatternKind.EXACT:
+                    return f"identity {principal.identity!r} is listed"
+                if pattern.kind == PatternKind.ANY:
+                    return "every identity ('*') is listed"
+                return f"identity {principal.identity!r} matches {str(pattern)!r}"
+        for group in sorted(principal.groups):
+            for pattern in self.groups:
+                if pattern.matches(group):
+                    if pattern.kind == PatternKind.EXACT:
+                        return f"group {group!r} is listed"
+                    return f"group {group!r} matches {str(pattern)!r}"
+        return None
 
     def patterns(self, resource_type: ResourceType) -> tuple[Pattern, ...]:
         if resource_type == ResourceType.TOPIC:
@@ -255,12 +279,6 @@ class Rule:
             return self.cluster
         return any(p.matches_everything for p in self.patterns(resource_type))
 
-    def why_covers(self, principal: Principal) -> str:
-        if principal.identity in self.identities:
-            return f"identity {principal.identity!r} is listed"
-        if "*" in self.identities:
-            return "every identity ('*') is listed"
-        return f"group {sorted(self.groups & principal.groups)[0]!r} is listed"
 
 
 def _why_matches(resource_type: ResourceType, name: str | None, matched: Pattern | bool) -> str:

@@ -206,8 +206,8 @@ class _Reader:
                 raise self.error(node_, "effect", f"must be allow or deny, not {value!r}", rule=label)
             effect = Effect(value)
 
-        identities = frozenset(self.names(keys, "identities", label, what="identity", allow_star=True))
-        groups = frozenset(self.names(keys, "groups", label, what="group", allow_star=False))
+        identities = self.names(keys, "identities", label, what="identity", allow_star=True)
+        groups = self.names(keys, "groups", label, what="group", allow_star=False)
         operations = frozenset(self.operations(keys, label))
         topics = self.patterns(keys, "topics", label, topic=True)
         consumer_groups = self.patterns(keys, "consumer_groups", label)
@@ -349,23 +349,29 @@ class _Reader:
     # --- rule parts --------------------------------------------------------------
 
     def names(self, keys: dict[str, tuple[Node, Node]], key: str, rule: str, *, what: str,
-              allow_star: bool) -> list[str]:
+              allow_star: bool) -> tuple[Pattern, ...]:
+        """Identity or group patterns: a name (exact), 'prefix:NAME', 'glob:PATTERN', or '*' (identities)."""
         if key not in keys:
-            return []
+            return ()
         result = []
-        for i, item in enumerate(self.items(keys[key][1], key, example="[orders]", rule=rule), 1):
-            value = self.text(item, key, what=f"{'an' if what[0] in 'aeiou' else 'a'} {what} name", rule=rule, item=i)
-            if value == "*":
-                if not allow_star:
-                    raise self.error(item, key, f"item {i} is '*', which is not a group; to cover everyone write "
-                                                f"identities: ['*']", rule)
-            elif not IDENTITY_PATTERN.match(value):
+        for i, item in enumerate(self.items(keys[key][1], key, example="[orders, 'prefix:ci-']", rule=rule), 1):
+            value = self.text(item, key, what=f"{'an' if what[0] in 'aeiou' else 'a'} {what} name or pattern",
+                              rule=rule, item=i)
+            if value == "*" and not allow_star:
+                raise self.error(item, key, f"item {i} is '*', which is not a group; to cover everyone write "
+                                            f"identities: ['*']", rule)
+            try:
+                pattern = Pattern.parse(value)
+            except PatternError as e:
+                raise self.error(item, key, f"item {i} {e}", rule) from None
+            if not _names_possible(pattern):
                 star = ", or '*' for every identity" if allow_star else ""
-                raise self.error(item, key, f"item {i} {value!r} is not a valid {what} name (so it could never "
-                                            f"match): use 1-128 letters, digits and . _ @ : - starting with a letter "
-                                            f"or digit{star}", rule)
-            result.append(value)
-        return result
+                raise self.error(item, key, f"item {i} {value!r} is not a valid {what} name or pattern (so it could "
+                                            f"never match): names use 1-128 letters, digits and . _ @ : - starting "
+                                            f"with a letter or digit; write 'prefix:NAME' or 'glob:PATTERN' for "
+                                            f"more than one{star}", rule)
+            result.append(pattern)
+        return tuple(result)
 
     def operations(self, keys: dict[str, tuple[Node, Node]], rule: str) -> list[Operation]:
         if "operations" not in keys:
@@ -402,6 +408,21 @@ class _Reader:
             if problem:
                 raise self.error(node, key, f"item {item} {text!r} {problem}", rule)
         return pattern
+
+
+_NAME_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
+_NAME_GLOB = re.compile(r"^[A-Za-z0-9._@:*?\[\]!-]+$")
+
+
+def _names_possible(pattern: Pattern) -> bool:
+    """Whether some valid identity or group name could match (a typo'd pattern would silently match none)."""
+    if pattern.kind == PatternKind.EXACT:
+        return IDENTITY_PATTERN.match(pattern.value) is not None
+    if pattern.kind == PatternKind.PREFIX:
+        return _NAME_PREFIX.match(pattern.value) is not None
+    if pattern.kind == PatternKind.GLOB:
+        return _NAME_GLOB.match(pattern.value) is not None
+    return True
 
 
 def _topic_problem(pattern: Pattern) -> str | None:

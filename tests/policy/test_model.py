@@ -243,6 +243,7 @@ IDS = ("orders", "alice", "bob")
 GROUPS = ("payments", "platform")
 PATTERNS = ("orders", "prefix:ord", "glob:o*s", "glob:?a*", "*", "payments", "prefix:pay")
 ALL_OPS = tuple(Op)
+NAME_PATTERNS = ("prefix:or", "glob:?l*", "glob:pay*", "prefix:plat")
 
 rules_strategy = st.lists(
     st.builds(
@@ -253,8 +254,8 @@ rules_strategy = st.lists(
             cluster=cluster),
         st.integers(),
         st.sampled_from(tuple(Effect)),
-        st.sets(st.sampled_from(IDS + ("*",)), max_size=2),
-        st.sets(st.sampled_from(GROUPS), max_size=2),
+        st.sets(st.sampled_from(IDS + ("*",) + NAME_PATTERNS), max_size=2),
+        st.sets(st.sampled_from(GROUPS + NAME_PATTERNS), max_size=2),
         st.sets(st.sampled_from(ALL_OPS), min_size=1, max_size=3),
         st.lists(st.sampled_from(PATTERNS), max_size=3),
         st.lists(st.sampled_from(PATTERNS), max_size=2),
@@ -280,8 +281,8 @@ def reference_decide(rules, immutable_topics, principal, op, rtype, name):
             return (False, "immutable-topics")
 
     def matches(rule):
-        names_principal = ("*" in rule.identities or principal.identity in rule.identities
-                           or bool(rule.groups & principal.groups))
+        names_principal = (any(fnmatch_pattern(p, principal.identity) for p in rule.identities)
+                           or any(fnmatch_pattern(p, g) for p in rule.groups for g in principal.groups))
         if rtype == R.CLUSTER:
             on_resource = rule.cluster
         else:

@@ -53,7 +53,7 @@ def test_the_documented_example_parses_to_the_model():
     assert [str(p) for p in policy.immutable_topics] == ["audit-log", "prefix:ledger."]
     first, second = policy.rules
     assert first.name == "orders-write" and first.effect == Effect.ALLOW and first.line == 4
-    assert first.identities == {"orders"} and first.groups == {"payments"}
+    assert first.identities == (Pattern.exact("orders"),) and first.groups == (Pattern.exact("payments"),)
     assert first.operations == {Op.PRODUCE, Op.DESCRIBE}
     assert first.topics == (Pattern(PatternKind.EXACT, "orders"), Pattern(PatternKind.PREFIX, "orders."))
     assert first.consumer_groups == (Pattern.glob("orders-*"),)
@@ -74,7 +74,7 @@ def test_names_are_taken_as_written_not_as_yaml_types():
             cluster: yes
     """)
     rule = policy.rules[0]
-    assert rule.name == "2024" and rule.identities == {"123", "on"} and rule.groups == {"yes"}
+    assert rule.name == "2024" and {str(p) for p in rule.identities} == {"123", "on"} and rule.groups == (Pattern.exact("yes"),)
     assert [str(p) for p in rule.topics] == ["no", "1e3", "007", "null"] and rule.cluster is True
 
 
@@ -150,15 +150,23 @@ rules:
      "p.yaml line 8: key 'effect' of rule 'r' must be allow or deny, not 'permit'"),
     # principals
     ("    identities: orders\n",
-     "p.yaml line 8: key 'identities' of rule 'r' must be a list, e.g. identities: [orders]"),
+     "p.yaml line 8: key 'identities' of rule 'r' must be a list, e.g. identities: [orders, 'prefix:ci-']"),
     ("    identities: [ok, 'bad name']\n",
-     "p.yaml line 8: key 'identities' of rule 'r' item 2 'bad name' is not a valid identity name (so it could never "
-     "match): use 1-128 letters, digits and . _ @ : - starting with a letter or digit, or '*' for every identity"),
+     "p.yaml line 8: key 'identities' of rule 'r' item 2 'bad name' is not a valid identity name or pattern (so it "
+     "could never match): names use 1-128 letters, digits and . _ @ : - starting with a letter or digit; write "
+     "'prefix:NAME' or 'glob:PATTERN' for more than one, or '*' for every identity"),
+    ("    identities: ['prefix:-x']\n",
+     "p.yaml line 8: key 'identities' of rule 'r' item 1 'prefix:-x' is not a valid identity name or pattern"),
+    ("    identities: ['regex:ci-.*']\n",
+     "p.yaml line 8: key 'identities' of rule 'r' item 1 'regex:ci-.*': 'regex:' is not a pattern kind"),
+    ("    groups: ['team-*']\n",
+     "p.yaml line 8: key 'groups' of rule 'r' item 1 'team-*' contains '*' but a bare name is matched exactly; "
+     "write 'glob:team-*' for a glob, or 'prefix:team-' for a prefix"),
     ("    groups: ['*']\n",
      "p.yaml line 8: key 'groups' of rule 'r' item 1 is '*', which is not a group; to cover everyone write "
      "identities: ['*']"),
     ("    groups:\n      - [nested]\n",
-     "p.yaml line 9: key 'groups' of rule 'r' item 1 must be a group name, not a list"),
+     "p.yaml line 9: key 'groups' of rule 'r' item 1 must be a group name or pattern, not a list"),
     ("    identities:\n      - ok\n      -\n",
      "p.yaml line 10: key 'identities' of rule 'r' item 2 is empty; expected an identity name"),
     # operations
@@ -321,3 +329,25 @@ def test_explain_uses_the_configured_policy_file(tmp_path):
                                              "--operation", "consume", "--topic", "demo-orders"],
                                 obj=replace(config, policy_file=EXAMPLE))
     assert result.exit_code == 0 and result.output.startswith("ALLOW consume on topic 'demo-orders'")
+
+
+def test_identity_and_group_patterns_match_as_topic_patterns_do():
+    policy = parse_policy("""
+version: 1
+rules:
+  - name: ci
+    identities: ['prefix:ci-', 'glob:job-?']
+    groups: ['glob:team-*']
+    operations: [produce]
+    topics: [t]
+""", source="p.yaml")
+
+    def produce(who, groups=()):
+        return policy.decide(Principal(who, frozenset(groups)), Op.PRODUCE, R.TOPIC, "t")
+
+    assert produce("ci-build-7").allowed and "identity 'ci-build-7' matches 'prefix:ci-'" in produce("ci-build-7").reason
+    assert produce("job-1").allowed and not produce("job-12").allowed
+    assert produce("svc", {"team-payments"}).allowed
+    assert "group 'team-payments' matches 'glob:team-*'" in produce("svc", {"team-payments"}).reason
+    # Before, 'prefix:ci-' was a literal identity name: only a workload called "prefix:ci-" matched.
+    assert not produce("prefix:ci-").allowed
