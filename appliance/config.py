@@ -71,6 +71,36 @@ class EmbeddedBrokerConfig:
     heap: str = "512m"
 
 
+# The signature algorithms a token may use unless a provider narrows them: never `none`, never HMAC
+# (a provider's public key must never serve as a shared secret).
+TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProviderConfig:
+    """An OIDC identity provider whose tokens workloads present (docs/identity.md)."""
+
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks_uri: str | None = None  # None: from the issuer's /.well-known/openid-configuration
+    identity_claim: str = "sub"  # the claim naming the workload (Keycloak service accounts: azp, or a fixed sub)
+    groups_claim: str = "groups"  # Keycloak: groups; Entra ID: roles
+    client_id_claim: str = "azp"
+    algorithms: tuple[str, ...] = TOKEN_ALGORITHMS
+    leeway_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """How workloads prove who they are over SASL, beyond their cgroup (docs/identity.md)."""
+
+    providers: tuple[TokenProviderConfig, ...] = ()
+    # The longest a session lives without re-authenticating (KIP-368), whatever its token says.
+    max_session_lifetime_s: float = 3600.0
+    # Root-only: static PLAIN/SCRAM credentials kept working while workloads move to tokens.
+    static_credentials_file: Path | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything `appliance serve` needs; see docs/configuration.md for each key."""
@@ -119,6 +149,7 @@ class Config:
     # A kernel hand-off record older than this when the proxy accepts is not used.
     handoff_max_age_ms: int = 10_000
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
     source: str = "embedded defaults"
 
     @property
@@ -142,6 +173,11 @@ class Config:
     @property
     def status_file(self) -> Path:
         return self.run_dir / "status.json"
+
+    @property
+    def revocations_file(self) -> Path:
+        """Revoked subjects, token ids, identities and client ids (`appliance revoke`); root-only."""
+        return self.state_dir / "revocations.json"
 
 
 _PATH_KEYS = {"state_dir", "run_dir", "upstream_credentials", "bpffs_dir", "policy_file"}
@@ -219,6 +255,8 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
             changes[key] = value
         elif key == "embedded_broker":
             changes[key] = _parse_embedded_broker(value, where)
+        elif key == "identity":
+            changes[key] = _parse_identity(value, where)
         elif key in ("listen_host4", "listen_host6", "proxy_cgroup"):
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where} must be a non-empty string")
@@ -282,3 +320,75 @@ def _parse_embedded_broker(value: Any, where: str) -> EmbeddedBrokerConfig:
                 raise ConfigError(f"{inner} must be a non-empty string")
             changes[key] = item
     return replace(EmbeddedBrokerConfig(), **changes)
+
+
+_IDENTITY_KEYS = ("providers", "max_session_lifetime_s", "static_credentials_file")
+_PROVIDER_KEYS = tuple(f.name for f in fields(TokenProviderConfig))
+
+
+def _parse_identity(value: Any, where: str) -> IdentityConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping with keys {', '.join(_IDENTITY_KEYS)}")
+    changes: dict[str, Any] = {}
+    for key, item in value.items():
+        inner = f"{where}: key {key!r}"
+        if key == "providers":
+            if not isinstance(item, list):
+                raise ConfigError(f"{inner} must be a list of providers, each with at least issuer and audiences")
+            providers = tuple(_parse_provider(p, f"{inner} item {i + 1}") for i, p in enumerate(item))
+            issuers = [p.issuer for p in providers]
+            if len(set(issuers)) != len(issuers):
+                raise ConfigError(f"{inner} names one issuer twice: each issuer is one provider")
+            changes[key] = providers
+        elif key == "max_session_lifetime_s":
+            if not isinstance(item, (int, float)) or isinstance(item, bool) or not 1 <= item <= 7 * 86400:
+                raise ConfigError(f"{inner} must be a number of seconds from 1 to 604800, got {item!r}")
+            changes[key] = float(item)
+        elif key == "static_credentials_file":
+            if not isinstance(item, str) or not item.startswith("/"):
+                raise ConfigError(f"{inner} must be an absolute path, got {item!r}")
+            changes[key] = Path(item)
+        else:
+            raise ConfigError(f"{inner} is not an identity setting; valid: {', '.join(_IDENTITY_KEYS)}")
+    return replace(IdentityConfig(), **changes)
+
+
+def _parse_provider(value: Any, where: str) -> TokenProviderConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping with at least issuer and audiences")
+    for key in value:
+        if key not in _PROVIDER_KEYS:
+            raise ConfigError(f"{where}: key {key!r} is not a provider setting; valid: {', '.join(_PROVIDER_KEYS)}")
+    for key in ("issuer", "audiences"):
+        if key not in value:
+            raise ConfigError(f"{where}: key {key!r} is required")
+    changes: dict[str, Any] = {}
+    for key in ("issuer", "jwks_uri"):
+        if key in value:
+            url = value[key]
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                raise ConfigError(f"{where}: key {key!r} must be an http(s) URL, got {url!r}")
+            changes[key] = url  # the issuer must equal the tokens' iss exactly (OIDC Discovery 4.3)
+    for key in ("identity_claim", "groups_claim", "client_id_claim"):
+        if key in value:
+            if not isinstance(value[key], str) or not value[key]:
+                raise ConfigError(f"{where}: key {key!r} must be a claim name")
+            changes[key] = value[key]
+    for key in ("audiences", "algorithms"):
+        if key in value:
+            items = value[key]
+            if isinstance(items, str):
+                items = [items]
+            if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
+                raise ConfigError(f"{where}: key {key!r} must be a non-empty list of strings")
+            changes[key] = tuple(items)
+    bad = [a for a in changes.get("algorithms", ()) if a not in TOKEN_ALGORITHMS]
+    if bad:
+        raise ConfigError(f"{where}: key 'algorithms' has {', '.join(map(repr, bad))}, which the appliance never "
+                          f"accepts (no 'none', no HMAC); choose from {', '.join(TOKEN_ALGORITHMS)}")
+    if "leeway_s" in value:
+        leeway = value["leeway_s"]
+        if not isinstance(leeway, (int, float)) or isinstance(leeway, bool) or not 0 <= leeway <= 300:
+            raise ConfigError(f"{where}: key 'leeway_s' must be a number of seconds from 0 to 300, got {leeway!r}")
+        changes["leeway_s"] = float(leeway)
+    return TokenProviderConfig(**{"issuer": "", "audiences": (), **changes})

@@ -27,9 +27,13 @@ from appliance.audit import store
 from appliance.audit.records import Event
 from appliance.audit.writer import AuditWriter
 from appliance.broker.credentials import load_credentials
-from appliance.config import Config
+from appliance.config import Config, ConfigError
 from appliance.identity import cgroups
 from appliance.identity.enrollment import Enrollment, EnrollmentStore
+from appliance.identity.providers import TokenProviders
+from appliance.identity.revocations import RevocationError, RevocationStore
+from appliance.identity.static_credentials import StaticCredentialsError, load_static_credentials
+from appliance.identity.workloads import WorkloadIdentity
 from appliance.masking.secret import load_or_create_secret
 from appliance.policy.model import Policy
 from appliance.policy.parser import PolicyError, load_policy
@@ -90,6 +94,7 @@ class Appliance:
         self._secret = load_or_create_secret(config.masking_secret)
         self.policy = self._load_policy()  # a bad policy at start stops here, naming the fault
         self._policy_stamp = _mtime(config.policy_file)
+        self.workloads = self._workload_identity()  # so does a bad migration file or revocation file
         config.run_dir.mkdir(parents=True, exist_ok=True)
         own = cgroups.ensure(config.proxy_cgroup)
         cgroups.move_process(os.getpid(), own)
@@ -114,7 +119,8 @@ class Appliance:
                     lookup=kernel_lookup(self.steering, max_age_s=config.handoff_max_age_ms / 1000),
                     identity_of=self.by_cgroup_id.get, credentials=credentials, policy=lambda: self.policy,
                     audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
-                    upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed, **self._bounds(),
+                    upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed,
+                    workloads=self.workloads, **self._bounds(),
                 )
 
             self.server = make_server(config.listen_port)
@@ -181,6 +187,7 @@ class Appliance:
                 pass
             try:
                 self.sync_enrollments()
+                self.reload_revocations_if_changed()
                 self.reload_policy_if_changed()
                 self._drain_refusals()
                 self._watch_audit()
@@ -291,6 +298,41 @@ class Appliance:
             log.warning("audit writing again; %d records lost in all (the gaps table says when)", self.writer.lost)
 
     # ---- policy ----------------------------------------------------------------
+
+    def _workload_identity(self) -> WorkloadIdentity:
+        identity = self.config.identity
+        statics = None
+        if identity.static_credentials_file is not None:
+            try:
+                statics = load_static_credentials(identity.static_credentials_file)
+            except StaticCredentialsError as e:
+                raise ConfigError(str(e)) from None
+        self.revocation_store = RevocationStore(self.config.revocations_file)
+        self._revocations_stamp = self.revocation_store.stamp()
+        try:
+            revocations = self.revocation_store.load()
+        except RevocationError as e:
+            raise ConfigError(str(e)) from None
+        return WorkloadIdentity(providers=TokenProviders(identity.providers), statics=statics,
+                                revocations=revocations, max_lifetime_s=identity.max_session_lifetime_s,
+                                policy=lambda: self.policy)
+
+    def reload_revocations_if_changed(self) -> None:
+        """Within a second of `appliance revoke`, the sessions it covers end and their credentials are refused."""
+        stamp = self.revocation_store.stamp()
+        if stamp == self._revocations_stamp:
+            return
+        self._revocations_stamp = stamp
+        try:
+            revocations = self.revocation_store.load()
+        except RevocationError as e:  # the revocations in force stay so; a damaged file never lifts them
+            log.error("%s", e)
+            self._event("error", f"revocations not reloaded: {e}")
+            return
+        self.workloads.revocations = revocations
+        ended = self.server.revoke_credentials(time.time())
+        self._event("revoke", f"revocations reloaded: {len(revocations.entries)} in force; {ended} live "
+                    f"session(s) ended", detail={"in_force": len(revocations.entries), "ended": ended})
 
     def _load_policy(self) -> Policy:
         """The policy file, with its masking rules bound to the appliance's secret (for `hash`)."""

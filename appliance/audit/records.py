@@ -33,6 +33,29 @@ class SessionClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class Authentication:
+    """One SASL exchange a workload completed or failed: the first, or a re-authentication (KIP-368)."""
+
+    session_id: str
+    at: float
+    kind: str  # initial | reauth
+    mechanism: str
+    outcome: str  # ok | refused
+    reason: str
+    method: str | None = None  # token | static
+    identity: str | None = None  # the session's identity from then on
+    groups: str | None = None  # JSON list: the groups its decisions use
+    subject: str | None = None
+    issuer: str | None = None
+    client_id: str | None = None
+    jti: str | None = None
+    issued_at: float | None = None  # the token's
+    expires_at: float | None = None  # the token's
+    session_expires_at: float | None = None  # when the session must re-authenticate by
+    username: str | None = None  # a static credential's
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     session_id: str
     at: float
@@ -78,4 +101,4 @@ class Gap:
     reason: str
 
 
-AuditRecord = SessionOpened | SessionClosed | Operation | Event | Gap
+AuditRecord = SessionOpened | SessionClosed | Authentication | Operation | Event | Gap

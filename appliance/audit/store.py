@@ -18,7 +18,8 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-from appliance.audit.records import AuditRecord, Event, Gap, Operation, SessionClosed, SessionOpened
+from appliance.audit.records import (AuditRecord, Authentication, Event, Gap, Operation, SessionClosed,
+                                     SessionOpened)
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -108,6 +109,42 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX gaps_started_at ON gaps(started_at);
         """,
     ),
+    (
+        "0005_workload_authentication",
+        """
+        ALTER TABLE sessions ADD COLUMN auth_method TEXT;
+        ALTER TABLE sessions ADD COLUMN subject TEXT;
+        ALTER TABLE sessions ADD COLUMN issuer TEXT;
+        ALTER TABLE sessions ADD COLUMN token_client_id TEXT;
+        ALTER TABLE sessions ADD COLUMN jti TEXT;
+        ALTER TABLE sessions ADD COLUMN token_issued_at REAL;
+        ALTER TABLE sessions ADD COLUMN token_expires_at REAL;
+        ALTER TABLE sessions ADD COLUMN reauthentications INTEGER DEFAULT 0;
+        CREATE INDEX sessions_subject ON sessions(subject, started_at);
+        CREATE TABLE authentications (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions(session_id),
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            mechanism TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            method TEXT,
+            identity TEXT,
+            groups TEXT,
+            subject TEXT,
+            issuer TEXT,
+            client_id TEXT,
+            jti TEXT,
+            issued_at REAL,
+            expires_at REAL,
+            session_expires_at REAL,
+            username TEXT
+        );
+        CREATE INDEX authentications_session ON authentications(session_id, at);
+        CREATE INDEX authentications_subject ON authentications(subject, at);
+        """,
+    ),
 ]
 
 
@@ -116,6 +153,8 @@ EVENT_KINDS = ("start", "stop", "enroll", "unenroll", "refused-connect", "refuse
 
 # The audit's own failures and the proxy's limits (docs/audit.md).
 EVENT_KINDS += ("unclean-stop", "audit-failing", "audit-recovered", "session-limit")
+# Workload authentication (docs/identity.md).
+EVENT_KINDS += ("revoke",)
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:
@@ -177,6 +216,11 @@ def _insert_sql(table: str, cls: type, verb: str = "INSERT") -> tuple[str, Any]:
 _OPERATION_INSERT = _insert_sql("operations", Operation)
 _EVENT_INSERT = _insert_sql("events", Event)
 _GAP_INSERT = _insert_sql("gaps", Gap)
+_AUTHENTICATION_INSERT = _insert_sql("authentications", Authentication)
+# A completed authentication names the session's identity from then on (a token's, in auth token mode).
+_SESSION_AUTHENTICATED = (
+    "UPDATE sessions SET identity=?, groups=?, auth_method=?, subject=?, issuer=?, token_client_id=?, jti=?,"
+    " token_issued_at=?, token_expires_at=?, reauthentications=reauthentications + ? WHERE session_id=?")
 _SESSION_INSERT = _insert_sql("sessions", SessionOpened, "INSERT OR REPLACE")
 _SESSION_CLOSE = ("UPDATE sessions SET ended_at=?, bytes_from_client=?, bytes_to_client=?, requests=?, close_reason=?"
                   " WHERE session_id=?")
@@ -184,10 +228,16 @@ _SESSION_CLOSE = ("UPDATE sessions SET ended_at=?, bytes_from_client=?, bytes_to
 
 def write_batch(db: sqlite_utils.Database, records: Iterable[AuditRecord]) -> None:
     """Write records in one transaction; the writer thread and short-lived CLI processes call this."""
-    opened, closed, operations, events, gaps = [], [], [], [], []
+    opened, closed, operations, events, gaps, authentications, authenticated = [], [], [], [], [], [], []
     for record in records:
         if isinstance(record, Operation):
             operations.append(_OPERATION_INSERT[1](record))
+        elif isinstance(record, Authentication):
+            authentications.append(_AUTHENTICATION_INSERT[1](record))
+            if record.outcome == "ok":
+                authenticated.append((record.identity, record.groups, record.method, record.subject, record.issuer,
+                                      record.client_id, record.jti, record.issued_at, record.expires_at,
+                                      int(record.kind == "reauth"), record.session_id))
         elif isinstance(record, SessionOpened):
             row = list(_SESSION_INSERT[1](record))
             row[3] = json.dumps(list(record.groups))  # groups, the fourth field
@@ -204,6 +254,9 @@ def write_batch(db: sqlite_utils.Database, records: Iterable[AuditRecord]) -> No
     try:
         if opened:
             conn.executemany(_SESSION_INSERT[0], opened)
+        if authentications:
+            conn.executemany(_AUTHENTICATION_INSERT[0], authentications)
+            conn.executemany(_SESSION_AUTHENTICATED, authenticated)
         if operations:
             conn.executemany(_OPERATION_INSERT[0], operations)
         if events:
@@ -258,10 +311,13 @@ def _where(clauses: list[str]) -> str:
     return (" WHERE " + " AND ".join(clauses)) if clauses else ""
 
 
-def query_sessions(db, *, identity: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def query_sessions(db, *, identity: str | None = None, subject: str | None = None, since: float | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
     clauses, params = [], []
     if identity:
         clauses.append("identity = ?"), params.append(identity)
+    if subject:
+        clauses.append("subject = ?"), params.append(subject)
     if since is not None:
         clauses.append("started_at >= ?"), params.append(since)
     sql = f"SELECT * FROM sessions{_where(clauses)} ORDER BY started_at DESC LIMIT ?"
@@ -299,6 +355,19 @@ def query_events(db, *, kind: str | None = None, identity: str | None = None, si
     if since is not None:
         clauses.append("at >= ?"), params.append(since)
     sql = f"SELECT * FROM events{_where(clauses)} ORDER BY at DESC, id DESC LIMIT ?"
+    return list(db.query(sql, params + [limit]))
+
+
+def query_authentications(db, *, session: str | None = None, subject: str | None = None,
+                          outcome: str | None = None, since: float | None = None,
+                          limit: int = 100) -> list[dict[str, Any]]:
+    clauses, params = [], []
+    for column, value in (("session_id", session), ("subject", subject), ("outcome", outcome)):
+        if value:
+            clauses.append(f"{column} = ?"), params.append(value)
+    if since is not None:
+        clauses.append("at >= ?"), params.append(since)
+    sql = f"SELECT * FROM authentications{_where(clauses)} ORDER BY at DESC, id DESC LIMIT ?"
     return list(db.query(sql, params + [limit]))
 
 

@@ -9,9 +9,11 @@ import click
 from appliance.audit import store
 from appliance.cli.output import emit, parse_since
 
-_SESSION_COLUMNS = ("started_at", "session_id", "identity", "cgroup_path", "pid", "uid", "command",
-                    "client_address", "broker_address", "requests", "bytes_from_client", "bytes_to_client",
-                    "ended_at", "close_reason")
+_SESSION_COLUMNS = ("started_at", "session_id", "identity", "auth_method", "subject", "cgroup_path", "pid", "uid",
+                    "command", "client_address", "broker_address", "requests", "bytes_from_client", "bytes_to_client",
+                    "token_expires_at", "reauthentications", "ended_at", "close_reason")
+_AUTHENTICATION_COLUMNS = ("at", "session_id", "kind", "mechanism", "outcome", "method", "identity", "groups",
+                           "subject", "issuer", "client_id", "jti", "expires_at", "session_expires_at", "reason")
 _OPERATION_COLUMNS = ("at", "identity", "pid", "api_name", "api_version", "correlation_id", "client_id", "topics",
                       "group_id", "records", "record_bytes", "decision", "masked", "error_code", "latency_ms",
                       "outcome")
@@ -42,19 +44,45 @@ def audit() -> None:
 
 @audit.command()
 @click.option("--identity", help="Only this workload identity.")
+@click.option("--subject", help="Only sessions whose token had this subject (sub claim).")
 @click.option("--since", help="Only since this long ago (30s, 10m, 2h, 1d) or an ISO-8601 time.")
 @click.option("--limit", default=100, show_default=True, help="At most this many rows, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by column name.")
 @click.pass_context
-def sessions(ctx, identity, since, limit, as_json) -> None:
-    """Connections: who (identity, cgroup, pid, uid, command), to which broker, bytes each way, why closed.
+def sessions(ctx, identity, subject, since, limit, as_json) -> None:
+    """Connections: who (identity, how it authenticated, token subject, cgroup, pid, uid, command), to which
+    broker, bytes each way, token expiry, re-authentications, why closed.
 
     \b
     Example:
       appliance audit sessions --identity orders --since 10m
+      appliance audit sessions --subject 6f1c...-service-account
     """
-    rows = store.query_sessions(_db(ctx), identity=identity, since=parse_since(since), limit=limit)
-    emit(rows, as_json=as_json, columns=_SESSION_COLUMNS, title="sessions", times=("started_at", "ended_at"))
+    rows = store.query_sessions(_db(ctx), identity=identity, subject=subject, since=parse_since(since), limit=limit)
+    emit(rows, as_json=as_json, columns=_SESSION_COLUMNS, title="sessions",
+         times=("started_at", "ended_at", "token_expires_at"))
+
+
+@audit.command()
+@click.option("--session", help="Only this session id.")
+@click.option("--subject", help="Only this token subject (sub claim).")
+@click.option("--outcome", type=click.Choice(["ok", "refused"]), help="Only exchanges that ended this way.")
+@click.option("--since", help="Only since this long ago (30s, 10m, 2h, 1d) or an ISO-8601 time.")
+@click.option("--limit", default=100, show_default=True, help="At most this many rows, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by column name.")
+@click.pass_context
+def authentications(ctx, session, subject, outcome, since, limit, as_json) -> None:
+    """SASL exchanges workloads made with the appliance: first ones and re-authentications, each with the
+    mechanism, who it proved (token subject, issuer, client id, token id, groups), until when, or why refused.
+
+    \b
+    Example:
+      appliance audit authentications --outcome refused --since 1h
+    """
+    rows = store.query_authentications(_db(ctx), session=session, subject=subject, outcome=outcome,
+                                       since=parse_since(since), limit=limit)
+    emit(rows, as_json=as_json, columns=_AUTHENTICATION_COLUMNS, title="authentications",
+         times=("at", "expires_at", "session_expires_at"))
 
 
 @audit.command()

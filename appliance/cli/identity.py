@@ -24,15 +24,24 @@ def _record(ctx, kind: str, message: str, **fields) -> None:
     store.record_event(ctx.obj.audit_db, Event(at=time.time(), kind=kind, message=message, **fields))
 
 
-def _enroll(ctx, cgroup: cgroups.Cgroup, identity: str, groups: tuple[str, ...]):
+def _enroll(ctx, cgroup: cgroups.Cgroup, identity: str, groups: tuple[str, ...], auth: str = "cgroup",
+            accepts: tuple[str, ...] = ()):
     try:
         record = EnrollmentStore(ctx.obj.enrollments_file).enroll(
-            identity=identity, groups=groups, cgroup_path=cgroup.path, cgroup_id=cgroup.id)
+            identity=identity, groups=groups, cgroup_path=cgroup.path, cgroup_id=cgroup.id, auth=auth,
+            accepts=accepts)
     except EnrollmentError as e:
         raise click.ClickException(str(e)) from None
-    _record(ctx, "enroll", f"enrolled cgroup {cgroup.path} as {identity}", identity=identity,
-            cgroup_id=cgroup.id, cgroup_path=cgroup.path, detail=json.dumps({"groups": list(groups)}))
+    _record(ctx, "enroll", f"enrolled cgroup {cgroup.path} as {identity} (auth {record.auth})", identity=identity,
+            cgroup_id=cgroup.id, cgroup_path=cgroup.path,
+            detail=json.dumps({"groups": list(groups), "auth": record.auth, "accepts": list(record.accepts)}))
     return record
+
+
+_AUTH_HELP = ("How its sessions authenticate: cgroup (the enrolment alone), token (an OIDC token or a static "
+              "migration credential over SASL), cgroup+token (both, and they must agree). Default: cgroup.")
+_ACCEPT_HELP = ("A token identity, subject or group (name, prefix:NAME or glob:PATTERN) this cgroup may present "
+                "(repeatable); see docs/identity.md.")
 
 
 def _unenroll(ctx, path: str):
@@ -56,8 +65,11 @@ def _resolve(name: str) -> cgroups.Cgroup:
 @click.argument("cgroup")
 @click.option("--identity", required=True, help="The workload identity its connections are attributed to.")
 @click.option("--group", "groups", multiple=True, help="A group the identity belongs to (repeatable).")
+@click.option("--auth", type=click.Choice(["cgroup", "token", "cgroup+token"]), default="cgroup", show_default=True,
+              help=_AUTH_HELP)
+@click.option("--accept", "accepts", multiple=True, metavar="PATTERN", help=_ACCEPT_HELP)
 @click.pass_context
-def enroll(ctx, cgroup: str, identity: str, groups: tuple[str, ...]) -> None:
+def enroll(ctx, cgroup: str, identity: str, groups: tuple[str, ...], auth: str, accepts: tuple[str, ...]) -> None:
     """Enrol CGROUP (and every cgroup below it) as a workload identity.
 
     CGROUP is a path under the cgroup v2 root, an absolute path, or a systemd
@@ -68,12 +80,14 @@ def enroll(ctx, cgroup: str, identity: str, groups: tuple[str, ...]) -> None:
     Example:
       appliance enroll /orders --identity orders --group payments
       appliance enroll orders.service --identity orders
+      appliance enroll /ci --identity ci --auth cgroup+token --accept 'prefix:ci-'
     """
     cg = _resolve(cgroup)
     if cg.path == "/":
         raise click.ClickException("refusing to enrol the root cgroup: every process on the host would be steered")
-    _enroll(ctx, cg, identity, groups)
-    click.echo(f"enrolled {cg.path} (cgroup id {cg.id}) as {identity}" + (f" in {', '.join(groups)}" if groups else ""))
+    record = _enroll(ctx, cg, identity, groups, auth, accepts)
+    click.echo(f"enrolled {cg.path} (cgroup id {cg.id}) as {identity}" + (f" in {', '.join(groups)}" if groups else "")
+               + ("" if record.auth == "cgroup" else f", auth {record.auth}"))
 
 
 @click.command()
@@ -114,9 +128,11 @@ def workloads(ctx, as_json: bool) -> None:
             live_id = cgroups.resolve(r.cgroup_path).id
         except cgroups.CgroupError:
             live_id = None
-        rows.append({"identity": r.identity, "groups": ",".join(r.groups), "cgroup_path": r.cgroup_path,
+        rows.append({"identity": r.identity, "groups": ",".join(r.groups), "auth": r.auth,
+                     "accepts": ",".join(r.accepts), "cgroup_path": r.cgroup_path,
                      "cgroup_id": live_id, "present": live_id is not None, "enrolled_at": r.enrolled_at})
-    emit(rows, as_json=as_json, columns=("identity", "groups", "cgroup_path", "cgroup_id", "present", "enrolled_at"),
+    emit(rows, as_json=as_json, columns=("identity", "groups", "auth", "accepts", "cgroup_path", "cgroup_id", "present",
+                                         "enrolled_at"),
          title="enrolled workloads", times=("enrolled_at",))
 
 
@@ -136,9 +152,13 @@ def _wait_until_applied(ctx, cgroup_id: int, timeout: float = 3.0) -> bool:
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--identity", required=True, help="The workload identity for the command.")
 @click.option("--group", "groups", multiple=True, help="A group the identity belongs to (repeatable).")
+@click.option("--auth", type=click.Choice(["cgroup", "token", "cgroup+token"]), default="cgroup", show_default=True,
+              help=_AUTH_HELP)
+@click.option("--accept", "accepts", multiple=True, metavar="PATTERN", help=_ACCEPT_HELP)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
-def run(ctx, identity: str, groups: tuple[str, ...], command: tuple[str, ...]) -> None:
+def run(ctx, identity: str, groups: tuple[str, ...], auth: str, accepts: tuple[str, ...],
+        command: tuple[str, ...]) -> None:
     """Run COMMAND in a fresh cgroup enrolled as IDENTITY; unenrol and remove the cgroup afterwards.
 
     Exits with the command's exit status.
@@ -148,7 +168,7 @@ def run(ctx, identity: str, groups: tuple[str, ...], command: tuple[str, ...]) -
       appliance run --identity orders -- kcat -b 127.0.0.1:19092 -t orders -P -l orders.txt
     """
     cg = cgroups.ensure(f"{_RUN_PARENT}/{identity}-{secrets.token_hex(4)}")
-    _enroll(ctx, cg, identity, groups)
+    _enroll(ctx, cg, identity, groups, auth, accepts)
     try:
         if not _wait_until_applied(ctx, cg.id):
             click.echo("appliance run: the appliance is not serving (no status); connections to steered brokers "

@@ -32,6 +32,20 @@ def emit(rows: list[dict[str, Any]], *, as_json: bool, columns: Iterable[str], t
         click.echo("(no rows)")
 
 
+def parse_until(text: str) -> float:
+    """`30m`, `12h`, `7d` from now, or an ISO-8601 time, as a Unix timestamp."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return time.time() + float(text[:-1]) * units[text[-1]]
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a duration like 30m/12h/7d nor an ISO-8601 time",
+                                 param_hint="--until") from None
+
+
 def parse_since(text: str | None) -> float | None:
     """`30s`, `10m`, `2h`, `1d` ago, or an ISO-8601 time, as a Unix timestamp."""
     if text is None:

@@ -129,8 +129,9 @@ def status(ctx, as_json: bool) -> None:
               if int(k) not in {w["cgroup_id"] for w in snapshot["workloads"]} and v.get("refused")]
     emit(others, as_json=False, columns=("cgroup_id", "steered", "refused"), title="other cgroups refused")
     emit(snapshot["sessions"], as_json=False,
-         columns=("session_id", "identity", "pid", "command", "client_address", "broker_address", "started_at"),
-         title="live sessions", times=("started_at",))
+         columns=("session_id", "identity", "auth", "subject", "pid", "command", "broker_address", "started_at",
+                  "token_expires_at", "reauthenticate_by"),
+         title="live sessions", times=("started_at", "token_expires_at", "reauthenticate_by"))
 
 
 def _alive(pid) -> bool:

@@ -34,6 +34,8 @@ class Enrollment:
     cgroup_path: str
     cgroup_id: int
     enrolled_at: float
+    auth: str = "cgroup"  # an appliance.identity.binding.AuthMode value
+    accepts: tuple[str, ...] = ()  # token identities, subjects or groups (patterns) the cgroup may present
 
 
 def validate_identity(name: str, *, what: str = "identity") -> str:
@@ -42,6 +44,40 @@ def validate_identity(name: str, *, what: str = "identity") -> str:
             f"{what} {name!r} is not valid: use 1-128 letters, digits and . _ @ : - (starting with a letter or digit)"
         )
     return name
+
+
+def _auth_mode(value: str) -> str:
+    from appliance.identity.binding import AuthMode
+
+    try:
+        return AuthMode(value).value
+    except ValueError:
+        raise EnrollmentError(f"auth {value!r} is not an authentication mode: use "
+                              f"{', '.join(m.value for m in AuthMode)}") from None
+
+
+def _accepts(values) -> list[str]:
+    from appliance.policy.model import Pattern, PatternError
+
+    if isinstance(values, str):
+        raise EnrollmentError(f"accepts must be a list of patterns, not the string {values!r}")
+    out = []
+    for value in values:
+        try:
+            Pattern.parse(value)
+        except PatternError as e:
+            raise EnrollmentError(f"accepts pattern {e}") from None
+        out.append(str(value))
+    return out
+
+
+def binding_of(record: Enrollment):
+    """The enrolment as `appliance.identity.binding` binds it to a workload's proof."""
+    from appliance.identity.binding import AuthMode, Binding
+    from appliance.policy.model import Pattern
+
+    return Binding(record.identity, record.groups, AuthMode(record.auth),
+                   tuple(Pattern.parse(a) for a in record.accepts))
 
 
 class EnrollmentStore:
@@ -68,6 +104,8 @@ class EnrollmentStore:
                     identity=item["identity"], groups=tuple(item.get("groups", ())),
                     cgroup_path=item["cgroup_path"], cgroup_id=int(item["cgroup_id"]),
                     enrolled_at=float(item["enrolled_at"]),
+                    auth=_auth_mode(item.get("auth", "cgroup")),
+                    accepts=tuple(_accepts(item.get("accepts", ()))),
                 )
                 for item in raw["enrollments"]
             }
@@ -81,11 +119,13 @@ class EnrollmentStore:
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
 
-    def enroll(self, *, identity: str, groups: tuple[str, ...], cgroup_path: str, cgroup_id: int) -> Enrollment:
+    def enroll(self, *, identity: str, groups: tuple[str, ...], cgroup_path: str, cgroup_id: int,
+               auth: str = "cgroup", accepts: tuple[str, ...] = ()) -> Enrollment:
         validate_identity(identity)
         for g in groups:
             validate_identity(g, what="group")
-        record = Enrollment(identity, tuple(groups), cgroup_path, cgroup_id, time.time())
+        record = Enrollment(identity, tuple(groups), cgroup_path, cgroup_id, time.time(), _auth_mode(auth),
+                            tuple(_accepts(accepts)))
         with self._locked():
             current = self.load()
             current[cgroup_path] = record

@@ -309,6 +309,8 @@ class Policy:
     immutable_topics: tuple[Pattern, ...] = ()
     source: str = "<policy>"
     masking: MaskingPolicy = field(default_factory=_no_masking)
+    # Identities that may not authenticate with a static (migration) credential, only with a token.
+    static_credentials_denied: tuple[Pattern, ...] = ()
     _index: dict = field(init=False, repr=False)
     _decide_cached: object = field(init=False, repr=False)
     _allows_any_cached: object = field(init=False, repr=False)
@@ -336,6 +338,13 @@ class Policy:
     @classmethod
     def deny_all(cls, source: str = "no policy") -> Policy:
         return cls(rules=(), immutable_topics=(), source=source)
+
+    def static_credentials_refused(self, identity: str) -> str | None:
+        """Why `identity` may not use a static credential (the pattern that refuses it), or None."""
+        for pattern in self.static_credentials_denied:
+            if pattern.matches(identity):
+                return f"the policy's deny_static_credentials names it ({str(pattern)!r})"
+        return None
 
     def rule_named(self, name: str) -> Rule | None:
         return next((r for r in self.rules if r.name == name), None)

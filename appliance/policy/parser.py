@@ -32,7 +32,7 @@ from appliance.policy.model import (
 )
 
 FORMAT_VERSION = 1
-TOP_LEVEL_KEYS = ("version", "immutable_topics", "rules", "masking")
+TOP_LEVEL_KEYS = ("version", "immutable_topics", "deny_static_credentials", "rules", "masking")
 RULE_KEYS = ("name", "effect", "identities", "groups", "operations", "topics", "consumer_groups",
              "transactional_ids", "cluster")
 RESOURCE_KEYS = ("topics", "consumer_groups", "transactional_ids", "cluster")
@@ -154,6 +154,10 @@ class _Reader:
             immutable = tuple(self.pattern(item, "immutable_topics", i, topic=True)
                               for i, item in enumerate(self.items(node, "immutable_topics",
                                                                   example="[audit-log, 'prefix:ledger.']"), 1))
+        static_denied: tuple[Pattern, ...] = ()
+        if "deny_static_credentials" in keys:
+            static_denied = self.names({"deny_static_credentials": keys["deny_static_credentials"]},
+                                       "deny_static_credentials", "the policy", what="identity", allow_star=True)
         rules: list[Rule] = []
         if "rules" in keys:
             lines: dict[str, int] = {}
@@ -161,9 +165,9 @@ class _Reader:
                                                 example="[{name: ..., identities: [...], ...}]"), 1):
                 rules.append(self.rule(item, i, lines))
         masking = self.masking(keys["masking"][1]) if "masking" in keys else None
-        if masking is None:
-            return Policy(rules=tuple(rules), immutable_topics=immutable, source=self.source)
-        return Policy(rules=tuple(rules), immutable_topics=immutable, source=self.source, masking=masking)
+        extra = {} if masking is None else {"masking": masking}
+        return Policy(rules=tuple(rules), immutable_topics=immutable, source=self.source,
+                      static_credentials_denied=static_denied, **extra)
 
     def named_entry(self, node: Node, index: int, *, kind: str, section: str, allowed: tuple[str, ...],
                     lines: dict[str, int]) -> tuple[dict[str, tuple[Node, Node]], Node, str, int]:

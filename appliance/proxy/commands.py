@@ -35,4 +35,14 @@ class Log:
     message: str
 
 
-Command = SendToClient | SendToUpstream | CloseConnection | Audit | Log
+@dataclass(frozen=True, slots=True)
+class VerifyToken:
+    """Verify the workload's token (the keys may need fetching) and answer with a `TokenVerified` event."""
+
+    token: str
+
+    def __repr__(self) -> str:  # a token is a credential: never in a log line
+        return f"VerifyToken(<{len(self.token)} characters>)"
+
+
+Command = SendToClient | SendToUpstream | CloseConnection | Audit | Log | VerifyToken

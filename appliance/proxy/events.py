@@ -50,4 +50,11 @@ class DeadlinePassed:
     reason: str
 
 
-Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed
+@dataclass(frozen=True, slots=True)
+class TokenVerified:
+    """The shell's answer to a `VerifyToken` command: a `ValidToken` or a `TokenRejected`."""
+
+    result: object
+
+
+Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed | TokenVerified

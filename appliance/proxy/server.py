@@ -43,11 +43,13 @@ from kio.serial.errors import SerialError
 from appliance.audit.records import Event, SessionOpened
 from appliance.broker.credentials import UpstreamCredentials
 from appliance.identity import process
-from appliance.identity.enrollment import Enrollment
+from appliance.identity.enrollment import Enrollment, binding_of
+from appliance.identity.tokens import TokenRejected
+from appliance.identity.workloads import WorkloadIdentity
 from appliance.policy.enforce import Enforcer
 from appliance.policy.model import Policy, Principal
 from appliance.proxy import events as ev
-from appliance.proxy.commands import Audit, CloseConnection, Log, SendToClient, SendToUpstream
+from appliance.proxy.commands import Audit, CloseConnection, Log, SendToClient, SendToUpstream, VerifyToken
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy.audit_gate import AuditGate
 from appliance.proxy.limits import Clock, Limits, deadline_passed, may_read_client
@@ -80,6 +82,10 @@ class LiveSession:
     client_address: str
     broker_address: str
     started_at: float
+    auth: str = "cgroup"  # cgroup, or the method the workload proved itself by: token | static
+    subject: str | None = None
+    token_expires_at: float | None = None
+    reauthenticate_by: float | None = None
 
 
 class _Reading:
@@ -114,11 +120,12 @@ class _Connection:
         self.upstream: asyncio.Transport | None = None
         self.upstream_reading: _Reading | None = None
         self.origin = origin
-        enforcer = Enforcer(Principal(enrollment.identity, frozenset(enrollment.groups)), server.policy)
-        if server.audit_failing is not None:
-            enforcer = AuditGate(enforcer, server.audit_failing)
+        binding = binding_of(enrollment)
+        workload_sasl = server.workloads.sasl_for(binding)
+        enforcer = None if binding.mode.requires_proof else server.enforcer_for(binding.principal)
         self.session = Session(uuid.uuid4().hex, server.credentials, enforcer, max_frame_bytes=server.max_frame_bytes,
-                               now=now)
+                               now=now, workload_sasl=workload_sasl, enforcer_for=server.enforcer_for)
+        self.verifying: asyncio.Task | None = None
         # Client requests get the tighter bound. Until Session takes its own
         # max_request_bytes, the shell sets the limit of its client splitter.
         self.session._client_frames = FrameSplitter(server.max_request_bytes)
@@ -146,8 +153,30 @@ class _Connection:
                     log.log(_LOG_LEVELS[level], "%s", message)
                 case CloseConnection():
                     self.close()
+                case VerifyToken(token):
+                    self.verifying = asyncio.ensure_future(self._verify(token))
         if not self.gone:
             self._account(now, isinstance(event, (ev.ClientData, ev.UpstreamData)))
+
+    async def _verify(self, token: str) -> None:
+        try:
+            result = await self.server.workloads.providers.verify(token, time.time())
+        except Exception as e:  # noqa: BLE001 - a verifier fault refuses this token; it never escapes
+            log.exception("session %s: token verification failed", self.session.session_id)
+            result = TokenRejected(f"the appliance could not verify it ({type(e).__name__})", "internal")
+        if self.gone:
+            return
+        self.dispatch(ev.TokenVerified(result))
+
+    def live_info(self) -> LiveSession:
+        """The session as `appliance status` lists it: who it authenticated as, and until when."""
+        sasl, info = self.session.sasl, self.info
+        if sasl.proof is not None:
+            info.identity, info.auth, info.subject = sasl.principal.identity, sasl.proof.method, sasl.proof.subject
+            info.token_expires_at, info.reauthenticate_by = sasl.proof.expires_at, sasl.expires_at
+        elif sasl.principal is None:
+            info.auth = "authenticating"
+        return info
 
     def _account(self, now: float, data: bool) -> None:
         """Keep the budget's books after an event, and pause or resume reading the client by them.
@@ -188,6 +217,17 @@ class _Connection:
 
     def deadline(self, now: float) -> str | None:
         session = self.session
+        sasl = session.sasl
+        if sasl.expires_at is not None and now > sasl.expires_at:
+            what = "token" if sasl.proof is not None and sasl.proof.method == "token" else "authentication"
+            return (f"expired: the workload's {what} ran out at "
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(sasl.expires_at))} and it did not "
+                    f"re-authenticate on the connection (KIP-368)")
+        if not sasl.authenticated and session.relaying and self.verifying is None \
+                and now - (self.clock.upstream_connected_at or self.clock.accepted_at) > self.server.limits.sasl_timeout_s:
+            return (f"authentication deadline: the workload did not authenticate within "
+                    f"{self.server.limits.sasl_timeout_s:g} s (sasl_timeout_s); its cgroup's enrolment "
+                    f"(auth {sasl.binding.mode}) requires it")
         if "upstream-busy" in self.client_reading.reasons:
             # The broker is not reading what the workload sent: the workload is
             # not stalling, so neither the frame nor the idle deadline runs. The
@@ -485,6 +525,7 @@ class ProxyServer:
         audit_failing: Callable[[], str | None] | None = None, release_memory: Callable[[], None] = release_freed_heap,
         policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int, upstream_pool: int = 0,
         upstream_failed: Callable[[tuple[str, int]], None] = lambda address: None,
+        workloads: WorkloadIdentity | None = None,
     ) -> None:
         # Told when a broker refuses a connect, so steering can refuse new connects to it at once.
         self.upstream_failed = upstream_failed
@@ -498,6 +539,7 @@ class ProxyServer:
         self.max_frame_bytes = max_frame_bytes
         self.pool = UpstreamPool(credentials, max_frame_bytes, upstream_pool,
                                  connect_timeout_s=limits.connect_timeout_s, sasl_timeout_s=limits.sasl_timeout_s)
+        self.workloads = workloads or WorkloadIdentity()
         self.live: dict[str, _Connection] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self.limits = limits
@@ -544,6 +586,12 @@ class ProxyServer:
             self._refuse(transport, now, f"cgroup {origin.enrolled_cgroup_id} is no longer enrolled",
                          cgroup_id=origin.cgroup_id, pid=origin.tgid)
             return None
+        revoked = self.workloads.revocations.covering(None, enrollment.identity, now)
+        if revoked is not None and enrollment.auth == "cgroup":
+            self._refuse(transport, now, f"connection from {enrollment.identity} (pid {origin.tgid}) refused: "
+                         f"{revoked.describe()}", identity=enrollment.identity, cgroup_id=origin.cgroup_id,
+                         pid=origin.tgid)
+            return None
         if len(self.live) >= self.max_sessions:
             self._at_limit(transport, now, origin, enrollment, "max_sessions", self.max_sessions)
             return None
@@ -555,7 +603,8 @@ class ProxyServer:
         who = process.describe(origin.tgid, origin.cgroup_id, origin.comm, now)
         conn = _Connection(self, transport, origin, enrollment, who.command, now)
         self.audit(SessionOpened(
-            session_id=conn.session.session_id, started_at=now, identity=enrollment.identity,
+            session_id=conn.session.session_id, started_at=now,
+            identity=None if conn.session.enforcer is None else enrollment.identity,
             groups=enrollment.groups, cgroup_id=origin.cgroup_id, cgroup_path=who.cgroup_path,
             enrolled_cgroup_id=origin.enrolled_cgroup_id, pid=origin.tgid, uid=origin.uid, gid=origin.gid,
             command=who.command, client_address=origin.client_address, broker_address=origin.broker_address,
@@ -643,6 +692,26 @@ class ProxyServer:
         self.audit(Event(at=now, kind="refused-session", message=message, **fields))
         transport.abort()
 
+    def enforcer_for(self, principal: Principal):
+        enforcer = Enforcer(principal, self.policy)
+        return enforcer if self.audit_failing is None else AuditGate(enforcer, self.audit_failing)
+
+    def revoke_credentials(self, now: float) -> int:
+        """End every live session a revocation now covers; returns how many."""
+        revocations = self.workloads.revocations
+        doomed = []
+        for conn in self.live.values():
+            sasl = conn.session.sasl
+            if sasl.principal is None:
+                continue
+            found = revocations.covering(sasl.proof, sasl.principal.identity, now)
+            if found is not None:
+                doomed.append((conn, found))
+        for conn, found in doomed:
+            conn.dispatch(ev.Revoked(f"revoked: {found.describe()}"))
+            conn.close()
+        return len(doomed)
+
     def revoke(self, enrolled_cgroup_id: int, reason: str) -> int:
         """Close every live session of a workload; returns how many."""
         doomed = [c for c in self.live.values() if c.origin.enrolled_cgroup_id == enrolled_cgroup_id]
@@ -651,7 +720,7 @@ class ProxyServer:
         return len(doomed)
 
     def sessions(self) -> list[LiveSession]:
-        return [c.info for c in self.live.values()]
+        return [c.live_info() for c in self.live.values()]
 
     async def stop(self, reason: str = "appliance stopping") -> None:
         if self._sweeper is not None:

@@ -25,25 +25,28 @@ import struct
 import traceback
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 from kio.schema.api_versions.v0.response import ApiVersion
 from kio.schema.errors import ErrorCode
 
-from appliance.audit.records import Operation, SessionClosed
+from appliance.audit.records import Authentication, Operation, SessionClosed
 from appliance.broker.credentials import UpstreamCredentials
 from appliance.kafka import apis, codec
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy import events as ev
-from appliance.proxy.commands import Audit, CloseConnection, Command, Log, SendToClient, SendToUpstream
+from appliance.proxy.commands import (Audit, CloseConnection, Command, Log, SendToClient, SendToUpstream,
+                                      VerifyToken as VerifyTokenCommand)
 from appliance.proxy.inflight import InFlight, InFlightQueue
 from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
+from appliance.identity.binding import Binding
 from appliance.policy import permissions
 from appliance.policy.enforce import Enforcer, Verdict
+from appliance.policy.model import Principal
+from appliance.proxy.workload_sasl import Finished, Reply, VerifyToken, WorkloadSasl
 
-_SASL_HINT = (
-    "the appliance identifies workloads by their cgroup and authenticates to the broker itself; "
-    "connect without SASL (security.protocol=PLAINTEXT)"
-)
+# What a workload may send before it has authenticated, when its enrolment requires a proof.
+_BEFORE_AUTHENTICATION = frozenset({apis.API_VERSIONS, apis.SASL_HANDSHAKE, apis.SASL_AUTHENTICATE})
 
 
 # How a forwarded request's verdict reads in the audit's outcome column.
@@ -93,10 +96,19 @@ DEFAULT_MAX_HELD_BYTES = 1 << 20
 
 
 class Session:
-    def __init__(self, session_id: str, credentials: UpstreamCredentials, enforcer: Enforcer, *,
-                 max_frame_bytes: int, now: float, max_held_bytes: int = DEFAULT_MAX_HELD_BYTES) -> None:
+    def __init__(self, session_id: str, credentials: UpstreamCredentials, enforcer: Enforcer | None, *,
+                 max_frame_bytes: int, now: float, max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+                 workload_sasl: WorkloadSasl | None = None,
+                 enforcer_for: Callable[[Principal], Enforcer] | None = None) -> None:
+        """`enforcer` decides for the enrolment's principal; None when the enrolment requires the workload to
+        authenticate first, and `enforcer_for` makes one for whoever it proves to be (also when a proof
+        adds groups)."""
         self.session_id = session_id
+        if workload_sasl is None:
+            workload_sasl = WorkloadSasl(Binding(enforcer.principal.identity, tuple(sorted(enforcer.principal.groups))))
+        self.sasl = workload_sasl
         self.enforcer = enforcer
+        self._enforcer_for = enforcer_for
         self.bytes_from_client = 0
         self.bytes_to_client = 0
         self.requests = 0
@@ -114,6 +126,14 @@ class Session:
         self._context: str | tuple[codec.RequestHeader, str] = "the connection"
         self._on_client = self._hold_client
         self._on_upstream = self._authenticate
+        # A token being verified by the shell: the SaslAuthenticate waiting for its answer, and the client's
+        # frames and bytes that came after it, processed once the answer is in.
+        self._verifying: InFlight | None = None
+        self._parked_frames: list[bytes] = []
+        self._parked: list[bytes] = []
+        self._parked_bytes = 0
+        self._close_when_answered: str | None = None  # a failed authentication: close once its answer is sent
+        self._last_now = now
 
     # ---- what the shell reads to keep budgets and deadlines ----------------------
 
@@ -135,7 +155,13 @@ class Session:
         """Bytes this session holds: the workload's bytes held before relaying, partial frames of both sides,
         and the proxy's own answers waiting behind earlier requests."""
         return (self._held_bytes + self._client_frames.pending + self._upstream_frames.pending
-                + self._in_flight.answer_bytes)
+                + self._in_flight.answer_bytes + self._parked_bytes + sum(map(len, self._parked_frames)))
+
+    @property
+    def reauthenticate_by(self) -> float | None:
+        """When the workload's proof runs out (its token's expiry, or the configured maximum); the session
+        ends then unless it has re-authenticated. None: no proof, no expiry."""
+        return self.sasl.expires_at
 
     # ---- entry point --------------------------------------------------------
 
@@ -144,6 +170,7 @@ class Session:
         naming what it was handling; no exception leaves, so no other session is touched."""
         if self.closed:
             return []
+        self._last_now = now
         out: list[Command] = []
         try:
             match event:
@@ -161,6 +188,8 @@ class Session:
                     self._close(reason, now, out)
                 case ev.DeadlinePassed(reason):
                     self._close(reason, now, out, level="warning")
+                case ev.TokenVerified(result):
+                    self._token_verified(result, now, out)
         except _BadInput as e:
             self._close(str(e), now, out, level="warning")
         except UpstreamAuthError as e:
@@ -240,6 +269,9 @@ class Session:
     # ---- relay: the workload's requests ------------------------------------------
 
     def _relay_client(self, data: bytes, now: float, out: list[Command]) -> None:
+        if self._verifying is not None or self._close_when_answered is not None:
+            self._park(data)
+            return
         try:
             self._relay_client_frames(data, now, out)
         except FrameError as e:
@@ -247,7 +279,19 @@ class Session:
         except codec.DecodeError as e:
             raise _BadInput(f"undecodable client request: {e}") from None
 
+    def _park(self, data: bytes) -> None:
+        if self._close_when_answered is not None:
+            return  # authentication failed: nothing more is read from this workload
+        self._parked_bytes += len(data)
+        if self._parked_bytes > self.max_held_bytes:
+            raise _BadInput(f"workload sent {self._parked_bytes} bytes while its token was being verified, more "
+                            f"than the {self.max_held_bytes} the proxy holds")
+        self._parked.append(data)
+
     def _relay_client_frames(self, data: bytes, now: float, out: list[Command]) -> None:
+        self._process_frames(self._client_frames.feed(data), now, out)
+
+    def _process_frames(self, frames: list[bytes], now: float, out: list[Command]) -> None:
         forward: list[bytes] = []
 
         def flush() -> None:
@@ -256,7 +300,7 @@ class Session:
                 out.append(SendToUpstream(forward[0] if len(forward) == 1 else b"".join(forward)))
                 forward = []
 
-        for frame in self._client_frames.feed(data):
+        for i, frame in enumerate(frames):
             self._context = "a request from the workload"
             header = codec.parse_request_header(frame)
             self._context = (header, "request")
@@ -266,6 +310,18 @@ class Session:
                 self._close(f"{self._describe_context()} reuses the correlation id of a request still in flight; "
                             "answers could not be told apart", now, out, level="warning")
                 return
+            if header.api_key in (apis.SASL_HANDSHAKE, apis.SASL_AUTHENTICATE) and header.body_offset >= 0:
+                self._sasl_request(header, frame, now, out)
+                if self._verifying is not None or self._close_when_answered is not None or self.closed:
+                    flush()
+                    self._parked_frames = frames[i + 1:] if not self.closed else []
+                    return
+                continue
+            if self.enforcer is None or self.sasl.in_exchange:
+                if header.api_key not in _BEFORE_AUTHENTICATION or self.sasl.in_exchange:
+                    flush()
+                    self._unauthenticated(header, now, out)
+                    return
             if self._answer_locally(header, frame, now, out):
                 if self.closed:
                     flush()
@@ -277,7 +333,10 @@ class Session:
                 if self.closed:
                     return
                 continue
-            verdict = self.enforcer.check(frame, header)
+            if self.enforcer is not None:
+                verdict = self.enforcer.check(frame, header)
+            else:  # ApiVersions before authentication: open to every workload, no principal needed
+                verdict = Verdict("allowed", (), None, frame)
             facts = verdict.facts or codec.facts_of(header.api_key, verdict.request)
             pending = InFlight(header, facts, now, len(frame), verdict, verdict.masked or None)
             if verdict.answer is not None:
@@ -343,17 +402,7 @@ class Session:
         """Requests the proxy answers itself instead of forwarding; False to go on."""
         response: bytes | None = None
         error: int | None = None
-        if header.api_key == apis.SASL_HANDSHAKE and header.body_offset >= 0:
-            error = ErrorCode.unsupported_sasl_mechanism
-            response = codec.build_response(header, error_code=error, mechanisms=())
-            out.append(Log("warning", f"session {self.session_id}: workload attempted SASL; {_SASL_HINT}"))
-        elif header.api_key == apis.SASL_AUTHENTICATE and header.body_offset >= 0:
-            error = ErrorCode.sasl_authentication_failed
-            fields = dict(error_code=error, error_message=_SASL_HINT, auth_bytes=b"")
-            if header.api_version >= 1:
-                fields["session_lifetime"] = datetime.timedelta(0)
-            response = codec.build_response(header, **fields)
-        elif header.api_key == apis.API_VERSIONS and header.body_offset < 0:
+        if header.api_key == apis.API_VERSIONS and header.body_offset < 0:
             # A version newer than the proxy parses: answer v0 UNSUPPORTED_VERSION
             # with the range it does, and the client retries within it.
             error = ErrorCode.unsupported_version
@@ -364,9 +413,99 @@ class Session:
             return False
         pending = InFlight(header, codec.RequestFacts(), now, len(frame))
         self._reply(pending, response, int(error), "answered-by-proxy", now, out)
-        if header.api_key == apis.SASL_AUTHENTICATE:
-            self._close(f"workload attempted SASL authentication; {_SASL_HINT}", now, out, level="warning")
         return True
+
+    # ---- the workload's own SASL (answered by the proxy) -----------------------------------
+
+    def _unauthenticated(self, header: codec.RequestHeader, now: float, out: list[Command]) -> None:
+        what = self._describe_context()
+        if self.sasl.in_exchange:
+            reason = f"{what} arrived in the middle of a SASL exchange, before it completed"
+        else:
+            reason = (f"{what} arrived before the workload authenticated; its cgroup's enrolment "
+                      f"(auth {self.sasl.binding.mode}) requires SASL authentication first")
+        self._close(reason, now, out, level="warning")
+
+    def _sasl_request(self, header: codec.RequestHeader, frame: bytes, now: float, out: list[Command]) -> None:
+        request = codec.decode_request(frame, header)
+        pending = InFlight(header, codec.RequestFacts(), now, len(frame))
+        if header.api_key == apis.SASL_HANDSHAKE:
+            error, mechanisms = self.sasl.handshake(str(request.mechanism))
+            if error != ErrorCode.none:
+                out.append(Log("warning", f"session {self.session_id}: SaslHandshake for mechanism "
+                                          f"{str(request.mechanism)[:64]!r} answered {error.name}"))
+            response = codec.build_response(header, error_code=error, mechanisms=mechanisms)
+            self._reply(pending, response, int(error), "answered-by-proxy", now, out)
+            return
+        step = self.sasl.authenticate(bytes(request.auth_bytes), now)
+        if isinstance(step, VerifyToken):
+            self._verifying = pending
+            out.append(VerifyTokenCommand(step.token))
+            return
+        self._sasl_answer(pending, step, now, out)
+
+    def _token_verified(self, result, now: float, out: list[Command]) -> None:
+        pending, self._verifying = self._verifying, None
+        if pending is None:
+            return  # the session moved on (closed); a late answer has nothing to answer
+        self._context = (pending.header, "request")
+        self._sasl_answer(pending, self.sasl.token_verified(result, now), now, out)
+        if self.closed or self._close_when_answered is not None:
+            return
+        frames, self._parked_frames = self._parked_frames, []
+        parked, self._parked, self._parked_bytes = b"".join(self._parked), [], 0
+        try:
+            if frames:
+                self._process_frames(frames, now, out)
+            if parked and not self.closed:
+                self._relay_client(parked, now, out)
+        except FrameError as e:
+            raise _BadInput(f"malformed frame from client: {e}") from None
+        except codec.DecodeError as e:
+            raise _BadInput(f"undecodable client request: {e}") from None
+
+    def _sasl_answer(self, pending: InFlight, reply: Reply, now: float, out: list[Command]) -> None:
+        header = pending.header
+        fields = dict(error_code=reply.error, error_message=reply.message, auth_bytes=reply.auth_bytes)
+        if header.api_version >= 1:
+            fields["session_lifetime"] = datetime.timedelta(milliseconds=reply.lifetime_ms)
+        response = codec.build_response(header, **fields)
+        finished, self.sasl.finished = self.sasl.finished, None
+        if finished is not None:
+            out.append(Audit(self._authentication(finished, now)))
+            if finished.ok:
+                self._authenticated(finished, out)
+        if reply.failed:
+            reason = (finished.reason if finished is not None else reply.message) or "SASL authentication failed"
+            out.append(Log("warning", f"session {self.session_id}: SASL authentication refused: {reason}"))
+            self._close_when_answered = f"SASL authentication failed: {reason}"
+        self._reply(pending, response, int(reply.error), "answered-by-proxy", now, out)
+        if self._close_when_answered is not None and not self._in_flight and self._streaming is None:
+            self._close(self._close_when_answered, now, out, level="warning")
+
+    def _authenticated(self, finished: Finished, out: list[Command]) -> None:
+        principal = finished.principal
+        if self.enforcer is None or self.enforcer.principal != principal:
+            if self._enforcer_for is None:
+                raise RuntimeError("the session has no way to make an enforcer for an authenticated principal")
+            self.enforcer = self._enforcer_for(principal)
+        out.append(Log("info", f"session {self.session_id} authenticated ({finished.kind}, {finished.mechanism}): "
+                               f"{finished.reason}"))
+
+    def _authentication(self, finished: Finished, now: float) -> Authentication:
+        proof, principal = finished.proof, finished.principal
+        return Authentication(
+            session_id=self.session_id, at=now, kind=finished.kind, mechanism=finished.mechanism,
+            outcome="ok" if finished.ok else "refused", reason=finished.reason,
+            method=None if proof is None else proof.method,
+            identity=None if principal is None else principal.identity,
+            groups=None if principal is None else json.dumps(sorted(principal.groups)),
+            subject=None if proof is None else proof.subject, issuer=None if proof is None else proof.issuer,
+            client_id=None if proof is None else proof.client_id, jti=None if proof is None else proof.jti,
+            issued_at=None if proof is None else proof.issued_at,
+            expires_at=None if proof is None else proof.expires_at,
+            session_expires_at=finished.expires_at, username=None if proof is None else proof.username,
+        )
 
     # ---- relay: the broker's responses -------------------------------------------
 
@@ -470,6 +609,8 @@ class Session:
             data_out = frames[0] if len(frames) == 1 else b"".join(frames)
             self.bytes_to_client += len(data_out)
             out.append(SendToClient(data_out))
+        if self._close_when_answered is not None and not self._in_flight and self._streaming is None:
+            self._close(self._close_when_answered, out=out, now=self._last_now, level="warning")
 
     def _operation(
         self, pending: InFlight, now: float, response_bytes: int | None, error_code: int | None,

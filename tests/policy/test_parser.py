@@ -98,7 +98,7 @@ def test_empty_lists_and_an_empty_rules_key_are_valid():
 @pytest.mark.parametrize("text, message", [
     # the document
     ("", "p.yaml: the policy is empty; it needs at least 'version: 1'"),
-    ("- a\n", "p.yaml line 1: the top level must be a mapping with the keys version, immutable_topics, rules"),
+    ("- a\n", "p.yaml line 1: the top level must be a mapping with the keys version, immutable_topics, deny_static_credentials, rules"),
     ("version: 1\nrules: [\n", "p.yaml line 3: not valid YAML: expected the node content"),
     ("version: 1\n---\nversion: 1\n", "p.yaml line 2: not valid YAML: but found another document"),
     ("rules: []\n", "p.yaml line 1: key 'version' is missing; start the file with 'version: 1'"),
@@ -106,7 +106,7 @@ def test_empty_lists_and_an_empty_rules_key_are_valid():
     ("version: '1'\n", "p.yaml line 1: key 'version' must be 1"),
     ("version: 1\nrule: []\n",
      "p.yaml line 2: key 'rule' is not a policy setting (did you mean 'rules'?); "
-     "valid keys are: version, immutable_topics, rules"),
+     "valid keys are: version, immutable_topics, deny_static_credentials, rules"),
     ("version: 1\nrules: []\nrules: []\n", "p.yaml line 3: key 'rules' appears twice (first at line 2)"),
     ("version: 1\nrules: {a: 1}\n", "p.yaml line 2: key 'rules' must be a list, e.g. rules: [{name: ..."),
     ("version: 1\nrules: [orders]\n",

@@ -157,8 +157,17 @@ def test_workload_sasl_is_answered_by_the_proxy_not_forwarded():
     assert not of(out, SendToUpstream)
     answer = of(out, SendToClient)[0].data
     response, _ = entity_reader(SaslHandshakeResponse)(answer, 8)
-    assert response.error_code == ErrorCode.unsupported_sasl_mechanism
+    assert response.error_code == ErrorCode.none
+    assert response.mechanisms == ("OAUTHBEARER", "SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
     assert of(out, Audit)[0].record.outcome == "answered-by-proxy"
+
+
+def test_a_mechanism_the_proxy_lacks_is_answered_with_those_it_offers_never_an_empty_list():
+    s = authenticated_session()
+    out = s.handle(ev.ClientData(request_frame(SaslHandshakeRequest(mechanism="GSSAPI"), correlation_id=1)), 0)
+    response, _ = entity_reader(SaslHandshakeResponse)(of(out, SendToClient)[0].data, 8)
+    assert response.error_code == ErrorCode.unsupported_sasl_mechanism
+    assert "OAUTHBEARER" in response.mechanisms and not s.closed
 
 
 def test_garbage_frame_closes_this_session_with_an_audited_reason():

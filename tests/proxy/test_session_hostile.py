@@ -61,15 +61,16 @@ def test_the_killer_metadata_frame_closes_only_this_session_naming_the_field():
     assert of(other.handle(ev.ClientData(metadata()), 0), SendToUpstream)
 
 
-def test_sasl_authenticate_v1_and_v2_are_answered_then_closed():
+def test_sasl_authenticate_before_a_handshake_is_refused_then_closed_at_every_version():
     for version in (0, 1, 2):
         s = authenticated_session()
         out = s.handle(ev.ClientData(request(apis.SASL_AUTHENTICATE, version)), 0)
         response = answer_of(out, apis.SASL_AUTHENTICATE, version)
         assert response.error_code == ErrorCode.sasl_authentication_failed
+        assert "before a SaslHandshake" in response.error_message
         if version >= 1:
             assert response.session_lifetime == datetime.timedelta(0)
-        assert "workload attempted SASL authentication" in closed(out).close_reason
+        assert "SASL authentication failed: SaslAuthenticate arrived before a SaslHandshake" in closed(out).close_reason
 
 
 def test_versions_above_what_was_offered_are_answered_unsupported_version_never_forwarded():
@@ -156,7 +157,7 @@ def test_responses_are_matched_in_request_order():
 
 def test_the_proxys_own_answer_waits_behind_earlier_requests():
     s = authenticated_session()
-    sasl = request(apis.SASL_HANDSHAKE, 1, correlation_id=7, mechanism="PLAIN")
+    sasl = request(apis.SASL_HANDSHAKE, 1, correlation_id=7, mechanism="GSSAPI")  # answered, no exchange begun
     out = s.handle(ev.ClientData(metadata(correlation_id=5) + sasl + metadata(correlation_id=8)), 0)
     assert not of(out, SendToClient) and of(out, SendToUpstream)[0].data == metadata(5) + metadata(8)
     assert s.buffered_bytes > 0  # the held answer counts against the shell's budget
