@@ -138,7 +138,11 @@ class WorkloadSasl:
                 return self._plain(auth_bytes, now)
             return self._scram_step(mechanism, auth_bytes, now)
         except sasl.SaslError as e:
-            return self._fail(mechanism, str(e), getattr(e, "audit_reason", None))
+            message = str(e)
+            if mechanism.startswith("SCRAM") and e.audit_reason:
+                # The same words for an unknown user and a wrong password: nothing tells which.
+                message = f"{message}; the appliance accepts {_ACCEPTS}"
+            return self._fail(mechanism, message, e.audit_reason)
 
     def token_verified(self, result, now: float) -> Reply:
         """The verifier's answer for the token `authenticate` asked about: a ValidToken or a TokenRejected."""

@@ -47,6 +47,17 @@ NETNS_HOST, NETNS_PEER = "10.231.0.1", "10.231.0.2"
 BROKER_NETNS = f"{NETNS_PEER}:39092"
 WORKLOAD_PARENT = "appliance-test-workloads"
 POLICY = STATE / "policy.yaml"  # a copy of tests/integration/policy.yaml that policy tests rewrite
+# The test session's identity provider (tests/integration/idp_fixtures.py): the demo realm on its test port.
+IDP_ISSUER = "http://127.0.0.1:39180/realms/appliance"
+IDP_AUDIENCE = "kafka-appliance"
+# Static migration credentials `serve` accepts in the tests: (mechanism, username, password, identity, groups).
+STATIC_CREDENTIALS = (
+    ("PLAIN", "legacy-plain", "legacy-plain-pw", "legacy", ("payments",)),
+    ("SCRAM-SHA-512", "legacy-scram", "legacy-scram-pw", "legacy", ("payments",)),
+    ("SCRAM-SHA-256", "legacy-scram256", "legacy-scram256-pw", "legacy", ("payments",)),
+    ("PLAIN", "tokens-only-plain", "tokens-only-pw", "tokens-only", ()),
+)
+STATIC_CREDENTIALS_FILE = STATE / "static-credentials.yaml"
 
 
 def pytest_collection_modifyitems(items):
@@ -75,10 +86,15 @@ def prerequisites():
 
 @pytest.fixture(scope="session")
 def config_path(prerequisites) -> Path:
-    for leftover in ("audit.db", "audit.db-wal", "audit.db-shm", "enrollments.json", "serve.log"):
+    for leftover in ("audit.db", "audit.db-wal", "audit.db-shm", "enrollments.json", "serve.log",
+                     "revocations.json"):
         (STATE / leftover).unlink(missing_ok=True)
     STATE.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(__file__).with_name("policy.yaml"), POLICY)
+    STATIC_CREDENTIALS_FILE.write_text(yaml.safe_dump({"credentials": [
+        {"mechanism": m, "username": u, "password": p, "identity": i, "groups": list(g)}
+        for m, u, p, i, g in STATIC_CREDENTIALS]}))
+    os.chmod(STATIC_CREDENTIALS_FILE, 0o600)
     path = STATE / "appliance.yaml"
     path.write_text(yaml.safe_dump({
         "state_dir": str(STATE),
@@ -92,6 +108,10 @@ def config_path(prerequisites) -> Path:
         "policy_file": str(POLICY),
         "embedded_broker": {"port4": 39092, "port6": 39093, "controller_port": 39094,
                             "data_dir": str(STATE / "broker"), "cgroup": "appliance-test-broker"},
+        "identity": {
+            "providers": [{"issuer": IDP_ISSUER, "audiences": [IDP_AUDIENCE], "identity_claim": "azp"}],
+            "static_credentials_file": str(STATIC_CREDENTIALS_FILE),
+        },
     }))
     return path
 
@@ -251,9 +271,10 @@ def enroll(appliance, config_path, make_cgroup):
     """Make a cgroup, enrol it with `appliance enroll`, and wait until the appliance applied it."""
     enrolled: list[Cgroup] = []
 
-    def do(identity: str, *groups: str) -> Cgroup:
+    def do(identity: str, *groups: str, auth: str = "cgroup", accepts: tuple[str, ...] = ()) -> Cgroup:
         cg = make_cgroup(identity)
-        cli(config_path, "enroll", cg.cgroup.path, "--identity", identity, *[f"--group={g}" for g in groups])
+        cli(config_path, "enroll", cg.cgroup.path, "--identity", identity, *[f"--group={g}" for g in groups],
+            f"--auth={auth}", *[f"--accept={a}" for a in accepts])
         eventually(lambda: any(w["cgroup_id"] == cg.cgroup.id for w in (appliance.status() or {}).get("workloads", [])),
                    timeout=5, message=f"enrolment of {identity} applied")
         enrolled.append(cg)

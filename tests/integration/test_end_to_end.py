@@ -94,14 +94,22 @@ def test_workload_sees_the_broker_as_its_peer(appliance, enroll):
         assert result["errno"] == 0 and result["peer"] == [host, port]
 
 
-def test_workload_sasl_gets_a_kafka_error_naming_the_cause(appliance, config_path, enroll, sasl_args):
+def test_workload_sasl_with_unknown_credentials_gets_a_kafka_error_naming_the_cause(appliance, config_path, enroll,
+                                                                                   sasl_args):
+    # The broker's own credentials are not the workload's to use: the proxy answers SASL itself, and
+    # these are not in its migration file.
     workload = enroll("sasl-tryer")
     result = workload.client("confluent.py", BROKER4, "anything", "--produce", "1", "--timeout", "6", *sasl_args,
                              check=False)
     assert result["produced"] == 0 and result["errors"]
+    assert any("SCRAM-SHA-512" in e and "OAUTHBEARER" in e for e in result["errors"]), result
     ops = eventually(lambda: [o for o in audit(config_path, "operations", "--identity", "sasl-tryer")
                               if o["api_name"] == "SaslHandshake"], message="SASL attempt audited")
-    assert ops[0]["outcome"] == "answered-by-proxy" and ops[0]["error_code"] == 33  # UNSUPPORTED_SASL_MECHANISM
+    assert ops[0]["outcome"] == "answered-by-proxy" and ops[0]["error_code"] == 0  # the mechanism is offered
+    sessions = {o["session_id"] for o in ops}
+    refused = eventually(lambda: [a for a in audit(config_path, "authentications", "--outcome", "refused")
+                                  if a["session_id"] in sessions], message="refused authentication audited")
+    assert "unknown user" in refused[0]["reason"] and refused[0]["mechanism"] == "SCRAM-SHA-512"
 
 
 def test_appliance_run_attributes_the_command(appliance, config_path, direct, sasl_args):
