@@ -17,8 +17,10 @@ realm table and the state directory, so a restart changes neither `sub` nor a
 secret; the realm's signing key is new at every start (tokens issued before a
 restart no longer verify; clients fetch new ones).
 
-It runs detached in its own session, with its pid in `instance.json`, so it
-outlives the command that started it. start() holds a lock file in the state
+It runs detached in its own session, with the pid of kc.sh (the session
+leader; java is its child, or kc.sh itself after a rebuild's re-exec) in
+`instance.json`, so it outlives the command that started it and stop()
+signals the whole process group. start() holds a lock file in the state
 directory, so two processes starting the same instance get one server.
 
 Costs (measured on two cores): the distribution is a 150 MiB download
@@ -60,8 +62,6 @@ ADMIN_USER = "admin"
 HOST = "127.0.0.1"
 
 _TAIL_LINES = 40
-# Keycloak's own default heap ceiling; dev mode with an in-memory database needs no more.
-_JAVA_OPTS = "-Xms64m -Xmx512m -XX:MetaspaceSize=96M -XX:MaxMetaspaceSize=256m -XX:+ExitOnOutOfMemoryError -XX:+UseParallelGC"
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,8 +310,10 @@ class LocalKeycloak:
             **os.environ,
             "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USER,
             "KC_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
-            "JAVA_OPTS": _JAVA_OPTS,
         }
+        # kc.sh's own JVM options (a 512 MiB heap ceiling) are right for dev mode; an inherited
+        # JAVA_OPTS would replace all of them.
+        env.pop("JAVA_OPTS", None)
         self._log_offset = _size(self.files.log)
         with open(self.files.log, "ab") as console:
             console.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
@@ -384,7 +386,7 @@ class LocalKeycloak:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return None
-        # Both the sh of kc.sh and the java it execs name this home (kc.home.dir) on their command line.
+        # The sh running kc.sh names this home, and so does java (kc.home.dir) if kc.sh exec'd it.
         if str(self.files.home).encode() not in argv:
             return None  # the pid was reused by something else
         return record
