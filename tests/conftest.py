@@ -1,3 +1,3 @@
-"""The integration fixtures are a plugin of the whole suite: one broker and one appliance per run."""
+"""The integration fixtures are a plugin of the whole suite: one broker, one appliance and one identity provider per run."""
 
-pytest_plugins = ("tests.integration.fixtures",)
+pytest_plugins = ("tests.integration.fixtures", "tests.integration.idp_fixtures")

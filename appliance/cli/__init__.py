@@ -34,7 +34,7 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from appliance.cli import audit, broker, identity, policy, revoke, serve
+    from appliance.cli import audit, broker, identity, idp, policy, revoke, serve
 
     main.add_command(serve.serve)
     main.add_command(serve.status)
@@ -45,6 +45,7 @@ def _register() -> None:
     main.add_command(identity.run)
     main.add_command(audit.audit)
     main.add_command(broker.broker)
+    main.add_command(idp.idp)
     main.add_command(policy.policy)
     main.add_command(revoke.revoke)
 
