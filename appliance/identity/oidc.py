@@ -14,6 +14,7 @@ start their own, and validates the token with `tokens.validate`.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import ssl
 import urllib.error
@@ -75,11 +76,13 @@ class ProviderClient:
         except urllib.error.HTTPError as e:
             raise ProviderError(f"{what} at {url}: HTTP {e.code}") from None
         except urllib.error.URLError as e:
+            if isinstance(e.reason, TimeoutError):
+                raise ProviderError(f"{what} at {url}: no answer within {self.timeout_s:g} s") from None
             reason = e.reason if isinstance(e.reason, str) else (getattr(e.reason, "strerror", None) or str(e.reason))
             raise ProviderError(f"{what} at {url}: unreachable ({reason})") from None
         except TimeoutError:
             raise ProviderError(f"{what} at {url}: no answer within {self.timeout_s:g} s") from None
-        except (OSError, ValueError) as e:  # connection reset mid-body, bad status line, ...
+        except (OSError, ValueError, http.client.HTTPException) as e:  # reset mid-body, bad status line, short body
             raise ProviderError(f"{what} at {url}: {type(e).__name__}: {str(e)[:120]}") from None
         if len(body) > self.max_bytes:
             raise ProviderError(f"{what} at {url}: larger than {_size_text(self.max_bytes)}")
@@ -106,6 +109,8 @@ class ProviderClient:
         jwks_uri = config.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
             raise ProviderError(f"OpenID configuration at {url}: no http(s) 'jwks_uri'")
+        if self.issuer.startswith("https://") and not jwks_uri.startswith("https://"):
+            raise ProviderError(f"OpenID configuration at {url}: jwks_uri {jwks_uri[:200]!r} is not https, as the issuer is")
         self.jwks_uri = jwks_uri
         return jwks_uri
 

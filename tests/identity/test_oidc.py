@@ -96,6 +96,15 @@ def test_discovery_issuer_must_match(provider):
         ProviderClient(provider.issuer).discover()
 
 
+def test_discovery_refuses_a_jwks_uri_weaker_than_the_issuer():
+    class Answering(ProviderClient):
+        def _json(self, url, what):
+            return {"issuer": "https://idp.example/realms/kafka", "jwks_uri": "http://idp.example/realms/kafka/certs"}
+
+    with pytest.raises(ProviderError, match="jwks_uri 'http://idp.example/realms/kafka/certs' is not https"):
+        Answering("https://idp.example/realms/kafka").discover()
+
+
 @pytest.mark.parametrize(
     "setup, fragment",
     [
@@ -120,7 +129,7 @@ def test_unreachable_and_slow(provider):
     with pytest.raises(ProviderError, match="unreachable"):
         ProviderClient(f"http://127.0.0.1:{_closed_port()}/realms/kafka").fetch_jwks()
     provider.delay_s = 0.5
-    with pytest.raises(ProviderError, match="no answer within 0.2 s|timed out"):
+    with pytest.raises(ProviderError, match="no answer within 0.2 s"):
         ProviderClient(provider.issuer, timeout_s=0.2).discover()
 
 
