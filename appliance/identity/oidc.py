@@ -132,15 +132,22 @@ class TokenVerifier:
         self.rules = rules
         self.client = client
         self.cache = cache
-        self._fetch: asyncio.Future | None = None
+        self._fetch: asyncio.Future | None = None  # the one fetch under way
         self.fetches = 0  # attempts started, for status and tests
+
+    def _start_fetch(self, now: float) -> asyncio.Future:
+        if self._fetch is None:
+            self._fetch = asyncio.ensure_future(self._run_fetch(now))
+        return self._fetch
 
     async def refresh(self, now: float) -> None:
         """Fetch the keys now, or wait for the fetch already under way."""
-        if self._fetch is None:
-            self._fetch = asyncio.ensure_future(self._run_fetch(now))
-        fetch = self._fetch
-        await asyncio.shield(fetch)
+        await asyncio.shield(self._start_fetch(now))
+
+    async def settled(self) -> None:
+        """Wait for a fetch under way, if any (for shutdown and tests)."""
+        if self._fetch is not None:
+            await asyncio.shield(self._fetch)
 
     async def _run_fetch(self, now: float) -> None:
         self.fetches += 1
@@ -165,9 +172,15 @@ class TokenVerifier:
         if header.get("alg") not in self.rules.algorithms:
             return validate(token, KeySet(()), self.rules, now)
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-        if self.cache.due(now):
-            await self.refresh(now)
         found = self.cache.lookup(kid, now)
+        if self.cache.due(now):
+            if isinstance(found, Key):
+                # The key is trusted already: refresh behind this token, not in front of it, so that a slow
+                # or unreachable provider costs no login any latency while its keys are still trusted.
+                self._start_fetch(now)
+            else:
+                await self.refresh(now)
+                found = self.cache.lookup(kid, now)
         if isinstance(found, FetchNeeded):
             await self.refresh(now)
             found = self.cache.lookup(kid, now)

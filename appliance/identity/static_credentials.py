@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import os
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -44,7 +45,7 @@ import yaml
 from scramp.utils import ScramException, saslprep
 
 from appliance.identity.enrollment import EnrollmentError, validate_identity
-from appliance.identity.sasl import SCRAM_DIGESTS, StoredScram
+from appliance.identity.sasl import SCRAM_DIGESTS, ScramShape, StoredScram
 
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MAX_FILE_BYTES = 1 << 20
@@ -111,6 +112,20 @@ class StaticCredentials:
             return entry.stored if entry is not None else None
 
         return lookup
+
+    def unknown_user_shape(self, mechanism: str) -> ScramShape:
+        """The most common iteration count and salt length among this mechanism's users.
+
+        Given to `ScramServerExchange`, it makes an unknown user's made-up
+        credential look like a real one when the file uses other than the defaults.
+        """
+        shapes = Counter(
+            (e.stored.iterations, len(e.stored.salt)) for (m, _), e in self.scram.items() if m == mechanism
+        )
+        if not shapes:
+            return ScramShape()
+        (iterations, salt_bytes), _ = shapes.most_common(1)[0]
+        return ScramShape(iterations=iterations, salt_bytes=salt_bytes)
 
     def identity(self, mechanism: str, username: str) -> StaticIdentity | None:
         """Who a login that has already been verified is (for SCRAM, after the exchange succeeded)."""
