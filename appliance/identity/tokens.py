@@ -320,6 +320,23 @@ def _check_claims(claims: dict, rules: TokenRules, now: float, kid: str | None) 
     )
 
 
+@dataclass(frozen=True, slots=True)
+class HeaderFacts:
+    alg: str
+    kid: str | None
+
+
+def read_header(token: str, rules: TokenRules) -> HeaderFacts | TokenRejected:
+    """The token's shape and header checked, before any key is needed (so garbage never causes a key fetch)."""
+    try:
+        alg, kid = _check_header(_header(_segments(token, rules.max_token_bytes)), rules)
+        return HeaderFacts(alg, kid)
+    except _Reject as e:
+        return TokenRejected(reason=e.reason, kind=e.kind)
+    except Exception as e:  # total, as validate
+        return TokenRejected(reason=f"token could not be checked ({type(e).__name__})", kind="malformed")
+
+
 def validate(token: str, keys: KeySet, rules: TokenRules, now: float) -> ValidToken | TokenRejected:
     """The token's verified identity, or the one reason it is refused. Never raises."""
     try:

@@ -236,7 +236,8 @@ def test_garbage_tokens_never_cause_fetches(provider):
 
     async def scenario():
         hs256 = "eyJhbGciOiJIUzI1NiJ9.e30.c2ln"
-        for token in ("x", "a.b.c", "e30.e30.e30", hs256):
+        long_kid = rsa_key().sign(claims(0), kid="k" * 5000)
+        for token in ("x", "a.b.c", "e30.e30.e30", hs256, long_kid):
             assert isinstance(await verifier.verify(token, 0), TokenRejected)
 
     asyncio.run(scenario())

@@ -258,3 +258,14 @@ def test_the_documented_rejection_kinds_are_the_codes():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "workload-authentication.md").read_text()
     documented = tuple(re.findall(r"^\| `([a-z-]+)` \|", doc, re.MULTILINE))
     assert documented == REJECTION_KINDS, "docs/workload-authentication.md's table of kinds is stale"
+
+
+def test_read_header_checks_everything_that_needs_no_key():
+    from appliance.identity.tokens import HeaderFacts, read_header
+
+    assert read_header(rsa_key().sign(claims(NOW)), RULES) == HeaderFacts("RS256", "rsa-1")
+    assert read_header(rsa_key().sign(claims(NOW), kid=None), RULES) == HeaderFacts("RS256", None)
+    assert read_header("x" * 20000, RULES).kind == "oversized"
+    assert read_header(f"{b64({'alg': 'HS256'})}.e30.c2ln", RULES).kind == "alg-not-allowed"
+    assert read_header(rsa_key().sign(claims(NOW), kid="k" * 300), RULES).kind == "bad-header"
+    assert read_header(None, RULES).kind == "malformed"
