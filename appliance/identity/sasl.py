@@ -316,14 +316,15 @@ class ScramServerExchange:
         mechanism: ScramMechanismName,
         lookup: ScramLookup,
         *,
-        unknown_user_shape: ScramShape = ScramShape(),
+        unknown_user_shape: ScramShape | None = None,
         server_nonce: str | None = None,
     ) -> None:
         if mechanism not in SCRAM_DIGESTS:
             raise ValueError(f"SCRAM mechanism {mechanism!r} is not supported; use SCRAM-SHA-256 or SCRAM-SHA-512")
         self.mechanism = mechanism
         self._lookup = lookup
-        self._unknown_user_shape = unknown_user_shape
+        # A lookup may say what its users look like (the static credentials' lookup does).
+        self._unknown_user_shape = unknown_user_shape or getattr(lookup, "unknown_user_shape", None) or ScramShape()
         self._server = scramp.ScramMechanism(mechanism).make_server(self._auth_info, s_nonce=server_nonce)
         self._stage = "first"
         self._claimed_user: str | None = None

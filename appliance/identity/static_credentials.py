@@ -38,7 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import scramp
 import yaml
@@ -102,16 +102,11 @@ class StaticCredentials:
         matches = hmac.compare_digest(given, entry.password_digest if entry else _ABSENT_DIGEST)
         return entry.who if entry is not None and matches else None
 
-    def scram_lookup(self, mechanism: str) -> Callable[[str], StoredScram | None]:
-        """The `lookup` a `ScramServerExchange` for this mechanism needs."""
+    def scram_lookup(self, mechanism: str) -> "ScramLookupOf":
+        """The `lookup` a `ScramServerExchange` for this mechanism needs (it also carries the users' shape)."""
         if mechanism not in SCRAM_DIGESTS:
             raise ValueError(f"{mechanism!r} is not a SCRAM mechanism; use SCRAM-SHA-256 or SCRAM-SHA-512")
-
-        def lookup(username: str) -> StoredScram | None:
-            entry = self.scram.get((mechanism, username))
-            return entry.stored if entry is not None else None
-
-        return lookup
+        return ScramLookupOf(self, mechanism, self.unknown_user_shape(mechanism))
 
     def unknown_user_shape(self, mechanism: str) -> ScramShape:
         """The most common iteration count and salt length among this mechanism's users.
@@ -134,6 +129,19 @@ class StaticCredentials:
         else:
             entry = self.scram.get((mechanism, username))
         return entry.who if entry is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class ScramLookupOf:
+    """username -> StoredScram | None for one mechanism; `unknown_user_shape` is read by ScramServerExchange."""
+
+    credentials: StaticCredentials = field(repr=False)
+    mechanism: str
+    unknown_user_shape: ScramShape
+
+    def __call__(self, username: str) -> StoredScram | None:
+        entry = self.credentials.scram.get((self.mechanism, username))
+        return entry.stored if entry is not None else None
 
 
 def _read_private_file(path: Path, owner_uid: int) -> bytes:

@@ -78,6 +78,10 @@ def test_scram_with_stored_keys(tmp_path):
 
     known, unknown = server_first("billing"), server_first("nobody")
     assert unknown["i"] == known["i"] == "8192" and len(unknown["s"]) == len(known["s"])
+    # The lookup carries the shape, so an exchange given only the lookup gets it too.
+    exchange = ScramServerExchange("SCRAM-SHA-256", creds.scram_lookup("SCRAM-SHA-256"))
+    first = exchange.first(scramp.ScramClient(["SCRAM-SHA-256"], "nobody", "x").get_client_first().encode()).decode()
+    assert ",i=8192" in first
 
     exchange = ScramServerExchange("SCRAM-SHA-256", creds.scram_lookup("SCRAM-SHA-256"))
     client = scramp.ScramClient(["SCRAM-SHA-256"], "billing", "wrong")
