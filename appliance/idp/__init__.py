@@ -8,6 +8,7 @@ the demo and the integration tests have a real provider to get them from.
     server          the process owner: start (dev mode, 127.0.0.1), readiness, status, stop
     tokens          HTTP to any OIDC provider: discovery, client_credentials tokens
     client_secrets  the clients' secrets and the admin password, 0600 in the state directory
+    signing_key     the realm's RS256 key and certificate, 0600 in the state directory, kept across restarts
     files           the state directory's layout
     distribution    the Keycloak version, where scripts/setup unpacks it, java
 """

@@ -96,7 +96,8 @@ def test_state_dir_is_private_and_the_realm_file_carries_the_kept_secrets(keyclo
     keycloak.start(timeout=20)
     files = keycloak.files
     assert stat.S_IMODE(files.state_dir.stat().st_mode) == 0o700
-    for private in (files.client_secrets, files.admin_password, files.realm_file("appliance"), files.instance):
+    for private in (files.client_secrets, files.admin_password, files.signing_key, files.realm_file("appliance"),
+                    files.instance):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
     secrets = json.loads(files.client_secrets.read_text())
     realm = json.loads(files.realm_file("appliance").read_text())
@@ -106,6 +107,8 @@ def test_state_dir_is_private_and_the_realm_file_carries_the_kept_secrets(keyclo
     keycloak.stop(timeout=5)
     keycloak.start(timeout=20)
     assert json.loads(files.client_secrets.read_text()) == secrets, "a restart must keep every client's secret"
+    assert json.loads(files.realm_file("appliance").read_text())["components"] == realm["components"], \
+        "a restart must keep the signing key"
 
 
 def test_a_test_realm_replaces_the_previous_realm_file(tmp_path, serving_cache):
