@@ -50,10 +50,11 @@ from appliance.idp.client_secrets import ensure_admin_password, ensure_secrets, 
 from appliance.idp.distribution import KEYCLOAK_VERSION, check_distribution, distribution_dir, find_java
 from appliance.idp.errors import IdpError
 from appliance.idp.files import IdpFiles
-from appliance.idp.realm import DEMO_REALM, Endpoints, Realm, representation, service_account_id
+from appliance.idp.instance import ClientInfo, InstanceRecord, RecordError
+from appliance.idp.realm import DEMO_REALM, Endpoints, Realm, representation
 from appliance.idp.signing_key import ensure_signing_key, keycloak_form
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_JAR_CACHE", "IdpStatus", "LocalKeycloak", "ClientInfo"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_JAR_CACHE", "IdpStatus", "LocalKeycloak"]
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,6 @@ ADMIN_USER = "admin"
 HOST = "127.0.0.1"
 
 _TAIL_LINES = 40
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    client_id: str
-    groups: tuple[str, ...]
-    sub: str
-    token_lifespan_s: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +167,13 @@ class LocalKeycloak:
         with self._start_lock(deadline):
             record = self._running_record()
             if record is not None:
-                if (record.get("port"), record.get("realm")) != (self.port, self.realm.name):
+                if (record.port, record.realm, record.audience) != (self.port, self.realm.name, self.realm.audience):
                     raise IdpError(
-                        f"the identity provider in {self.files.state_dir} already runs (pid {record['pid']}) on port "
-                        f"{record.get('port')} with realm {record.get('realm')!r}; stop it first "
+                        f"the identity provider in {self.files.state_dir} already runs (pid {record.pid}) on port "
+                        f"{record.port} with realm {record.realm!r} and audience {record.audience!r}; stop it first "
                         f"(appliance idp stop --state-dir {self.files.state_dir})"
                     )
-                self._wait_until_answering(record["pid"], deadline)
+                self._wait_until_answering(record.pid, deadline)
                 return self.status()
             self._start_locked(distribution, started, deadline)
         return self.status()
@@ -189,29 +182,25 @@ class LocalKeycloak:
         """SIGTERM the server, SIGKILL it if it has not exited after `timeout` seconds; no-op if it is not running."""
         record = self._running_record()
         if record is not None:
-            self._terminate(record["pid"], timeout)
+            self._terminate(record.pid, timeout)
         self._forget_pid()
 
     def status(self) -> IdpStatus:
         """Whether this state directory's server runs and answers, with what it was started with."""
         record = self._read_record()
         running = self._running_record() is not None
-        endpoints = Endpoints(**record["endpoints"]) if record and isinstance(record.get("endpoints"), dict) else None
-        answering = running and endpoints is not None and self._answers(endpoints)
-        started_at = record.get("started_at") if record else None
-        clients = tuple(ClientInfo(c["client_id"], tuple(c["groups"]), c["sub"], c["token_lifespan_s"])
-                        for c in (record or {}).get("clients", ()))
+        answering = running and self._answers(record.endpoints)
         return IdpStatus(
             running=running,
             answering=answering,
-            pid=record.get("pid") if running else None,
-            port=record.get("port") if record else None,
-            realm=record.get("realm") if record else None,
-            audience=record.get("audience") if record else None,
-            endpoints=endpoints,
-            started_at=started_at,
-            uptime_s=(time.time() - started_at) if running and started_at else None,
-            clients=clients,
+            pid=record.pid if running else None,
+            port=record.port if record else None,
+            realm=record.realm if record else None,
+            audience=record.audience if record else None,
+            endpoints=record.endpoints if record else None,
+            started_at=record.started_at if record else None,
+            uptime_s=(time.time() - record.started_at) if running else None,
+            clients=record.clients if record else (),
             secrets_file=self.files.client_secrets,
             log_path=self.files.log,
             state_dir=self.files.state_dir,
@@ -328,23 +317,9 @@ class LocalKeycloak:
         return self._child.pid
 
     def _write_record(self, pid: int) -> None:
-        record = {
-            "pid": pid,
-            "port": self.port,
-            "realm": self.realm.name,
-            "audience": self.realm.audience,
-            "started_at": time.time(),
-            "keycloak_version": KEYCLOAK_VERSION,
-            "endpoints": {"issuer": self.endpoints.issuer, "discovery": self.endpoints.discovery,
-                          "token": self.endpoints.token, "jwks": self.endpoints.jwks},
-            "clients": [
-                {"client_id": c.client_id, "groups": list(c.groups),
-                 "sub": service_account_id(self.realm.name, c.client_id),
-                 "token_lifespan_s": self.realm.lifespan_of(c.client_id)}
-                for c in self.realm.clients
-            ],
-        }
-        write_private(self.files.instance, json.dumps(record, indent=2) + "\n")
+        record = InstanceRecord.of(self.realm, pid=pid, port=self.port, started_at=time.time(),
+                                   keycloak_version=KEYCLOAK_VERSION, endpoints=self.endpoints)
+        write_private(self.files.instance, record.to_json())
 
     def _answers(self, endpoints: Endpoints) -> bool:
         try:
@@ -371,21 +346,22 @@ class LocalKeycloak:
 
     # -- the process -----------------------------------------------------------------
 
-    def _read_record(self) -> dict | None:
+    def _read_record(self) -> InstanceRecord | None:
         try:
-            record = json.loads(self.files.instance.read_text())
-        except (OSError, ValueError):
+            return InstanceRecord.from_json(self.files.instance.read_text())
+        except FileNotFoundError:
             return None
-        return record if isinstance(record, dict) else None
+        except (OSError, RecordError) as e:
+            log.warning("ignoring %s: %s", self.files.instance, e)
+            return None
 
-    def _running_record(self) -> dict | None:
+    def _running_record(self) -> InstanceRecord | None:
         """instance.json, if its pid is alive and is this state directory's Keycloak."""
         record = self._read_record()
-        pid = record.get("pid") if record else None
-        if not isinstance(pid, int) or not self._alive(pid):
+        if record is None or record.pid is None or not self._alive(record.pid):
             return None
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+            argv = Path(f"/proc/{record.pid}/cmdline").read_bytes()
         except OSError:
             return None
         # The sh running kc.sh names this home, and so does java (kc.home.dir) if kc.sh exec'd it.
@@ -395,9 +371,8 @@ class LocalKeycloak:
 
     def _forget_pid(self) -> None:
         record = self._read_record()
-        if record and record.get("pid") is not None:
-            record["pid"] = None
-            write_private(self.files.instance, json.dumps(record, indent=2) + "\n")
+        if record is not None and record.pid is not None:
+            write_private(self.files.instance, record.stopped().to_json())
 
     def _alive(self, pid: int) -> bool:
         """True unless the process is gone or a zombie (reaping it if it is our child)."""
