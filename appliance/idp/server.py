@@ -25,8 +25,8 @@ directory, so two processes starting the same instance get one server.
 
 Costs (measured on two cores): the distribution is a 157 MiB zip unpacked to
 175 MiB, copied once per state directory; the first start of a copy runs
-Keycloak's build step and took 41-60 s, later starts 22-34 s, a stop about
-0.6 s; the server's resident memory is about 0.5 GiB (490-550 MiB).
+Keycloak's build step and took 41-60 s, later starts 18-34 s, a stop about
+0.6 s; the server's resident memory is about 0.5 GiB (470-550 MiB).
 """
 
 from __future__ import annotations
