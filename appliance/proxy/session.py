@@ -155,7 +155,7 @@ class Session:
         """Bytes this session holds: the workload's bytes held before relaying, partial frames of both sides,
         and the proxy's own answers waiting behind earlier requests."""
         return (self._held_bytes + self._client_frames.pending + self._upstream_frames.pending
-                + self._in_flight.answer_bytes + self._parked_bytes + sum(map(len, self._parked_frames)))
+                + self._in_flight.answer_bytes + self._parked_bytes)
 
     @property
     def reauthenticate_by(self) -> float | None:
@@ -315,6 +315,7 @@ class Session:
                 if self._verifying is not None or self._close_when_answered is not None or self.closed:
                     flush()
                     self._parked_frames = frames[i + 1:] if not self.closed else []
+                    self._parked_bytes += sum(map(len, self._parked_frames))
                     return
                 continue
             if self.enforcer is None or self.sasl.in_exchange:

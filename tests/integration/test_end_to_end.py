@@ -102,7 +102,7 @@ def test_workload_sasl_with_unknown_credentials_gets_a_kafka_error_naming_the_ca
     result = workload.client("confluent.py", BROKER4, "anything", "--produce", "1", "--timeout", "6", *sasl_args,
                              check=False)
     assert result["produced"] == 0 and result["errors"]
-    assert any("SCRAM-SHA-512" in e and "OAUTHBEARER" in e for e in result["errors"]), result
+    assert any("SCRAM-SHA-512" in e and "OAUTHBEARER" in e for e in result["client_errors"]), result
     ops = eventually(lambda: [o for o in audit(config_path, "operations", "--identity", "sasl-tryer")
                               if o["api_name"] == "SaslHandshake"], message="SASL attempt audited")
     assert ops[0]["outcome"] == "answered-by-proxy" and ops[0]["error_code"] == 0  # the mechanism is offered

@@ -76,7 +76,7 @@ def test_a_valid_token_from_the_wrong_cgroup_is_refused_as_a_mismatch(appliance,
     wrong = enroll("billing", auth="cgroup+token", accepts=("billing",))
     result = librdkafka(wrong, idp_topic, "--produce", "1", *oauth(keycloak, "orders"), timeout=8)
     assert result["produced"] == 0, result
-    assert any("identity mismatch" in e and "enrolled as 'billing'" in e for e in result["errors"]), result
+    assert any("identity mismatch" in e and "enrolled as 'billing'" in e for e in result["client_errors"]), result
     sessions = eventually(lambda: sessions_by_cgroup(config_path, wrong), message="refused session audited")
     refused = eventually(lambda: [a for a in authentications_of(config_path, sessions) if a["outcome"] == "refused"],
                          message="mismatch audited")

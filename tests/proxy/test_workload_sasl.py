@@ -313,3 +313,25 @@ def test_no_provider_configured_says_so():
     s.handle(ev.ClientData(handshake()), NOW)
     out = s.handle(ev.ClientData(sasl_authenticate(format_oauthbearer(token()))), NOW)
     assert "no identity provider is configured" in answers(out, apis.SASL_AUTHENTICATE, 2)[0].error_message
+
+
+def test_a_workload_that_floods_while_its_token_is_verified_is_cut_off_at_the_hold_limit():
+    s = session(accepts=("orders-svc",))
+    s.max_held_bytes = 4096
+    s.handle(ev.ClientData(handshake()), NOW)
+    out = s.handle(ev.ClientData(sasl_authenticate(format_oauthbearer(token()))), NOW)
+    assert of(out, VerifyToken)
+    out = []
+    for _ in range(10):
+        out += s.handle(ev.ClientData(metadata() * 20), NOW)
+    assert not of(out, SendToUpstream)
+    assert "while its token was being verified" in closed(out).close_reason
+    assert s.handle(ev.TokenVerified(verified(token())), NOW) == []  # the late answer finds a closed session
+
+
+def test_a_token_mode_workload_cannot_smuggle_a_produce_before_authenticating():
+    from tests.proxy.test_session import produce
+    s = session(mode=AuthMode.TOKEN, identity="pool")
+    out = s.handle(ev.ClientData(handshake() + produce(-1)), NOW)
+    assert not of(out, SendToUpstream)
+    assert "in the middle of a SASL exchange" in closed(out).close_reason

@@ -5,7 +5,9 @@ Usage: confluent.py BOOTSTRAP TOPIC [--produce N] [--consume N] [--sasl MECH:USE
                                      [--oauth CLIENT_ID:SECRET@TOKEN_ENDPOINT]
 
 --oauth: OAUTHBEARER with librdkafka's own OIDC client (sasl.oauthbearer.method=oidc): it fetches
-its token from the endpoint by client_credentials; client errors (authentication) go to "errors".
+its token from the endpoint by client_credentials.
+Errors of a delivery or a poll go to "errors"; the client's own (authentication, connection) to
+"client_errors".
 """
 
 import argparse
@@ -29,19 +31,19 @@ p.add_argument("--timeout", type=float, default=20)
 p.add_argument("--oauth")
 args = p.parse_args()
 
-common = {"bootstrap.servers": args.bootstrap, "socket.timeout.ms": 5000}
+summary = {"pid": os.getpid(), "produced": 0, "consumed": 0, "values": [], "errors": [], "client_errors": []}
+common = {"bootstrap.servers": args.bootstrap, "socket.timeout.ms": 5000,
+          "error_cb": lambda e: summary["client_errors"].append(str(e))}
 if args.sasl:
     mech, user, password = args.sasl.split(":", 2)
     common.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": mech,
                    "sasl.username": user, "sasl.password": password})
-summary = {"pid": os.getpid(), "produced": 0, "consumed": 0, "values": [], "errors": []}
 if args.oauth:
     client, _, endpoint = args.oauth.partition("@")
     client_id, _, secret = client.partition(":")
     common.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "OAUTHBEARER",
                    "sasl.oauthbearer.method": "oidc", "sasl.oauthbearer.client.id": client_id,
-                   "sasl.oauthbearer.client.secret": secret, "sasl.oauthbearer.token.endpoint.url": endpoint,
-                   "error_cb": lambda e: summary["errors"].append(str(e))})
+                   "sasl.oauthbearer.client.secret": secret, "sasl.oauthbearer.token.endpoint.url": endpoint})
 
 if args.create:
     admin = AdminClient(common)
