@@ -38,13 +38,13 @@ import fcntl
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance import daemon
 from appliance.broker import jvm, probe
 from appliance.broker.credentials import UpstreamCredentials, load_credentials
 from appliance.broker.errors import BrokerError
@@ -322,40 +322,10 @@ class EmbeddedBroker:
         return pid
 
     def _alive(self, pid: int) -> bool:
-        """True unless the process is gone or a zombie (reaping it if it is our child)."""
-        if self._child is not None and self._child.pid == pid:
-            return self._child.poll() is None
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+        return daemon.alive(pid, self._child)
 
     def _terminate(self, pid: int, timeout: float) -> None:
-        self._signal(pid, signal.SIGTERM)
-        if not self._wait_exit(pid, timeout):
-            log.warning("embedded broker pid %d ignored SIGTERM for %.0f s; killing it", pid, timeout)
-            self._signal(pid, signal.SIGKILL)
-            if not self._wait_exit(pid, 10):
-                raise BrokerError(f"embedded broker pid {pid} survived SIGKILL for 10 s")
-
-    def _signal(self, pid: int, sig: signal.Signals) -> None:
-        try:
-            # The broker leads its own session and process group (start_new_session).
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def _wait_exit(self, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._alive(pid):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        daemon.terminate(pid, timeout, what="embedded broker", error=BrokerError, child=self._child)
 
     def _log_tail(self) -> str:
         parts = []
