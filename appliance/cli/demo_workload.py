@@ -4,6 +4,11 @@ It knows nothing of the appliance: no credentials, plain connection to the
 broker's address. Every fifth round it also tries `demo-secrets`, which the
 embedded policy denies to everyone. Run as `demo_workload.py HOST:PORT` (loop) or with `--once`
 (one attempt, which the kernel refuses when the cgroup is not enrolled).
+
+With `--oauth CLIENT_ID:SECRET@TOKEN_ENDPOINT --topic T --group G` it is the token-authenticated
+workload instead: librdkafka fetches its own OIDC token from the identity provider
+(client_credentials) and presents it over SASL/OAUTHBEARER, as a service configured for a token-secured
+Kafka would; it produces to and consumes T in consumer group G.
 """
 
 import json
@@ -12,19 +17,31 @@ import time
 
 from confluent_kafka import Consumer, KafkaException, Producer
 
+def option(name: str, default: str | None = None) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
 once = "--once" in sys.argv
 bootstrap = sys.argv[1 if sys.argv[1] != "--once" else 2]
-producer = Producer({"bootstrap.servers": bootstrap, "client.id": "demo-orders-producer",
-                     "socket.timeout.ms": 5000, "message.timeout.ms": 5000})
-consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-orders", "client.id": "demo-orders-consumer",
-                     "auto.offset.reset": "earliest"})
-consumer.subscribe(["demo-orders"])
+topic, group = option("--topic", "demo-orders"), option("--group", "demo-orders")
+auth = {}
+if "--oauth" in sys.argv:
+    client, _, endpoint = option("--oauth").partition("@")
+    client_id, _, secret = client.partition(":")
+    auth = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "OAUTHBEARER", "sasl.oauthbearer.method": "oidc",
+            "sasl.oauthbearer.client.id": client_id, "sasl.oauthbearer.client.secret": secret,
+            "sasl.oauthbearer.token.endpoint.url": endpoint}
+producer = Producer({"bootstrap.servers": bootstrap, "client.id": f"{topic}-producer",
+                     "socket.timeout.ms": 5000, "message.timeout.ms": 5000, **auth})
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "client.id": f"{topic}-consumer",
+                     "auto.offset.reset": "earliest", **auth})
+consumer.subscribe([topic])
 seen = open(sys.argv[sys.argv.index("--seen") + 1], "w") if "--seen" in sys.argv else None
 n = 0
 while True:
     order = {"order": n, "amount": 10 + n % 7, "email": f"buyer{n}@example.com", "card": "4111 1111 1111 1111"}
-    producer.produce("demo-orders", json.dumps(order))
-    if n % 5 == 4:  # the policy denies demo-secrets to everyone: the proxy answers TOPIC_AUTHORIZATION_FAILED
+    producer.produce(topic, json.dumps(order))
+    if n % 5 == 4 and not auth:  # the policy denies demo-secrets to everyone: the proxy answers TOPIC_AUTHORIZATION_FAILED
         try:
             producer.produce("demo-secrets", b"should never arrive")
         except KafkaException as e:  # once the client knows the topic is refused, it refuses at once itself

@@ -156,8 +156,11 @@ def demo(ctx, seconds: float | None) -> None:
     `demo-secrets`, stores its card numbers as their last four digits and
     masks e-mail addresses when it reads them back; a few seconds in, a
     process in an unenrolled cgroup tries the broker and is refused in the
-    kernel. Ctrl-C stops everything and detaches every
-    program. This is what `make run` does.
+    kernel. Beside it, once the local identity provider (Keycloak, as
+    `appliance idp start` runs it) is up, a token-authenticated workload
+    (identity `ledger`, enrolled auth cgroup+token) fetches its own OIDC
+    token and writes demo-ledger over SASL/OAUTHBEARER. Ctrl-C stops
+    everything and detaches every program. This is what `make run` does.
 
     \b
     Example:
@@ -179,16 +182,19 @@ def demo(ctx, seconds: float | None) -> None:
         raise click.ClickException(f"an appliance is already serving with this configuration (pid {running}); "
                                    "stop it first")
     broker = EmbeddedBroker(config.embedded_broker)
-    click.echo("starting the embedded broker ...")
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    idp = _DemoIdp(config)
+    click.echo("starting the embedded broker (and the local identity provider beside it) ...")
     broker.start()
     click.echo(f"broker: {', '.join(broker.status().client_addresses)}; starting the appliance ...")
     env = dict(os.environ)
-    args = [sys.executable, "-m", "appliance"] + (["--config", config.source] if config.source != "embedded defaults" else [])
+    source = _demo_config(config, idp)
+    args = [sys.executable, "-m", "appliance", "--config", str(source)]
     log_path = config.state_dir / "serve.log"
     config.state_dir.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(args + ["serve"], env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
-    workload = intruder = None
-    demo_cg = unenrolled_cg = None
+    workload = intruder = token_workload = None
+    demo_cg = unenrolled_cg = token_cg = None
     try:
         _wait_for(lambda: config.status_file.exists() and _alive(json.loads(config.status_file.read_text())["pid"]),
                   30, f"the appliance did not start; see {log_path}", server)
@@ -202,12 +208,15 @@ def demo(ctx, seconds: float | None) -> None:
                                         f"{config.embedded_broker.host4}:{config.embedded_broker.port4}",
                                         "--seen", str(seen)])
         started = time.monotonic()
+        token_cg = cgroups.ensure("appliance-demo/ledger")
         with Live(refresh_per_second=2, screen=False) as live:
             while seconds is None or time.monotonic() - started < seconds:
                 if intruder is None and time.monotonic() - started > 4:
                     intruder = _in_cgroup(unenrolled_cg, [sys.executable, str(_DEMO_WORKLOAD), "--once",
                                           f"{config.embedded_broker.host4}:{config.embedded_broker.port4}"])
-                live.update(Group(*_live_tables(config), _last_read(seen)))
+                if token_workload is None and idp.ready:
+                    token_workload = _start_token_workload(config, args, idp, token_cg)
+                live.update(Group(*_live_tables(config), _last_read(seen), idp.line()))
                 if server.poll() is not None:
                     raise click.ClickException(f"the appliance exited ({server.returncode}); see {log_path}")
                 time.sleep(0.5)
@@ -215,17 +224,19 @@ def demo(ctx, seconds: float | None) -> None:
         pass
     finally:
         click.echo("stopping ...")
-        for proc in (workload, intruder):
+        for proc in (workload, intruder, token_workload):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
-        if demo_cg is not None:
-            subprocess.run(args + ["unenroll", demo_cg.path], check=False, stdout=subprocess.DEVNULL)
+        for cg in (demo_cg, token_cg if token_workload is not None else None):
+            if cg is not None:
+                subprocess.run(args + ["unenroll", cg.path], check=False, stdout=subprocess.DEVNULL)
+        idp.stop()
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
         broker.stop()
-        for cg in (demo_cg, unenrolled_cg):
+        for cg in (demo_cg, unenrolled_cg, token_cg):
             if cg is not None:
                 cgroups.remove(cg)
         try:  # their parent too, once empty
@@ -239,6 +250,80 @@ def demo(ctx, seconds: float | None) -> None:
             raise click.ClickException(f"programs still attached after the appliance stopped: {', '.join(left)}")
         click.echo(f"stopped: broker down, appliance down, none of this appliance's programs attached. "
                    f"The audit stays in {config.audit_db}.")
+
+
+_DEMO_TOKEN_CLIENT = "ledger"  # the demo realm's client whose identity and group (payments) the policy names
+
+
+class _DemoIdp:
+    """The local identity provider, started in the background while the broker and the appliance start."""
+
+    def __init__(self, config) -> None:
+        import threading
+
+        from appliance.idp import IdpError, LocalKeycloak
+
+        self.started = threading.Event()
+        self.failed: str | None = None
+        self.server = LocalKeycloak(config.state_dir / "idp", jar_cache=config.embedded_broker.jar_cache)
+        self._error = IdpError
+        threading.Thread(target=self._run, name="demo-idp", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.server.start()
+        except self._error as e:
+            self.failed = str(e)
+        finally:
+            self.started.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.started.is_set() and self.failed is None
+
+    def line(self):
+        from rich.text import Text
+
+        if not self.started.is_set():
+            return Text("the local identity provider is starting (Keycloak: about a minute the first time) ...",
+                        "dim")
+        if self.failed is not None:
+            return Text(f"no token-authenticated workload: the local identity provider did not start: "
+                        f"{self.failed[:300]}", "red")
+        return Text.assemble(("token workload: ", "bold"),
+                             f"identity {_DEMO_TOKEN_CLIENT} (enrolled auth cgroup+token) with its own token from "
+                             f"{self.server.endpoints.issuer}, writing demo-ledger over SASL/OAUTHBEARER")
+
+    def stop(self) -> None:
+        self.started.wait(120)  # a start under way would leave Keycloak running behind the demo
+        self.server.stop()
+
+
+def _demo_config(config, idp: _DemoIdp) -> Path:
+    """The configuration `serve` runs with: the user's (or the embedded defaults), trusting the local
+    identity provider's tokens when it names no provider of its own."""
+    import yaml
+
+    settings = {} if config.source == "embedded defaults" else yaml.safe_load(Path(config.source).read_text()) or {}
+    if not config.identity.providers:
+        identity = dict(settings.get("identity") or {})
+        identity["providers"] = [{"issuer": idp.server.endpoints.issuer, "audiences": [idp.server.realm.audience],
+                                  "identity_claim": "azp"}]
+        settings["identity"] = identity
+    path = config.state_dir / "demo-config.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def _start_token_workload(config, args: list[str], idp: _DemoIdp, cg) -> subprocess.Popen:
+    subprocess.run(args + ["enroll", cg.path, "--identity", _DEMO_TOKEN_CLIENT, "--group", "payments",
+                           "--auth", "cgroup+token", "--accept", _DEMO_TOKEN_CLIENT], check=True,
+                   stdout=subprocess.DEVNULL)
+    secret = idp.server.client_secret(_DEMO_TOKEN_CLIENT)
+    return _in_cgroup(cg, [sys.executable, str(_DEMO_WORKLOAD),
+                           f"{config.embedded_broker.host4}:{config.embedded_broker.port4}",
+                           "--oauth", f"{_DEMO_TOKEN_CLIENT}:{secret}@{idp.server.endpoints.token}",
+                           "--topic", "demo-ledger", "--group", "payments-ledger"])
 
 
 def _last_read(path: Path):

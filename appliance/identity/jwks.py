@@ -273,14 +273,16 @@ class JwksCache:
             return key
         if self._may_fetch(now):
             return FetchNeeded(f"kid {kid!r} is not among the cached keys" if kid else "token has no kid")
+        # After a failed refetch the key may exist at the provider: say so.
+        error = f"; the last refetch failed: {self.last_error}" if self.last_error else ""
         if kid is None:
             return KeyNotFound(
                 f"the token has no kid and the provider publishes {len(self.keyset.keys)} signing keys; "
-                "a token without kid is accepted only when there is exactly one"
+                f"a token without kid is accepted only when there is exactly one{error}"
             )
         known = ", ".join(repr(k) for k in self.keyset.kids) or "none"
         shown = kid if len(kid) <= 64 else kid[:64] + "..."
-        return KeyNotFound(f"kid {shown!r} is not one of the provider's signing keys (known: {known})")
+        return KeyNotFound(f"kid {shown!r} is not one of the provider's signing keys (known: {known}){error}")
 
     def fetched(self, keyset: KeySet, now: float) -> None:
         self.keyset = keyset

@@ -14,6 +14,7 @@ start their own, and validates the token with `tokens.validate`.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import ssl
 import urllib.error
@@ -21,7 +22,7 @@ import urllib.request
 from typing import Any
 
 from appliance.identity.jwks import FetchNeeded, JwksCache, JwksError, Key, KeyNotFound, KeySet, KeysUnavailable
-from appliance.identity.tokens import TokenRejected, TokenRules, ValidToken, peek_header, validate
+from appliance.identity.tokens import TokenRejected, TokenRules, ValidToken, read_header, validate
 
 MAX_BYTES = 1 << 20
 _DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -75,11 +76,13 @@ class ProviderClient:
         except urllib.error.HTTPError as e:
             raise ProviderError(f"{what} at {url}: HTTP {e.code}") from None
         except urllib.error.URLError as e:
+            if isinstance(e.reason, TimeoutError):
+                raise ProviderError(f"{what} at {url}: no answer within {self.timeout_s:g} s") from None
             reason = e.reason if isinstance(e.reason, str) else (getattr(e.reason, "strerror", None) or str(e.reason))
             raise ProviderError(f"{what} at {url}: unreachable ({reason})") from None
         except TimeoutError:
             raise ProviderError(f"{what} at {url}: no answer within {self.timeout_s:g} s") from None
-        except (OSError, ValueError) as e:  # connection reset mid-body, bad status line, ...
+        except (OSError, ValueError, http.client.HTTPException) as e:  # reset mid-body, bad status line, short body
             raise ProviderError(f"{what} at {url}: {type(e).__name__}: {str(e)[:120]}") from None
         if len(body) > self.max_bytes:
             raise ProviderError(f"{what} at {url}: larger than {_size_text(self.max_bytes)}")
@@ -106,6 +109,8 @@ class ProviderClient:
         jwks_uri = config.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
             raise ProviderError(f"OpenID configuration at {url}: no http(s) 'jwks_uri'")
+        if self.issuer.startswith("https://") and not jwks_uri.startswith("https://"):
+            raise ProviderError(f"OpenID configuration at {url}: jwks_uri {jwks_uri[:200]!r} is not https, as the issuer is")
         self.jwks_uri = jwks_uri
         return jwks_uri
 
@@ -127,15 +132,22 @@ class TokenVerifier:
         self.rules = rules
         self.client = client
         self.cache = cache
-        self._fetch: asyncio.Future | None = None
+        self._fetch: asyncio.Future | None = None  # the one fetch under way
         self.fetches = 0  # attempts started, for status and tests
+
+    def _start_fetch(self, now: float) -> asyncio.Future:
+        if self._fetch is None:
+            self._fetch = asyncio.ensure_future(self._run_fetch(now))
+        return self._fetch
 
     async def refresh(self, now: float) -> None:
         """Fetch the keys now, or wait for the fetch already under way."""
-        if self._fetch is None:
-            self._fetch = asyncio.ensure_future(self._run_fetch(now))
-        fetch = self._fetch
-        await asyncio.shield(fetch)
+        await asyncio.shield(self._start_fetch(now))
+
+    async def settled(self) -> None:
+        """Wait for a fetch under way, if any (for shutdown and tests)."""
+        if self._fetch is not None:
+            await asyncio.shield(self._fetch)
 
     async def _run_fetch(self, now: float) -> None:
         self.fetches += 1
@@ -151,18 +163,19 @@ class TokenVerifier:
             self._fetch = None
 
     async def verify(self, token: str, now: float) -> ValidToken | TokenRejected:
-        try:
-            header = peek_header(token, max_token_bytes=self.rules.max_token_bytes)
-        except ValueError as e:
-            kind = "oversized" if "allowed" in str(e) else "malformed"
-            return TokenRejected(str(e), kind)
-        # A token that cannot pass anyway must not make the appliance fetch keys.
-        if header.get("alg") not in self.rules.algorithms:
-            return validate(token, KeySet(()), self.rules, now)
-        kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-        if self.cache.due(now):
-            await self.refresh(now)
+        header = read_header(token, self.rules)
+        if isinstance(header, TokenRejected):  # a token that cannot pass anyway must not make us fetch keys
+            return header
+        kid = header.kid
         found = self.cache.lookup(kid, now)
+        if self.cache.due(now):
+            if isinstance(found, Key):
+                # The key is trusted already: refresh behind this token, not in front of it, so that a slow
+                # or unreachable provider costs no login any latency while its keys are still trusted.
+                self._start_fetch(now)
+            else:
+                await self.refresh(now)
+                found = self.cache.lookup(kid, now)
         if isinstance(found, FetchNeeded):
             await self.refresh(now)
             found = self.cache.lookup(kid, now)

@@ -285,14 +285,21 @@ ScramLookup = Callable[[str], "StoredScram | None"]
 # does. Its salt is derived from the name with a per-process secret, so asking
 # twice for the same unknown user gives the same salt, as a real one would.
 _FAKE_SALT_SECRET = secrets.token_bytes(32)
-_FAKE_SALT_BYTES = 32  # as scramp makes them, and so the static credentials file
-_FAKE_ITERATIONS = 4096
 
 
-def _fake_credential(mechanism: str, username: str) -> StoredScram:
+@dataclass(frozen=True, slots=True)
+class ScramShape:
+    """What an unknown user's made-up credential looks like: that of most real users."""
+
+    iterations: int = 4096  # scramp's and Kafka's default
+    salt_bytes: int = 32  # as scramp makes salts
+
+
+def _fake_credential(mechanism: str, username: str, shape: ScramShape) -> StoredScram:
     digest = SCRAM_DIGESTS[mechanism]().digest_size
-    salt = hmac.new(_FAKE_SALT_SECRET, f"{mechanism}\0{username}".encode(), hashlib.sha256).digest()[:_FAKE_SALT_BYTES]
-    return StoredScram(salt, secrets.token_bytes(digest), secrets.token_bytes(digest), _FAKE_ITERATIONS)
+    seed = hmac.new(_FAKE_SALT_SECRET, f"{mechanism}\0{username}".encode(), hashlib.sha512).digest()
+    salt = (seed * (shape.salt_bytes // len(seed) + 1))[: shape.salt_bytes]
+    return StoredScram(salt, secrets.token_bytes(digest), secrets.token_bytes(digest), shape.iterations)
 
 
 class ScramServerExchange:
@@ -304,11 +311,20 @@ class ScramServerExchange:
     exchange is over.
     """
 
-    def __init__(self, mechanism: ScramMechanismName, lookup: ScramLookup, *, server_nonce: str | None = None) -> None:
+    def __init__(
+        self,
+        mechanism: ScramMechanismName,
+        lookup: ScramLookup,
+        *,
+        unknown_user_shape: ScramShape | None = None,
+        server_nonce: str | None = None,
+    ) -> None:
         if mechanism not in SCRAM_DIGESTS:
             raise ValueError(f"SCRAM mechanism {mechanism!r} is not supported; use SCRAM-SHA-256 or SCRAM-SHA-512")
         self.mechanism = mechanism
         self._lookup = lookup
+        # A lookup may say what its users look like (the static credentials' lookup does).
+        self._unknown_user_shape = unknown_user_shape or getattr(lookup, "unknown_user_shape", None) or ScramShape()
         self._server = scramp.ScramMechanism(mechanism).make_server(self._auth_info, s_nonce=server_nonce)
         self._stage = "first"
         self._claimed_user: str | None = None
@@ -329,7 +345,7 @@ class ScramServerExchange:
             stored = None
         self._user_known = stored is not None
         if stored is None:
-            stored = _fake_credential(self.mechanism, username)
+            stored = _fake_credential(self.mechanism, username, self._unknown_user_shape)
         return stored.salt, stored.stored_key, stored.server_key, stored.iterations
 
     def _fail(self, message: str, audit_reason: str | None = None) -> SaslError:

@@ -34,17 +34,18 @@ import hashlib
 import hmac
 import os
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import scramp
 import yaml
 from scramp.utils import ScramException, saslprep
 
 from appliance.identity.enrollment import EnrollmentError, validate_identity
-from appliance.identity.sasl import SCRAM_DIGESTS, StoredScram
+from appliance.identity.sasl import SCRAM_DIGESTS, ScramShape, StoredScram
 
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MAX_FILE_BYTES = 1 << 20
@@ -101,16 +102,25 @@ class StaticCredentials:
         matches = hmac.compare_digest(given, entry.password_digest if entry else _ABSENT_DIGEST)
         return entry.who if entry is not None and matches else None
 
-    def scram_lookup(self, mechanism: str) -> Callable[[str], StoredScram | None]:
-        """The `lookup` a `ScramServerExchange` for this mechanism needs."""
+    def scram_lookup(self, mechanism: str) -> "ScramLookupOf":
+        """The `lookup` a `ScramServerExchange` for this mechanism needs (it also carries the users' shape)."""
         if mechanism not in SCRAM_DIGESTS:
             raise ValueError(f"{mechanism!r} is not a SCRAM mechanism; use SCRAM-SHA-256 or SCRAM-SHA-512")
+        return ScramLookupOf(self, mechanism, self.unknown_user_shape(mechanism))
 
-        def lookup(username: str) -> StoredScram | None:
-            entry = self.scram.get((mechanism, username))
-            return entry.stored if entry is not None else None
+    def unknown_user_shape(self, mechanism: str) -> ScramShape:
+        """The most common iteration count and salt length among this mechanism's users.
 
-        return lookup
+        Given to `ScramServerExchange`, it makes an unknown user's made-up
+        credential look like a real one when the file uses other than the defaults.
+        """
+        shapes = Counter(
+            (e.stored.iterations, len(e.stored.salt)) for (m, _), e in self.scram.items() if m == mechanism
+        )
+        if not shapes:
+            return ScramShape()
+        (iterations, salt_bytes), _ = shapes.most_common(1)[0]
+        return ScramShape(iterations=iterations, salt_bytes=salt_bytes)
 
     def identity(self, mechanism: str, username: str) -> StaticIdentity | None:
         """Who a login that has already been verified is (for SCRAM, after the exchange succeeded)."""
@@ -119,6 +129,19 @@ class StaticCredentials:
         else:
             entry = self.scram.get((mechanism, username))
         return entry.who if entry is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class ScramLookupOf:
+    """username -> StoredScram | None for one mechanism; `unknown_user_shape` is read by ScramServerExchange."""
+
+    credentials: StaticCredentials = field(repr=False)
+    mechanism: str
+    unknown_user_shape: ScramShape
+
+    def __call__(self, username: str) -> StoredScram | None:
+        entry = self.credentials.scram.get((self.mechanism, username))
+        return entry.stored if entry is not None else None
 
 
 def _read_private_file(path: Path, owner_uid: int) -> bytes:

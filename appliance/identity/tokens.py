@@ -33,9 +33,10 @@ _ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+j
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+# In the order the checks run; docs/workload-authentication.md has a row for each.
 REJECTION_KINDS = (
-    "malformed", "oversized", "bad-header", "bad-signature", "unknown-kid", "expired", "not-yet-valid",
-    "wrong-issuer", "wrong-audience", "alg-not-allowed", "missing-claim", "bad-claim", "keys-unavailable",
+    "oversized", "malformed", "alg-not-allowed", "bad-header", "unknown-kid", "bad-signature", "missing-claim",
+    "wrong-issuer", "wrong-audience", "expired", "not-yet-valid", "bad-claim", "keys-unavailable",
 )
 
 
@@ -143,8 +144,9 @@ def _b64url_json(segment: str, what: str) -> dict:
     except RecursionError:
         raise _Reject("malformed", f"token {what} is nested too deeply") from None
     except ValueError as e:
-        text = str(e) if "appears twice" in str(e) else "not JSON"
-        raise _Reject("malformed", f"token {what} is {text}" if text == "not JSON" else f"token {what}: {text}") from None
+        if "appears twice" in str(e):  # raised by _no_duplicates: two readings of one token are refused
+            raise _Reject("malformed", f"token {what}: {e}") from None
+        raise _Reject("malformed", f"token {what} is not JSON") from None
     if not isinstance(value, dict):
         raise _Reject("malformed", f"token {what} must be a JSON object, got {type(value).__name__}")
     return value
@@ -228,7 +230,8 @@ def _number(claims: dict, name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1e12 < value < 1e12:
+        # Also refuses NaN, infinities and integers too large for a float.
         raise _Reject("bad-claim", f"token claim {name!r} must be a number of seconds since the epoch")
     return float(value)
 
@@ -315,6 +318,23 @@ def _check_claims(claims: dict, rules: TokenRules, now: float, kid: str | None) 
         key_id=kid,
         claims=MappingProxyType(claims),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderFacts:
+    alg: str
+    kid: str | None
+
+
+def read_header(token: str, rules: TokenRules) -> HeaderFacts | TokenRejected:
+    """The token's shape and header checked, before any key is needed (so garbage never causes a key fetch)."""
+    try:
+        alg, kid = _check_header(_header(_segments(token, rules.max_token_bytes)), rules)
+        return HeaderFacts(alg, kid)
+    except _Reject as e:
+        return TokenRejected(reason=e.reason, kind=e.kind)
+    except Exception as e:  # total, as validate
+        return TokenRejected(reason=f"token could not be checked ({type(e).__name__})", kind="malformed")
 
 
 def validate(token: str, keys: KeySet, rules: TokenRules, now: float) -> ValidToken | TokenRejected:

@@ -3,6 +3,7 @@
     <state_dir>/                      mode 0700: secrets and the realm file live here
       client-secrets.json             mode 0600: {"<client id>": "<secret>"}, made once, kept across restarts
       admin-password                  mode 0600: the bootstrap admin's password (user `admin`)
+      signing-key.pem                 mode 0600: the realm's RS256 private key and its certificate, kept
       instance.json                   what the running instance was started with: pid, port, realm, clients
       keycloak.log                    Keycloak's console output, appended per start
       keycloak-<version>/             a private copy of the distribution (its build output and data/ are its own)
@@ -28,6 +29,10 @@ class IdpFiles:
     @property
     def admin_password(self) -> Path:
         return self.state_dir / "admin-password"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.state_dir / "signing-key.pem"
 
     @property
     def instance(self) -> Path:

@@ -252,11 +252,36 @@ def _user_representation(realm: Realm, client: ServiceClient) -> dict[str, Any]:
     }
 
 
-def representation(realm: Realm, secrets: Mapping[str, str]) -> dict[str, Any]:
-    """The realm as Keycloak's import JSON; `secrets` maps every client id to its client secret."""
+def _key_providers(signing_key: tuple[str, str]) -> dict[str, Any]:
+    """The realm's key providers: the given RS256 key, and Keycloak's generated HMAC and AES keys.
+
+    A realm file that names any key provider gets no generated ones, so the two
+    Keycloak needs for its own internal tokens are named here too.
+    """
+    private_key, certificate = signing_key
+    return {"org.keycloak.keys.KeyProvider": [
+        {"name": "rsa-appliance", "providerId": "rsa", "subComponents": {},
+         "config": {"privateKey": [private_key], "certificate": [certificate], "priority": ["100"],
+                    "algorithm": ["RS256"], "keyUse": ["SIG"], "active": ["true"], "enabled": ["true"]}},
+        {"name": "hmac-generated", "providerId": "hmac-generated", "subComponents": {},
+         "config": {"priority": ["100"], "algorithm": ["HS512"]}},
+        {"name": "aes-generated", "providerId": "aes-generated", "subComponents": {},
+         "config": {"priority": ["100"]}},
+    ]}
+
+
+def representation(realm: Realm, secrets: Mapping[str, str],
+                   signing_key: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The realm as Keycloak's import JSON.
+
+    `secrets` maps every client id to its client secret. `signing_key` is the
+    RS256 key as (PKCS#8 private key, X.509 certificate), each the base64 of its
+    DER on one line; without it Keycloak generates a key at every import.
+    """
     missing = [c for c in realm.client_ids if not secrets.get(c)]
     if missing:
         raise RealmError(f"realm {realm.name!r}: no client secret for {', '.join(missing)}")
+    extra = {"components": _key_providers(signing_key)} if signing_key is not None else {}
     return {
         "realm": realm.name,
         "enabled": True,
@@ -268,4 +293,5 @@ def representation(realm: Realm, secrets: Mapping[str, str]) -> dict[str, Any]:
         "groups": [{"name": g, "path": f"/{g}"} for g in realm.groups],
         "clients": [_client_representation(realm, c, secrets[c.client_id]) for c in realm.clients],
         "users": [_user_representation(realm, c) for c in realm.clients],
+        **extra,
     }

@@ -12,10 +12,10 @@ two instances must not share one), on 127.0.0.1 only, with `--hostname` fixed
 to `http://127.0.0.1:<port>` so the issuer of every token is the same however
 the server was reached. Its database is H2 in memory (`--db dev-mem`): every
 start imports the realm file afresh, so what the realm table says is what the
-server serves. Service-account user ids and client secrets are fixed by the
-realm table and the state directory, so a restart changes neither `sub` nor a
-secret; the realm's signing key is new at every start (tokens issued before a
-restart no longer verify; clients fetch new ones).
+server serves. Service-account user ids, client secrets and the realm's
+signing key are fixed by the realm table and the state directory, so a restart
+changes neither a token's `sub`, nor a secret, nor the JWKS: a token issued
+before a restart still verifies after it.
 
 It runs detached in its own session, with the pid of kc.sh (the session
 leader; java is its child, or kc.sh itself after a rebuild's re-exec) in
@@ -23,10 +23,10 @@ leader; java is its child, or kc.sh itself after a rebuild's re-exec) in
 signals the whole process group. start() holds a lock file in the state
 directory, so two processes starting the same instance get one server.
 
-Costs (measured on two cores): the distribution is a 150 MiB download
-unpacked to about 200 MiB, copied once per state directory; the first start
-of a copy runs Keycloak's build step and takes about 45 s, later starts about
-20-25 s; the server holds about 0.5 GiB of memory.
+Costs (measured on two cores): the distribution is a 157 MiB zip unpacked to
+175 MiB, copied once per state directory; the first start of a copy runs
+Keycloak's build step and took 41-60 s, later starts 18-34 s, a stop about
+0.6 s; the server's resident memory is about 0.5 GiB (470-550 MiB).
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ from appliance.idp.client_secrets import ensure_admin_password, ensure_secrets, 
 from appliance.idp.distribution import KEYCLOAK_VERSION, check_distribution, distribution_dir, find_java
 from appliance.idp.errors import IdpError
 from appliance.idp.files import IdpFiles
-from appliance.idp.realm import DEMO_REALM, Endpoints, Realm, representation, service_account_id
+from appliance.idp.instance import ClientInfo, InstanceRecord, RecordError
+from appliance.idp.realm import DEMO_REALM, Endpoints, Realm, representation
+from appliance.idp.signing_key import ensure_signing_key, keycloak_form
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_JAR_CACHE", "IdpStatus", "LocalKeycloak", "ClientInfo"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_JAR_CACHE", "IdpStatus", "LocalKeycloak"]
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +64,6 @@ ADMIN_USER = "admin"
 HOST = "127.0.0.1"
 
 _TAIL_LINES = 40
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    client_id: str
-    groups: tuple[str, ...]
-    sub: str
-    token_lifespan_s: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,13 +167,13 @@ class LocalKeycloak:
         with self._start_lock(deadline):
             record = self._running_record()
             if record is not None:
-                if (record.get("port"), record.get("realm")) != (self.port, self.realm.name):
+                if (record.port, record.realm, record.audience) != (self.port, self.realm.name, self.realm.audience):
                     raise IdpError(
-                        f"the identity provider in {self.files.state_dir} already runs (pid {record['pid']}) on port "
-                        f"{record.get('port')} with realm {record.get('realm')!r}; stop it first "
+                        f"the identity provider in {self.files.state_dir} already runs (pid {record.pid}) on port "
+                        f"{record.port} with realm {record.realm!r} and audience {record.audience!r}; stop it first "
                         f"(appliance idp stop --state-dir {self.files.state_dir})"
                     )
-                self._wait_until_answering(record["pid"], deadline)
+                self._wait_until_answering(record.pid, deadline)
                 return self.status()
             self._start_locked(distribution, started, deadline)
         return self.status()
@@ -188,29 +182,25 @@ class LocalKeycloak:
         """SIGTERM the server, SIGKILL it if it has not exited after `timeout` seconds; no-op if it is not running."""
         record = self._running_record()
         if record is not None:
-            self._terminate(record["pid"], timeout)
+            self._terminate(record.pid, timeout)
         self._forget_pid()
 
     def status(self) -> IdpStatus:
         """Whether this state directory's server runs and answers, with what it was started with."""
         record = self._read_record()
         running = self._running_record() is not None
-        endpoints = Endpoints(**record["endpoints"]) if record and isinstance(record.get("endpoints"), dict) else None
-        answering = running and endpoints is not None and self._answers(endpoints)
-        started_at = record.get("started_at") if record else None
-        clients = tuple(ClientInfo(c["client_id"], tuple(c["groups"]), c["sub"], c["token_lifespan_s"])
-                        for c in (record or {}).get("clients", ()))
+        answering = running and self._answers(record.endpoints)
         return IdpStatus(
             running=running,
             answering=answering,
-            pid=record.get("pid") if running else None,
-            port=record.get("port") if record else None,
-            realm=record.get("realm") if record else None,
-            audience=record.get("audience") if record else None,
-            endpoints=endpoints,
-            started_at=started_at,
-            uptime_s=(time.time() - started_at) if running and started_at else None,
-            clients=clients,
+            pid=record.pid if running else None,
+            port=record.port if record else None,
+            realm=record.realm if record else None,
+            audience=record.audience if record else None,
+            endpoints=record.endpoints if record else None,
+            started_at=record.started_at if record else None,
+            uptime_s=(time.time() - record.started_at) if running else None,
+            clients=record.clients if record else (),
             secrets_file=self.files.client_secrets,
             log_path=self.files.log,
             state_dir=self.files.state_dir,
@@ -223,7 +213,8 @@ class LocalKeycloak:
         self._copy_distribution(distribution)
         client_secrets = ensure_secrets(self.files.client_secrets, self.realm.client_ids)
         admin_password = ensure_admin_password(self.files.admin_password)
-        self._write_realm(client_secrets)
+        signing_key = ensure_signing_key(self.files.signing_key, f"{self.realm.name} realm, local identity provider")
+        self._write_realm(client_secrets, keycloak_form(signing_key))
         pid = self._launch(admin_password)
         try:
             self._wait_until_answering(pid, deadline)
@@ -283,7 +274,7 @@ class LocalKeycloak:
         (home / "bin" / "kc.sh").chmod(0o755)
         self.files.home_complete.touch()
 
-    def _write_realm(self, client_secrets: dict[str, str]) -> None:
+    def _write_realm(self, client_secrets: dict[str, str], signing_key: tuple[str, str]) -> None:
         import_dir = self.files.import_dir
         if import_dir.exists():
             for stale in import_dir.glob("*.json"):  # only the realm of this start is imported
@@ -291,7 +282,7 @@ class LocalKeycloak:
         import_dir.mkdir(parents=True, exist_ok=True)
         import_dir.chmod(0o700)
         write_private(self.files.realm_file(self.realm.name),
-                      json.dumps(representation(self.realm, client_secrets), indent=2) + "\n")
+                      json.dumps(representation(self.realm, client_secrets, signing_key), indent=2) + "\n")
 
     def _argv(self) -> list[str]:
         return [
@@ -326,23 +317,9 @@ class LocalKeycloak:
         return self._child.pid
 
     def _write_record(self, pid: int) -> None:
-        record = {
-            "pid": pid,
-            "port": self.port,
-            "realm": self.realm.name,
-            "audience": self.realm.audience,
-            "started_at": time.time(),
-            "keycloak_version": KEYCLOAK_VERSION,
-            "endpoints": {"issuer": self.endpoints.issuer, "discovery": self.endpoints.discovery,
-                          "token": self.endpoints.token, "jwks": self.endpoints.jwks},
-            "clients": [
-                {"client_id": c.client_id, "groups": list(c.groups),
-                 "sub": service_account_id(self.realm.name, c.client_id),
-                 "token_lifespan_s": self.realm.lifespan_of(c.client_id)}
-                for c in self.realm.clients
-            ],
-        }
-        write_private(self.files.instance, json.dumps(record, indent=2) + "\n")
+        record = InstanceRecord.of(self.realm, pid=pid, port=self.port, started_at=time.time(),
+                                   keycloak_version=KEYCLOAK_VERSION, endpoints=self.endpoints)
+        write_private(self.files.instance, record.to_json())
 
     def _answers(self, endpoints: Endpoints) -> bool:
         try:
@@ -369,21 +346,22 @@ class LocalKeycloak:
 
     # -- the process -----------------------------------------------------------------
 
-    def _read_record(self) -> dict | None:
+    def _read_record(self) -> InstanceRecord | None:
         try:
-            record = json.loads(self.files.instance.read_text())
-        except (OSError, ValueError):
+            return InstanceRecord.from_json(self.files.instance.read_text())
+        except FileNotFoundError:
             return None
-        return record if isinstance(record, dict) else None
+        except (OSError, RecordError) as e:
+            log.warning("ignoring %s: %s", self.files.instance, e)
+            return None
 
-    def _running_record(self) -> dict | None:
+    def _running_record(self) -> InstanceRecord | None:
         """instance.json, if its pid is alive and is this state directory's Keycloak."""
         record = self._read_record()
-        pid = record.get("pid") if record else None
-        if not isinstance(pid, int) or not self._alive(pid):
+        if record is None or record.pid is None or not self._alive(record.pid):
             return None
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+            argv = Path(f"/proc/{record.pid}/cmdline").read_bytes()
         except OSError:
             return None
         # The sh running kc.sh names this home, and so does java (kc.home.dir) if kc.sh exec'd it.
@@ -393,9 +371,8 @@ class LocalKeycloak:
 
     def _forget_pid(self) -> None:
         record = self._read_record()
-        if record and record.get("pid") is not None:
-            record["pid"] = None
-            write_private(self.files.instance, json.dumps(record, indent=2) + "\n")
+        if record is not None and record.pid is not None:
+            write_private(self.files.instance, record.stopped().to_json())
 
     def _alive(self, pid: int) -> bool:
         """True unless the process is gone or a zombie (reaping it if it is our child)."""

@@ -218,8 +218,10 @@ class WorkloadSasl:
         self.principal, self.proof = bound.principal, proof
         self.expires_at = now + lifetime
         self._mechanism = None
-        self.finished = Finished(kind, mechanism, True, f"authenticated as {bound.principal}",
-                                 proof, bound.principal, self.expires_at)
+        said = f"authenticated as {bound.principal}"
+        if proof.method == "static":  # flagged, so the migration's last users can be found
+            said = f"static credential presented ({mechanism} user {proof.username!r}); {said}"
+        self.finished = Finished(kind, mechanism, True, said, proof, bound.principal, self.expires_at)
         return Reply(server_bytes, lifetime_ms=max(1, math.floor(lifetime * 1000)))
 
     def _fail(self, mechanism: str, message: str, audit_reason: str | None = None) -> Reply:

@@ -92,6 +92,16 @@ def test_unknown_kid_refetches_at_most_once_per_interval():
     assert isinstance(result, KeyNotFound) and "exactly one" in result.reason
 
 
+def test_unknown_kid_after_a_failed_refetch_names_the_error():
+    cache = JwksCache(min_refetch_interval_s=10)
+    cache.fetched(ONE, 0)
+    assert isinstance(cache.lookup("ec-1", 10), FetchNeeded)
+    cache.failed("JWKS at http://idp/jwks: HTTP 503", 10)
+    result = cache.lookup("ec-1", 10.5)
+    assert isinstance(result, KeyNotFound) and "the last refetch failed: JWKS at http://idp/jwks: HTTP 503" in result.reason
+    assert isinstance(cache.lookup("rsa-1", 10.5), Key)
+
+
 def test_failures_back_off_exponentially():
     cache = JwksCache(backoff_initial_s=1, backoff_max_s=8)
     attempts = []

@@ -319,3 +319,14 @@ def test_mechanisms_offered():
     assert MECHANISMS_OFFERED == ("OAUTHBEARER", "SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
     with pytest.raises(ValueError, match="not supported"):
         ScramServerExchange("SCRAM-SHA-1", {}.get)
+
+
+def test_unknown_user_shape_can_follow_the_real_users():
+    from appliance.identity.sasl import ScramShape
+
+    exchange = ScramServerExchange("SCRAM-SHA-512", {}.get, unknown_user_shape=ScramShape(iterations=10000, salt_bytes=80))
+    fields = dict(p.split("=", 1) for p in exchange.first(b"n,,n=nobody,r=abc").decode().split(","))
+    assert fields["i"] == "10000"
+    import base64
+
+    assert len(base64.b64decode(fields["s"])) == 80

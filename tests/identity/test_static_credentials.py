@@ -68,6 +68,21 @@ def test_scram_with_stored_keys(tmp_path):
     creds = load(path)
     assert creds.scram_lookup("SCRAM-SHA-256")("billing").iterations == 8192
 
+    shape = creds.unknown_user_shape("SCRAM-SHA-256")
+    assert (shape.iterations, shape.salt_bytes) == (8192, 32)
+
+    def server_first(user):
+        exchange = ScramServerExchange("SCRAM-SHA-256", creds.scram_lookup("SCRAM-SHA-256"), unknown_user_shape=shape)
+        fields = exchange.first(scramp.ScramClient(["SCRAM-SHA-256"], user, "x").get_client_first().encode()).decode()
+        return dict(part.split("=", 1) for part in fields.split(","))
+
+    known, unknown = server_first("billing"), server_first("nobody")
+    assert unknown["i"] == known["i"] == "8192" and len(unknown["s"]) == len(known["s"])
+    # The lookup carries the shape, so an exchange given only the lookup gets it too.
+    exchange = ScramServerExchange("SCRAM-SHA-256", creds.scram_lookup("SCRAM-SHA-256"))
+    first = exchange.first(scramp.ScramClient(["SCRAM-SHA-256"], "nobody", "x").get_client_first().encode()).decode()
+    assert ",i=8192" in first
+
     exchange = ScramServerExchange("SCRAM-SHA-256", creds.scram_lookup("SCRAM-SHA-256"))
     client = scramp.ScramClient(["SCRAM-SHA-256"], "billing", "wrong")
     client.set_server_first(exchange.first(client.get_client_first().encode()).decode())

@@ -5,7 +5,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from appliance.identity.jwks import KeySet
-from appliance.identity.tokens import TokenRejected, TokenRules, TokenRulesError, ValidToken, peek_header, validate
+from appliance.identity.tokens import (
+    REJECTION_KINDS, TokenRejected, TokenRules, TokenRulesError, ValidToken, peek_header, validate,
+)
 from tests.identity.token_keys import AUDIENCE, ISSUER, b64, claims, ec_key, ed_key, jwks, rsa_key
 
 NOW = 1_800_000_000.0
@@ -20,6 +22,7 @@ def keys() -> KeySet:
 def rejected(result, kind: str, fragment: str = "") -> str:
     assert isinstance(result, TokenRejected), result
     assert result.kind == kind, result
+    assert kind in REJECTION_KINDS
     assert fragment in result.reason, result.reason
     return result.reason
 
@@ -151,6 +154,8 @@ def test_missing_and_bad_claims(keys):
     rejected(validate(rsa_key().sign(claims(NOW, sub="a\nb")), keys, RULES, NOW), "bad-claim", "control characters")
     rejected(validate(rsa_key().sign(claims(NOW, exp="soon")), keys, RULES, NOW), "bad-claim", "'exp' must be a number")
     rejected(validate(rsa_key().sign(claims(NOW, exp=True)), keys, RULES, NOW), "bad-claim", "'exp' must be a number")
+    rejected(validate(rsa_key().sign(claims(NOW, exp=10**400)), keys, RULES, NOW), "bad-claim", "'exp' must be a number")
+    rejected(validate(rsa_key().sign(claims(NOW, nbf=float("nan"))), keys, RULES, NOW), "bad-claim", "'nbf' must be a number")
     rejected(validate(rsa_key().sign(claims(NOW, azp=["x"])), keys, RULES, NOW), "bad-claim", "'azp'")
 
 
@@ -210,3 +215,57 @@ def test_peek_header():
         peek_header("nope")
     with pytest.raises(ValueError, match="more than the 16384 allowed"):
         peek_header("a" * 20000)
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_VALID = rsa_key().sign(claims(NOW))
+_ALL_KEYS = KeySet.from_jwks(jwks(rsa_key(), ec_key(), ed_key()))
+
+
+@given(st.text(alphabet="ABCabc019-_.=+/ {}\"", max_size=400))
+@settings(max_examples=300, deadline=None)
+def test_random_text_is_always_refused_never_raises(token):
+    assert isinstance(validate(token, _ALL_KEYS, RULES, NOW), TokenRejected)
+
+
+@given(position=st.integers(min_value=0, max_value=len(_VALID) - 1), replacement=st.sampled_from("AZaz09-_."))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_changed_character_is_refused(position, replacement):
+    token = _VALID[:position] + replacement + _VALID[position + 1:]
+    result = validate(token, _ALL_KEYS, RULES, NOW)
+    # A change in a last base64 character's unused bits can leave the bytes the same (then either answer is right).
+    if token != _VALID and _decoded(token) != _decoded(_VALID):
+        assert isinstance(result, TokenRejected), (position, replacement)
+
+
+def _decoded(token: str):
+    import base64
+
+    try:
+        return [base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)) for p in token.split(".")]
+    except Exception:
+        return None
+
+
+def test_the_documented_rejection_kinds_are_the_codes():
+    import re
+    from pathlib import Path
+
+    from appliance.identity.tokens import REJECTION_KINDS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "workload-authentication.md").read_text()
+    documented = tuple(re.findall(r"^\| `([a-z-]+)` \|", doc, re.MULTILINE))
+    assert documented == REJECTION_KINDS, "docs/workload-authentication.md's table of kinds is stale"
+
+
+def test_read_header_checks_everything_that_needs_no_key():
+    from appliance.identity.tokens import HeaderFacts, read_header
+
+    assert read_header(rsa_key().sign(claims(NOW)), RULES) == HeaderFacts("RS256", "rsa-1")
+    assert read_header(rsa_key().sign(claims(NOW), kid=None), RULES) == HeaderFacts("RS256", None)
+    assert read_header("x" * 20000, RULES).kind == "oversized"
+    assert read_header(f"{b64({'alg': 'HS256'})}.e30.c2ln", RULES).kind == "alg-not-allowed"
+    assert read_header(rsa_key().sign(claims(NOW), kid="k" * 300), RULES).kind == "bad-header"
+    assert read_header(None, RULES).kind == "malformed"

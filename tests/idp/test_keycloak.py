@@ -108,13 +108,17 @@ def test_an_unknown_client_is_refused(keycloak):
     assert e.value.status in (400, 401) and e.value.error in ("invalid_client", "unauthorized_client")
 
 
-def test_sub_and_secrets_survive_a_restart(keycloak):
+def test_sub_secrets_and_signing_key_survive_a_restart(keycloak):
     before = {c: _verified(keycloak, keycloak.token(c))["sub"] for c in ("orders", "platform-reader")}
     secret = keycloak.secret("orders")
+    jwks = get_json(keycloak.jwks_uri)
+    issued_before = keycloak.token("ledger")
     keycloak.restart()
     after = {c: _verified(keycloak, keycloak.token(c))["sub"] for c in ("orders", "platform-reader")}
     assert after == before
     assert keycloak.secret("orders") == secret
+    assert get_json(keycloak.jwks_uri) == jwks
+    assert _verified(keycloak, issued_before)["azp"] == "ledger", "a token from before the restart still verifies"
     print(f"\nlocal Keycloak start times (s): {[round(s, 1) for s in keycloak.start_seconds]}")
 
 

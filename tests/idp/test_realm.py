@@ -173,3 +173,10 @@ def test_endpoints_follow_keycloaks_layout():
     assert e.discovery == "http://127.0.0.1:18080/realms/appliance/.well-known/openid-configuration"
     assert e.token == "http://127.0.0.1:18080/realms/appliance/protocol/openid-connect/token"
     assert e.jwks == "http://127.0.0.1:18080/realms/appliance/protocol/openid-connect/certs"
+
+
+def test_docs_list_every_demo_client():
+    doc = (REPO / "docs" / "identity.md").read_text()
+    section = doc[doc.index("## The local identity provider (Keycloak)"):]
+    for client in DEMO_REALM.clients:
+        assert f"| `{client.client_id}` |" in section, f"docs/identity.md does not list client {client.client_id}"

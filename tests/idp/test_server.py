@@ -8,6 +8,7 @@ does the same against the real server.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import stat
 import sys
@@ -96,7 +97,8 @@ def test_state_dir_is_private_and_the_realm_file_carries_the_kept_secrets(keyclo
     keycloak.start(timeout=20)
     files = keycloak.files
     assert stat.S_IMODE(files.state_dir.stat().st_mode) == 0o700
-    for private in (files.client_secrets, files.admin_password, files.realm_file("appliance"), files.instance):
+    for private in (files.client_secrets, files.admin_password, files.signing_key, files.realm_file("appliance"),
+                    files.instance):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
     secrets = json.loads(files.client_secrets.read_text())
     realm = json.loads(files.realm_file("appliance").read_text())
@@ -106,6 +108,8 @@ def test_state_dir_is_private_and_the_realm_file_carries_the_kept_secrets(keyclo
     keycloak.stop(timeout=5)
     keycloak.start(timeout=20)
     assert json.loads(files.client_secrets.read_text()) == secrets, "a restart must keep every client's secret"
+    assert json.loads(files.realm_file("appliance").read_text())["components"] == realm["components"], \
+        "a restart must keep the signing key"
 
 
 def test_a_test_realm_replaces_the_previous_realm_file(tmp_path, serving_cache):
@@ -199,3 +203,25 @@ def test_cli_default_state_dir_is_under_the_configurations(tmp_path):
     config.write_text(f"state_dir: {tmp_path / 'appliance'}\n")
     result = CliRunner().invoke(main, ["--config", str(config), "idp", "status"])
     assert result.exit_code == 3 and f"state: {tmp_path / 'appliance' / 'idp'}" in result.output
+
+
+def test_a_damaged_instance_record_means_not_running(tmp_path, serving_cache):
+    k = LocalKeycloak(tmp_path / "state", port=_free_port(), jar_cache=serving_cache)
+    k.files.state_dir.mkdir(parents=True)
+    k.files.instance.write_text('{"pid": 1, "port": "x"}')  # pid 1 is alive, and is not Keycloak anyway
+    status = k.status()
+    assert not status.running and status.pid is None and status.endpoints is None
+    k.stop(timeout=1)  # must not signal pid 1
+    assert k.start(timeout=20).running
+    k.stop(timeout=5)
+
+
+def test_a_reused_pid_is_not_taken_for_the_server(keycloak):
+    keycloak.start(timeout=20)
+    record = json.loads(keycloak.files.instance.read_text())
+    real_pid = record["pid"]
+    record["pid"] = os.getpid()  # alive, but not this home's kc.sh
+    keycloak.files.instance.write_text(json.dumps(record))
+    assert not keycloak.status().running
+    record["pid"] = real_pid
+    keycloak.files.instance.write_text(json.dumps(record))

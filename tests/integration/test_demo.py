@@ -26,18 +26,33 @@ def test_demo_runs_and_leaves_nothing_behind(prerequisites, appliance):
         "embedded_broker": {"port4": 49092, "port6": 49093, "controller_port": 49094,
                             "data_dir": str(DEMO_STATE / "broker"), "cgroup": "appliance-test-demo-broker"},
     }))
-    done = subprocess.run([PY, "-m", "appliance", "--config", str(config), "demo", "--seconds", "16"],
-                          capture_output=True, text=True, timeout=180)
+    # Long enough for the local identity provider's first start (about a minute here) and the token
+    # workload's first records after it.
+    done = subprocess.run([PY, "-m", "appliance", "--config", str(config), "demo", "--seconds", "90"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "none of this appliance's programs attached" in done.stdout
     sessions = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "sql", "--json",
                                "SELECT identity, count(*) AS n FROM sessions GROUP BY identity"],
                               capture_output=True, text=True, check=True).stdout
     assert '"identity": "orders"' in sessions
+    # The token-authenticated workload beside it: its own OIDC token from the local Keycloak, bound to its
+    # cgroup (auth cgroup+token), writing demo-ledger.
+    tokens = json.loads(subprocess.run(
+        [PY, "-m", "appliance", "--config", str(config), "audit", "sql", "--json",
+         "SELECT identity, auth_method, subject, count(*) AS n FROM sessions WHERE auth_method IS NOT NULL "
+         "GROUP BY identity, auth_method, subject"], capture_output=True, text=True, check=True).stdout)
+    assert [(t["identity"], t["auth_method"]) for t in tokens] == [("ledger", "token")], (tokens, done.stdout[-2000:])
+    ledger = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "operations", "--json",
+                             "--identity", "ledger", "--topic", "demo-ledger"], capture_output=True, text=True,
+                            check=True).stdout
+    assert '"api_name": "Produce"' in ledger and '"decision": "allowed"' in ledger
     # The workload lives through its refusals: it is still producing at the end (one order a second).
-    late = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "operations", "--json", "--since", "4s",
-                           "--topic", "demo-orders"], capture_output=True, text=True, check=True).stdout
-    assert '"api_name": "Produce"' in late
+    last = json.loads(subprocess.run(
+        [PY, "-m", "appliance", "--config", str(config), "audit", "sql", "--json",
+         "SELECT max(o.at) AS produced, max(s.ended_at) AS ended FROM operations o JOIN sessions s USING (session_id) "
+         "WHERE s.identity = 'orders' AND o.api_name = 'Produce'"], capture_output=True, text=True, check=True).stdout)
+    assert last[0]["ended"] - last[0]["produced"] < 4, last
     refused = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "events", "--json",
                               "--kind", "refused-connect"], capture_output=True, text=True, check=True).stdout
     assert "/appliance-demo/unenrolled" in refused
@@ -51,3 +66,4 @@ def test_demo_runs_and_leaves_nothing_behind(prerequisites, appliance):
     from appliance.identity.cgroups import cgroup2_root
     assert not (cgroup2_root() / "appliance-demo").exists(), "the demo's cgroups are removed"
     assert not subprocess.run(["pgrep", "-f", str(DEMO_STATE / "broker")], capture_output=True).stdout
+    assert not subprocess.run(["pgrep", "-f", str(DEMO_STATE / "idp")], capture_output=True).stdout, "Keycloak stopped"

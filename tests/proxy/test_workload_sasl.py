@@ -262,6 +262,7 @@ def test_static_plain_credentials_authenticate_in_cgroup_mode_when_they_name_the
     assert answers(out, apis.SASL_AUTHENTICATE, 2)[0].error_code == ErrorCode.none
     [auth] = authentications(out)
     assert (auth.method, auth.username, auth.identity) == ("static", "orders-legacy", "orders")
+    assert auth.reason.startswith("static credential presented (PLAIN user 'orders-legacy')")
 
 
 def test_unknown_static_credentials_name_the_mechanism_and_what_the_appliance_accepts(statics):

@@ -2,6 +2,10 @@
 
 Usage: confluent.py BOOTSTRAP TOPIC [--produce N] [--consume N] [--sasl MECH:USER:PASS] [--acks A]
                                      [--create] [--group G] [--timeout S]
+                                     [--oauth CLIENT_ID:SECRET@TOKEN_ENDPOINT]
+
+--oauth: OAUTHBEARER with librdkafka's own OIDC client (sasl.oauthbearer.method=oidc): it fetches
+its token from the endpoint by client_credentials; client errors (authentication) go to "errors".
 """
 
 import argparse
@@ -22,6 +26,7 @@ p.add_argument("--acks", default="all")
 p.add_argument("--create", action="store_true")
 p.add_argument("--group", default=None)
 p.add_argument("--timeout", type=float, default=20)
+p.add_argument("--oauth")
 args = p.parse_args()
 
 common = {"bootstrap.servers": args.bootstrap, "socket.timeout.ms": 5000}
@@ -30,6 +35,13 @@ if args.sasl:
     common.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": mech,
                    "sasl.username": user, "sasl.password": password})
 summary = {"pid": os.getpid(), "produced": 0, "consumed": 0, "values": [], "errors": []}
+if args.oauth:
+    client, _, endpoint = args.oauth.partition("@")
+    client_id, _, secret = client.partition(":")
+    common.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "OAUTHBEARER",
+                   "sasl.oauthbearer.method": "oidc", "sasl.oauthbearer.client.id": client_id,
+                   "sasl.oauthbearer.client.secret": secret, "sasl.oauthbearer.token.endpoint.url": endpoint,
+                   "error_cb": lambda e: summary["errors"].append(str(e))})
 
 if args.create:
     admin = AdminClient(common)

@@ -1,0 +1,223 @@
+"""Workloads that prove who they are with OIDC tokens from the real identity provider, bound to their cgroup.
+
+Every client here fetches its own token from the session's Keycloak (client_credentials) and presents
+it over SASL/OAUTHBEARER, unmodified otherwise; the appliance validates it against the provider's keys
+and binds it to the enrolment of the cgroup it came from.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+
+import pytest
+
+from appliance.idp.realm import service_account_id
+from tests.integration.fixtures import BROKER4, PY, CLIENTS, audit, cli, eventually
+
+SUFFIX = secrets.token_hex(3)
+
+
+def oauth(keycloak, client_id: str) -> list[str]:
+    """librdkafka's own OIDC client (confluent-kafka; Debian's kcat is built without it): it fetches the
+    token by client_credentials and sends it in the OAUTHBEARER initial response."""
+    return ["--oauth", f"{client_id}:{keycloak.secret(client_id)}@{keycloak.token_endpoint}"]
+
+
+def librdkafka(cg, topic: str, *args: str, timeout: float = 20) -> dict:
+    return cg.client("confluent.py", BROKER4, topic, "--timeout", str(timeout), *args, timeout=timeout + 30)
+
+
+def sessions_by_cgroup(config_path, cg) -> list[dict]:
+    return [s for s in audit(config_path, "sessions") if s["cgroup_path"] == cg.cgroup.path]
+
+
+def authentications_of(config_path, sessions) -> list[dict]:
+    ids = {s["session_id"] for s in sessions}
+    return [a for a in audit(config_path, "authentications") if a["session_id"] in ids]
+
+
+@pytest.fixture(scope="module")
+def idp_topic(direct, sasl_args):
+    topic = f"idp-auth-{SUFFIX}"
+    direct.client("confluent.py", BROKER4, topic, "--create", *sasl_args)
+    return topic
+
+
+def test_a_token_authenticated_produce_and_consume_under_the_tokens_group(appliance, config_path, keycloak,
+                                                                         enroll, idp_topic):
+    # auth token: the identity and groups are the token's. Client `ledger` is in group payments, whose
+    # rule (integration-payments-group) allows the idp-* topics.
+    workload = enroll("token-pool", auth="token")
+    produced = librdkafka(workload, idp_topic, "--produce", "3", *oauth(keycloak, "ledger"))
+    assert produced["produced"] == 3 and produced["errors"] == [], produced
+    consumed = librdkafka(workload, idp_topic, "--consume", "3", "--group", f"idp-g-{SUFFIX}",
+                          *oauth(keycloak, "ledger"))
+    assert consumed["values"] == ["record-0", "record-1", "record-2"], consumed
+    sessions = eventually(lambda: [s for s in sessions_by_cgroup(config_path, workload) if s["auth_method"]],
+                          message="token sessions audited")
+    sub = service_account_id("appliance", "ledger")
+    assert {(s["identity"], s["auth_method"], s["subject"]) for s in sessions} == {("ledger", "token", sub)}
+    auths = authentications_of(config_path, sessions)
+    assert auths and all(a["outcome"] == "ok" and a["mechanism"] == "OAUTHBEARER" for a in auths), auths
+    first = auths[-1]
+    assert first["client_id"] == "ledger" and first["jti"] and first["issuer"] == keycloak.issuer
+    assert first["groups"] == '["payments"]'
+    assert 0 < first["expires_at"] - first["at"] <= 300 + 5  # the demo realm's token lifespan
+    ops = [o for o in audit(config_path, "operations", "--identity", "ledger") if o["api_name"] == "Produce"]
+    assert ops and ops[0]["decision"] == "allowed" and "integration-payments-group" in ops[0]["checks"]
+
+
+def test_a_valid_token_from_the_wrong_cgroup_is_refused_as_a_mismatch(appliance, config_path, keycloak, enroll,
+                                                                      idp_topic):
+    # cgroup+token: the token must agree with the enrolment. `orders` is a valid client of the provider,
+    # but this cgroup is enrolled as billing and accepts only billing's tokens.
+    wrong = enroll("billing", auth="cgroup+token", accepts=("billing",))
+    result = librdkafka(wrong, idp_topic, "--produce", "1", *oauth(keycloak, "orders"), timeout=8)
+    assert result["produced"] == 0, result
+    assert any("identity mismatch" in e and "enrolled as 'billing'" in e for e in result["errors"]), result
+    sessions = eventually(lambda: sessions_by_cgroup(config_path, wrong), message="refused session audited")
+    refused = eventually(lambda: [a for a in authentications_of(config_path, sessions) if a["outcome"] == "refused"],
+                         message="mismatch audited")
+    assert "mismatch" in refused[0]["reason"] and "enrolled as 'billing'" in refused[0]["reason"]
+    assert all("SASL authentication failed: identity mismatch" in (s["close_reason"] or "") for s in sessions
+               if s["ended_at"]), sessions
+    # The same token from the cgroup it belongs to passes.
+    right = enroll("orders", auth="cgroup+token", accepts=("orders",))
+    mine = librdkafka(right, idp_topic, "--produce", "1", *oauth(keycloak, "orders"))
+    assert mine["produced"] == 1 and mine["errors"] == [], mine
+
+
+def test_revocation_cuts_a_live_consumer_within_a_second_and_refuses_its_tokens(appliance, config_path, keycloak,
+                                                                              enroll, idp_topic):
+    workload = enroll("revokable", auth="token")
+    consumer = workload.popen([PY, str(CLIENTS / "confluent.py"), BROKER4, idp_topic, "--consume", "1000000",
+                               "--timeout", "60", "--group", f"idp-rev-{SUFFIX}", *oauth(keycloak, "platform-reader")])
+    live = eventually(lambda: [s for s in sessions_by_cgroup(config_path, workload)
+                               if s["auth_method"] == "token" and s["ended_at"] is None],
+                      timeout=20, message="a live token session")
+    revoked_at = time.time()
+    cli(config_path, "revoke", "--client-id", "platform-reader", "--reason", "test: client secret leaked")
+    ended = eventually(lambda: [s for s in sessions_by_cgroup(config_path, workload)
+                                if s["session_id"] == live[0]["session_id"] and s["ended_at"]],
+                       timeout=5, message="the revoked session ended")
+    assert ended[0]["close_reason"].startswith("revoked: client id 'platform-reader' revoked by"), ended
+    assert ended[0]["ended_at"] - revoked_at < 1.0, (ended[0]["ended_at"] - revoked_at, ended)
+    # kcat reconnects with a fresh token: refused as revoked, and audited so.
+    refused = eventually(lambda: [a for a in authentications_of(config_path, sessions_by_cgroup(config_path, workload))
+                                  if a["outcome"] == "refused"], timeout=15, message="the reconnect refused")
+    assert "revoked" in refused[0]["reason"]
+    events = [e for e in audit(config_path, "events", "--kind", "revoke")]
+    assert any("platform-reader" in e["message"] and "leaked" in e["message"] for e in events), events
+    consumer.kill()
+    consumer.wait()
+    cli(config_path, "revoke", "--client-id", "platform-reader", "--withdraw")
+
+
+# A Python client with a token provider of its own (client_credentials by urllib), producing one record
+# a second and printing one JSON line per send: kafka-python 3 re-authenticates on the connection
+# (KIP-368); aiokafka 0.14 does not.
+_TOKEN_PRODUCER = r"""
+import asyncio, json, sys, time, urllib.parse, urllib.request
+family, bootstrap, topic, endpoint, client_id, secret, seconds = sys.argv[1:8]
+
+
+def fetch():
+    body = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": client_id,
+                                   "client_secret": secret}).encode()
+    with urllib.request.urlopen(endpoint, body, timeout=10) as r:
+        return json.load(r)["access_token"]
+
+
+def report(i, error=None):
+    print(json.dumps({"sent": i, "at": time.time()} if error is None else {"error": error, "at": time.time()}),
+          flush=True)
+
+
+if family == "kafka-python":
+    from kafka import KafkaProducer
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+
+    class Provider(AbstractTokenProvider):
+        def token(self):
+            return fetch()
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, security_protocol="SASL_PLAINTEXT",
+                             sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=Provider(), acks="all",
+                             request_timeout_ms=10000, reconnect_backoff_ms=200)
+    end, i = time.time() + float(seconds), 0
+    while time.time() < end:
+        try:
+            producer.send(topic, f"kp-{i}".encode()).get(timeout=10)
+            report(i)
+        except Exception as e:
+            report(i, str(e))
+        i += 1
+        time.sleep(1)
+    producer.close()
+else:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.abc import AbstractTokenProvider
+
+    class Provider(AbstractTokenProvider):
+        async def token(self):
+            return await asyncio.to_thread(fetch)
+
+    async def main():
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, security_protocol="SASL_PLAINTEXT",
+                                    sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=Provider(),
+                                    acks="all", request_timeout_ms=10000, retry_backoff_ms=200)
+        await producer.start()
+        end, i = time.time() + float(seconds), 0
+        while time.time() < end:
+            try:
+                await producer.send_and_wait(topic, f"ak-{i}".encode())
+                report(i)
+            except Exception as e:
+                report(i, str(e))
+            i += 1
+            await asyncio.sleep(1)
+        await producer.stop()
+
+    asyncio.run(main())
+"""
+
+
+def test_short_lived_tokens_are_reauthenticated_or_the_session_expires(appliance, config_path, keycloak, enroll,
+                                                                       idp_topic):
+    # Client short-lived gets 30 s tokens; the session lifetime the appliance answers is the token's.
+    token_args = (keycloak.token_endpoint, "short-lived", keycloak.secret("short-lived"), "45")
+    renewing = {"librdkafka": enroll("short-rdkafka", auth="token"),
+                "kafka-python": enroll("short-kafka-python", auth="token")}
+    lapsing = enroll("short-aiokafka", auth="token")
+    procs = {
+        "librdkafka": renewing["librdkafka"].popen([
+            PY, str(CLIENTS / "confluent.py"), BROKER4, idp_topic, "--consume", "1000000", "--timeout", "45",
+            "--group", f"idp-short-{SUFFIX}", *oauth(keycloak, "short-lived")]),
+        "kafka-python": renewing["kafka-python"].popen([PY, "-c", _TOKEN_PRODUCER, "kafka-python", BROKER4,
+                                                        idp_topic, *token_args]),
+        "aiokafka": lapsing.popen([PY, "-c", _TOKEN_PRODUCER, "aiokafka", BROKER4, idp_topic, *token_args]),
+    }
+    outputs = {name: p.communicate(timeout=90) for name, p in procs.items()}
+    for name in ("kafka-python", "aiokafka"):
+        out, err = outputs[name]
+        sent = [line for line in out.splitlines() if '"sent"' in line]
+        assert len(sent) >= 35, (name, out[-3000:], err[-3000:])  # kept producing across the token's expiry
+
+    for name, cg in renewing.items():  # re-authenticated on the same connection before the token ran out
+        renewed = authentications_of(config_path, sessions_by_cgroup(config_path, cg))
+        reauths = [a for a in renewed if a["kind"] == "reauth"]
+        assert reauths and all(a["outcome"] == "ok" for a in renewed), (name, renewed)
+        assert all(a["identity"] == "short-lived" for a in renewed)
+        expired = [s for s in sessions_by_cgroup(config_path, cg) if (s["close_reason"] or "").startswith("expired")]
+        assert not expired, (name, expired)
+
+    # aiokafka did not: the appliance ended its session as expired when the token ran out, and the
+    # client reconnected with a new token.
+    sessions = sessions_by_cgroup(config_path, lapsing)
+    lapsed = [s for s in sessions if (s["close_reason"] or "").startswith("expired")]
+    assert lapsed, sessions
+    first = lapsed[-1]
+    assert "did not re-authenticate" in first["close_reason"]
+    assert 25 <= first["ended_at"] - first["started_at"] <= 35, first  # a 30 s token, checked each second
