@@ -315,8 +315,9 @@ def reauthentications(enrolled, topics, oauth):
     expires, half after, so the second half reaches it only over re-authenticated connections."""
     workloads = {f: enrolled(f"reauth-{slug(f)}", "pool", "token") for f in REAUTH_FAMILIES}
     auth = {f: oauth(f, REAUTH_CLIENT) for f in REAUTH_FAMILIES}
-    consumers = {f: FAMILIES[f].consume(workloads[f], BROKER4, topics[("reauth", f)], f"idp-g-reauth-{slug(f)}-{SUFFIX}",
-                                        n=2 * N, timeout=SHORT_TOKEN_LIFESPAN_S * 2 + 30, auth=auth[f])
+    consumers = {f: FAMILIES[f].consume(workloads[f], BROKER4, topics[("reauth", f)],
+                                        f"idp-g-reauth-{slug(f)}-{SUFFIX}", n=2 * N,
+                                        timeout=SHORT_TOKEN_LIFESPAN_S * 2 + 30, auth=auth[f])
                  for f in REAUTH_FAMILIES}
     ready = {f: c.wait_ready(40) for f, c in consumers.items()}
 

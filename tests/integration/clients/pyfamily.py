@@ -141,7 +141,8 @@ class ClientCredentials:
         try:
             answer = json.loads(body)
         except ValueError:
-            raise TokenError(f"token response from {self.endpoint} (HTTP {status}) is not JSON: {body[:200]!r}") from None
+            raise TokenError(f"token response from {self.endpoint} (HTTP {status}) is not JSON: "
+                             f"{body[:200]!r}") from None
         if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("access_token"), str):
             detail = answer if not isinstance(answer, dict) else \
                 f"{answer.get('error', '')} {answer.get('error_description', '')}".strip()
