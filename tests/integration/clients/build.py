@@ -25,11 +25,12 @@ POM = HERE.parents[2] / "scripts" / "kafka" / "pom.xml"  # what scripts/setup re
 CACHE = Path(os.environ.get("APPLIANCE_JAR_CACHE", "/var/cache/appliance"))
 KAFKA_VERSION = re.search(r"<kafka\.version>(.+?)</kafka\.version>", POM.read_text()).group(1)
 JARS = CACHE / f"kafka-{KAFKA_VERSION}"
-# What the Java client needs at run time: the client library, its codecs, logging and Jackson for JSON.
+# What the Java client needs at run time: the client library, its codecs, logging, Jackson for JSON and
+# jose4j (the OAUTHBEARER login handler parses the tokens it fetches with it).
 # Naming them (rather than the whole broker's jar directory) keeps class-path scanning, and startup, short.
 JAVA_RUNTIME_ARTIFACTS = (
     f"kafka-clients-{KAFKA_VERSION}", "lz4-java", "snappy-java", "zstd-jni", "slf4j-api", "log4j-api", "log4j-core",
-    "log4j-slf4j2-impl", "jackson-databind", "jackson-core", "jackson-annotations",
+    "log4j-slf4j2-impl", "jackson-databind", "jackson-core", "jackson-annotations", "jose4j",
 )
 # Fast start for short-lived client runs: C1 only, the serial collector, a small heap.
 JAVA_FLAGS = ("-Xmx128m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto")
@@ -96,6 +97,28 @@ def franz_binary() -> Path:
     return _publish(build, "franz", _digest(files)) / "franz"
 
 
+def librdkafka_for_kcat() -> Path:
+    """A directory holding `librdkafka.so.1`: the librdkafka confluent-kafka ships (2.16, built with
+    libcurl), for kcat to load with LD_LIBRARY_PATH. Debian's librdkafka (2.0.2) was built without
+    libcurl, so its kcat cannot fetch OIDC tokens (`sasl.oauthbearer.method=oidc`), and its SCRAM
+    client is refused by Kafka 4.1 (it sends the client nonce twice in client-final-message); the
+    same kcat on this library does both. The ABI is librdkafka's stable one."""
+    try:
+        import confluent_kafka
+    except ImportError as e:
+        raise BuildError(f"confluent-kafka does not import ({e}); kcat's OAUTHBEARER runs on its librdkafka") from None
+    libs = Path(confluent_kafka.__file__).resolve().parent.parent / "confluent_kafka.libs"
+    found = sorted(libs.glob("librdkafka*.so*"))
+    if not found:
+        raise BuildError(f"no librdkafka in {libs}: the confluent-kafka wheel ships one there")
+    library = found[-1]
+
+    def build(out: Path) -> None:
+        (out / "librdkafka.so.1").symlink_to(library)
+
+    return _publish(build, "librdkafka", hashlib.sha256(str(library).encode()).hexdigest()[:16])
+
+
 def _java_classpath_jars() -> list[Path]:
     """One jar per artifact, whatever version the pom resolved (names are artifact-VERSION.jar)."""
     jars, missing = [], []
@@ -128,13 +151,15 @@ def java_classes() -> Path:
     return _publish(build, "java", _digest(files, KAFKA_VERSION))
 
 
-def java_argv(*args: str) -> list[str]:
-    """`java ... FamilyClient ARGS` with the fast-start flags and a class path of only what it needs."""
+def java_argv(*args: str, system_properties: dict[str, str] | None = None) -> list[str]:
+    """`java ... FamilyClient ARGS` with the fast-start flags and a class path of only what it needs;
+    `system_properties` become -Dkey=value (Kafka reads a few settings only from there)."""
     java = shutil.which("java")
     if java is None:
         raise BuildError("java is not installed")
     cp = ":".join([str(java_classes()), *(str(j) for j in _java_classpath_jars())])
-    return [java, *JAVA_FLAGS, "-cp", cp, "FamilyClient", *args]
+    defines = [f"-D{key}={value}" for key, value in (system_properties or {}).items()]
+    return [java, *JAVA_FLAGS, *defines, "-cp", cp, "FamilyClient", *args]
 
 
 def main() -> int:

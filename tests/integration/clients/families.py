@@ -14,6 +14,17 @@ this module only starts them and puts their outputs in one shape:
     consume  -> {"values": [str, ...], "errors": [text, ...]}
     metadata -> {"topics": [name, ...], "errors": [text, ...]}
 
+A client authenticates the way a workload configured for SASL would, when given `auth=`:
+
+    fam.produce(cg, BROKER4, topic, n=5, fmt="v-{i}", auth=Sasl("SCRAM-SHA-512", "user", "pw"))
+    fam.consume(cg, BROKER4, topic, group, n=5, auth=OAuth(token_endpoint, "orders", secret))
+
+`Sasl` is a static login (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); `OAuth` is OAUTHBEARER with a token the
+client fetches itself by client_credentials from the token endpoint, in its own way (librdkafka's
+`oidc` method, Java's OAuthBearerLoginCallbackHandler, a token source or token provider of our own
+for franz-go, kafka-python and aiokafka). Each family turns them into its own configuration; a
+refused login is one of the summary's `errors`, in the client's words.
+
 Every process has a deadline and is killed past it, so a client that hangs shows up as a failed
 result (`timed_out`) with everything it printed, never as a hung test.
 """
@@ -28,13 +39,66 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 from tests.integration.clients import build
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 GRACE = 15.0  # beyond a client's own timeout, before the harness kills it
+STATIC_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True, slots=True)
+class Sasl:
+    """A static SASL login: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with a user name and password."""
+
+    mechanism: str
+    username: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in STATIC_MECHANISMS:
+            raise ValueError(f"Sasl mechanism {self.mechanism!r} is not one of {', '.join(STATIC_MECHANISMS)} "
+                             f"(OAUTHBEARER is OAuth(token_endpoint, client_id, client_secret))")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.password,)
+
+
+@dataclass(frozen=True, slots=True)
+class OAuth:
+    """OAUTHBEARER with a token the client fetches itself: an OAuth 2.0 client_credentials grant at
+    `token_endpoint` with this client id and secret, asking for `scope` when one is given."""
+
+    token_endpoint: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str | None = None
+
+    mechanism = "OAUTHBEARER"
+
+    def __post_init__(self) -> None:
+        if not self.token_endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"OAuth token_endpoint {self.token_endpoint!r} is not an http(s) URL")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.client_secret,)
+
+
+Auth = Union[Sasl, OAuth, None]
+
+
+def _redacted(argv: list[str], secrets: tuple[str, ...]) -> list[str]:
+    """The command as a failing test prints it: passwords and client secrets left out."""
+    out = []
+    for arg in argv:
+        for secret in filter(None, secrets):
+            arg = arg.replace(secret, "***")
+        out.append(arg)
+    return out
 
 
 @dataclass(repr=False)
@@ -62,8 +126,9 @@ class Client:
     and notice the line that says it is ready."""
 
     def __init__(self, cg, argv: list[str], *, timeout: float, parse: Callable[[Result], dict],
-                 input: str | None = None, ready: Callable[[str], bool] | None = None):
-        self.argv, self.parse, self.deadline = argv, parse, time.monotonic() + timeout + GRACE
+                 input: str | None = None, ready: Callable[[str], bool] | None = None,
+                 secrets: tuple[str, ...] = ()):
+        self.argv, self.parse, self.deadline = _redacted(argv, secrets), parse, time.monotonic() + timeout + GRACE
         self.started = time.monotonic()
         self._ready_when = ready or _says_ready
         self._ready = threading.Event()
@@ -165,12 +230,14 @@ def _produce_summary(result: Result, n: int) -> dict:
 
 @dataclass(frozen=True)
 class Family:
-    """How one client family produces, consumes from a group and lists topics."""
+    """How one client family produces, consumes from a group and lists topics.
+
+    Each *_argv builder takes the harness's arguments and ends with `auth` (a Sasl, an OAuth or None)."""
 
     name: str
-    produce_argv: Callable[..., list[str]]
-    consume_argv: Callable[..., list[str]]
-    metadata_argv: Callable[..., list[str]] | None
+    produce_argv: Callable[..., list[str]]  # (bootstrap, topic, n, fmt, timeout, auth)
+    consume_argv: Callable[..., list[str]]  # (bootstrap, topic, group, n, timeout, auth)
+    metadata_argv: Callable[..., list[str]] | None  # (bootstrap, timeout, auth)
     authorization_error: str  # a regex: how this family words a Kafka authorization error
     produce_input: bool = False  # the values go in on stdin, one a line (kcat)
     parse_produce: Callable[[Result, int], dict] = _produce_summary
@@ -178,24 +245,68 @@ class Family:
     parse_metadata: Callable[[Result], dict] = last_json
     consume_ready: Callable[[str], bool] | None = None
 
-    def produce(self, cg, bootstrap: str, topic: str, *, n: int, fmt: str, timeout: float = 20) -> Client:
+    def produce(self, cg, bootstrap: str, topic: str, *, n: int, fmt: str, timeout: float = 20,
+                auth: Auth = None) -> Client:
         """Produce values fmt.format(i=0..n-1)."""
         values = "".join(fmt.format(i=i) + "\n" for i in range(n)) if self.produce_input else None
-        return Client(cg, self.produce_argv(bootstrap, topic, n, fmt, timeout), timeout=timeout,
-                      parse=lambda result: self.parse_produce(result, n), input=values)
+        return Client(cg, self.produce_argv(bootstrap, topic, n, fmt, timeout, auth), timeout=timeout,
+                      parse=lambda result: self.parse_produce(result, n), input=values, secrets=_secrets(auth))
 
-    def consume(self, cg, bootstrap: str, topic: str, group: str, *, n: int, timeout: float = 40) -> Client:
-        return Client(cg, self.consume_argv(bootstrap, topic, group, n, timeout), timeout=timeout,
-                      parse=self.parse_consume, ready=self.consume_ready)
+    def consume(self, cg, bootstrap: str, topic: str, group: str, *, n: int, timeout: float = 40,
+                auth: Auth = None) -> Client:
+        return Client(cg, self.consume_argv(bootstrap, topic, group, n, timeout, auth), timeout=timeout,
+                      parse=self.parse_consume, ready=self.consume_ready, secrets=_secrets(auth))
 
-    def metadata(self, cg, bootstrap: str, *, timeout: float = 15) -> Client:
-        return Client(cg, self.metadata_argv(bootstrap, timeout), timeout=timeout, parse=self.parse_metadata)
+    def metadata(self, cg, bootstrap: str, *, timeout: float = 15, auth: Auth = None) -> Client:
+        return Client(cg, self.metadata_argv(bootstrap, timeout, auth), timeout=timeout, parse=self.parse_metadata,
+                      secrets=_secrets(auth))
+
+
+def _secrets(auth: Auth) -> tuple[str, ...]:
+    return () if auth is None else auth.secrets
 
 
 # --- kcat: librdkafka's command-line client; its results are its exit code and its words -------
 
+def librdkafka_config(auth: Auth) -> dict[str, str]:
+    """librdkafka's properties for `auth` (kcat's -X and confluent-kafka's configuration alike).
+    OAUTHBEARER uses librdkafka's own OIDC token fetch: client_credentials at the token endpoint,
+    refreshed by librdkafka before the token expires."""
+    if auth is None:
+        return {}
+    if isinstance(auth, Sasl):
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": auth.mechanism,
+                "sasl.username": auth.username, "sasl.password": auth.password}
+    return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "OAUTHBEARER",
+            "sasl.oauthbearer.method": "oidc", "sasl.oauthbearer.token.endpoint.url": auth.token_endpoint,
+            "sasl.oauthbearer.client.id": auth.client_id, "sasl.oauthbearer.client.secret": auth.client_secret,
+            **({"sasl.oauthbearer.scope": auth.scope} if auth.scope else {})}
+
+
+def _kcat_auth(auth: Auth) -> list[str]:
+    return [arg for key, value in librdkafka_config(auth).items() for arg in ("-X", f"{key}={value}")]
+
+
+def _kcat(auth: Auth) -> list[str]:
+    """The kcat command. For OAUTHBEARER and SCRAM it runs on confluent-kafka's librdkafka (2.16), as a
+    workload would have to: Debian's (2.0.2) was built without libcurl, so it cannot fetch an OIDC
+    token, and its SCRAM client-final message repeats the client nonce before the server's nonce
+    (`r=<client nonce><client nonce><server nonce>`), which Kafka 4.1 refuses ("invalid credentials")
+    and so does the appliance. See build.librdkafka_for_kcat."""
+    if isinstance(auth, OAuth) or (isinstance(auth, Sasl) and auth.mechanism.startswith("SCRAM")):
+        return ["env", f"LD_LIBRARY_PATH={build.librdkafka_for_kcat()}", "kcat"]
+    return ["kcat"]
+
+
+def _kcat_errors(stderr: str) -> list[str]:
+    # kcat prints librdkafka's errors ("% ERROR: ..."), and a refused login as librdkafka logs it
+    # ("%3|...|FAIL|...: SASL authentication error: ..."), which it only retries.
+    return [line for line in stderr.splitlines()
+            if "ERROR" in line or "rror:" in line or "elivery failed" in line or "uthentication" in line]
+
+
 def _kcat_consume(result: Result) -> dict:
-    errors = [line for line in result.stderr.splitlines() if "ERROR" in line or "rror:" in line]
+    errors = _kcat_errors(result.stderr)
     values = [v for v in result.stdout.splitlines() if v]
     if result.returncode == 124 and not errors:  # timeout(1) stopped it: kcat itself never gives up
         errors = [f"timed out with {len(values)} records"]
@@ -211,14 +322,15 @@ def _kcat_metadata(result: Result) -> dict:
 
 
 def _kcat_family() -> Family:
-    def produce_argv(bootstrap, topic, n, fmt, timeout):
-        return ["kcat", "-b", bootstrap, "-t", topic, "-P", "-X", "acks=all", "-X", "enable.idempotence=true",
-                "-X", f"message.timeout.ms={int(timeout * 1000)}"]
+    def produce_argv(bootstrap, topic, n, fmt, timeout, auth):
+        return [*_kcat(auth), "-b", bootstrap, "-t", topic, "-P", "-X", "acks=all", "-X", "enable.idempotence=true",
+                "-X", f"message.timeout.ms={int(timeout * 1000)}", *_kcat_auth(auth)]
 
     def parse_produce(result: Result, n: int) -> dict:
         # kcat counts nothing: every value was delivered when it exits 0 and reports no error.
         # (It also logs what librdkafka retries, such as a coordinator still loading; those are not failures.)
-        errors = [line for line in result.stderr.splitlines() if "ERROR" in line or "elivery failed" in line]
+        errors = [line for line in _kcat_errors(result.stderr)
+                  if "ERROR" in line or "elivery failed" in line or "uthentication" in line]
         ok = result.returncode == 0 and not errors
         return {"acked": n if ok else 0, "failed": 0 if ok else n, "errors": errors}
 
@@ -227,10 +339,12 @@ def _kcat_family() -> Family:
         produce_argv=produce_argv,
         # -G: a group consumer, as a service would run it; -c N: exit after N values; -u: unbuffered, so
         # what it read survives being stopped. kcat has no deadline of its own, so timeout(1) gives it one.
-        consume_argv=lambda b, t, g, n, timeout: ["timeout", str(int(timeout)), "kcat", "-b", b, "-G", g, t,
-                                                   "-X", "auto.offset.reset=earliest", "-X", "fetch.wait.max.ms=500",
-                                                   "-u", "-c", str(n), "-f", "%s\n"],
-        metadata_argv=lambda b, timeout: ["kcat", "-b", b, "-L", "-J", "-m", str(int(timeout))],
+        consume_argv=lambda b, t, g, n, timeout, auth: ["timeout", str(int(timeout)), *_kcat(auth), "-b", b, "-G", g, t,
+                                                         "-X", "auto.offset.reset=earliest",
+                                                         "-X", "fetch.wait.max.ms=500", *_kcat_auth(auth),
+                                                         "-u", "-c", str(n), "-f", "%s\n"],
+        metadata_argv=lambda b, timeout, auth: [*_kcat(auth), "-b", b, "-L", "-J", "-m", str(int(timeout)),
+                                                *_kcat_auth(auth)],
         authorization_error=r"[Aa]uthorization failed",
         produce_input=True,
         parse_produce=parse_produce,
@@ -240,15 +354,27 @@ def _kcat_family() -> Family:
     )
 
 
+def _pyfamily_auth(auth: Auth) -> list[str]:
+    """pyfamily.py's flags; it turns them into each Python client's own configuration."""
+    if auth is None:
+        return []
+    if isinstance(auth, Sasl):
+        return ["--sasl-mechanism", auth.mechanism, "--sasl-username", auth.username,
+                "--sasl-password", auth.password]
+    return ["--oauth-token-endpoint", auth.token_endpoint, "--oauth-client-id", auth.client_id,
+            "--oauth-client-secret", auth.client_secret, *(["--oauth-scope", auth.scope] if auth.scope else [])]
+
+
 def _py_family(name: str, family: str, authorization_error: str) -> Family:
     script = str(HERE / "pyfamily.py")
     return Family(
         name=name,
-        produce_argv=lambda b, t, n, fmt, timeout: [PY, script, family, "produce", b, t, str(n), fmt,
-                                                     "--timeout", str(timeout)],
-        consume_argv=lambda b, t, g, n, timeout: [PY, script, family, "consume", b, t, g, str(n),
-                                                   "--timeout", str(timeout)],
-        metadata_argv=lambda b, timeout: [PY, script, family, "metadata", b, "--timeout", str(timeout)],
+        produce_argv=lambda b, t, n, fmt, timeout, auth: [PY, script, family, "produce", b, t, str(n), fmt,
+                                                           "--timeout", str(timeout), *_pyfamily_auth(auth)],
+        consume_argv=lambda b, t, g, n, timeout, auth: [PY, script, family, "consume", b, t, g, str(n),
+                                                         "--timeout", str(timeout), *_pyfamily_auth(auth)],
+        metadata_argv=lambda b, timeout, auth: [PY, script, family, "metadata", b, "--timeout", str(timeout),
+                                                *_pyfamily_auth(auth)],
         authorization_error=authorization_error,
     )
 
@@ -258,28 +384,89 @@ def printf_format(fmt: str) -> str:
     return fmt.replace("%", "%%").replace("{i}", "%d")
 
 
+def _franz_auth(auth: Auth) -> list[str]:
+    """franz/main.go's flags: franz-go's sasl/plain, sasl/scram, or sasl/oauth with a token source that
+    does the client_credentials grant itself (and fetches again before the token expires)."""
+    if auth is None:
+        return []
+    if isinstance(auth, Sasl):
+        return ["-sasl-mechanism", auth.mechanism, "-sasl-username", auth.username, "-sasl-password", auth.password]
+    return ["-sasl-mechanism", "OAUTHBEARER", "-oauth-token-endpoint", auth.token_endpoint,
+            "-oauth-client-id", auth.client_id, "-oauth-client-secret", auth.client_secret,
+            *(["-oauth-scope", auth.scope] if auth.scope else [])]
+
+
 def _franz_family() -> Family:
     return Family(
         name="franz-go",
-        produce_argv=lambda b, t, n, fmt, timeout: [str(build.franz_binary()), "produce", "-brokers", b, "-topic", t,
-                                                     "-n", str(n), "-value", printf_format(fmt),
-                                                     "-delivery-timeout", f"{timeout}s", "-timeout", f"{timeout + 5}s"],
-        consume_argv=lambda b, t, g, n, timeout: [str(build.franz_binary()), "consume", "-brokers", b, "-topic", t,
-                                                   "-group", g, "-n", str(n), "-timeout", f"{timeout}s"],
-        metadata_argv=lambda b, timeout: [str(build.franz_binary()), "metadata", "-brokers", b,
-                                          "-timeout", f"{timeout}s"],
+        produce_argv=lambda b, t, n, fmt, timeout, auth: [
+            str(build.franz_binary()), "produce", "-brokers", b, "-topic", t, "-n", str(n),
+            "-value", printf_format(fmt), "-delivery-timeout", f"{timeout}s", "-timeout", f"{timeout + 5}s",
+            *_franz_auth(auth)],
+        consume_argv=lambda b, t, g, n, timeout, auth: [
+            str(build.franz_binary()), "consume", "-brokers", b, "-topic", t, "-group", g, "-n", str(n),
+            "-timeout", f"{timeout}s", *_franz_auth(auth)],
+        metadata_argv=lambda b, timeout, auth: [str(build.franz_binary()), "metadata", "-brokers", b,
+                                                "-timeout", f"{timeout}s", *_franz_auth(auth)],
         authorization_error=r"TOPIC_AUTHORIZATION_FAILED|GROUP_AUTHORIZATION_FAILED",
     )
+
+
+JAVA_OAUTH_HANDLER = "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler"
+JAVA_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "OAUTHBEARER": "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule",
+}
+
+
+def _jaas_quoted(value: str) -> str:
+    """A JAAS option value: Kafka's JaasConfig reads it with a StreamTokenizer, so quote and escape it."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def java_client_config(auth: Auth) -> dict[str, str]:
+    """The Kafka Java client's properties for `auth`, as a workload's client.properties would set them.
+    OAUTHBEARER uses Kafka's own OAuthBearerLoginCallbackHandler: it fetches the token by
+    client_credentials, refreshes it, and the client re-authenticates (KIP-368) before the session
+    lifetime the server gave in SaslAuthenticate runs out."""
+    if auth is None:
+        return {}
+    module = JAVA_LOGIN_MODULES[auth.mechanism]
+    if isinstance(auth, Sasl):
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": auth.mechanism,
+                "sasl.jaas.config": f"{module} required username={_jaas_quoted(auth.username)} "
+                                    f"password={_jaas_quoted(auth.password)};"}
+    return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "OAUTHBEARER",
+            "sasl.login.callback.handler.class": JAVA_OAUTH_HANDLER,
+            "sasl.oauthbearer.token.endpoint.url": auth.token_endpoint,
+            "sasl.oauthbearer.client.credentials.client.id": auth.client_id,
+            "sasl.oauthbearer.client.credentials.client.secret": auth.client_secret,
+            **({"sasl.oauthbearer.scope": auth.scope} if auth.scope else {}),
+            "sasl.jaas.config": f"{module} required;"}
+
+
+def java_system_properties(auth: Auth) -> dict[str, str]:
+    """Kafka 4.x refuses to contact a token endpoint the JVM was not told to allow."""
+    if isinstance(auth, OAuth):
+        return {"org.apache.kafka.sasl.oauthbearer.allowed.urls": auth.token_endpoint}
+    return {}
+
+
+def _java_argv(auth: Auth, *args: str) -> list[str]:
+    options = [arg for key, value in java_client_config(auth).items() for arg in ("--config", f"{key}={value}")]
+    return build.java_argv(*options, *args, system_properties=java_system_properties(auth))
 
 
 def _java_family(name: str, protocol: str) -> Family:
     return Family(
         name=name,
-        produce_argv=lambda b, t, n, fmt, timeout: build.java_argv("produce", b, t, str(n), printf_format(fmt),
-                                                                    str(int(timeout * 1000))),
-        consume_argv=lambda b, t, g, n, timeout: build.java_argv("consume", b, t, g, str(n), protocol,
-                                                                  str(int(timeout * 1000))),
-        metadata_argv=lambda b, timeout: build.java_argv("metadata", b, str(int(timeout * 1000))),
+        produce_argv=lambda b, t, n, fmt, timeout, auth: _java_argv(auth, "produce", b, t, str(n), printf_format(fmt),
+                                                                     str(int(timeout * 1000))),
+        consume_argv=lambda b, t, g, n, timeout, auth: _java_argv(auth, "consume", b, t, g, str(n), protocol,
+                                                                   str(int(timeout * 1000))),
+        metadata_argv=lambda b, timeout, auth: _java_argv(auth, "metadata", b, str(int(timeout * 1000))),
         authorization_error=r"(Topic|Group)AuthorizationException",
     )
 
@@ -297,10 +484,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 
 
-def java_admin(cg, bootstrap: str, *, timeout: float = 10, **names: str) -> Client:
+def java_admin(cg, bootstrap: str, *, timeout: float = 10, auth: Auth = None, **names: str) -> Client:
     """The Java Admin client's calls (see FamilyClient.java), each bounded by `timeout`; 12 calls at most."""
-    argv = build.java_argv("admin", bootstrap, str(int(timeout * 1000)), *(f"{k}={v}" for k, v in names.items()))
-    return Client(cg, argv, timeout=timeout * 13, parse=last_json)
+    argv = _java_argv(auth, "admin", bootstrap, str(int(timeout * 1000)), *(f"{k}={v}" for k, v in names.items()))
+    return Client(cg, argv, timeout=timeout * 13, parse=last_json, secrets=_secrets(auth))
 
 
 def authorization_error_in(family: Family, errors: list[str]) -> bool:

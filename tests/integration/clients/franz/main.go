@@ -13,6 +13,10 @@
 //	franz metadata -brokers B [-timeout D]
 //	    {"topics": [every topic the Metadata answer for "all topics" named], "errors": [...]}
 //
+// Every mode also takes SASL flags (auth.go): -sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 with
+// -sasl-username and -sasl-password, or -sasl-mechanism OAUTHBEARER with -oauth-token-endpoint,
+// -oauth-client-id and -oauth-client-secret. A refused login is one of the summary's errors.
+//
 // Every mode stops after -timeout, so no invocation can hang a test.
 package main
 
@@ -49,13 +53,18 @@ func main() {
 	interval := fs.Duration("interval", 0, "pause between produced records")
 	delivery := fs.Duration("delivery-timeout", 20*time.Second, "franz-go's RecordDeliveryTimeout")
 	timeout := fs.Duration("timeout", 30*time.Second, "stop after this long whatever happened")
+	auth := registerAuthFlags(fs)
 	_ = fs.Parse(os.Args[2:])
 	if *brokers == "" {
 		fail("-brokers is required")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	seeds := kgo.SeedBrokers(strings.Split(*brokers, ",")...)
+	authOpts, err := auth.opts()
+	if err != nil {
+		fail(err.Error())
+	}
+	seeds := append([]kgo.Opt{kgo.SeedBrokers(strings.Split(*brokers, ",")...)}, authOpts...)
 	switch mode {
 	case "produce":
 		emit(produce(ctx, seeds, *topic, *n, *value, *interval, *delivery))
@@ -115,10 +124,10 @@ func (h *connHooks) OnBrokerRead(_ kgo.BrokerMetadata, key int16, _ int, _, _ ti
 	}
 }
 
-func produce(ctx context.Context, seeds kgo.Opt, topic string, n int, format string, interval, delivery time.Duration) map[string]any {
+func produce(ctx context.Context, seeds []kgo.Opt, topic string, n int, format string, interval, delivery time.Duration) map[string]any {
 	hooks := &connHooks{}
-	cl, err := kgo.NewClient(seeds, kgo.DefaultProduceTopic(topic), kgo.RecordDeliveryTimeout(delivery),
-		kgo.WithHooks(hooks))
+	cl, err := kgo.NewClient(append(seeds, kgo.DefaultProduceTopic(topic), kgo.RecordDeliveryTimeout(delivery),
+		kgo.WithHooks(hooks))...)
 	if err != nil {
 		fail(err.Error())
 	}
@@ -150,17 +159,17 @@ func produce(ctx context.Context, seeds kgo.Opt, topic string, n int, format str
 	}
 }
 
-func consume(ctx context.Context, seeds kgo.Opt, topic, group string, n int) map[string]any {
+func consume(ctx context.Context, seeds []kgo.Opt, topic, group string, n int) map[string]any {
 	hooks := &connHooks{}
 	var assignedAt atomic.Int64 // fetch count when partitions were assigned, plus one
-	cl, err := kgo.NewClient(seeds, kgo.ConsumerGroup(group), kgo.ConsumeTopics(topic),
+	cl, err := kgo.NewClient(append(seeds, kgo.ConsumerGroup(group), kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(500*time.Millisecond),
 		kgo.WithHooks(hooks),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
 			if len(assigned[topic]) > 0 {
 				assignedAt.CompareAndSwap(0, hooks.fetches.Load()+1)
 			}
-		}))
+		}))...)
 	if err != nil {
 		fail(err.Error())
 	}
@@ -196,8 +205,8 @@ func consume(ctx context.Context, seeds kgo.Opt, topic, group string, n int) map
 	return map[string]any{"values": values, "errors": errs, "read_errors": hooks.read.snapshot()}
 }
 
-func metadata(ctx context.Context, seeds kgo.Opt) map[string]any {
-	cl, err := kgo.NewClient(seeds)
+func metadata(ctx context.Context, seeds []kgo.Opt) map[string]any {
+	cl, err := kgo.NewClient(seeds...)
 	if err != nil {
 		fail(err.Error())
 	}

@@ -2,6 +2,11 @@
  * An unmodified Apache Kafka 4.x Java client for the integration tests: producer, consumer (classic
  * group protocol or KIP-848) and admin, each printing what happened as JSON lines on stdout.
  *
+ *   FamilyClient [--config KEY=VALUE]... MODE ARGS...
+ *       every --config is a client property, given to each producer, consumer and admin the mode makes
+ *       (security.protocol, sasl.mechanism, sasl.jaas.config, ...: what a workload's client.properties
+ *       would hold); a refused login is one of the summary's errors, in Kafka's words
+ *
  *   produce  BOOTSTRAP TOPIC N FORMAT TIMEOUT_MS
  *       idempotent, acks=all; FORMAT's %d is the record's index
  *       {"acked", "failed", "errors": {text: count}}
@@ -25,6 +30,7 @@
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Collection;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
@@ -71,8 +77,20 @@ import org.apache.kafka.common.serialization.StringSerializer;
 
 public final class FamilyClient {
     private static final ObjectMapper JSON = new ObjectMapper();
+    // The --config properties: the workload's own client configuration, under the harness's settings.
+    private static final Properties CLIENT_CONFIG = new Properties();
 
-    public static void main(String[] args) throws Exception {
+    public static void main(String[] argv) throws Exception {
+        int first = 0;
+        while (first + 1 < argv.length && argv[first].equals("--config")) {
+            String[] kv = argv[first + 1].split("=", 2);
+            if (kv.length != 2) {
+                throw new IllegalArgumentException("--config takes KEY=VALUE, not " + argv[first + 1]);
+            }
+            CLIENT_CONFIG.put(kv[0], kv[1]);
+            first += 2;
+        }
+        String[] args = Arrays.copyOfRange(argv, first, argv.length);
         switch (args[0]) {
             case "produce" -> produce(args[1], args[2], Integer.parseInt(args[3]), args[4], Integer.parseInt(args[5]));
             case "consume" -> consume(args[1], args[2], args[3], Integer.parseInt(args[4]), args[5],
@@ -95,6 +113,12 @@ public final class FamilyClient {
         return cause.getClass().getName() + ": " + cause.getMessage();
     }
 
+    private static Properties clientConfig() {
+        Properties p = new Properties();
+        p.putAll(CLIENT_CONFIG);
+        return p;
+    }
+
     private static Map<String, String> keyValues(String[] args, int from) {
         Map<String, String> out = new HashMap<>();
         for (int i = from; i < args.length; i++) {
@@ -105,7 +129,7 @@ public final class FamilyClient {
     }
 
     private static void produce(String bootstrap, String topic, int n, String format, int timeoutMs) throws Exception {
-        Properties p = new Properties();
+        Properties p = clientConfig();
         p.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         p.put(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, "true");
         p.put(ProducerConfig.ACKS_CONFIG, "all");
@@ -152,7 +176,7 @@ public final class FamilyClient {
 
     private static void consume(String bootstrap, String topic, String group, int n, String protocol, int timeoutMs)
             throws Exception {
-        Properties p = new Properties();
+        Properties p = clientConfig();
         p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         p.put(ConsumerConfig.GROUP_ID_CONFIG, group);
         p.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, protocol);
@@ -209,7 +233,7 @@ public final class FamilyClient {
     }
 
     private static void metadata(String bootstrap, int timeoutMs) throws Exception {
-        Properties p = new Properties();
+        Properties p = clientConfig();
         p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         p.put(ConsumerConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, String.valueOf(timeoutMs));
         List<String> errors = new ArrayList<>();
@@ -228,7 +252,7 @@ public final class FamilyClient {
     }
 
     private static void admin(String bootstrap, int timeoutMs, Map<String, String> names) throws Exception {
-        Properties p = new Properties();
+        Properties p = clientConfig();
         p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         p.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, String.valueOf(timeoutMs));
         p.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, String.valueOf(timeoutMs));
