@@ -19,9 +19,11 @@ class SendToUpstream:
 
 @dataclass(frozen=True, slots=True)
 class CloseConnection:
-    """Close both sides; `reason` lands in the session's audit row."""
+    """Close both sides; `reason` lands in the session's audit row. `delay_s`: stop reading now, close
+    after that long (a failed authentication, so the client reads its answer and guessing is slowed)."""
 
     reason: str
+    delay_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

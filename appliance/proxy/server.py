@@ -35,6 +35,7 @@ import socket
 import time
 import uuid
 from collections import deque
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -151,6 +152,9 @@ class _Connection:
                     self.server.audit(record)
                 case Log(level, message):
                     log.log(_LOG_LEVELS[level], "%s", message)
+                case CloseConnection(_, delay_s) if delay_s > 0:
+                    self.client_reading.pause("closing")
+                    asyncio.get_running_loop().call_later(delay_s, self.close)
                 case CloseConnection():
                     self.close()
                 case VerifyToken(token):
@@ -172,10 +176,11 @@ class _Connection:
         """The session as `appliance status` lists it: who it authenticated as, and until when."""
         sasl, info = self.session.sasl, self.info
         if sasl.proof is not None:
-            info.identity, info.auth, info.subject = sasl.principal.identity, sasl.proof.method, sasl.proof.subject
-            info.token_expires_at, info.reauthenticate_by = sasl.proof.expires_at, sasl.expires_at
-        elif sasl.principal is None:
-            info.auth = "authenticating"
+            return dataclasses.replace(info, identity=sasl.principal.identity, auth=sasl.proof.method,
+                                       subject=sasl.proof.subject, token_expires_at=sasl.proof.expires_at,
+                                       reauthenticate_by=sasl.expires_at)
+        if sasl.principal is None:
+            return dataclasses.replace(info, auth="authenticating")
         return info
 
     def _account(self, now: float, data: bool) -> None:

@@ -45,6 +45,10 @@ from appliance.policy.enforce import Enforcer, Verdict
 from appliance.policy.model import Principal
 from appliance.proxy.workload_sasl import Finished, Reply, VerifyToken, WorkloadSasl
 
+# After a failed authentication the connection closes this much later, as Kafka's broker does
+# (connection.failed.authentication.delay.ms, 100): the client reads the refusal before the close (some
+# drop data read together with it), and each guess costs a guesser a connection held that long.
+FAILED_AUTHENTICATION_DELAY_S = 0.1
 # What a workload may send before it has authenticated, when its enrolment requires a proof.
 _BEFORE_AUTHENTICATION = frozenset({apis.API_VERSIONS, apis.SASL_HANDSHAKE, apis.SASL_AUTHENTICATE})
 
@@ -220,7 +224,8 @@ class Session:
         return (f"{apis.api_name(header.api_key)} v{header.api_version} {what} "
                 f"(correlation id {header.correlation_id})")
 
-    def _close(self, reason: str, now: float, out: list[Command], *, level: str = "info") -> None:
+    def _close(self, reason: str, now: float, out: list[Command], *, level: str = "info",
+               delay_s: float = 0.0) -> None:
         if self.closed:
             return
         self.closed = True
@@ -232,7 +237,7 @@ class Session:
         self._in_flight.clear()
         out.append(Log(level, f"session {self.session_id} closed: {reason}"))
         out.append(Audit(SessionClosed(self.session_id, now, self.bytes_from_client, self.bytes_to_client, self.requests, reason)))
-        out.append(CloseConnection(reason))
+        out.append(CloseConnection(reason, delay_s))
 
     # ---- upstream authentication ----------------------------------------------
 
@@ -482,7 +487,7 @@ class Session:
             self._close_when_answered = f"SASL authentication failed: {reason}"
         self._reply(pending, response, int(reply.error), "answered-by-proxy", now, out)
         if self._close_when_answered is not None and not self._in_flight and self._streaming is None:
-            self._close(self._close_when_answered, now, out, level="warning")
+            self._close(self._close_when_answered, now, out, level="warning", delay_s=FAILED_AUTHENTICATION_DELAY_S)
 
     def _authenticated(self, finished: Finished, out: list[Command]) -> None:
         principal = finished.principal
@@ -611,7 +616,8 @@ class Session:
             self.bytes_to_client += len(data_out)
             out.append(SendToClient(data_out))
         if self._close_when_answered is not None and not self._in_flight and self._streaming is None:
-            self._close(self._close_when_answered, out=out, now=self._last_now, level="warning")
+            self._close(self._close_when_answered, out=out, now=self._last_now, level="warning",
+                        delay_s=FAILED_AUTHENTICATION_DELAY_S)
 
     def _operation(
         self, pending: InFlight, now: float, response_bytes: int | None, error_code: int | None,

@@ -89,29 +89,63 @@ def test_a_valid_token_from_the_wrong_cgroup_is_refused_as_a_mismatch(appliance,
     assert mine["produced"] == 1 and mine["errors"] == [], mine
 
 
-def test_revocation_cuts_a_live_consumer_within_a_second_and_refuses_its_tokens(appliance, config_path, keycloak,
-                                                                              enroll, idp_topic):
-    workload = enroll("revokable", auth="token")
-    consumer = workload.popen([PY, str(CLIENTS / "confluent.py"), BROKER4, idp_topic, "--consume", "1000000",
-                               "--timeout", "60", "--group", f"idp-rev-{SUFFIX}", *oauth(keycloak, "platform-reader")])
-    live = eventually(lambda: [s for s in sessions_by_cgroup(config_path, workload)
-                               if s["auth_method"] == "token" and s["ended_at"] is None],
-                      timeout=20, message="a live token session")
+def test_revocation_cuts_live_consumers_within_a_second_and_refuses_their_tokens(appliance, config_path, keycloak,
+                                                                                enroll, idp_topic):
+    # One live consumer of each kind, all with tokens of the provider's client platform-reader: librdkafka,
+    # franz-go and the Java 4.1 consumer (KIP-848 protocol, so with fetch sessions and heartbeats).
+    from tests.integration.clients.families import FAMILIES, OAuth
+
+    def token_for(family: str) -> OAuth:
+        # Kafka's Java login module wants a non-empty scope claim; the demo realm gives one for openid.
+        return OAuth(keycloak.token_endpoint, "platform-reader", keycloak.secret("platform-reader"),
+                     scope="openid" if family.startswith("java") else None)
+
+    workloads = {name: enroll(f"revokable-{name}", auth="token") for name in ("librdkafka", "franz-go", "java-kip848")}
+    consumers = {
+        "librdkafka": workloads["librdkafka"].popen([
+            PY, str(CLIENTS / "confluent.py"), BROKER4, idp_topic, "--consume", "1000000", "--timeout", "60",
+            "--group", f"idp-rev-{SUFFIX}", *oauth(keycloak, "platform-reader")]),
+        **{name: FAMILIES[name].consume(workloads[name], BROKER4, idp_topic, f"idp-rev-{name}-{SUFFIX}", n=10 ** 6,
+                                        timeout=60, auth=token_for(name)) for name in ("franz-go", "java-kip848")},
+    }
+
+    def live_sessions(cg):
+        return [s for s in sessions_by_cgroup(config_path, cg) if s["auth_method"] == "token" and s["ended_at"] is None]
+
+    live = {name: eventually(lambda cg=cg: live_sessions(cg), timeout=40, message=f"a live {name} token session")
+            for name, cg in workloads.items()}
+    # appliance status lists the live sessions with how they authenticated and until when.
+    first = live["librdkafka"][0]["session_id"]
+    listed = eventually(lambda: [s for s in (appliance.status() or {}).get("sessions", [])
+                                 if s["session_id"] == first and s["auth"] == "token"],
+                        timeout=5, message="the token session in appliance status")
+    assert listed[0]["identity"] == "platform-reader" and listed[0]["subject"] == service_account_id(
+        "appliance", "platform-reader")
+    assert listed[0]["token_expires_at"] > time.time() and listed[0]["reauthenticate_by"] <= listed[0]["token_expires_at"]
+
     revoked_at = time.time()
     cli(config_path, "revoke", "--client-id", "platform-reader", "--reason", "test: client secret leaked")
-    ended = eventually(lambda: [s for s in sessions_by_cgroup(config_path, workload)
-                                if s["session_id"] == live[0]["session_id"] and s["ended_at"]],
-                       timeout=5, message="the revoked session ended")
-    assert ended[0]["close_reason"].startswith("revoked: client id 'platform-reader' revoked by"), ended
-    assert ended[0]["ended_at"] - revoked_at < 1.0, (ended[0]["ended_at"] - revoked_at, ended)
-    # kcat reconnects with a fresh token: refused as revoked, and audited so.
-    refused = eventually(lambda: [a for a in authentications_of(config_path, sessions_by_cgroup(config_path, workload))
-                                  if a["outcome"] == "refused"], timeout=15, message="the reconnect refused")
-    assert "revoked" in refused[0]["reason"]
-    events = [e for e in audit(config_path, "events", "--kind", "revoke")]
+    for name, cg in workloads.items():
+        ids = {s["session_id"] for s in live[name]}
+        ended = eventually(lambda cg=cg, ids=ids: [s for s in sessions_by_cgroup(config_path, cg)
+                                                   if s["session_id"] in ids and s["ended_at"]] if all(
+            s["ended_at"] for s in sessions_by_cgroup(config_path, cg) if s["session_id"] in ids) else None,
+            timeout=5, message=f"the revoked {name} sessions ended")
+        for s in ended:
+            assert s["close_reason"].startswith("revoked: client id 'platform-reader' revoked by"), (name, s)
+            assert s["ended_at"] - revoked_at < 1.0, (name, s["ended_at"] - revoked_at)
+        # Each reconnects with a fresh token: refused as revoked, and audited so.
+        refused = eventually(lambda cg=cg: [a for a in authentications_of(config_path, sessions_by_cgroup(config_path, cg))
+                                            if a["outcome"] == "refused"], timeout=20,
+                             message=f"the {name} reconnect refused")
+        assert "revoked" in refused[0]["reason"], (name, refused)
+    events = audit(config_path, "events", "--kind", "revoke")
     assert any("platform-reader" in e["message"] and "leaked" in e["message"] for e in events), events
-    consumer.kill()
-    consumer.wait()
+    consumers["librdkafka"].kill()
+    consumers["librdkafka"].wait()
+    for name in ("franz-go", "java-kip848"):
+        consumers[name].proc.kill()
+        consumers[name].finish()
     cli(config_path, "revoke", "--client-id", "platform-reader", "--withdraw")
 
 
