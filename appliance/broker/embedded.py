@@ -57,7 +57,10 @@ from appliance.broker.properties import (
     client_addresses,
     client_properties,
     internal_port,
+    jvm_system_properties,
+    listening_addresses,
     log4j2_properties,
+    oauth_address,
     server_properties,
 )
 from appliance.broker.storage import ensure_credentials, format_storage, write_private
@@ -84,6 +87,7 @@ class BrokerStatus:
     log_path: Path
     data_dir: Path
     netns: str | None = None
+    oauth_address: str | None = None  # the OAUTHBEARER listener, when configured
 
 
 class EmbeddedBroker:
@@ -106,6 +110,11 @@ class EmbeddedBroker:
     def addresses(self) -> tuple[BrokerAddress, ...]:
         """The client listeners, IPv4 first."""
         return client_addresses(self.config)
+
+    @property
+    def oauth_address(self) -> BrokerAddress | None:
+        """The OAUTHBEARER listener (config `oauth`), or None."""
+        return oauth_address(self.config)
 
     @property
     def jar_dir(self) -> Path:
@@ -184,6 +193,7 @@ class EmbeddedBroker:
             log_path=self.files.server_log,
             data_dir=self.files.data_dir,
             netns=self.netns,
+            oauth_address=None if self.oauth_address is None else str(self.oauth_address),
         )
 
     def java_tool(
@@ -248,7 +258,7 @@ class EmbeddedBroker:
 
     def _check_ports_free(self) -> None:
         """Fail early, naming the address, rather than after format with Kafka's bind error in the log."""
-        wanted = [*self.addresses, BrokerAddress("127.0.0.1", self.config.controller_port),
+        wanted = [*listening_addresses(self.config), BrokerAddress("127.0.0.1", self.config.controller_port),
                   BrokerAddress("127.0.0.1", internal_port(self.config))]
         where = f" in network namespace {self.netns}" if self.netns else ""
         for address in wanted:
@@ -268,7 +278,7 @@ class EmbeddedBroker:
             "sh", "-c", _CGROUP_WRAPPER, "appliance-broker", str(cgroup.directory),
             *self._netns_prefix(),
             *jvm.server_argv(java, self.jar_dir, self.files.log4j2_config, self.config.heap,
-                             self.files.server_properties),
+                             self.files.server_properties, jvm_system_properties(self.config)),
         ]
         self._log_offsets = {path: _size(path) for path in (self.files.server_log, self.files.console_log)}
         with open(self.files.console_log, "ab") as console:
@@ -283,7 +293,8 @@ class EmbeddedBroker:
 
     def _answering(self) -> bool:
         cgroup = cgroups.ensure(self.config.cgroup)
-        return probe.answers_from_cgroup(self.addresses, cgroup_dir=cgroup.directory, netns=self.netns)
+        return probe.answers_from_cgroup(listening_addresses(self.config), cgroup_dir=cgroup.directory,
+                                         netns=self.netns)
 
     def _wait_until_answering(self, pid: int, deadline: float) -> None:
         while True:
