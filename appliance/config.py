@@ -74,6 +74,10 @@ class EmbeddedOAuthConfig:
     principal_claim: str = "azp"
     principal: str = "appliance-upstream"
     clock_skew_s: int = 30  # Kafka's default leeway for exp, nbf and iat
+    # Kafka refuses a token whose scope claim is an empty string, which Keycloak writes when no client
+    # scope puts a name in it; naming a claim the tokens lack makes Kafka read no scopes (its authorizer
+    # does not use them).
+    scope_claim: str = "scope"
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,10 +393,11 @@ def _parse_embedded_oauth(value: Any, where: str) -> EmbeddedOAuthConfig:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ConfigError(f"{where}: key 'port' must be a port from 1 to 65535, got {port!r}")
         changes["port"] = port
-    if "principal_claim" in value:
-        if not isinstance(value["principal_claim"], str) or not _CLAIM.fullmatch(value["principal_claim"]):
-            raise ConfigError(f"{where}: key 'principal_claim' must be a claim name, got {value['principal_claim']!r}")
-        changes["principal_claim"] = value["principal_claim"]
+    for key in ("principal_claim", "scope_claim"):
+        if key in value:
+            if not isinstance(value[key], str) or not _CLAIM.fullmatch(value[key]):
+                raise ConfigError(f"{where}: key {key!r} must be a claim name, got {value[key]!r}")
+            changes[key] = value[key]
     if "principal" in value:
         if not isinstance(value["principal"], str) or not _PRINCIPAL.fullmatch(value["principal"]):
             raise ConfigError(f"{where}: key 'principal' must be a principal name (letters, digits, '.', '_', "

@@ -303,7 +303,8 @@ class EmbeddedBroker:
                 if self._child is not None and self._child.pid == pid and self._child.returncode is not None:
                     status = f" with status {self._child.returncode}"
                 self.files.pid_file.unlink(missing_ok=True)
-                raise BrokerError(f"the embedded broker (pid {pid}) exited{status} while starting\n{self._log_tail()}")
+                raise BrokerError(f"the embedded broker (pid {pid}) exited{status} while starting"
+                                  f"{self._jwks_failure()}\n{self._log_tail()}")
             if self._answering():
                 return
             if time.monotonic() >= deadline:
@@ -367,6 +368,26 @@ class EmbeddedBroker:
                 return False
             time.sleep(0.05)
         return True
+
+    def _jwks_failure(self) -> str:
+        """Why the OAUTHBEARER listener stopped the start, if it did: Kafka's BrokerJwtValidator fetches the
+        JWKS when the broker starts, and a fetch that fails is fatal to the whole broker."""
+        if self.config.oauth is None:
+            return ""
+        try:
+            with open(self.files.server_log, "rb") as f:
+                f.seek(self._log_offsets.get(self.files.server_log, 0))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        marker = "sasl.oauthbearer.jwt.validator.class configuration encountered an error on configure():"
+        at = text.find(marker)
+        if at < 0:
+            return ""
+        cause = text[at + len(marker):].split("(org.apache", 1)[0].strip()[:300]
+        return (f": its OAUTHBEARER listener could not load the JWKS at {self.config.oauth.jwks_url} ({cause}); "
+                "Kafka fetches it when the broker starts and exits if it cannot, so the identity provider must "
+                "answer first")
 
     def _log_tail(self) -> str:
         parts = []

@@ -215,6 +215,7 @@ def server_properties(
                 f"sasl.oauthbearer.expected.issuer={_escape(oauth.issuer)}",
                 f"sasl.oauthbearer.expected.audience={_escape(oauth.audience)}",
                 f"sasl.oauthbearer.sub.claim.name={oauth.principal_claim}",
+                f"sasl.oauthbearer.scope.claim.name={oauth.scope_claim}",
                 f"sasl.oauthbearer.clock.skew.seconds={oauth.clock_skew_s}",
             ]
             continue

@@ -54,6 +54,8 @@ def test_the_oauth_listener_is_validated_by_kafka_s_jwks_validator_and_the_appli
     assert props["sasl.oauthbearer.expected.issuer"] == ISSUER
     assert props["sasl.oauthbearer.expected.audience"] == "kafka-appliance"
     assert props["sasl.oauthbearer.sub.claim.name"] == "azp"
+    assert props["sasl.oauthbearer.scope.claim.name"] == "scope"
+    assert _properties(_broker(scope_claim="kafka_scope"))["sasl.oauthbearer.scope.claim.name"] == "kafka_scope"
     assert props["super.users"].split(";") == ["User:appliance", "User:node", "User:appliance-upstream"]
     assert jvm_system_properties(config) == {"org.apache.kafka.sasl.oauthbearer.allowed.urls": JWKS}
     assert listening_addresses(config)[-1] == BrokerAddress("127.0.0.1", 29196)
