@@ -41,7 +41,8 @@ from appliance.broker.oauth_token import (
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 256 * 1024
-TIMEOUT_S = 5.0
+TIMEOUT_S = 5.0  # each connect and read
+TOTAL_TIMEOUTS = 3  # the whole fetch, in TIMEOUT_S: the source stops waiting after this
 
 
 class TokenFetchError(RuntimeError):
@@ -54,14 +55,25 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         raise TokenFetchError(f"token endpoint {req.full_url}: redirected (HTTP {code}); configure the final URL")
 
 
-def _read_bounded(response, limit: int, what: str) -> bytes:
+def _read_bounded(response, limit: int, what: str, deadline: float | None = None) -> bytes:
+    """At most `limit` bytes of the body, and all of it by `deadline` (monotonic): the socket timeout alone
+    bounds each read, so a provider sending a byte every few seconds would otherwise hold the fetch for ever."""
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TokenFetchError(f"{what}: the answer is {declared} bytes, more than the {limit} bytes the appliance reads")
-    body = response.read(limit + 1)
-    if len(body) > limit:
+    chunks, size = [], 0
+    while size <= limit:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TokenFetchError(f"{what}: the answer did not arrive whole in time")
+        chunk = response.read1(min(64 * 1024, limit + 1 - size)) if hasattr(response, "read1") else \
+            response.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
         raise TokenFetchError(f"{what}: the answer is more than the {limit} bytes the appliance reads")
-    return body
+    return b"".join(chunks)
 
 
 class TokenEndpointClient:
@@ -92,9 +104,10 @@ class TokenEndpointClient:
         """A new access token for the appliance's client; raises TokenFetchError naming what went wrong."""
         endpoint = self.credentials.token_endpoint
         what = f"token endpoint {endpoint}"
+        deadline = time.monotonic() + TOTAL_TIMEOUTS * self.timeout_s
         try:
             with self._opener.open(self._request(), timeout=self.timeout_s) as response:
-                body = _read_bounded(response, self.max_bytes, what)
+                body = _read_bounded(response, self.max_bytes, what, deadline)
         except TokenFetchError:
             raise
         except urllib.error.HTTPError as e:
@@ -134,6 +147,7 @@ class TokenSource:
         self.clock = clock
         self.fetches = 0  # attempts, for status and tests
         self._task: asyncio.Task | None = None
+        self._thread: asyncio.Future | None = None  # the fetch running in a thread, if any
         self._answered = asyncio.Event()  # the first fetch has succeeded or failed
         self._wake = asyncio.Event()
 
@@ -183,10 +197,21 @@ class TokenSource:
             await self.fetch_once()
 
     async def fetch_once(self) -> None:
-        """One fetch, in a thread, and its outcome given to the schedule."""
+        """One fetch, in a thread, and its outcome given to the schedule.
+
+        The source waits at most TOTAL_TIMEOUTS socket timeouts (a provider can drip its response headers);
+        a thread still stuck in an abandoned request is not joined by a second one: the attempt fails.
+        """
         self.fetches += 1
+        total = TOTAL_TIMEOUTS * self.client.timeout_s
         try:
-            token = await asyncio.to_thread(self.client.fetch)
+            if self._thread is not None and not self._thread.done():
+                raise TokenFetchError(f"token endpoint {self.credentials.token_endpoint}: the previous request "
+                                      "has still not finished")
+            self._thread = asyncio.ensure_future(asyncio.to_thread(self.client.fetch))
+            token = await asyncio.wait_for(asyncio.shield(self._thread), total)
+        except asyncio.TimeoutError:
+            self._failed(f"token endpoint {self.credentials.token_endpoint}: no complete answer within {total:g} s")
         except TokenFetchError as e:
             self._failed(str(e))
         except Exception as e:  # noqa: BLE001 - any fault is a failed fetch, retried with backoff, never an escape

@@ -170,3 +170,62 @@ def test_a_source_whose_provider_refuses_from_the_start_gives_sessions_the_reaso
 
     got = asyncio.run(scenario())
     assert isinstance(got, TokenUnavailable) and "answered HTTP 401: unauthorized_client" in got.reason
+
+
+class _Dripping(BaseHTTPRequestHandler):
+    """Sends a valid status line and headers, then one body byte every 0.2 s."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        try:
+            for _ in range(100):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_provider_that_drips_its_answer_is_cut_off_by_the_whole_fetch_s_deadline():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Dripping)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/token"
+        started = time.monotonic()
+        with pytest.raises(TokenFetchError, match="did not arrive whole in time"):
+            TokenEndpointClient(OAuthBearerCredentials(url, "a", "b"), timeout_s=0.5).fetch()
+        assert time.monotonic() - started < 2.5  # 3 x 0.5 s, and one more read
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_source_stops_waiting_for_a_hung_fetch_and_never_stacks_a_second_one():
+    release = threading.Event()
+
+    class Hung:
+        timeout_s = 0.1
+
+        def fetch(self):
+            release.wait(5)
+            raise TokenFetchError("released")
+
+    async def scenario():
+        source = TokenSource(OAuthBearerCredentials("http://127.0.0.1:9/token", "a", "b"), client=Hung())
+        await source.fetch_once()  # gives up after 3 x 0.1 s
+        first = source.schedule.last_error
+        await source.fetch_once()  # the first thread is still stuck: no second request
+        second = source.schedule.last_error
+        release.set()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first == "token endpoint http://127.0.0.1:9/token: no complete answer within 0.3 s"
+    assert second == "token endpoint http://127.0.0.1:9/token: the previous request has still not finished"
