@@ -8,6 +8,7 @@ overrides any subset; errors name the file, the key and what would be valid.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,29 @@ class BrokerAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddedOAuthConfig:
+    """An optional SASL/OAUTHBEARER client listener of the embedded broker, on host4:port.
+
+    Tokens are validated by Kafka's own validator against the provider's JWKS;
+    the principal is the `principal_claim` of the token (Keycloak service
+    accounts: `azp`, the client id). `principal` is the appliance's own, a super
+    user like its SCRAM user.
+    """
+
+    issuer: str
+    jwks_url: str
+    audience: str
+    port: int = 19096  # after the controller's (19094) and the inter-broker listener's (19095)
+    principal_claim: str = "azp"
+    principal: str = "appliance-upstream"
+    clock_skew_s: int = 30  # Kafka's default leeway for exp, nbf and iat
+    # Kafka refuses a token whose scope claim is an empty string, which Keycloak writes when no client
+    # scope puts a name in it; naming a claim the tokens lack makes Kafka read no scopes (its authorizer
+    # does not use them).
+    scope_claim: str = "scope"
+
+
+@dataclass(frozen=True, slots=True)
 class EmbeddedBrokerConfig:
     """The single-node Kafka the appliance can run for demos and tests."""
 
@@ -69,6 +93,7 @@ class EmbeddedBrokerConfig:
     jar_cache: Path = Path("/var/cache/appliance")
     cgroup: str = "appliance-broker"
     heap: str = "512m"
+    oauth: EmbeddedOAuthConfig | None = None  # no OAUTHBEARER listener unless configured
 
 
 # The signature algorithms a token may use unless a provider narrows them: never `none`, never HMAC
@@ -307,7 +332,9 @@ def _parse_embedded_broker(value: Any, where: str) -> EmbeddedBrokerConfig:
         inner = f"{where}: key {key!r}"
         if key not in known:
             raise ConfigError(f"{inner} is not an embedded broker setting; valid: {', '.join(sorted(known))}")
-        if key.startswith("port") or key == "controller_port":
+        if key == "oauth":
+            changes[key] = None if item is None else _parse_embedded_oauth(item, inner)
+        elif key.startswith("port") or key == "controller_port":
             if not isinstance(item, int) or isinstance(item, bool) or not 0 < item < 65536:
                 raise ConfigError(f"{inner} must be a port from 1 to 65535, got {item!r}")
             changes[key] = item
@@ -319,7 +346,69 @@ def _parse_embedded_broker(value: Any, where: str) -> EmbeddedBrokerConfig:
             if not isinstance(item, str) or not item:
                 raise ConfigError(f"{inner} must be a non-empty string")
             changes[key] = item
-    return replace(EmbeddedBrokerConfig(), **changes)
+    broker = replace(EmbeddedBrokerConfig(), **changes)
+    if broker.oauth is not None:
+        taken = {"port4": broker.port4, "controller_port": broker.controller_port,
+                 "the inter-broker listener (controller_port + 1)": broker.controller_port + 1}
+        if broker.host6:
+            taken["port6"] = broker.port6
+        for name, port in taken.items():
+            if port == broker.oauth.port:
+                raise ConfigError(f"{where}: key 'oauth' port {port} is also {name}; give the OAuth listener a "
+                                  "port of its own")
+    return broker
+
+
+_OAUTH_KEYS = tuple(f.name for f in fields(EmbeddedOAuthConfig))
+# Values written into server.properties and the broker's command line: printable ASCII, no spaces,
+# nothing a properties file or a super.users list would read as a separator.
+_PROPERTY_VALUE = re.compile(r"[!-~]{1,2048}")
+_PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,254}")
+_CLAIM = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
+
+
+def _parse_embedded_oauth(value: Any, where: str) -> EmbeddedOAuthConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping with at least issuer, jwks_url and audience")
+    for key in value:
+        if key not in _OAUTH_KEYS:
+            raise ConfigError(f"{where}: key {key!r} is not an OAuth listener setting; valid: {', '.join(_OAUTH_KEYS)}")
+    for key in ("issuer", "jwks_url", "audience"):
+        if key not in value:
+            raise ConfigError(f"{where}: key {key!r} is required")
+    changes: dict[str, Any] = {}
+    for key in ("issuer", "jwks_url"):
+        url = value[key]
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")) or not _PROPERTY_VALUE.fullmatch(url):
+            raise ConfigError(f"{where}: key {key!r} must be an http(s) URL of printable characters without "
+                              f"spaces, got {url!r}")
+        changes[key] = url
+    audience = value["audience"]
+    if not isinstance(audience, str) or "," in audience or not _PROPERTY_VALUE.fullmatch(audience):
+        raise ConfigError(f"{where}: key 'audience' must be one audience (printable, no spaces or commas), "
+                          f"got {audience!r}")
+    changes["audience"] = audience
+    if "port" in value:
+        port = value["port"]
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ConfigError(f"{where}: key 'port' must be a port from 1 to 65535, got {port!r}")
+        changes["port"] = port
+    for key in ("principal_claim", "scope_claim"):
+        if key in value:
+            if not isinstance(value[key], str) or not _CLAIM.fullmatch(value[key]):
+                raise ConfigError(f"{where}: key {key!r} must be a claim name, got {value[key]!r}")
+            changes[key] = value[key]
+    if "principal" in value:
+        if not isinstance(value["principal"], str) or not _PRINCIPAL.fullmatch(value["principal"]):
+            raise ConfigError(f"{where}: key 'principal' must be a principal name (letters, digits, '.', '_', "
+                              f"'@', '-'), got {value['principal']!r}")
+        changes["principal"] = value["principal"]
+    if "clock_skew_s" in value:
+        skew = value["clock_skew_s"]
+        if not isinstance(skew, int) or isinstance(skew, bool) or not 0 <= skew <= 300:
+            raise ConfigError(f"{where}: key 'clock_skew_s' must be whole seconds from 0 to 300, got {skew!r}")
+        changes["clock_skew_s"] = skew
+    return EmbeddedOAuthConfig(**changes)
 
 
 _IDENTITY_KEYS = ("providers", "max_session_lifetime_s", "static_credentials_file")

@@ -26,7 +26,9 @@ from pathlib import Path
 from appliance.audit import store
 from appliance.audit.records import Event
 from appliance.audit.writer import AuditWriter
-from appliance.broker.credentials import load_credentials
+from appliance.broker.credentials import OAuthBearerCredentials, load_credentials
+from appliance.broker.oauth_token import TokenUnavailable
+from appliance.broker.token_source import TokenSource
 from appliance.config import Config, ConfigError
 from appliance.identity import cgroups
 from appliance.identity.enrollment import Enrollment, EnrollmentStore
@@ -46,6 +48,9 @@ from appliance.steering.probe import BrokerProbe
 from appliance.steering.structs import RefusalReason
 
 log = logging.getLogger("appliance")
+# How long start-up waits for the first upstream OAuth token before serving anyway: sessions
+# meanwhile fail their upstream authentication with the provider's error, audited.
+_FIRST_TOKEN_WAIT_S = 10.0
 # While the audit fails, the log says so again this often.
 _AUDIT_FAILING_REMINDER_S = 10.0
 # File descriptors beside two per session: listeners, pooled connections, SQLite, bcc, logs.
@@ -80,6 +85,7 @@ class Appliance:
         self.server: ProxyServer | None = None
         self.writer: AuditWriter | None = None
         self.probe: BrokerProbe | None = None
+        self.token_source: TokenSource | None = None  # with OAUTHBEARER upstream credentials
         self._refusers: dict[int, None] = {}  # insertion-ordered, bounded
         self.started_at = time.time()
         self.max_sessions = config.max_sessions
@@ -91,6 +97,10 @@ class Appliance:
     async def run(self) -> None:
         config = self.config
         credentials = load_credentials(config.upstream_credentials)
+        upstream = credentials
+        if isinstance(credentials, OAuthBearerCredentials):
+            self.token_source = upstream = TokenSource(credentials)
+            self.token_source.start()  # the first fetch runs while the rest starts
         self._secret = load_or_create_secret(config.masking_secret)
         self.policy = self._load_policy()  # a bad policy at start stops here, naming the fault
         self._policy_stamp = _mtime(config.policy_file)
@@ -102,6 +112,12 @@ class Appliance:
         closed = self._close_orphan_sessions(previous_run)
         self.writer = AuditWriter(config.audit_db, flush_ms=config.audit_flush_ms, queue_max=config.audit_queue_max)
         self._record_unclean_stop(previous_run, closed)
+        if self.token_source is not None:
+            first = await self.token_source.first_token(_FIRST_TOKEN_WAIT_S)
+            if isinstance(first, TokenUnavailable):
+                log.error("no upstream OAUTHBEARER token yet: %s; serving anyway, sessions fail their upstream "
+                          "authentication with this reason until a token is obtained", first.reason)
+                self._event("error", f"no upstream OAUTHBEARER token at start: {first.reason}")
         self.max_sessions = _sessions_the_fd_limit_allows(config.max_sessions, config.upstream_pool * len(config.brokers))
         self.steering = Steering(
             bpffs_dir=config.bpffs_dir, proxy_port=config.listen_port, proxy_host4=config.listen_host4,
@@ -117,7 +133,7 @@ class Appliance:
                 return ProxyServer(
                     hosts=(config.listen_host4, config.listen_host6), port=port,
                     lookup=kernel_lookup(self.steering, max_age_s=config.handoff_max_age_ms / 1000),
-                    identity_of=self.by_cgroup_id.get, credentials=credentials, policy=lambda: self.policy,
+                    identity_of=self.by_cgroup_id.get, credentials=upstream, policy=lambda: self.policy,
                     audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
                     upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed,
                     workloads=self.workloads, **self._bounds(),
@@ -201,6 +217,8 @@ class Appliance:
     async def _shutdown(self) -> None:
         if self.server is not None:
             await self.server.stop()
+        if self.token_source is not None:
+            await self.token_source.stop()
         if self.steering is not None:
             self.steering.detach()
         if self.writer is not None:
@@ -465,6 +483,8 @@ class Appliance:
             "counters": {str(cid): _counts(counters, cid) for cid in counters},
             "sessions": [vars_of(s) for s in self.server.sessions()],
             "upstream_pool": self.server.pool.ready(),
+            "upstream_auth": (self.token_source.status(time.time()) if self.token_source is not None else
+                              {"mechanism": self.server.credentials.mechanism}),
             "audit": {"path": str(self.config.audit_db), "written": self.writer.written,
                       "failed_batches": self.writer.failed_batches, "state": "failing" if self.writer.failing else "ok",
                       "failing": self.writer.failing, "failing_since": self.writer.failing_since,

@@ -1,25 +1,42 @@
 """The upstream credentials the appliance authenticates to Kafka with, and their file.
 
-The file is JSON, readable by its owner only:
+The file is JSON, readable by its owner only, in one of two forms:
 
     {"mechanism": "SCRAM-SHA-512", "username": "appliance", "password": "..."}
+    {"mechanism": "OAUTHBEARER", "token_endpoint": "https://idp/realms/r/protocol/openid-connect/token",
+     "client_id": "appliance-upstream", "client_secret": "...", "scope": "kafka"}
 
-The embedded broker writes one when it formats its data directory; for a real
-cluster the operator writes it. `load_credentials` refuses a file that group or
-other can read, because whoever reads it can act as the appliance.
+The first (also SCRAM-SHA-256 or PLAIN) is a password the broker checks; the
+second is an OAuth 2 client the appliance uses to obtain its own access tokens
+by the client_credentials grant (appliance/broker/token_source.py), which it
+then presents to the broker over SASL/OAUTHBEARER. `scope` is optional.
+
+The embedded broker writes a SCRAM one when it formats its data directory; for
+a real cluster the operator writes it. `load_credentials` refuses a file that
+group or other can read, because whoever reads it can act as the appliance.
+Neither form's secret appears in repr() or in any error message.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+OAUTHBEARER = "OAUTHBEARER"
 _KEYS = ("mechanism", "username", "password")
+_OAUTH_KEYS = ("mechanism", "token_endpoint", "client_id", "client_secret")
+_OAUTH_OPTIONAL = ("scope",)
+# RFC 6749 appendix A: client ids and secrets are printable ASCII (VSCHAR); a scope is
+# space-separated NQCHAR tokens. Nothing else may reach an HTTP request from this file.
+_VSCHAR = re.compile(r"[\x20-\x7e]+")
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*")
 
 
 class CredentialsError(ValueError):
@@ -44,7 +61,70 @@ class UpstreamCredentials:
         return json.dumps({"mechanism": self.mechanism, "username": self.username, "password": self.password}, indent=2) + "\n"
 
 
-def load_credentials(path: Path) -> UpstreamCredentials:
+    def current(self, now: float) -> "UpstreamCredentials":
+        """What to authenticate a new broker connection with: a password does not change."""
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthBearerCredentials:
+    """An OAuth 2 client of an OIDC provider; the appliance's tokens come from its token endpoint.
+
+    The secret stays out of repr(); `scope` None asks for the client's default scopes.
+    """
+
+    token_endpoint: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str | None = None
+    mechanism: str = OAUTHBEARER
+
+    def __post_init__(self) -> None:
+        problem = oauth_problem(self.token_endpoint, self.client_id, self.client_secret, self.scope)
+        if problem is not None:
+            raise CredentialsError(f"key {problem[0]!r} {problem[1]}")
+
+
+def oauth_problem(token_endpoint, client_id, client_secret, scope) -> tuple[str, str] | None:
+    """The first key of an OAUTHBEARER credentials form that is wrong, and what is wrong with it; None if none."""
+    if not isinstance(token_endpoint, str) or not token_endpoint:
+        return "token_endpoint", "must be a non-empty string"
+    parts = urlsplit(token_endpoint)
+    if parts.scheme not in ("https", "http") or not parts.hostname or not _VSCHAR.fullmatch(token_endpoint) \
+            or " " in token_endpoint:
+        return "token_endpoint", f"must be an http:// or https:// URL with a host, got {token_endpoint[:200]!r}"
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        return "token_endpoint", "must not carry user information or a fragment (the secret goes in client_secret)"
+    for key, value in (("client_id", client_id), ("client_secret", client_secret)):
+        if not isinstance(value, str) or not value:
+            return key, "must be a non-empty string"
+        if len(value) > 1024 or not _VSCHAR.fullmatch(value):
+            return key, "must be 1-1024 printable ASCII characters (RFC 6749)"
+    if scope is not None and (not isinstance(scope, str) or len(scope) > 4096 or not _SCOPE.fullmatch(scope)):
+        return "scope", "must be space-separated scope names of printable ASCII without quotes or backslashes (RFC 6749 3.3)"
+    return None
+
+
+AnyCredentials = UpstreamCredentials | OAuthBearerCredentials
+
+
+def _load_oauth(path: Path, data: dict) -> OAuthBearerCredentials:
+    for key in _OAUTH_KEYS:
+        if key not in data:
+            raise CredentialsError(
+                f"{path}: key {key!r} is missing; an OAUTHBEARER credentials file needs {', '.join(_OAUTH_KEYS)}")
+    allowed = _OAUTH_KEYS + _OAUTH_OPTIONAL
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise CredentialsError(f"{path}: key {unknown[0]!r} is not known for OAUTHBEARER; valid keys are "
+                               f"{', '.join(allowed)}")
+    problem = oauth_problem(data["token_endpoint"], data["client_id"], data["client_secret"], data.get("scope"))
+    if problem is not None:
+        raise CredentialsError(f"{path}: key {problem[0]!r} {problem[1]}")
+    return OAuthBearerCredentials(data["token_endpoint"], data["client_id"], data["client_secret"], data.get("scope"))
+
+
+def load_credentials(path: Path) -> AnyCredentials:
     """Read and check a credentials file; every error names the file and the problem."""
     path = Path(path)
     try:
@@ -67,6 +147,8 @@ def load_credentials(path: Path) -> UpstreamCredentials:
         raise CredentialsError(f"{path}{where}: not valid JSON: {getattr(e, 'msg', e)}") from None
     if not isinstance(data, dict):
         raise CredentialsError(f"{path}: must hold a JSON object with keys {', '.join(_KEYS)}, not {type(data).__name__}")
+    if data.get("mechanism") == OAUTHBEARER:
+        return _load_oauth(path, data)
     for key in _KEYS:
         if key not in data:
             raise CredentialsError(f"{path}: key {key!r} is missing; a credentials file needs {', '.join(_KEYS)}")
@@ -77,7 +159,8 @@ def load_credentials(path: Path) -> UpstreamCredentials:
         raise CredentialsError(f"{path}: key {unknown[0]!r} is not known; valid keys are {', '.join(_KEYS)}")
     if data["mechanism"] not in MECHANISMS:
         raise CredentialsError(
-            f"{path}: mechanism {data['mechanism']!r} is not supported; use one of {', '.join(MECHANISMS)}"
+            f"{path}: mechanism {data['mechanism']!r} is not supported; use one of "
+            f"{', '.join(MECHANISMS + (OAUTHBEARER,))}"
         )
     return UpstreamCredentials(data["mechanism"], data["username"], data["password"])
 

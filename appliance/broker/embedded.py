@@ -57,7 +57,10 @@ from appliance.broker.properties import (
     client_addresses,
     client_properties,
     internal_port,
+    jvm_system_properties,
+    listening_addresses,
     log4j2_properties,
+    oauth_address,
     server_properties,
 )
 from appliance.broker.storage import ensure_credentials, format_storage, write_private
@@ -84,6 +87,7 @@ class BrokerStatus:
     log_path: Path
     data_dir: Path
     netns: str | None = None
+    oauth_address: str | None = None  # the OAUTHBEARER listener, when configured
 
 
 class EmbeddedBroker:
@@ -106,6 +110,11 @@ class EmbeddedBroker:
     def addresses(self) -> tuple[BrokerAddress, ...]:
         """The client listeners, IPv4 first."""
         return client_addresses(self.config)
+
+    @property
+    def oauth_address(self) -> BrokerAddress | None:
+        """The OAUTHBEARER listener (config `oauth`), or None."""
+        return oauth_address(self.config)
 
     @property
     def jar_dir(self) -> Path:
@@ -184,6 +193,7 @@ class EmbeddedBroker:
             log_path=self.files.server_log,
             data_dir=self.files.data_dir,
             netns=self.netns,
+            oauth_address=None if self.oauth_address is None else str(self.oauth_address),
         )
 
     def java_tool(
@@ -248,7 +258,7 @@ class EmbeddedBroker:
 
     def _check_ports_free(self) -> None:
         """Fail early, naming the address, rather than after format with Kafka's bind error in the log."""
-        wanted = [*self.addresses, BrokerAddress("127.0.0.1", self.config.controller_port),
+        wanted = [*listening_addresses(self.config), BrokerAddress("127.0.0.1", self.config.controller_port),
                   BrokerAddress("127.0.0.1", internal_port(self.config))]
         where = f" in network namespace {self.netns}" if self.netns else ""
         for address in wanted:
@@ -268,7 +278,7 @@ class EmbeddedBroker:
             "sh", "-c", _CGROUP_WRAPPER, "appliance-broker", str(cgroup.directory),
             *self._netns_prefix(),
             *jvm.server_argv(java, self.jar_dir, self.files.log4j2_config, self.config.heap,
-                             self.files.server_properties),
+                             self.files.server_properties, jvm_system_properties(self.config)),
         ]
         self._log_offsets = {path: _size(path) for path in (self.files.server_log, self.files.console_log)}
         with open(self.files.console_log, "ab") as console:
@@ -283,7 +293,8 @@ class EmbeddedBroker:
 
     def _answering(self) -> bool:
         cgroup = cgroups.ensure(self.config.cgroup)
-        return probe.answers_from_cgroup(self.addresses, cgroup_dir=cgroup.directory, netns=self.netns)
+        return probe.answers_from_cgroup(listening_addresses(self.config), cgroup_dir=cgroup.directory,
+                                         netns=self.netns)
 
     def _wait_until_answering(self, pid: int, deadline: float) -> None:
         while True:
@@ -292,7 +303,8 @@ class EmbeddedBroker:
                 if self._child is not None and self._child.pid == pid and self._child.returncode is not None:
                     status = f" with status {self._child.returncode}"
                 self.files.pid_file.unlink(missing_ok=True)
-                raise BrokerError(f"the embedded broker (pid {pid}) exited{status} while starting\n{self._log_tail()}")
+                raise BrokerError(f"the embedded broker (pid {pid}) exited{status} while starting"
+                                  f"{self._jwks_failure()}\n{self._log_tail()}")
             if self._answering():
                 return
             if time.monotonic() >= deadline:
@@ -326,6 +338,26 @@ class EmbeddedBroker:
 
     def _terminate(self, pid: int, timeout: float) -> None:
         daemon.terminate(pid, timeout, what="embedded broker", error=BrokerError, child=self._child)
+
+    def _jwks_failure(self) -> str:
+        """Why the OAUTHBEARER listener stopped the start, if it did: Kafka's BrokerJwtValidator fetches the
+        JWKS when the broker starts, and a fetch that fails is fatal to the whole broker."""
+        if self.config.oauth is None:
+            return ""
+        try:
+            with open(self.files.server_log, "rb") as f:
+                f.seek(self._log_offsets.get(self.files.server_log, 0))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        marker = "sasl.oauthbearer.jwt.validator.class configuration encountered an error on configure():"
+        at = text.find(marker)
+        if at < 0:
+            return ""
+        cause = text[at + len(marker):].split("(org.apache", 1)[0].strip()[:300]
+        return (f": its OAUTHBEARER listener could not load the JWKS at {self.config.oauth.jwks_url} ({cause}); "
+                "Kafka fetches it when the broker starts and exits if it cannot, so the identity provider must "
+                "answer first")
 
     def _log_tail(self) -> str:
         parts = []

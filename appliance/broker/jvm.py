@@ -62,6 +62,8 @@ def tool_argv(java: str, jars: Path, log4j2: Path, main_class: str, *args: str) 
     return [java, *TOOL_OPTIONS, f"-Dlog4j2.configurationFile={log4j2}", "-cp", classpath(jars), main_class, *args]
 
 
-def server_argv(java: str, jars: Path, log4j2: Path, heap: str, server_properties: Path) -> list[str]:
-    return [java, f"-Xmx{heap}", f"-Xms{heap}", *SERVER_OPTIONS, f"-Dlog4j2.configurationFile={log4j2}",
+def server_argv(java: str, jars: Path, log4j2: Path, heap: str, server_properties: Path,
+                system_properties: dict[str, str] | None = None) -> list[str]:
+    defines = [f"-D{name}={value}" for name, value in (system_properties or {}).items()]
+    return [java, f"-Xmx{heap}", f"-Xms{heap}", *SERVER_OPTIONS, f"-Dlog4j2.configurationFile={log4j2}", *defines,
             "-cp", classpath(jars), "kafka.Kafka", str(server_properties)]

@@ -10,8 +10,15 @@ Listeners and why each exists:
     CLIENT6    [host6]:port6        SASL_PLAINTEXT  same (left out when host6 is empty)
     INTERNAL   127.0.0.1:ctrl+1     SASL_PLAINTEXT  PLAIN, user `node` (inter-broker)
     CONTROLLER 127.0.0.1:ctrl       SASL_PLAINTEXT  PLAIN, user `node` (KRaft)
+    OAUTH      host4:oauth.port     SASL_PLAINTEXT  OAUTHBEARER (only with `oauth` configured)
 
-Only CLIENT and CLIENT6 are for clients. The node's own traffic (the
+Only CLIENT, CLIENT6 and OAUTH are for clients. OAUTH's tokens are checked by
+Kafka's own `OAuthBearerValidatorCallbackHandler` against the provider's JWKS
+(signature, `exp`/`nbf` with the configured clock skew, the exact issuer and
+audience); the principal is the token's `principal_claim` (Keycloak's `azp`:
+the client id), and the appliance's own (`oauth.principal`) is a super user.
+Kafka 4 fetches a JWKS only from URLs listed in the JVM system property
+`org.apache.kafka.sasl.oauthbearer.allowed.urls` (`jvm_system_properties`). The node's own traffic (the
 transaction coordinator writing markers to partition leaders, which here is
 itself, and the broker half talking to the controller half) goes over
 listeners that are not client addresses, so steering never sees it and the
@@ -42,6 +49,13 @@ INTRUDER_USER = "intruder"
 CLIENT_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 _SCRAM_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
 _PLAIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule"
+_OAUTHBEARER_MODULE = "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule"
+_OAUTHBEARER_VALIDATOR = "org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler"
+# Kafka 4.1's default JWT validator (DefaultJwtValidator), made by that callback handler without a key
+# resolver, falls back to ClientJwtValidator, which checks no signature, issuer or audience: a token signed
+# by anyone was accepted. BrokerJwtValidator builds its resolver from the JWKS URL and checks all three.
+_BROKER_JWT_VALIDATOR = "org.apache.kafka.common.security.oauthbearer.BrokerJwtValidator"
+ALLOWED_URLS_PROPERTY = "org.apache.kafka.sasl.oauthbearer.allowed.urls"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +132,24 @@ def client_addresses(config: EmbeddedBrokerConfig) -> tuple[BrokerAddress, ...]:
     return tuple(addresses)
 
 
+def oauth_address(config: EmbeddedBrokerConfig) -> BrokerAddress | None:
+    """The OAUTHBEARER listener's address, or None when the broker has none."""
+    return None if config.oauth is None else BrokerAddress(config.host4, config.oauth.port)
+
+
+def listening_addresses(config: EmbeddedBrokerConfig) -> tuple[BrokerAddress, ...]:
+    """Every listener a client can reach: the password listeners, then the OAuth one if configured."""
+    oauth = oauth_address(config)
+    return client_addresses(config) + (() if oauth is None else (oauth,))
+
+
+def jvm_system_properties(config: EmbeddedBrokerConfig) -> dict[str, str]:
+    """`-D` properties the broker's JVM needs: the JWKS URL Kafka 4 may fetch, when there is an OAuth listener."""
+    if config.oauth is None:
+        return {}
+    return {ALLOWED_URLS_PROPERTY: config.oauth.jwks_url}
+
+
 def _escape(value: str) -> str:
     """A java.util.Properties value: backslashes are escapes, so double them."""
     return value.replace("\\", "\\\\")
@@ -144,6 +176,10 @@ def server_properties(
     internal = f"127.0.0.1:{internal_port(config)}"
     clients = client_addresses(config)
     client_names = ["CLIENT", "CLIENT6"][: len(clients)]
+    oauth = config.oauth
+    if oauth is not None:
+        clients = clients + (oauth_address(config),)
+        client_names = client_names + ["OAUTH"]
     client_listeners = [f"{name}://{addr}" for name, addr in zip(client_names, clients)]
     plain_clients = {appliance.username: appliance.password, intruder.username: intruder.password}
     node_jaas = _jaas_plain({NODE_USER: node_password}, login=(NODE_USER, node_password))
@@ -169,6 +205,20 @@ def server_properties(
     ]
     for name in client_names:
         prefix = f"listener.name.{name.lower()}"
+        if name == "OAUTH":
+            lines += [
+                f"{prefix}.sasl.enabled.mechanisms=OAUTHBEARER",
+                f"{prefix}.oauthbearer.sasl.jaas.config={_OAUTHBEARER_MODULE} required;",
+                f"{prefix}.oauthbearer.sasl.server.callback.handler.class={_OAUTHBEARER_VALIDATOR}",
+                f"sasl.oauthbearer.jwt.validator.class={_BROKER_JWT_VALIDATOR}",
+                f"sasl.oauthbearer.jwks.endpoint.url={_escape(oauth.jwks_url)}",
+                f"sasl.oauthbearer.expected.issuer={_escape(oauth.issuer)}",
+                f"sasl.oauthbearer.expected.audience={_escape(oauth.audience)}",
+                f"sasl.oauthbearer.sub.claim.name={oauth.principal_claim}",
+                f"sasl.oauthbearer.scope.claim.name={oauth.scope_claim}",
+                f"sasl.oauthbearer.clock.skew.seconds={oauth.clock_skew_s}",
+            ]
+            continue
         lines += [
             f"{prefix}.sasl.enabled.mechanisms={','.join(CLIENT_MECHANISMS)}",
             f"{prefix}.scram-sha-512.sasl.jaas.config={_SCRAM_MODULE} required;",
@@ -185,7 +235,8 @@ def server_properties(
         "allow.everyone.if.no.acl.found=false",
         # The appliance is the only client principal with any right; `node` is
         # the node talking to itself.
-        f"super.users=User:{appliance.username};User:{NODE_USER}",
+        f"super.users=User:{appliance.username};User:{NODE_USER}"
+        + (f";User:{oauth.principal}" if oauth is not None else ""),
         f"log.dirs={_escape(str(files.kafka_data))}",
         "num.partitions=1",
         "default.replication.factor=1",

@@ -39,9 +39,14 @@ def ensure_credentials(files: BrokerFiles) -> tuple[UpstreamCredentials, Upstrea
         path = files.credentials_file(user)
         if path.exists():
             try:
-                result.append(load_credentials(path))
+                loaded = load_credentials(path)
             except CredentialsError as e:
                 raise BrokerError(str(e)) from None
+            if not isinstance(loaded, UpstreamCredentials):
+                raise BrokerError(f"{path}: the embedded broker's {user!r} needs a SCRAM password, not "
+                                  f"{loaded.mechanism} credentials; an OAUTHBEARER client belongs in a file of "
+                                  "its own (config upstream_credentials)")
+            result.append(loaded)
         elif formatted:
             raise BrokerError(
                 f"{path} is missing, but {files.kafka_data} was formatted with {user!r}'s SCRAM credentials; "

@@ -103,6 +103,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps({
             "running": s.running, "answering": s.answering, "pid": s.pid,
             "client_addresses": list(s.client_addresses), "log": str(s.log_path), "data_dir": str(s.data_dir),
+            "oauth_address": s.oauth_address,
         }, indent=2))
     else:
         if not s.running:
@@ -114,6 +115,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"broker: {state}")
         for address in s.client_addresses:
             click.echo(f"client address: {address}")
+        if s.oauth_address is not None:
+            click.echo(f"OAUTHBEARER address: {s.oauth_address}")
         click.echo(f"log: {s.log_path}")
         click.echo(f"data: {s.data_dir}")
     ctx.exit(0 if s.running and s.answering else 3)

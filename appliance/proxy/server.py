@@ -42,7 +42,7 @@ from typing import Callable
 from kio.serial.errors import SerialError
 
 from appliance.audit.records import Event, SessionOpened
-from appliance.broker.credentials import UpstreamCredentials
+from appliance.broker.oauth_token import TokenUnavailable
 from appliance.identity import process
 from appliance.identity.enrollment import Enrollment, binding_of
 from appliance.identity.tokens import TokenRejected
@@ -56,7 +56,7 @@ from appliance.proxy.audit_gate import AuditGate
 from appliance.proxy.limits import Clock, Limits, deadline_passed, may_read_client
 from appliance.proxy.original_dst import Lookup, OriginalDestination
 from appliance.proxy.session import Session
-from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
+from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError, UpstreamCredentialSource
 
 log = logging.getLogger("appliance.proxy")
 # A pooled connection is handed out only while younger than this, well inside
@@ -124,7 +124,9 @@ class _Connection:
         binding = binding_of(enrollment)
         workload_sasl = server.workloads.sasl_for(binding)
         enforcer = None if binding.mode.requires_proof else server.enforcer_for(binding.principal)
-        self.session = Session(uuid.uuid4().hex, server.credentials, enforcer, max_frame_bytes=server.max_frame_bytes,
+        # The upstream secret as it is now: a password, or the token source's current token (or why none).
+        self.session = Session(uuid.uuid4().hex, server.credentials.current(now), enforcer,
+                               max_frame_bytes=server.max_frame_bytes,
                                now=now, workload_sasl=workload_sasl, enforcer_for=server.enforcer_for)
         self.verifying: asyncio.Task | None = None
         # Client requests get the tighter bound. Until Session takes its own
@@ -353,7 +355,7 @@ class _Parked(asyncio.Protocol):
         self.pool = pool
         self.address = address
         self.transport: asyncio.Transport | None = None
-        self.auth = UpstreamAuthenticator(pool.credentials)
+        self.auth = UpstreamAuthenticator(pool.credentials.current(time.time()))
         self.frames = FrameSplitter(pool.max_frame_bytes)
         self.ready = False
         self.ready_at = 0.0
@@ -363,7 +365,10 @@ class _Parked(asyncio.Protocol):
         self.transport = transport
         self.pool.authenticating.add(self)
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.write(self.auth.start())
+        try:
+            transport.write(self.auth.start())
+        except UpstreamAuthError as e:  # no valid token held at this moment
+            self._failed(e)
 
     def data_received(self, data: bytes) -> None:
         if self.ready:  # a broker says nothing unasked; a connection that does is not handed out
@@ -420,7 +425,7 @@ class UpstreamPool:
     the pool opens no connections to that address for 10 seconds.
     """
 
-    def __init__(self, credentials: UpstreamCredentials, max_frame_bytes: int, size: int, *,
+    def __init__(self, credentials: UpstreamCredentialSource, max_frame_bytes: int, size: int, *,
                  connect_timeout_s: float = 10.0, sasl_timeout_s: float = 10.0) -> None:
         self.credentials = credentials
         self.max_frame_bytes = max_frame_bytes
@@ -449,6 +454,8 @@ class UpstreamPool:
     def refill(self, address: tuple[str, int]) -> None:
         if self._closed or time.monotonic() - self._failed_at.get(address, -_POOL_RETRY_AFTER_S) < _POOL_RETRY_AFTER_S:
             return
+        if isinstance(self.credentials.current(time.time()), TokenUnavailable):
+            return  # no token to authenticate with: sessions connect (and fail, audited) on their own
         missing = self.size - len(self._ready.get(address, ())) - self._opening.get(address, 0)
         for _ in range(max(0, missing)):
             self._opening[address] = self._opening.get(address, 0) + 1
@@ -525,7 +532,7 @@ def release_freed_heap() -> None:
 class ProxyServer:
     def __init__(
         self, *, hosts: tuple[str, ...], port: int, lookup: Lookup,
-        identity_of: Callable[[int], Enrollment | None], credentials: UpstreamCredentials,
+        identity_of: Callable[[int], Enrollment | None], credentials: UpstreamCredentialSource,
         limits: Limits, max_request_bytes: int, max_sessions: int, max_sessions_per_workload: int,
         audit_failing: Callable[[], str | None] | None = None, release_memory: Callable[[], None] = release_freed_heap,
         policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int, upstream_pool: int = 0,

@@ -31,14 +31,13 @@ from kio.schema.api_versions.v0.response import ApiVersion
 from kio.schema.errors import ErrorCode
 
 from appliance.audit.records import Authentication, Operation, SessionClosed
-from appliance.broker.credentials import UpstreamCredentials
 from appliance.kafka import apis, codec
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy import events as ev
 from appliance.proxy.commands import (Audit, CloseConnection, Command, Log, SendToClient, SendToUpstream,
                                       VerifyToken as VerifyTokenCommand)
 from appliance.proxy.inflight import InFlight, InFlightQueue
-from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
+from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError, UpstreamSecret
 from appliance.identity.binding import Binding
 from appliance.policy import permissions
 from appliance.policy.enforce import Enforcer, Verdict
@@ -100,7 +99,7 @@ DEFAULT_MAX_HELD_BYTES = 1 << 20
 
 
 class Session:
-    def __init__(self, session_id: str, credentials: UpstreamCredentials, enforcer: Enforcer | None, *,
+    def __init__(self, session_id: str, credentials: UpstreamSecret, enforcer: Enforcer | None, *,
                  max_frame_bytes: int, now: float, max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
                  workload_sasl: WorkloadSasl | None = None,
                  enforcer_for: Callable[[Principal], Enforcer] | None = None) -> None:

@@ -2,15 +2,26 @@
 
 SaslHandshake v1 names the mechanism, then SaslAuthenticate v2 carries the
 exchange: one message for PLAIN, two round trips for SCRAM (RFC 5802, via
-scramp, which also verifies the server's signature). The workload never sees
+scramp, which also verifies the server's signature), one for OAUTHBEARER
+(RFC 7628: `n,,\x01auth=Bearer <token>\x01\x01`). The workload never sees
 any of it: it starts before the workload's first request is forwarded.
+
+What to authenticate with comes in ready: a password (`UpstreamCredentials`),
+or for OAUTHBEARER the token the token source holds now (`BearerToken`), or
+that it holds none (`TokenUnavailable`), in which case `start` fails with the
+provider's error, so the session closes with that reason audited. A broker
+that rejects the token answers with RFC 7628's error challenge, a JSON object;
+the client must acknowledge it with a single 0x01 before the broker sends the
+failure, and the failure names both.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import json
 import struct
+from typing import Protocol
 
 import scramp
 import scramp.core
@@ -21,11 +32,27 @@ from kio.schema.sasl_handshake.v1.response import SaslHandshakeResponse
 from kio.serial import entity_writer
 
 from appliance.broker.credentials import UpstreamCredentials
+from appliance.broker.oauth_token import BearerToken, TokenUnavailable
+from appliance.identity.sasl import format_oauthbearer
 from appliance.kafka import apis
 from appliance.kafka.codec import DecodeError, decode_entity, response_body_offset, response_correlation_id
 from appliance.kafka.framing import frame
 
-MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN", "OAUTHBEARER")
+# What a session authenticates its broker connection with, as the shell hands it over.
+UpstreamSecret = UpstreamCredentials | BearerToken | TokenUnavailable
+
+
+class UpstreamCredentialSource(Protocol):
+    """What the shell asks, per broker connection, for the secret to authenticate it with:
+    `UpstreamCredentials` (itself, always) or the token source (its current token, never waiting)."""
+
+    def current(self, now: float) -> UpstreamSecret: ...
+
+
+# RFC 7628 3.2.2: the client's whole answer to the server's error challenge.
+_OAUTHBEARER_ACK = b"\x01"
+_MAX_CHALLENGE_TEXT = 300
 
 # scramp derives the salted password afresh in every exchange: PBKDF2 with the
 # broker's iteration count, 4096 rounds of SHA-512 by default, 1.7 ms of CPU on
@@ -63,22 +90,50 @@ def _request(api_key: int, version: int, correlation_id: int, cls: type, entity)
     return frame(out.getvalue())
 
 
+def _printable(text: str, limit: int = _MAX_CHALLENGE_TEXT) -> str:
+    """Text from the broker made fit for one log line and audit reason."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+    return cleaned + ("..." if len(text) > limit else "")
+
+
 def _error_text(response) -> str:
     code = response.error_code
     name = getattr(code, "name", str(code)).upper()
     message = getattr(response, "error_message", None)
-    return f"{name}" + (f": {message}" if message else "")
+    return f"{name}" + (f": {_printable(message)}" if message else "")
+
+
+def _challenge_text(challenge: bytes) -> str:
+    """The broker's RFC 7628 error challenge, read defensively: its status (and scope), or its bytes."""
+    try:
+        data = json.loads(challenge)
+    except (ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("status"), str):
+        text = f"status {data['status']}"
+        if isinstance(data.get("scope"), str):
+            text += f", scope {data['scope']}"
+        return _printable(text)
+    return "an error challenge that is not RFC 7628 JSON: " + _printable(challenge.decode("utf-8", "replace"))
 
 
 class UpstreamAuthenticator:
     """Produces the frames to send and consumes the broker's answers until authenticated."""
 
-    def __init__(self, credentials: UpstreamCredentials) -> None:
-        if credentials.mechanism not in MECHANISMS:
+    def __init__(self, credentials: UpstreamSecret) -> None:
+        if isinstance(credentials, (BearerToken, TokenUnavailable)):
+            self.mechanism = "OAUTHBEARER"
+        elif credentials.mechanism in MECHANISMS[:3]:
+            self.mechanism = credentials.mechanism
+        elif credentials.mechanism == "OAUTHBEARER":
+            raise UpstreamAuthError("OAUTHBEARER authenticates with the token source's current token "
+                                    "(BearerToken), not with the credentials file's client")
+        else:
             raise UpstreamAuthError(
                 f"upstream mechanism {credentials.mechanism!r} is not supported; use one of {', '.join(MECHANISMS)}"
             )
         self.credentials = credentials
+        self._challenge: str | None = None  # the broker's OAUTHBEARER error challenge, once acknowledged
         self.done = False
         self._step = "handshake"
         self._scram: scramp.ScramClient | None = None
@@ -92,7 +147,15 @@ class UpstreamAuthenticator:
         return _request(api_key, version, correlation_id, cls, entity)
 
     def start(self) -> bytes:
-        return self._send(apis.SASL_HANDSHAKE, 1, SaslHandshakeRequest, SaslHandshakeRequest(mechanism=self.credentials.mechanism))
+        if isinstance(self.credentials, TokenUnavailable):
+            raise UpstreamAuthError(f"the appliance holds no valid OAUTHBEARER token for the broker: "
+                                    f"{self.credentials.reason}")
+        return self._send(apis.SASL_HANDSHAKE, 1, SaslHandshakeRequest, SaslHandshakeRequest(mechanism=self.mechanism))
+
+    def _whose(self) -> str:
+        if isinstance(self.credentials, BearerToken):
+            return "the appliance's OAUTHBEARER token"
+        return f"the appliance's {self.credentials.mechanism} credentials for user {self.credentials.username!r}"
 
     def _authenticate(self, payload: bytes) -> bytes:
         return self._send(apis.SASL_AUTHENTICATE, 2, SaslAuthenticateRequest, SaslAuthenticateRequest(auth_bytes=payload))
@@ -116,10 +179,13 @@ class UpstreamAuthenticator:
             response = self._read(SaslHandshakeResponse, response_frame, apis.SASL_HANDSHAKE, 1)
             if int(response.error_code.value) != 0:
                 raise UpstreamAuthError(
-                    f"broker refused SASL mechanism {self.credentials.mechanism}: {_error_text(response)}; "
-                    f"it offers {', '.join(response.mechanisms) or 'none'}"
+                    f"broker refused SASL mechanism {self.mechanism}: {_error_text(response)}; "
+                    f"it offers {', '.join(_printable(m, 40) for m in response.mechanisms[:16]) or 'none'}"
                 )
             creds = self.credentials
+            if isinstance(creds, BearerToken):
+                self._step = "oauthbearer"
+                return self._authenticate(format_oauthbearer(creds.value))
             if creds.mechanism == "PLAIN":
                 self._step = "final"
                 return self._authenticate(f"\0{creds.username}\0{creds.password}".encode())
@@ -128,10 +194,17 @@ class UpstreamAuthenticator:
             return self._authenticate(self._scram.get_client_first().encode())
         response = self._read(SaslAuthenticateResponse, response_frame, apis.SASL_AUTHENTICATE, 2)
         if int(response.error_code.value) != 0:
-            raise UpstreamAuthError(
-                f"broker refused the appliance's {self.credentials.mechanism} credentials for user "
-                f"{self.credentials.username!r}: {_error_text(response)}"
-            )
+            challenge = f" (its error challenge: {self._challenge})" if self._challenge is not None else ""
+            raise UpstreamAuthError(f"broker refused {self._whose()}: {_error_text(response)}{challenge}")
+        if self._step == "oauthbearer-acknowledged":
+            raise UpstreamAuthError(f"broker sent an OAUTHBEARER error challenge ({self._challenge}) and then "
+                                    "reported success; the token is not taken as accepted")
+        if self._step == "oauthbearer" and response.auth_bytes:
+            # RFC 7628 3.2.2: a non-empty server message after the token is an error; acknowledge it,
+            # and the broker answers with the failure itself.
+            self._challenge = _challenge_text(bytes(response.auth_bytes))
+            self._step = "oauthbearer-acknowledged"
+            return self._authenticate(_OAUTHBEARER_ACK)
         try:
             if self._step == "server-first":
                 self._scram.set_server_first(response.auth_bytes.decode("utf-8", "strict"))

@@ -1,0 +1,348 @@
+"""The appliance's own OAUTHBEARER authentication, against a real Kafka validating real Keycloak tokens.
+
+A broker of this module's own (not the shared session broker): the embedded
+broker with its OAUTHBEARER listener, validated by Kafka's
+OAuthBearerValidatorCallbackHandler against the session's Keycloak JWKS, on
+ports 49092 (SCRAM), 49094-49095 (controller, inter-broker) and 49096
+(OAUTHBEARER), data under /var/lib/appliance-test/upstream-oauth-broker and
+cgroup appliance-test-oauth-broker. The appliance's token source fetches the
+`appliance-upstream` client's token from Keycloak and its UpstreamAuthenticator
+presents it, over a plain socket, exactly as the proxy's shell would; then a
+Metadata request that creates a topic proves the principal is a super user.
+
+Nothing here skips: no Java, jars or Keycloak fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import socket
+import struct
+import threading
+import time
+import urllib.request
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
+from kio.schema.metadata.v12.response import MetadataResponse
+from kio.serial import entity_reader, entity_writer
+
+from appliance.broker.credentials import OAuthBearerCredentials
+from appliance.broker.embedded import EmbeddedBroker
+from appliance.broker.errors import BrokerError
+from appliance.broker.oauth_token import BearerToken
+from appliance.broker.token_source import TokenSource
+from appliance.config import EmbeddedBrokerConfig, EmbeddedOAuthConfig
+from appliance.identity import cgroups
+from appliance.kafka.framing import frame
+from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
+
+DATA = Path("/var/lib/appliance-test/upstream-oauth-broker")
+CGROUP = "appliance-test-oauth-broker"
+OAUTH_PORT = 49096
+JWKS_RELAY_PORT = 49180  # a JWKS copy this module serves, switched on and off
+TIMINGS: dict[str, float] = {}
+TIMINGS_TEXT: dict[str, str] = {}  # measured facts, printed with -s
+
+
+def _config(keycloak, **oauth) -> EmbeddedBrokerConfig:
+    # The demo realm's service-account tokens carry `"scope": ""`, which Kafka refuses as a scope;
+    # scope_claim names a claim they lack, so Kafka reads no scopes (its authorizer uses none).
+    settings = {"issuer": keycloak.issuer, "jwks_url": keycloak.jwks_uri, "audience": keycloak.realm.audience,
+                "port": OAUTH_PORT, "clock_skew_s": 1, "scope_claim": "kafka_scope", **oauth}
+    return EmbeddedBrokerConfig(port4=49092, host6="", controller_port=49094, data_dir=DATA, cgroup=CGROUP,
+                                heap="384m", oauth=EmbeddedOAuthConfig(**settings))
+
+
+@pytest.fixture(scope="module")
+def oauth_broker(keycloak, request):
+    shutil.rmtree(DATA, ignore_errors=True)  # formatted afresh: a leftover may hold another realm's principal
+    broker = EmbeddedBroker(_config(keycloak))
+    broker.stop()  # a broker left by an interrupted run
+    started = time.monotonic()
+    broker.start()
+    TIMINGS["broker cold start with the OAUTHBEARER listener"] = time.monotonic() - started
+    yield broker
+    broker.stop()
+    try:
+        cgroups.remove(cgroups.resolve(CGROUP))
+    except cgroups.CgroupError:
+        pass
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        for what, seconds in TIMINGS.items():
+            reporter.write_line(f"upstream oauth: {what}: {seconds:.2f} s")
+
+
+def _recv_frame(sock: socket.socket) -> bytes:
+    head = _recv_exactly(sock, 4)
+    (size,) = struct.unpack(">i", head)
+    assert 0 <= size < 1 << 20, f"broker frame of {size} bytes"
+    return head + _recv_exactly(sock, size)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"broker closed the connection after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def authenticate(address, secret) -> tuple[socket.socket, UpstreamAuthenticator]:
+    """The proxy's upstream exchange over a blocking socket: the authenticator's frames out, the broker's in."""
+    sock = socket.create_connection((address.host, address.port), timeout=10)
+    auth = UpstreamAuthenticator(secret)
+    try:
+        sock.sendall(auth.start())
+        while True:
+            following = auth.receive(_recv_frame(sock))
+            if following is None:
+                return sock, auth
+            sock.sendall(following)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def metadata(sock: socket.socket, topic: str) -> MetadataResponse:
+    """Metadata v12 for one topic, creating it if it does not exist (CREATE: the super user may)."""
+    body = io.BytesIO()
+    body.write(struct.pack(">hhih", MetadataRequest.__api_key__, 12, 99, 4) + b"test" + b"\0")
+    entity_writer(MetadataRequest)(body, MetadataRequest(
+        topics=(MetadataRequestTopic(topic_id=None, name=topic),), allow_auto_topic_creation=True,
+        include_topic_authorized_operations=False))
+    sock.sendall(frame(body.getvalue()))
+    response = _recv_frame(sock)
+    assert struct.unpack(">i", response[4:8])[0] == 99
+    return entity_reader(MetadataResponse)(response, 9)[0]  # size, correlation id, empty tagged fields
+
+
+def token_source_token(keycloak) -> tuple[BearerToken, TokenSource, float]:
+    """The appliance-upstream client's token, as the appliance's token source fetches it from Keycloak."""
+    credentials = OAuthBearerCredentials(keycloak.token_endpoint, "appliance-upstream",
+                                         keycloak.secret("appliance-upstream"))
+
+    async def first() -> tuple[BearerToken, TokenSource, float]:
+        source = TokenSource(credentials)
+        started = time.monotonic()
+        source.start()
+        token = await source.first_token(10)
+        took = time.monotonic() - started
+        await source.stop()
+        return token, source, took
+
+    token, source, took = asyncio.run(first())
+    assert isinstance(token, BearerToken), token
+    return token, source, took
+
+
+def test_the_appliance_authenticates_with_its_keycloak_token_and_acts_as_a_super_user(oauth_broker, keycloak):
+    token, source, took = token_source_token(keycloak)
+    TIMINGS["first token from Keycloak (client_credentials)"] = took
+    assert token.expires_at - token.obtained_at == pytest.approx(keycloak.realm.lifespan_of("appliance-upstream"), abs=2)
+    assert source.schedule.wait_s(token.obtained_at) == pytest.approx(0.8 * (token.expires_at - token.obtained_at))
+    started = time.monotonic()
+    sock, auth = authenticate(oauth_broker.oauth_address, token)
+    TIMINGS["OAUTHBEARER exchange with the broker"] = time.monotonic() - started
+    with sock:
+        assert auth.done
+        # Measured: without connections.max.reauth.ms, Kafka still bounds the connection by the token's
+        # remaining lifetime (KIP-368's session lifetime), so the appliance learns when it will end.
+        assert token.expires_at - time.time() - 5 < auth.session_lifetime_s <= token.expires_at - token.obtained_at
+        topic = f"upstream-oauth-{int(time.time() * 1000)}"
+        response = metadata(sock, topic)
+        assert [b.port for b in response.brokers] == [OAUTH_PORT]
+        deadline = time.monotonic() + 15
+        while True:  # the first answers say unknown while the broker creates the topic this request asked for
+            (described,) = response.topics
+            assert described.name == topic
+            errors = described.error_code.name.lower()
+            assert errors in ("none", "unknown_topic_or_partition", "leader_not_available"), described.error_code
+            if errors == "none" and described.partitions:
+                break
+            assert time.monotonic() < deadline, f"topic {topic} not created: {described.error_code}"
+            time.sleep(0.2)
+            response = metadata(sock, topic)
+
+
+def test_another_client_s_valid_token_authenticates_but_has_no_rights(oauth_broker, keycloak):
+    """The super user is the appliance's principal (azp appliance-upstream), not whoever holds a token."""
+    orders = keycloak.token("orders")
+    sock, auth = authenticate(oauth_broker.oauth_address, BearerToken(orders, time.time(), time.time() + 60))
+    with sock:
+        (described,) = metadata(sock, f"orders-only-{int(time.time() * 1000)}").topics
+        assert described.error_code.name.lower() == "topic_authorization_failed"
+
+
+def test_a_garbage_token_is_refused_through_the_error_challenge(oauth_broker):
+    with pytest.raises(UpstreamAuthError) as e:
+        authenticate(oauth_broker.oauth_address, BearerToken("not.a.jwt", time.time(), time.time() + 60))
+    text = str(e.value)
+    assert "broker refused the appliance's OAUTHBEARER token: SASL_AUTHENTICATION_FAILED" in text
+    assert "its error challenge: status invalid_token" in text, text
+
+
+def test_a_token_signed_by_another_key_is_refused(oauth_broker, keycloak):
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    genuine = jwt.decode(keycloak.token("appliance-upstream"), options={"verify_signature": False})
+    header = jwt.get_unverified_header(keycloak.token("appliance-upstream"))
+    forged = jwt.encode(genuine, rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                        algorithm="RS256", headers={"kid": header["kid"]})
+    with pytest.raises(UpstreamAuthError, match="status invalid_token"):
+        authenticate(oauth_broker.oauth_address, BearerToken(forged, time.time(), time.time() + 60))
+
+
+def test_an_expired_token_is_refused(oauth_broker, keycloak):
+    """Keycloak's `short-lived` client: 30 s tokens; the broker allows 1 s of clock skew here."""
+    issued = time.time()
+    short = keycloak.token("short-lived")
+    claims = __import__("jwt").decode(short, options={"verify_signature": False})
+    lifetime = claims["exp"] - claims["iat"]
+    sock, auth = authenticate(oauth_broker.oauth_address, BearerToken(short, issued, issued + lifetime))
+    assert auth.session_lifetime_s <= lifetime  # valid while fresh: the refusal below is the expiry's
+    with sock:
+        time.sleep(max(0.0, claims["exp"] + 2.5 - time.time()))
+        with pytest.raises(UpstreamAuthError, match="status invalid_token"):
+            authenticate(oauth_broker.oauth_address, BearerToken(short, issued, issued + lifetime))
+        # The connection authenticated with it while it was valid: the broker ends it at the next request
+        # (KIP-368 session expiry), with no connections.max.reauth.ms configured.
+        with pytest.raises(ConnectionError):
+            metadata(sock, "after-expiry")
+
+
+def test_a_token_for_another_audience_is_refused(oauth_broker, keycloak):
+    """The same broker, restarted expecting another audience, refuses the appliance's genuine token."""
+    token, _, _ = token_source_token(keycloak)
+    other = EmbeddedBroker(_config(keycloak, audience="not-kafka-appliance"))
+    oauth_broker.stop()
+    try:
+        other.start()
+        with pytest.raises(UpstreamAuthError, match="status invalid_token"):
+            authenticate(other.oauth_address, token)
+    finally:
+        other.stop()
+        oauth_broker.start()
+    sock, auth = authenticate(oauth_broker.oauth_address, token)  # and the configured audience takes it again
+    sock.close()
+    assert auth.done
+
+
+class _JwksCopy(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.server.jwks
+        self.server.hits += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_broker_needs_the_jwks_at_start_and_keeps_its_keys_when_the_provider_goes_away(oauth_broker, keycloak):
+    """What Kafka's JWKS resolver does when the provider is down (docs/configuration.md): measured, not assumed."""
+    token, _, _ = token_source_token(keycloak)
+    relay_url = f"http://127.0.0.1:{JWKS_RELAY_PORT}/certs"
+    late = EmbeddedBroker(_config(keycloak, jwks_url=relay_url))
+    oauth_broker.stop()
+    server = None
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerError) as down:
+            late.start(timeout=60)  # nothing listens on the JWKS URL
+        TIMINGS["broker start with the JWKS unreachable, until it exits"] = time.monotonic() - started
+        assert f"its OAUTHBEARER listener could not load the JWKS at {relay_url}" in str(down.value)
+        assert "Connection refused" in str(down.value).splitlines()[0]
+        server = ThreadingHTTPServer(("127.0.0.1", JWKS_RELAY_PORT), _JwksCopy)
+        server.jwks, server.hits = urllib.request.urlopen(keycloak.jwks_uri, timeout=5).read(), 0
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        late.start()
+        assert server.hits >= 1
+        sock, auth = authenticate(late.oauth_address, token)
+        sock.close()
+        assert auth.done
+        server.shutdown()
+        server.server_close()
+        server = None
+        # The provider gone after start: the keys fetched at start still verify its tokens.
+        sock, auth = authenticate(late.oauth_address, token)
+        sock.close()
+        assert auth.done
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        late.stop()
+        oauth_broker.start()
+
+
+def test_keycloak_s_scope_claim_with_and_without_the_openid_scope(keycloak):
+    """A measurement for the docs: what `scope` the demo realm writes into the appliance's token."""
+    import jwt
+
+    from appliance.broker.token_source import TokenEndpointClient
+
+    for scope in (None, "openid"):
+        credentials = OAuthBearerCredentials(keycloak.token_endpoint, "appliance-upstream",
+                                             keycloak.secret("appliance-upstream"), scope)
+        claims = jwt.decode(TokenEndpointClient(credentials).fetch().value, options={"verify_signature": False})
+        TIMINGS_TEXT[f"scope claim when asking for scope {scope}"] = repr(claims.get("scope"))
+    print(json.dumps(TIMINGS_TEXT, indent=1))
+
+
+
+def test_appliance_serve_with_oauthbearer_upstream_credentials_carries_a_real_producer(
+        oauth_broker, keycloak, appliance, make_cgroup):
+    """The whole appliance: its upstream credentials are the Keycloak client, steering points at the
+    OAUTHBEARER listener, and kcat in an enrolled cgroup produces and consumes through it."""
+    from tests.adversarial.reconfigured import enroll_in, reconfigured
+    from tests.integration.conftest import STATE, audit, eventually
+
+    oauth_broker.start()  # idempotent: running already unless a test above left it down
+    credentials = STATE / "upstream-oauth-credentials.json"
+    credentials.write_text(json.dumps({"mechanism": "OAUTHBEARER", "token_endpoint": keycloak.token_endpoint,
+                                       "client_id": "appliance-upstream",
+                                       "client_secret": keycloak.secret("appliance-upstream")}))
+    credentials.chmod(0o600)
+    address = str(oauth_broker.oauth_address)
+    settings = yaml_settings(appliance)
+    with reconfigured(appliance, "upstream-oauth", brokers=[address], upstream_credentials=str(credentials),
+                      exempt_cgroups=[*settings["exempt_cgroups"], CGROUP]) as app:
+        status = eventually(lambda: (app.status() or {}).get("upstream_auth"), message="upstream auth status")
+        assert status["mechanism"] == "OAUTHBEARER" and status["token_valid"], status
+        assert keycloak.secret("appliance-upstream") not in json.dumps(app.status())
+        workload = enroll_in(app, make_cgroup, "kcat-job")
+        topic = f"oauth-upstream-{int(time.time() * 1000)}"
+        workload.run(["kcat", "-b", address, "-t", topic, "-P"], input="one\ntwo\nthree\n")
+        out = workload.run(["kcat", "-b", address, "-t", topic, "-C", "-o", "beginning", "-c", "3", "-e", "-q"],
+                           timeout=60).stdout
+        assert out.split() == ["one", "two", "three"]
+
+        def produced():
+            ops = [o for o in audit(app.config_path, "operations", "--identity", "kcat-job", "--topic", topic)
+                   if o["api_name"] == "Produce"]
+            return ops if sum(o["records"] for o in ops) >= 3 else None
+
+        ops = eventually(produced, message="3 produced records audited for kcat-job")
+        assert all(o["error_code"] == 0 for o in ops), ops
+        sessions = audit(app.config_path, "sessions", "--identity", "kcat-job")
+        assert sessions and {s["broker_address"] for s in sessions} == {address}, sessions
+
+
+def yaml_settings(appliance) -> dict:
+    import yaml
+
+    return yaml.safe_load(appliance.config_path.read_text())
