@@ -255,3 +255,22 @@ def test_short_lived_tokens_are_reauthenticated_or_the_session_expires(appliance
     first = lapsed[-1]
     assert "did not re-authenticate" in first["close_reason"]
     assert 25 <= first["ended_at"] - first["started_at"] <= 35, first  # a 30 s token, checked each second
+
+
+def test_a_revocation_survives_a_restart_and_audit_sessions_finds_the_subject(appliance, config_path, keycloak,
+                                                                              enroll, idp_topic):
+    sub = service_account_id("appliance", "ledger")
+    cli(config_path, "revoke", "--subject", sub, "--reason", "test: rotate the ledger's secret")
+    appliance.stop()
+    appliance.start()
+    workload = enroll("after-restart", auth="token")
+    refused = librdkafka(workload, idp_topic, "--produce", "1", *oauth(keycloak, "ledger"), timeout=8)
+    assert refused["produced"] == 0 and any("revoked" in e for e in refused["client_errors"]), refused
+    cli(config_path, "revoke", "--subject", sub, "--withdraw")
+    allowed = eventually(lambda: (lambda r: r if r["produced"] == 1 else None)(
+        librdkafka(workload, idp_topic, "--produce", "1", *oauth(keycloak, "ledger"), timeout=8)),
+        timeout=30, message="a produce once the revocation is withdrawn")
+    assert allowed["errors"] == []
+    by_subject = audit(config_path, "sessions", "--subject", sub)
+    assert by_subject and {s["subject"] for s in by_subject} == {sub}
+    assert {s["identity"] for s in by_subject} == {"ledger"}
