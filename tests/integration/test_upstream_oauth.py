@@ -338,7 +338,9 @@ def test_appliance_serve_with_oauthbearer_upstream_credentials_carries_a_real_pr
 
         ops = eventually(produced, message="3 produced records audited for kcat-job")
         assert all(o["error_code"] == 0 for o in ops), ops
-        sessions = audit(app.config_path, "sessions", "--identity", "kcat-job")
+        # This workload's sessions only: earlier tests' kcat-job sessions share the audit.
+        sessions = [s for s in audit(app.config_path, "sessions", "--identity", "kcat-job")
+                    if s["cgroup_path"] == workload.cgroup.path]
         assert sessions and {s["broker_address"] for s in sessions} == {address}, sessions
 
 
