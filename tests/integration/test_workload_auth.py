@@ -81,8 +81,12 @@ def test_a_valid_token_from_the_wrong_cgroup_is_refused_as_a_mismatch(appliance,
     refused = eventually(lambda: [a for a in authentications_of(config_path, sessions) if a["outcome"] == "refused"],
                          message="mismatch audited")
     assert "mismatch" in refused[0]["reason"] and "enrolled as 'billing'" in refused[0]["reason"]
-    assert all("SASL authentication failed: identity mismatch" in (s["close_reason"] or "") for s in sessions
-               if s["ended_at"]), sessions
+    # Nothing from the wrong cgroup authenticated or reached the broker (a session may also end because the
+    # client closed it first, so close reasons vary).
+    assert not [a for a in authentications_of(config_path, sessions) if a["outcome"] == "ok"]
+    ids = {s["session_id"] for s in sessions}
+    assert not [o for o in audit(config_path, "operations", "--topic", idp_topic) if o["session_id"] in ids
+                and o["api_name"] == "Produce"]
     # The same token from the cgroup it belongs to passes.
     right = enroll("orders", auth="cgroup+token", accepts=("orders",))
     mine = librdkafka(right, idp_topic, "--produce", "1", *oauth(keycloak, "orders"))
