@@ -10,15 +10,13 @@ its identity.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+
+from appliance.identity import state_file
 
 IDENTITY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
 
@@ -84,12 +82,8 @@ class EnrollmentStore:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+    def _locked(self):
+        return state_file.locked(self.path)
 
     def load(self) -> dict[str, Enrollment]:
         """Enrolments keyed by cgroup path."""
@@ -113,11 +107,8 @@ class EnrollmentStore:
             raise EnrollmentError(f"{self.path}: enrolment file is damaged ({e}); fix or remove it") from None
 
     def _save(self, enrollments: dict[str, Enrollment]) -> None:
-        tmp = self.path.with_suffix(".tmp")
         data = {"enrollments": [asdict(e) for e in sorted(enrollments.values(), key=lambda e: e.cgroup_path)]}
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        state_file.replace_private(self.path, json.dumps(data, indent=2) + "\n")
 
     def enroll(self, *, identity: str, groups: tuple[str, ...], cgroup_path: str, cgroup_id: int,
                auth: str = "cgroup", accepts: tuple[str, ...] = ()) -> Enrollment:
@@ -142,9 +133,6 @@ class EnrollmentStore:
             self._save(current)
         return record
 
-    def stamp(self) -> float:
+    def stamp(self) -> int:
         """A value that changes whenever the file does (its mtime), for cheap polling."""
-        try:
-            return self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return 0
+        return state_file.stamp(self.path)

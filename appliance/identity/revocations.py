@@ -9,15 +9,12 @@ stands until it is withdrawn (`appliance revoke --withdraw`).
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
+from appliance.identity import state_file
 from appliance.identity.binding import Proof
 
 KINDS = ("subject", "jti", "identity", "client_id")
@@ -65,12 +62,8 @@ class RevocationStore:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+    def _locked(self):
+        return state_file.locked(self.path)
 
     def load(self) -> Revocations:
         try:
@@ -91,10 +84,7 @@ class RevocationStore:
         return Revocations(entries)
 
     def _save(self, revocations: Revocations) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"revocations": [asdict(r) for r in revocations.entries]}, indent=2) + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        state_file.replace_private(self.path, json.dumps({"revocations": [asdict(r) for r in revocations.entries]}, indent=2) + "\n")
 
     def revoke(self, kind: str, value: str, *, by: str, reason: str, until: float | None,
                now: float | None = None) -> Revocation:
@@ -121,7 +111,5 @@ class RevocationStore:
         return len(current.entries) - len(kept)
 
     def stamp(self) -> int:
-        try:
-            return self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return 0
+        """A value that changes whenever the file does (its mtime), for cheap polling."""
+        return state_file.stamp(self.path)
