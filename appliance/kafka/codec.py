@@ -83,6 +83,8 @@ def _read_uvarint(data: bytes, offset: int) -> tuple[int, int]:
 
 
 def _skip_tagged_fields(data: bytes, offset: int) -> int:
+    if offset < len(data) and data[offset] == 0:  # no tagged fields: nearly every header
+        return offset + 1
     count, offset = _read_uvarint(data, offset)
     for _ in range(count):
         _, offset = _read_uvarint(data, offset)

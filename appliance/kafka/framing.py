@@ -19,45 +19,55 @@ class FrameSplitter:
     is buffered, so a hostile peer cannot make the proxy allocate it.
     """
 
-    __slots__ = ("_buffer", "max_frame_bytes")
+    __slots__ = ("_buffer", "max_frame_bytes", "pending")
 
     def __init__(self, max_frame_bytes: int) -> None:
         self._buffer = bytearray()
         self.max_frame_bytes = max_frame_bytes
-
-    @property
-    def pending(self) -> int:
-        """Bytes held that do not yet form a whole frame."""
-        return len(self._buffer)
+        self.pending = 0  # bytes held that do not yet form a whole frame (read after every read: no property)
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
-        if not buffer and len(data) >= 4:
-            # The common case: a read that starts on a frame boundary. Whole
-            # frames are sliced from it directly; one that fills the read is
-            # returned as the very same object, with no copy at all.
-            (size,) = _SIZE.unpack_from(data, 0)
-            if 0 <= size <= self.max_frame_bytes and len(data) == 4 + size:
-                return [data]
+        if not buffer:
+            # The common case: a read that starts on a frame boundary. Its whole
+            # frames are sliced from it directly (one that fills the read is the
+            # very same object, no copy at all); only a partial tail is held.
+            frames: list[bytes] = []
+            start, end = 0, len(data)
+            while end - start >= 4:
+                (size,) = _SIZE.unpack_from(data, start)
+                if size < 0 or size > self.max_frame_bytes:
+                    self._refuse(size, data, start)
+                if end - start < 4 + size:
+                    break
+                frames.append(data if start == 0 and 4 + size == end else data[start:start + 4 + size])
+                start += 4 + size
+            if start < end:
+                buffer += memoryview(data)[start:]
+                self.pending = end - start
+            return frames
         buffer += data
-        frames: list[bytes] = []
+        frames = []
         start = 0
         end = len(buffer)
         while end - start >= 4:
             (size,) = _SIZE.unpack_from(buffer, start)
             if size < 0 or size > self.max_frame_bytes:
-                raise FrameError(
-                    f"frame size {size} is outside 0..{self.max_frame_bytes} bytes "
-                    f"(first bytes {bytes(buffer[start:start + 8]).hex()})"
-                )
+                self._refuse(size, buffer, start)
             if end - start < 4 + size:
                 break
             frames.append(bytes(buffer[start:start + 4 + size]))
             start += 4 + size
         if start:
             del buffer[:start]
+        self.pending = len(buffer)
         return frames
 
+    def _refuse(self, size: int, data: bytes | bytearray, start: int) -> None:
+        raise FrameError(
+            f"frame size {size} is outside 0..{self.max_frame_bytes} bytes "
+            f"(first bytes {bytes(data[start:start + 8]).hex()})"
+        )
 
     def peek(self, n: int) -> bytes:
         """The first `n` bytes held (fewer if fewer are held), without consuming them."""
@@ -67,6 +77,7 @@ class FrameSplitter:
         """Everything held (a frame's beginning), handed over and forgotten."""
         held = bytes(self._buffer)
         self._buffer.clear()
+        self.pending = 0
         return held
 
 

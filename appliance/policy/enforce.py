@@ -81,7 +81,7 @@ class Enforcer:
         if header.api_key == apis.PRODUCE:  # the hot path: a shape already decided, no decode, no dispatch
             known = self._produce.by_shape(frame, header, self.policy())
             if known is not None:
-                return Verdict("allowed", known.checks, None, frame, facts=known.facts)
+                return Verdict("allowed", known[0], None, frame, None, None, 0, known[1])
         permission = permission_for(header.api_key, header.api_version)
         if permission is None:
             return self._unmapped(header)

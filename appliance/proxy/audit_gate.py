@@ -72,6 +72,7 @@ class AuditGate:
     def __init__(self, enforcer, failing: Callable[[], str | None]) -> None:
         self.enforcer = enforcer
         self.failing = failing
+        self.complete = enforcer.complete  # asked of every response: bound once, not looked up each time
 
     def check(self, frame: bytes, header: codec.RequestHeader) -> Verdict:
         reason = self.failing()
@@ -79,5 +80,5 @@ class AuditGate:
             return refusal(frame, header, reason)
         return self.enforcer.check(frame, header)
 
-    def __getattr__(self, name: str):  # complete(), policy, principal: the enforcer's own
+    def __getattr__(self, name: str):  # policy, principal: the enforcer's own
         return getattr(self.enforcer, name)

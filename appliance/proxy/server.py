@@ -142,7 +142,8 @@ class _Connection:
         self.paused = False  # reading the client is paused for the budget (and self is in server.paused)
         self.gone = False
 
-    def dispatch(self, event: ev.Event) -> None:
+    def dispatch(self, event: ev.Event, data: bool = False) -> None:
+        """Carry out the session's commands for `event`; `data`: it is bytes read from either side."""
         now = time.time()
         for command in self.session.handle(event, now):
             match command:
@@ -162,7 +163,7 @@ class _Connection:
                 case VerifyToken(token):
                     self.verifying = asyncio.ensure_future(self._verify(token))
         if not self.gone:
-            self._account(now, isinstance(event, (ev.ClientData, ev.UpstreamData)))
+            self._account(now, data)
 
     async def _verify(self, token: str) -> None:
         try:
@@ -314,7 +315,7 @@ class _ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.conn is not None:
-            self.conn.dispatch(ev.ClientData(data))
+            self.conn.dispatch(ev.ClientData(data), True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
@@ -335,7 +336,7 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.conn = conn
 
     def data_received(self, data: bytes) -> None:
-        self.conn.dispatch(ev.UpstreamData(data))
+        self.conn.dispatch(ev.UpstreamData(data), True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn.dispatch(ev.UpstreamClosed(f"broker closed the connection{f': {exc}' if exc else ''}"))

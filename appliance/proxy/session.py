@@ -327,14 +327,10 @@ class Session:
                     flush()
                     self._unauthenticated(header, now, out)
                     return
-            if self._answer_locally(header, frame, now, out):
-                if self.closed:
-                    flush()
-                    return
-                continue
-            if self._version_refused(header):
+            if header.body_offset < 0 or _version_not_offered(header.api_key, header.api_version):
                 flush()
-                self._refuse_version(header, frame, now, out)
+                if not self._answer_locally(header, frame, now, out):
+                    self._refuse_version(header, frame, now, out)
                 if self.closed:
                     return
                 continue
@@ -376,11 +372,6 @@ class Session:
             response, error, outcome = pending.answer
             send.append(response)
             out.append(Audit(self._operation(pending, now, len(response), error, outcome)))
-
-    @staticmethod
-    def _version_refused(header: codec.RequestHeader) -> bool:
-        """Whether this request is of a version the proxy did not offer in ApiVersions (or cannot parse)."""
-        return header.body_offset < 0 or _version_not_offered(header.api_key, header.api_version)
 
     def _refuse_version(self, header: codec.RequestHeader, frame: bytes, now: float, out: list[Command]) -> None:
         """A version the proxy did not offer in ApiVersions: UNSUPPORTED_VERSION, never forwarded.
@@ -561,7 +552,10 @@ class Session:
     def _stream(self, data: bytes, now: float, out: list[Command]) -> bytes:
         """Forward the streamed response's bytes; audit it once whole. Returns what follows it."""
         streaming = self._streaming
-        piece, rest = data[:streaming.remaining], data[streaming.remaining:]
+        if len(data) <= streaming.remaining:  # the usual read: all of it is the response's (no copy)
+            piece, rest = data, b""
+        else:
+            piece, rest = data[:streaming.remaining], data[streaming.remaining:]
         streaming.remaining -= len(piece)
         streaming.chunks.append(piece)
         self.bytes_to_client += len(piece)

@@ -16,8 +16,15 @@ def test_any_split_of_a_stream_gives_back_the_frames(payloads, data):
     for cut in cuts + [len(stream)]:
         got += splitter.feed(stream[last:cut])
         last = cut
+        assert all(type(f) is bytes for f in got)  # never a view of a buffer that changes later
+        assert splitter.pending == cut - sum(map(len, got))  # the budget's books: exactly what is held
     assert got == [frame(p) for p in payloads]
     assert splitter.pending == 0
+
+
+def test_an_oversized_frame_behind_whole_frames_in_one_read_is_refused():
+    with pytest.raises(FrameError, match="frame size 2000 is outside 0..1024"):
+        FrameSplitter(1024).feed(frame(b"ok") + frame(b"fine") + struct.pack(">i", 2000) + b"x" * 10)
 
 
 def test_oversized_frame_is_refused_before_it_is_buffered():

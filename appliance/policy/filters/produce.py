@@ -38,21 +38,21 @@ class ProduceFilter:
         self._shapes: list[tuple[codec.ProduceShape, tuple]] = []  # newest first
         self._shapes_policy: Policy | None = None
 
-    def by_shape(self, frame: bytes, header: codec.RequestHeader, policy: Policy) -> Forward | None:
-        """The decision for a request of a shape already allowed under `policy`, read without a decode."""
+    def by_shape(self, frame: bytes, header: codec.RequestHeader, policy: Policy) -> tuple[tuple, codec.RequestFacts] | None:
+        """(checks, facts) of a request of a shape already allowed under `policy`, read without a decode."""
         if policy is not self._shapes_policy:
             self._shapes, self._shapes_policy = [], policy
             return None
         for shape, checks in self._shapes:
             facts = codec.match_produce(frame, header, shape)
             if facts is not None:
-                return Forward(checks, None, None, facts)
+                return checks, facts
         return None
 
     def request(self, frame: bytes, header: codec.RequestHeader, permission: Permission, policy: Policy) -> Result:
         known = self.by_shape(frame, header, policy)
         if known is not None:
-            return known
+            return Forward(known[0], None, None, known[1])
         request = codec.decode_request(frame, header)
         result = self._decide(frame, header, request, permission, policy)
         if type(result) is Forward:
