@@ -113,6 +113,7 @@ class TokenProviderConfig:
     client_id_claim: str = "azp"
     algorithms: tuple[str, ...] = TOKEN_ALGORITHMS
     leeway_s: float = 30.0
+    ca_file: Path | None = None  # PEM CAs for an https issuer/jwks_uri instead of the system store
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,4 +481,16 @@ def _parse_provider(value: Any, where: str) -> TokenProviderConfig:
         if not isinstance(leeway, (int, float)) or isinstance(leeway, bool) or not 0 <= leeway <= 300:
             raise ConfigError(f"{where}: key 'leeway_s' must be a number of seconds from 0 to 300, got {leeway!r}")
         changes["leeway_s"] = float(leeway)
+    if "ca_file" in value:
+        ca_file = value["ca_file"]
+        if not isinstance(ca_file, str) or not ca_file.startswith("/"):
+            raise ConfigError(f"{where}: key 'ca_file' must be an absolute path to a PEM file of CA certificates, "
+                              f"got {ca_file!r}")
+        from appliance.identity.provider_http import CaFileError, tls_context
+
+        try:
+            tls_context(ca_file)  # a wrong file fails the load, not the first token
+        except CaFileError as e:
+            raise ConfigError(f"{where}: key 'ca_file': {e}") from None
+        changes["ca_file"] = Path(ca_file)
     return TokenProviderConfig(**{"issuer": "", "audiences": (), **changes})

@@ -96,3 +96,19 @@ def test_resource_bounds_default_safe_and_the_audit_can_move(tmp_path):
     config = load_config(f)
     assert str(config.audit_db) == "/mnt/audit/audit.db" and str(config.run_marker) == "/mnt/audit/serve.running"
     assert config.idle_timeout_s == 2.5
+
+
+def test_a_provider_s_ca_file_is_loaded_with_the_config_and_a_bad_one_is_named(tmp_path):
+    from tests.identity.tls_certs import TestCa
+
+    ca = TestCa.make("config test CA").write_cert(tmp_path / "ca.pem")
+    f = tmp_path / "a.yaml"
+    provider = "identity:\n  providers:\n    - {issuer: 'https://idp.example/r', audiences: [k], ca_file: '%s'}\n"
+    f.write_text(provider % ca)
+    assert load_config(f).identity.providers[0].ca_file == ca
+    for value, message in ((tmp_path / "absent.pem", f"key 'ca_file': CA file {tmp_path / 'absent.pem'} does not exist"),
+                           ("relative.pem", "key 'ca_file' must be an absolute path to a PEM file of CA certificates")):
+        f.write_text(provider % value)
+        with pytest.raises(ConfigError) as e:
+            load_config(f)
+        assert str(e.value).startswith(str(f)) and "providers' item 1" in str(e.value) and message in str(e.value)

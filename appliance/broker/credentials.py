@@ -4,12 +4,15 @@ The file is JSON, readable by its owner only, in one of two forms:
 
     {"mechanism": "SCRAM-SHA-512", "username": "appliance", "password": "..."}
     {"mechanism": "OAUTHBEARER", "token_endpoint": "https://idp/realms/r/protocol/openid-connect/token",
-     "client_id": "appliance-upstream", "client_secret": "...", "scope": "kafka"}
+     "client_id": "appliance-upstream", "client_secret": "...", "scope": "kafka", "ca_file": "/etc/appliance/idp-ca.pem"}
 
 The first (also SCRAM-SHA-256 or PLAIN) is a password the broker checks; the
 second is an OAuth 2 client the appliance uses to obtain its own access tokens
 by the client_credentials grant (appliance/broker/token_source.py), which it
-then presents to the broker over SASL/OAUTHBEARER. `scope` is optional.
+then presents to the broker over SASL/OAUTHBEARER. `scope` is optional;
+`ca_file` (optional, absolute) names a PEM file of the CAs an https token
+endpoint's certificate is verified against instead of the system store, and
+is loaded when the file is, so that a wrong one fails here, naming both files.
 
 The embedded broker writes a SCRAM one when it formats its data directory; for
 a real cluster the operator writes it. `load_credentials` refuses a file that
@@ -28,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from appliance.identity.provider_http import CaFileError, tls_context
+
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 OAUTHBEARER = "OAUTHBEARER"
 _KEYS = ("mechanism", "username", "password")
 _OAUTH_KEYS = ("mechanism", "token_endpoint", "client_id", "client_secret")
-_OAUTH_OPTIONAL = ("scope",)
+_OAUTH_OPTIONAL = ("scope", "ca_file")
 # RFC 6749 appendix A: client ids and secrets are printable ASCII (VSCHAR); a scope is
 # space-separated NQCHAR tokens. Nothing else may reach an HTTP request from this file.
 _VSCHAR = re.compile(r"[\x20-\x7e]+")
@@ -70,7 +75,8 @@ class UpstreamCredentials:
 class OAuthBearerCredentials:
     """An OAuth 2 client of an OIDC provider; the appliance's tokens come from its token endpoint.
 
-    The secret stays out of repr(); `scope` None asks for the client's default scopes.
+    The secret stays out of repr(); `scope` None asks for the client's default scopes; `ca_file` None
+    verifies an https endpoint against the system CA store.
     """
 
     token_endpoint: str
@@ -78,6 +84,7 @@ class OAuthBearerCredentials:
     client_secret: str = field(repr=False)
     scope: str | None = None
     mechanism: str = OAUTHBEARER
+    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         problem = oauth_problem(self.token_endpoint, self.client_id, self.client_secret, self.scope)
@@ -121,7 +128,18 @@ def _load_oauth(path: Path, data: dict) -> OAuthBearerCredentials:
     problem = oauth_problem(data["token_endpoint"], data["client_id"], data["client_secret"], data.get("scope"))
     if problem is not None:
         raise CredentialsError(f"{path}: key {problem[0]!r} {problem[1]}")
-    return OAuthBearerCredentials(data["token_endpoint"], data["client_id"], data["client_secret"], data.get("scope"))
+    ca_file = data.get("ca_file")
+    if ca_file is not None:
+        if not isinstance(ca_file, str) or not ca_file.startswith("/"):
+            raise CredentialsError(f"{path}: key 'ca_file' must be an absolute path to a PEM file of CA certificates, "
+                                   f"got {str(ca_file)[:200]!r}")
+        try:
+            tls_context(ca_file)
+        except CaFileError as e:
+            raise CredentialsError(f"{path}: key 'ca_file': {e}") from None
+        ca_file = Path(ca_file)
+    return OAuthBearerCredentials(data["token_endpoint"], data["client_id"], data["client_secret"], data.get("scope"),
+                                  ca_file=ca_file)
 
 
 def load_credentials(path: Path) -> AnyCredentials:

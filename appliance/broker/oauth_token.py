@@ -16,9 +16,11 @@ good token remains; once it has run out, `current` names the last failure.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.identity import strict_json
 
 # RFC 6750 section 2.1, b64token: what a bearer token may consist of. Anything else
 # (a 0x01, a space, a comma) would break the OAUTHBEARER message it goes into.
@@ -59,13 +61,16 @@ class TokenUnavailable:
     reason: str
 
 
-def parse_token_response(body: bytes, endpoint: str, now: float) -> BearerToken:
-    """The access token from a successful (HTTP 200) client_credentials answer (RFC 6749 section 5.1)."""
+def parse_token_response(body: bytes | Any, endpoint: str, now: float) -> BearerToken:
+    """The access token from a successful (HTTP 200) client_credentials answer (RFC 6749 section 5.1): its
+    bytes, or its JSON as the provider client (identity/provider_http.py) decoded it."""
     what = f"token endpoint {endpoint}"
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise TokenResponseError(f"{what}: the answer is not JSON") from None
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = strict_json.loads(bytes(body))
+        except strict_json.JsonError as e:
+            raise TokenResponseError(f"{what}: the answer is {e}") from None
+    data = body
     if not isinstance(data, dict):
         raise TokenResponseError(f"{what}: the answer is not a JSON object")
     token = data.get("access_token")
@@ -91,8 +96,8 @@ def parse_token_response(body: bytes, endpoint: str, now: float) -> BearerToken:
 def error_response_text(body: bytes) -> str:
     """A token endpoint's error answer (RFC 6749 section 5.2) as a short line: `error: description`."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = strict_json.loads(body)
+    except strict_json.JsonError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         text = data["error"]

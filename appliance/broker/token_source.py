@@ -6,27 +6,23 @@
     source.current(time.time())         # BearerToken or TokenUnavailable: never waits for the provider
     await source.stop()
 
-`TokenEndpointClient.fetch` is the only code here that opens a connection: one
-blocking urllib POST (client_credentials grant, RFC 6749 section 4.4, the
-client authenticated with HTTP Basic, section 2.3.1), with a timeout, a bounded
-read, no redirects, and errors that name the endpoint and the HTTP status. It
-runs in a thread (`asyncio.to_thread`), one fetch at a time. When to fetch, and
-which token new connections get meanwhile, is decided by the pure
-`RefreshSchedule` (oauth_token.py). The client secret is in no log line or
-error; the token neither.
+`TokenEndpointClient.fetch` asks the token endpoint through the shared client
+for providers (appliance/identity/provider_http.py: the client_credentials
+grant, RFC 6749 section 4.4, the client authenticated with HTTP Basic,
+section 2.3.1; TLS verified against the system store or the credentials'
+`ca_file`; a timeout, a deadline and a bounded read; no redirects; errors that
+name the endpoint and the HTTP status or fault). It runs in a thread
+(`asyncio.to_thread`), one fetch at a time. When to fetch, and which token new
+connections get meanwhile, is decided by the pure `RefreshSchedule`
+(oauth_token.py). The client secret is in no log line or error; the token
+neither.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import http.client
 import logging
-import ssl
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 from appliance.broker.credentials import OAuthBearerCredentials
 from appliance.broker.oauth_token import (
@@ -37,6 +33,7 @@ from appliance.broker.oauth_token import (
     error_response_text,
     parse_token_response,
 )
+from appliance.identity.provider_http import ProviderError, ProviderHttp
 
 log = logging.getLogger(__name__)
 
@@ -49,87 +46,31 @@ class TokenFetchError(RuntimeError):
     """The token endpoint could not be asked, or refused: names the endpoint and the HTTP status or fault."""
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        # Following one would re-send the client's credentials to wherever it points.
-        raise TokenFetchError(f"token endpoint {req.full_url}: redirected (HTTP {code}); configure the final URL")
-
-
-def _read_bounded(response, limit: int, what: str, deadline: float | None = None) -> bytes:
-    """At most `limit` bytes of the body, and all of it by `deadline` (monotonic): the socket timeout alone
-    bounds each read, so a provider sending a byte every few seconds would otherwise hold the fetch for ever."""
-    declared = response.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TokenFetchError(f"{what}: the answer is {declared} bytes, more than the {limit} bytes the appliance reads")
-    chunks, size = [], 0
-    while size <= limit:
-        if deadline is not None and time.monotonic() > deadline:
-            raise TokenFetchError(f"{what}: the answer did not arrive whole in time")
-        chunk = response.read1(min(64 * 1024, limit + 1 - size)) if hasattr(response, "read1") else \
-            response.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > limit:
-        raise TokenFetchError(f"{what}: the answer is more than the {limit} bytes the appliance reads")
-    return b"".join(chunks)
-
-
 class TokenEndpointClient:
     """Blocking client_credentials requests to one token endpoint; call it from a thread, never the event loop."""
 
     def __init__(self, credentials: OAuthBearerCredentials, *, timeout_s: float = TIMEOUT_S,
-                 max_bytes: int = MAX_RESPONSE_BYTES, ssl_context: ssl.SSLContext | None = None) -> None:
+                 max_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.credentials = credentials
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
-        self._opener = urllib.request.build_opener(
-            _NoRedirects(), urllib.request.HTTPSHandler(context=ssl_context or ssl.create_default_context()))
-
-    def _request(self) -> urllib.request.Request:
-        creds = self.credentials
-        form = {"grant_type": "client_credentials"}
-        if creds.scope is not None:
-            form["scope"] = creds.scope
-        # RFC 6749 2.3.1: id and secret are form-encoded before they are joined and base64-encoded.
-        basic = ":".join(urllib.parse.quote(v, safe="") for v in (creds.client_id, creds.client_secret))
-        return urllib.request.Request(
-            creds.token_endpoint, data=urllib.parse.urlencode(form).encode(), method="POST",
-            headers={"Authorization": "Basic " + base64.b64encode(basic.encode()).decode(),
-                     "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json",
-                     "User-Agent": "appliance"})
+        self.http = ProviderHttp(ca_file=credentials.ca_file, timeout_s=timeout_s, max_bytes=max_bytes,
+                                 deadline_s=TOTAL_TIMEOUTS * timeout_s)
 
     def fetch(self, now: float | None = None) -> BearerToken:
         """A new access token for the appliance's client; raises TokenFetchError naming what went wrong."""
-        endpoint = self.credentials.token_endpoint
-        what = f"token endpoint {endpoint}"
-        deadline = time.monotonic() + TOTAL_TIMEOUTS * self.timeout_s
+        creds = self.credentials
         try:
-            with self._opener.open(self._request(), timeout=self.timeout_s) as response:
-                body = _read_bounded(response, self.max_bytes, what, deadline)
-        except TokenFetchError:
-            raise
-        except urllib.error.HTTPError as e:
-            try:
-                detail = error_response_text(_read_bounded(e, self.max_bytes, what))
-            except (TokenFetchError, OSError, http.client.HTTPException):
-                detail = ""
-            finally:
-                e.close()
-            hint = " (the provider refused the appliance's client id or secret)" if e.code == 401 else ""
-            raise TokenFetchError(f"{what} answered HTTP {e.code}{': ' + detail if detail else ''}{hint}") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, TimeoutError):
-                raise TokenFetchError(f"{what}: no answer within {self.timeout_s:g} s") from None
-            reason = e.reason if isinstance(e.reason, str) else (getattr(e.reason, "strerror", None) or str(e.reason))
-            raise TokenFetchError(f"{what}: unreachable ({reason})") from None
-        except TimeoutError:
-            raise TokenFetchError(f"{what}: no answer within {self.timeout_s:g} s") from None
-        except (OSError, ValueError, http.client.HTTPException) as e:  # reset mid-body, bad status line, short body
-            raise TokenFetchError(f"{what}: {type(e).__name__}: {str(e)[:120]}") from None
+            answer = self.http.client_credentials(creds.token_endpoint, creds.client_id, creds.client_secret,
+                                                  scope=creds.scope)
+        except ProviderError as e:
+            if e.status is None:
+                raise TokenFetchError(str(e)) from None
+            detail = error_response_text(e.body)
+            hint = " (the provider refused the appliance's client id or secret)" if e.status == 401 else ""
+            raise TokenFetchError(f"{e}{': ' + detail if detail else ''}{hint}") from None
         try:
-            return parse_token_response(body, endpoint, time.time() if now is None else now)
+            return parse_token_response(answer, creds.token_endpoint, time.time() if now is None else now)
         except TokenResponseError as e:
             raise TokenFetchError(str(e)) from None
 

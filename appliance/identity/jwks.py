@@ -13,13 +13,14 @@ does the fetching and tells it the outcome. Time is always an argument.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from appliance.identity import strict_json
 
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 64
@@ -65,9 +66,9 @@ class KeySet:
             if len(body) > max_bytes:
                 raise JwksError(f"JWKS is {len(body)} bytes, more than the {max_bytes} allowed")
             try:
-                body = json.loads(bytes(body), object_pairs_hook=_no_duplicate_members)
-            except (ValueError, RecursionError) as e:
-                raise JwksError(f"JWKS is not JSON: {e}") from None
+                body = strict_json.loads(bytes(body))
+            except strict_json.JsonError as e:
+                raise JwksError(f"JWKS is {e}") from None
         if not isinstance(body, dict):
             raise JwksError(f"JWKS must be a JSON object with a 'keys' list, got {type(body).__name__}")
         raw_keys = body.get("keys")
@@ -99,15 +100,6 @@ class KeySet:
     @property
     def kids(self) -> tuple[str, ...]:
         return tuple(k.kid for k in self.keys if k.kid is not None)
-
-
-def _no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"member {k!r} appears twice in one object")
-        out[k] = v
-    return out
 
 
 def _parse_key(jwk: Any, index: int) -> Key | str:

@@ -1,9 +1,10 @@
 """The I/O shell for an OIDC provider: discovery, JWKS fetches, and the token verifier.
 
-`ProviderClient` is the only code here that opens a connection: blocking
-urllib GETs with a timeout and a bounded read, and errors that name the URL
-and what went wrong. Redirects are refused (the configured URL must be the
-real one, and a redirect could downgrade https to http).
+`ProviderClient` asks one provider for its configuration and keys through
+the shared provider client (provider_http: http/https, TLS verified against
+the system store or the configured CA file, a timeout, a size cap, no
+redirects, strict JSON, errors that name the URL and the fault), and checks
+what the answers say.
 
 `TokenVerifier` puts the pure parts together for the event loop: it asks the
 `JwksCache` whether to fetch, runs the fetch in a thread with
@@ -14,35 +15,19 @@ start their own, and validates the token with `tokens.validate`.
 from __future__ import annotations
 
 import asyncio
-import http.client
-import json
-import ssl
-import urllib.error
-import urllib.request
-from typing import Any
+from pathlib import Path
 
 from appliance.identity.jwks import FetchNeeded, JwksCache, JwksError, Key, KeyNotFound, KeySet, KeysUnavailable
+from appliance.identity.provider_http import MAX_BYTES, ProviderError, ProviderHttp
 from appliance.identity.tokens import TokenRejected, TokenRules, ValidToken, read_header, validate
 
-MAX_BYTES = 1 << 20
+__all__ = ["MAX_BYTES", "ProviderClient", "ProviderError", "TokenVerifier"]
+
 _DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 
-class ProviderError(RuntimeError):
-    """The provider could not be asked or gave an unusable answer, naming the URL and the fault."""
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise ProviderError(f"{req.full_url}: redirected (HTTP {code}) to {newurl}; configure the final URL")
-
-
-def _size_text(n: int) -> str:
-    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
-
-
 class ProviderClient:
-    """Blocking HTTP(S) access to one provider; call it from a thread, never the event loop."""
+    """Blocking access to one provider's discovery document and JWKS; call it from a thread, never the event loop."""
 
     def __init__(
         self,
@@ -50,7 +35,7 @@ class ProviderClient:
         jwks_uri: str | None = None,
         timeout_s: float = 5,
         max_bytes: int = MAX_BYTES,
-        ssl_context: ssl.SSLContext | None = None,
+        ca_file: Path | str | None = None,
     ) -> None:
         for name, url in (("issuer", issuer), ("jwks_uri", jwks_uri)):
             if url is not None and not (isinstance(url, str) and url.startswith(("https://", "http://"))):
@@ -58,71 +43,35 @@ class ProviderClient:
         self.issuer = issuer
         self.jwks_uri = jwks_uri
         self.timeout_s = timeout_s
-        self.max_bytes = max_bytes
-        self._opener = urllib.request.build_opener(
-            _NoRedirects(), urllib.request.HTTPSHandler(context=ssl_context or ssl.create_default_context())
-        )
-
-    def _get(self, url: str, what: str) -> bytes:
-        request = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "appliance"})
-        try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
-                declared = response.headers.get("Content-Length")
-                if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise ProviderError(f"{what} at {url}: larger than {_size_text(self.max_bytes)} ({declared} bytes)")
-                body = response.read(self.max_bytes + 1)
-        except ProviderError:
-            raise
-        except urllib.error.HTTPError as e:
-            raise ProviderError(f"{what} at {url}: HTTP {e.code}") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, TimeoutError):
-                raise ProviderError(f"{what} at {url}: no answer within {self.timeout_s:g} s") from None
-            reason = e.reason if isinstance(e.reason, str) else (getattr(e.reason, "strerror", None) or str(e.reason))
-            raise ProviderError(f"{what} at {url}: unreachable ({reason})") from None
-        except TimeoutError:
-            raise ProviderError(f"{what} at {url}: no answer within {self.timeout_s:g} s") from None
-        except (OSError, ValueError, http.client.HTTPException) as e:  # reset mid-body, bad status line, short body
-            raise ProviderError(f"{what} at {url}: {type(e).__name__}: {str(e)[:120]}") from None
-        if len(body) > self.max_bytes:
-            raise ProviderError(f"{what} at {url}: larger than {_size_text(self.max_bytes)}")
-        return body
-
-    def _json(self, url: str, what: str) -> Any:
-        body = self._get(url, what)
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
-            raise ProviderError(f"{what} at {url}: not JSON") from None
+        self.http = ProviderHttp(ca_file=ca_file, timeout_s=timeout_s, max_bytes=max_bytes)
 
     def discover(self) -> str:
         """Read the provider's configuration; check it names our issuer; return (and keep) its jwks_uri."""
-        url = self.issuer.rstrip("/") + _DISCOVERY_PATH
-        config = self._json(url, "OpenID configuration")
+        what, url = "OpenID configuration at", self.issuer.rstrip("/") + _DISCOVERY_PATH
+        config = self.http.get_json(url, what)
         if not isinstance(config, dict):
-            raise ProviderError(f"OpenID configuration at {url}: not a JSON object")
+            raise ProviderError(what, url, "not a JSON object")
         if config.get("issuer") != self.issuer:
-            raise ProviderError(
-                f"OpenID configuration at {url}: issuer {str(config.get('issuer'))[:200]!r} is not the configured "
-                f"{self.issuer!r} (tokens would not match; configure the provider's exact issuer)"
-            )
+            shown = str(config.get("issuer"))[:200]
+            raise ProviderError(what, url, f"issuer {shown!r} is not the configured {self.issuer!r} (tokens would "
+                                "not match; configure the provider's exact issuer)")
         jwks_uri = config.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
-            raise ProviderError(f"OpenID configuration at {url}: no http(s) 'jwks_uri'")
+            raise ProviderError(what, url, "no http(s) 'jwks_uri'")
         if self.issuer.startswith("https://") and not jwks_uri.startswith("https://"):
-            raise ProviderError(f"OpenID configuration at {url}: jwks_uri {jwks_uri[:200]!r} is not https, as the issuer is")
+            raise ProviderError(what, url, f"jwks_uri {jwks_uri[:200]!r} is not https, as the issuer is")
         self.jwks_uri = jwks_uri
         return jwks_uri
 
     def fetch_jwks(self) -> KeySet:
         """The provider's current signing keys (discovering the JWKS URL first if it is not known)."""
         url = self.jwks_uri or self.discover()
-        body = self._get(url, "JWKS")
+        document = self.http.get_json(url, "JWKS at")
         try:
-            return KeySet.from_jwks(body, max_bytes=self.max_bytes)
+            return KeySet.from_jwks(document)
         except JwksError as e:
             detail = str(e).removeprefix("JWKS is ").removeprefix("JWKS ")
-            raise ProviderError(f"JWKS at {url}: {detail}") from None
+            raise ProviderError("JWKS at", url, detail) from None
 
 
 class TokenVerifier:

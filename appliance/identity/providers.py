@@ -25,7 +25,8 @@ def rules_for(provider: TokenProviderConfig) -> TokenRules:
 
 class TokenProviders:
     def __init__(self, providers: tuple[TokenProviderConfig, ...]) -> None:
-        self._verifiers = {p.issuer: TokenVerifier(rules_for(p), ProviderClient(p.issuer, jwks_uri=p.jwks_uri),
+        self._verifiers = {p.issuer: TokenVerifier(rules_for(p), ProviderClient(p.issuer, jwks_uri=p.jwks_uri,
+                                                                                ca_file=p.ca_file),
                                                    JwksCache()) for p in providers}
 
     @property

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import re
 import time
@@ -23,6 +22,7 @@ from typing import Any, Mapping
 
 import jwt
 
+from appliance.identity import strict_json
 from appliance.identity.jwks import SIGNING_ALGORITHMS, Key, KeySet
 
 DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
@@ -125,27 +125,18 @@ def _when(ts: float) -> str:
         return f"{ts!r}"
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"member {_shown(k, 32)} appears twice")
-        out[k] = v
-    return out
-
-
 def _b64url_json(segment: str, what: str) -> dict:
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise _Reject("malformed", f"token {what} is not valid base64url") from None
     try:
-        value = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except RecursionError:
+        value = strict_json.loads(raw)
+    except strict_json.DuplicateMember as e:  # two readings of one token are refused
+        raise _Reject("malformed", f"token {what}: {e}") from None
+    except strict_json.TooDeep:
         raise _Reject("malformed", f"token {what} is nested too deeply") from None
-    except ValueError as e:
-        if "appears twice" in str(e):  # raised by _no_duplicates: two readings of one token are refused
-            raise _Reject("malformed", f"token {what}: {e}") from None
+    except strict_json.JsonError:
         raise _Reject("malformed", f"token {what} is not JSON") from None
     if not isinstance(value, dict):
         raise _Reject("malformed", f"token {what} must be a JSON object, got {type(value).__name__}")

@@ -37,13 +37,15 @@ class InstanceRecord:
     keycloak_version: str
     endpoints: Endpoints
     clients: tuple[ClientInfo, ...]
+    https_port: int | None = None  # the https listener beside the http one, if started with one
 
     @classmethod
     def of(cls, realm: Realm, *, pid: int, port: int, started_at: float, keycloak_version: str,
-           endpoints: Endpoints) -> "InstanceRecord":
+           endpoints: Endpoints, https_port: int | None = None) -> "InstanceRecord":
         clients = tuple(ClientInfo(c.client_id, c.groups, service_account_id(realm.name, c.client_id),
                                    realm.lifespan_of(c.client_id)) for c in realm.clients)
-        return cls(pid, port, realm.name, realm.audience, started_at, keycloak_version, endpoints, clients)
+        return cls(pid, port, realm.name, realm.audience, started_at, keycloak_version, endpoints, clients,
+                   https_port)
 
     def stopped(self) -> "InstanceRecord":
         return replace(self, pid=None)
@@ -52,6 +54,7 @@ class InstanceRecord:
         return json.dumps({
             "pid": self.pid,
             "port": self.port,
+            "https_port": self.https_port,
             "realm": self.realm,
             "audience": self.audience,
             "started_at": self.started_at,
@@ -85,6 +88,9 @@ class InstanceRecord:
         port = _typed(record.get("port"), "port", int)
         if not 1 <= port <= 65535:
             raise RecordError(f"port {port} is not from 1 to 65535")
+        https_port = record.get("https_port")  # absent in records written before https listeners
+        if https_port is not None and not 1 <= _typed(https_port, "https_port", int) <= 65535:
+            raise RecordError(f"https_port {https_port} is not from 1 to 65535")
         return cls(
             pid=pid,
             port=port,
@@ -95,6 +101,7 @@ class InstanceRecord:
             endpoints=Endpoints(**{k: _typed(endpoints.get(k), f"endpoints.{k}", str)
                                    for k in ("issuer", "discovery", "token", "jwks")}),
             clients=tuple(clients),
+            https_port=https_port,
         )
 
 

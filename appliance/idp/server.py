@@ -6,6 +6,9 @@
     idp.token("orders")       # a client_credentials access token (a JWT)
     idp.stop()                # SIGTERM, then SIGKILL after the timeout
 
+    LocalKeycloak(..., https=HttpsListener(18443, Path("server.pem"), Path("server.key")))
+    idp.https_endpoints       # the token endpoint and JWKS on the https port (the issuer stays the http one)
+
 The server is `kc.sh start-dev` from a private copy of the distribution in the
 state directory (Keycloak writes its build output and data into its home, so
 two instances must not share one), on 127.0.0.1 only, with `--hostname` fixed
@@ -16,6 +19,14 @@ server serves. Service-account user ids, client secrets and the realm's
 signing key are fixed by the realm table and the state directory, so a restart
 changes neither a token's `sub`, nor a secret, nor the JWKS: a token issued
 before a restart still verifies after it.
+
+With `https`, the same server also listens on an https port with the given
+certificate and key (PEM). The issuer stays `http://127.0.0.1:<port>/...`,
+so a token's `iss` is the same whichever port issued it; with
+`--hostname-backchannel-dynamic` the back-channel URLs (token endpoint, JWKS)
+that discovery names follow the port they were asked on, so the https port's
+discovery names https ones. Tests use it to reach the token endpoint and the
+JWKS over verified TLS without a second server.
 
 It runs detached in its own session, with the pid of kc.sh (the session
 leader; java is its child, or kc.sh itself after a rebuild's re-exec) in
@@ -54,7 +65,7 @@ from appliance.idp.instance import ClientInfo, InstanceRecord, RecordError
 from appliance.idp.realm import DEMO_REALM, Endpoints, Realm, representation
 from appliance.idp.signing_key import ensure_signing_key, keycloak_form
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_JAR_CACHE", "IdpStatus", "LocalKeycloak"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_JAR_CACHE", "HttpsListener", "IdpStatus", "LocalKeycloak"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,15 @@ ADMIN_USER = "admin"
 HOST = "127.0.0.1"
 
 _TAIL_LINES = 40
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsListener:
+    """An https port beside the http one: Keycloak serves the same realm on it with this certificate and key (PEM)."""
+
+    port: int
+    certificate_file: Path
+    key_file: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +130,15 @@ class LocalKeycloak:
     """One local Keycloak, identified by its state directory."""
 
     def __init__(self, state_dir: Path, *, port: int = DEFAULT_PORT, realm: Realm = DEMO_REALM,
-                 jar_cache: Path = DEFAULT_JAR_CACHE):
-        if not 1 <= int(port) <= 65535:
-            raise IdpError(f"port {port!r} is not a number from 1 to 65535")
+                 jar_cache: Path = DEFAULT_JAR_CACHE, https: HttpsListener | None = None):
+        for p in (port,) + ((https.port,) if https else ()):
+            if not 1 <= int(p) <= 65535:
+                raise IdpError(f"port {p!r} is not a number from 1 to 65535")
+        if https is not None and int(https.port) == int(port):
+            raise IdpError(f"the https port {https.port} must differ from the http port")
         self.files = IdpFiles(Path(state_dir).absolute())
         self.port = int(port)
+        self.https = https
         self.realm = realm
         self.jar_cache = Path(jar_cache)
         self._child: subprocess.Popen | None = None
@@ -132,6 +156,15 @@ class LocalKeycloak:
     @property
     def endpoints(self) -> Endpoints:
         return Endpoints.of(self.base_url, self.realm.name)
+
+    @property
+    def https_endpoints(self) -> Endpoints:
+        """The realm's URLs on the https port; the issuer is the http one, as in every token."""
+        if self.https is None:
+            raise IdpError(f"{self!r} was not given an https listener")
+        on_https = Endpoints.of(f"https://{HOST}:{self.https.port}", self.realm.name)
+        return Endpoints(issuer=self.endpoints.issuer, discovery=on_https.discovery, token=on_https.token,
+                         jwks=on_https.jwks)
 
     @property
     def secrets_file(self) -> Path:
@@ -167,10 +200,13 @@ class LocalKeycloak:
         with self._start_lock(deadline):
             record = self._running_record()
             if record is not None:
-                if (record.port, record.realm, record.audience) != (self.port, self.realm.name, self.realm.audience):
+                https_port = self.https.port if self.https else None
+                if (record.port, record.https_port, record.realm, record.audience) != \
+                        (self.port, https_port, self.realm.name, self.realm.audience):
                     raise IdpError(
                         f"the identity provider in {self.files.state_dir} already runs (pid {record.pid}) on port "
-                        f"{record.port} with realm {record.realm!r} and audience {record.audience!r}; stop it first "
+                        f"{record.port} (https port {record.https_port}) with realm {record.realm!r} and audience "
+                        f"{record.audience!r}; stop it first "
                         f"(appliance idp stop --state-dir {self.files.state_dir})"
                     )
                 self._wait_until_answering(record.pid, deadline)
@@ -250,17 +286,18 @@ class LocalKeycloak:
 
     def _check_port_free(self) -> None:
         """Fail early, naming the port, rather than after Keycloak's 20 s start with a bind error in its log."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((HOST, self.port))
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    raise IdpError(
-                        f"cannot listen on {HOST}:{self.port}: another process holds it (another identity provider?). "
-                        "Choose another --port, or stop the other process"
-                    ) from None
-                raise IdpError(f"cannot listen on {HOST}:{self.port}: {e.strerror}") from None
+        for port in (self.port,) + ((self.https.port,) if self.https else ()):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((HOST, port))
+                except OSError as e:
+                    if e.errno == errno.EADDRINUSE:
+                        raise IdpError(
+                            f"cannot listen on {HOST}:{port}: another process holds it (another identity provider?). "
+                            "Choose another --port, or stop the other process"
+                        ) from None
+                    raise IdpError(f"cannot listen on {HOST}:{port}: {e.strerror}") from None
 
     def _copy_distribution(self, distribution: Path) -> None:
         """A private home for this instance, copied from the cache once (and again if a copy was interrupted)."""
@@ -285,7 +322,7 @@ class LocalKeycloak:
                       json.dumps(representation(self.realm, client_secrets, signing_key), indent=2) + "\n")
 
     def _argv(self) -> list[str]:
-        return [
+        argv = [
             "sh", str(self.files.kc_sh), "start-dev",
             "--http-host", HOST,
             "--http-port", str(self.port),
@@ -294,6 +331,18 @@ class LocalKeycloak:
             "--db", "dev-mem",
             "--import-realm",
         ]
+        if self.https is not None:
+            for what, path in (("certificate", self.https.certificate_file), ("key", self.https.key_file)):
+                if not Path(path).is_file():
+                    raise IdpError(f"the https {what} file {path} does not exist")
+            argv += [
+                "--https-port", str(self.https.port),
+                "--https-certificate-file", str(Path(self.https.certificate_file).absolute()),
+                "--https-certificate-key-file", str(Path(self.https.key_file).absolute()),
+                # Token endpoint and JWKS URLs follow the listener asked; the issuer stays --hostname's.
+                "--hostname-backchannel-dynamic", "true",
+            ]
+        return argv
 
     def _launch(self, admin_password: str) -> int:
         argv = self._argv()
@@ -318,7 +367,8 @@ class LocalKeycloak:
 
     def _write_record(self, pid: int) -> None:
         record = InstanceRecord.of(self.realm, pid=pid, port=self.port, started_at=time.time(),
-                                   keycloak_version=KEYCLOAK_VERSION, endpoints=self.endpoints)
+                                   keycloak_version=KEYCLOAK_VERSION, endpoints=self.endpoints,
+                                   https_port=self.https.port if self.https else None)
         write_private(self.files.instance, record.to_json())
 
     def _answers(self, endpoints: Endpoints) -> bool:

@@ -89,3 +89,17 @@ def test_the_password_forms_read_as_before(tmp_path):
 def test_the_value_type_checks_itself_too():
     with pytest.raises(CredentialsError, match="key 'token_endpoint'"):
         OAuthBearerCredentials("not a url", "a", "b")
+
+
+def test_an_oauthbearer_file_may_name_a_ca_file_which_is_loaded_with_it(tmp_path):
+    from tests.identity.tls_certs import TestCa
+
+    ca = TestCa.make("credentials test CA").write_cert(tmp_path / "ca.pem")
+    assert load_credentials(_write(tmp_path / "c.json", {**OAUTH, "ca_file": str(ca)})).ca_file == ca
+    for value, problem in ((str(tmp_path / "none.pem"), f"key 'ca_file': CA file {tmp_path / 'none.pem'} does not exist"),
+                           (str(tmp_path / "c.json"), "holds no PEM certificate the appliance can read"),
+                           ("ca.pem", "key 'ca_file' must be an absolute path")):
+        path = _write(tmp_path / "d.json", {**OAUTH, "ca_file": value})
+        with pytest.raises(CredentialsError) as e:
+            load_credentials(path)
+        assert str(e.value).startswith(f"{path}: ") and problem in str(e.value), str(e.value)

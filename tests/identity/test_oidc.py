@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -11,6 +10,8 @@ import pytest
 from appliance.identity.jwks import JwksCache
 from appliance.identity.oidc import ProviderClient, ProviderError, TokenVerifier
 from appliance.identity.tokens import TokenRejected, TokenRules, ValidToken
+from tests.identity.test_provider_http import Server, _closed_port
+from tests.identity.tls_certs import TestCa
 from tests.identity.token_keys import AUDIENCE, claims, ec_key, jwks, rsa_key
 
 
@@ -76,12 +77,6 @@ def provider():
     p.stop()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_discovery_then_jwks(provider):
     client = ProviderClient(provider.issuer)
     keys = client.fetch_jwks()
@@ -96,21 +91,26 @@ def test_discovery_issuer_must_match(provider):
         ProviderClient(provider.issuer).discover()
 
 
-def test_discovery_refuses_a_jwks_uri_weaker_than_the_issuer():
-    class Answering(ProviderClient):
-        def _json(self, url, what):
-            return {"issuer": "https://idp.example/realms/kafka", "jwks_uri": "http://idp.example/realms/kafka/certs"}
-
-    with pytest.raises(ProviderError, match="jwks_uri 'http://idp.example/realms/kafka/certs' is not https"):
-        Answering("https://idp.example/realms/kafka").discover()
+def test_discovery_refuses_a_jwks_uri_weaker_than_the_issuer(tmp_path):
+    """An https issuer (a real TLS server, its certificate from a CA made here) naming an http JWKS."""
+    ca = TestCa.make("oidc test CA")
+    ca.write_cert(tmp_path / "ca.pem")
+    server = Server((ca.issue_server(tmp_path / "s.pem", tmp_path / "s.key")))
+    issuer = server.url("/realms/kafka")
+    server.answer = (200, {"issuer": issuer, "jwks_uri": "http://127.0.0.1:9/realms/kafka/certs"}, {}, 0)
+    try:
+        with pytest.raises(ProviderError, match="jwks_uri 'http://127.0.0.1:9/realms/kafka/certs' is not https"):
+            ProviderClient(issuer, ca_file=tmp_path / "ca.pem").discover()
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(
     "setup, fragment",
     [
         (lambda p: setattr(p, "status", 503), "JWKS at http://.*/certs: HTTP 503"),
-        (lambda p: setattr(p, "jwks", b"<html>"), "JWKS at http://.*/certs: not JSON"),
-        (lambda p: setattr(p, "jwks", b" " * (1024 * 1024 + 10)), "JWKS at http://.*/certs: larger than 1 MiB"),
+        (lambda p: setattr(p, "jwks", b"<html>"), "JWKS at http://.*/certs: not JSON \\(line 1 column 1"),
+        (lambda p: setattr(p, "jwks", b" " * (1024 * 1024 + 10)), "JWKS at http://.*/certs: the answer is 1048586 bytes, more than the 1 MiB"),
         (lambda p: setattr(p, "jwks", {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}), "JWKS at .*: key 0: kty 'oct'"),
     ],
 )

@@ -19,7 +19,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from appliance.idp import TokenRefused, service_account_id
+from appliance.idp import IdpError, TokenRefused, service_account_id
 from appliance.idp.tokens import client_credentials_token, get_json
 from tests.integration.idp_fixtures import IDP_STATE
 
@@ -106,6 +106,24 @@ def test_an_unknown_client_is_refused(keycloak):
     with pytest.raises(TokenRefused) as e:
         client_credentials_token(keycloak.token_endpoint, "intruder", "whatever")
     assert e.value.status in (400, 401) and e.value.error in ("invalid_client", "unauthorized_client")
+
+
+def test_the_same_server_serves_discovery_tokens_and_keys_over_https_with_the_http_issuer(keycloak):
+    """The https listener (a certificate from the session's test CA): verified against that CA only."""
+    https = keycloak.https
+    discovery = get_json(https.discovery, ca_file=keycloak.ca_file)
+    assert discovery["issuer"] == keycloak.issuer  # the issuer is fixed: a token's iss is the same on either port
+    assert (discovery["token_endpoint"], discovery["jwks_uri"]) == (https.token, https.jwks)
+    assert https.token.startswith("https://127.0.0.1:39182/") and https.jwks.startswith("https://127.0.0.1:39182/")
+    assert get_json(https.jwks, ca_file=keycloak.ca_file) == get_json(keycloak.jwks_uri)
+    token = client_credentials_token(https.token, "orders", keycloak.secret("orders"), ca_file=keycloak.ca_file)
+    assert _verified(keycloak, token["access_token"])["iss"] == keycloak.issuer
+    with pytest.raises(IdpError, match=rf"GET {https.jwks}: TLS failure: the server's certificate was not accepted "
+                                       rf"\(unable to get local issuer certificate\); trusting only the CAs in "
+                                       rf"{keycloak.wrong_ca_file}"):
+        get_json(https.jwks, ca_file=keycloak.wrong_ca_file)
+    with pytest.raises(IdpError, match="trusting the system CA store"):
+        client_credentials_token(https.token, "orders", keycloak.secret("orders"))
 
 
 def test_sub_secrets_and_signing_key_survive_a_restart(keycloak):

@@ -36,7 +36,7 @@ from kio.serial import entity_reader, entity_writer
 from appliance.broker.credentials import OAuthBearerCredentials
 from appliance.broker.embedded import EmbeddedBroker
 from appliance.broker.errors import BrokerError
-from appliance.broker.oauth_token import BearerToken
+from appliance.broker.oauth_token import BearerToken, TokenUnavailable
 from appliance.broker.token_source import TokenSource
 from appliance.config import EmbeddedBrokerConfig, EmbeddedOAuthConfig
 from appliance.identity import cgroups
@@ -348,3 +348,95 @@ def yaml_settings(appliance) -> dict:
     import yaml
 
     return yaml.safe_load(appliance.config_path.read_text())
+
+
+def test_over_https_with_a_ca_file_the_appliance_verifies_workload_tokens_and_gets_its_own_and_a_wrong_ca_fails_closed(
+        oauth_broker, keycloak, appliance, make_cgroup):
+    """Both of the appliance's conversations with the provider over https, verified against the session's test CA
+    (tests/integration/idp_fixtures.py): the JWKS that a workload's token is checked with, and its own upstream
+    token. Then a CA that did not issue Keycloak's certificate: for the provider, the whole appliance refuses the
+    workload naming the TLS failure and the broker sees no request; for the upstream token, the token source
+    (the same code `serve` runs) gets no token and says why."""
+    from tests.adversarial.reconfigured import reconfigured
+    from tests.integration.conftest import STATE, audit, cli, eventually
+
+    oauth_broker.start()  # idempotent: running already unless a test above left it down
+    address = str(oauth_broker.oauth_address)
+    settings = yaml_settings(appliance)
+    https = keycloak.https
+
+    def configured(name: str, provider_ca: Path, upstream_ca: Path):
+        credentials = STATE / f"upstream-oauth-credentials-{name}.json"
+        credentials.write_text(json.dumps({"mechanism": "OAUTHBEARER", "token_endpoint": https.token,
+                                           "client_id": "appliance-upstream", "ca_file": str(upstream_ca),
+                                           "client_secret": keycloak.secret("appliance-upstream")}))
+        credentials.chmod(0o600)
+        provider = {"issuer": keycloak.issuer, "audiences": [keycloak.realm.audience], "identity_claim": "azp",
+                    "jwks_uri": https.jwks, "ca_file": str(provider_ca)}
+        return reconfigured(appliance, name, brokers=[address], upstream_credentials=str(credentials),
+                            exempt_cgroups=[*settings["exempt_cgroups"], CGROUP],
+                            identity={**settings["identity"], "providers": [provider]})
+
+    def token_workload(app, name: str):
+        cg = make_cgroup(name)
+        cli(app.config_path, "enroll", cg.cgroup.path, "--identity", name, "--auth=token")
+        eventually(lambda: any(w["cgroup_id"] == cg.cgroup.id for w in (app.status() or {}).get("workloads", [])),
+                   timeout=5, message=f"enrolment of {name} applied")
+        return cg
+
+    def sessions_of(app, cg):
+        return [s for s in audit(app.config_path, "sessions") if s["cgroup_path"] == cg.cgroup.path]
+
+    def authentications(app, sessions):
+        ids = {s["session_id"] for s in sessions}
+        return [a for a in audit(app.config_path, "authentications") if a["session_id"] in ids]
+
+    oauth = ["--oauth", f"ledger:{keycloak.secret('ledger')}@{keycloak.token_endpoint}"]
+    topic = f"idp-https-{int(time.time() * 1000)}"
+    started = time.monotonic()
+    with configured("https-idp", keycloak.ca_file, keycloak.ca_file) as app:
+        status = eventually(lambda: (app.status() or {}).get("upstream_auth"), message="upstream auth status")
+        assert status["token_endpoint"] == https.token and status["token_valid"], status
+        workload = token_workload(app, "https-pool")
+        out = workload.client("confluent.py", address, topic, "--create", "--produce", "2", "--timeout", "20", *oauth,
+                              timeout=60)
+        assert out["produced"] == 2 and out["errors"] == [] and out["client_errors"] == [], out
+        sessions = eventually(lambda: [s for s in sessions_of(app, workload) if s["auth_method"] == "token"],
+                              message="token sessions audited")
+        auths = authentications(app, sessions)
+        assert auths and all(a["outcome"] == "ok" and a["issuer"] == keycloak.issuer for a in auths), auths
+        assert {s["identity"] for s in sessions} == {"ledger"} and {s["broker_address"] for s in sessions} == {address}
+    TIMINGS["https, right CA: appliance up, a token workload produces through it, appliance back"] = \
+        time.monotonic() - started
+
+    tls_failure = ("TLS failure: the server's certificate was not accepted (unable to get local issuer "
+                   f"certificate); trusting only the CAs in {keycloak.wrong_ca_file}")
+    started = time.monotonic()
+    with configured("https-idp-wrong-ca", keycloak.wrong_ca_file, keycloak.ca_file) as app:
+        workload = token_workload(app, "https-wrong-ca")
+        out = workload.client("confluent.py", address, topic, "--produce", "1", "--timeout", "8", *oauth, timeout=60)
+        assert out["produced"] == 0, out
+        assert any(f"JWKS at {https.jwks}: {tls_failure}" in e for e in out["client_errors"]), out  # told why
+        sessions = eventually(lambda: sessions_of(app, workload), message="refused sessions audited")
+        refused = eventually(lambda: [a for a in authentications(app, sessions) if a["outcome"] == "refused"],
+                             message="refused authentication audited")
+        assert all(f"JWKS at {https.jwks}: {tls_failure}" in a["reason"] for a in refused), refused
+        assert not [a for a in authentications(app, sessions) if a["outcome"] == "ok"]
+        ids = {s["session_id"] for s in sessions}
+        assert not [o for o in audit(app.config_path, "operations", "--topic", topic) if o["session_id"] in ids]
+    TIMINGS["https, wrong CA for the JWKS: appliance up, a refused token workload, appliance back"] = \
+        time.monotonic() - started
+
+    wrong = OAuthBearerCredentials(https.token, "appliance-upstream", keycloak.secret("appliance-upstream"),
+                                   ca_file=keycloak.wrong_ca_file)
+
+    async def first() -> object:
+        source = TokenSource(wrong)
+        source.start()
+        try:
+            return await source.first_token(10)
+        finally:
+            await source.stop()
+
+    got = asyncio.run(first())
+    assert got == TokenUnavailable(f"token endpoint {https.token}: {tls_failure}"), got

@@ -7,10 +7,12 @@ and binds it to the enrolment of the cgroup it came from.
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import time
 
+import jwt
 import pytest
 
 from appliance.idp.realm import service_account_id
@@ -278,3 +280,87 @@ def test_a_revocation_survives_a_restart_and_audit_sessions_finds_the_subject(ap
     by_subject = audit(config_path, "sessions", "--subject", sub)
     assert by_subject and {s["subject"] for s in by_subject} == {sub}
     assert {s["identity"] for s in by_subject} == {"ledger"}
+
+
+def test_disabling_the_service_account_ends_its_session_by_its_token_s_expiry_and_refuses_new_ones(
+        appliance, config_path, keycloak, enroll, idp_topic):
+    """docs/identity.md: 'Disabling the service account at the provider ends its sessions at their next
+    re-authentication.' librdkafka (sasl.oauthbearer.method=oidc) consumes with the short-lived client's 30 s
+    tokens; the client is disabled through Keycloak's admin REST API; its session must end no later than the
+    token it holds runs out (plus the appliance's one-second expiry check and a margin), audited as expired or
+    as a refused re-authentication, and a new connection must not get in. Measured and printed (-s): how long
+    after disabling the session ended, and what Keycloak still says of a token issued before."""
+    from appliance.idp import TokenRefused
+
+    workload = enroll("short-disabled", auth="token")
+    consumer = workload.popen([PY, str(CLIENTS / "confluent.py"), BROKER4, idp_topic, "--consume", "1000000",
+                               "--timeout", "60", "--group", f"idp-disabled-{SUFFIX}",
+                               *oauth(keycloak, "short-lived")])
+    facts: dict[str, object] = {}
+    try:
+        def authenticated():
+            auths = authentications_of(config_path, sessions_by_cgroup(config_path, workload))
+            return [a for a in auths if a["outcome"] == "ok"]
+
+        eventually(authenticated, timeout=30, message="the consumer's first authentication")
+        copied = keycloak.token("short-lived")  # a copy of a token issued before the client is disabled
+        keycloak.set_client_enabled("short-lived", False)
+        disabled_at = time.time()
+        with pytest.raises(TokenRefused) as refused:
+            keycloak.token("short-lived")
+        facts["keycloak after disabling"] = f"HTTP {refused.value.status} {refused.value.error}: {refused.value.description}"
+        facts["introspection of a token issued before"] = keycloak.introspect(copied).get("active")
+        # Meanwhile: a new librdkafka client of the disabled client (it cannot get a token), and a new
+        # connection presenting the copy, which is unexpired (measured, not asserted: what a leaked token is
+        # worth until its exp, with no introspection at the appliance).
+        fresh = workload.popen([PY, str(CLIENTS / "confluent.py"), BROKER4, idp_topic, "--produce", "1",
+                                "--timeout", "6", *oauth(keycloak, "short-lived")])
+        early = workload.client("given_token.py", BROKER4, copied, "--timeout", "6", timeout=40)
+        facts["a new connection with the unexpired copy, after disabling"] = (
+            "admitted" if early["metadata"] else f"refused: {early['client_errors'][:1]}")
+        # The live sessions, and the token (expiry) each last authenticated with before the client was disabled.
+        held = {}
+        for a in sorted(authenticated(), key=lambda a: a["at"]):
+            if a["at"] <= disabled_at:
+                held[a["session_id"]] = a["expires_at"]
+        live = {s["session_id"] for s in sessions_by_cgroup(config_path, workload) if s["ended_at"] is None}
+        held = {sid: exp for sid, exp in held.items() if sid in live}
+        assert held, "no live authenticated session when the client was disabled"
+        latest_expiry = max(held.values())
+
+        def all_ended():
+            rows = {s["session_id"]: s for s in sessions_by_cgroup(config_path, workload) if s["session_id"] in held}
+            return rows if all(r["ended_at"] is not None for r in rows.values()) else None
+
+        ended = eventually(all_ended, timeout=latest_expiry - time.time() + 15, interval=0.5,
+                           message="the disabled client's sessions ended")
+        for sid, row in ended.items():
+            reason = row["close_reason"] or ""
+            assert reason.startswith(("expired: ", "SASL authentication failed: ")), row
+            assert row["ended_at"] <= held[sid] + 3, (row, held[sid])  # its token's expiry, 1 s checks, margin
+            facts[f"session {sid}"] = (f"ended {row['ended_at'] - disabled_at:.1f} s after disabling, "
+                                       f"{row['ended_at'] - held[sid]:+.1f} s from its token's expiry: {reason[:160]}")
+        # No session of the disabled client authenticated after it was disabled with a token issued after it.
+        later = [a for a in authenticated() if a["at"] > disabled_at and a["issued_at"] > disabled_at]
+        assert not later, later
+        # A new connection does not get in: the client cannot get a token, and the copy has run out by now.
+        out, err = fresh.communicate(timeout=40)
+        fresh_summary = json.loads(out.strip().splitlines()[-1])
+        assert fresh_summary["produced"] == 0, (fresh_summary, err[-2000:])
+        facts["a new librdkafka client"] = (fresh_summary["client_errors"] or fresh_summary["errors"])[:1]
+        copied_expiry = jwt.decode(copied, options={"verify_signature": False})["exp"]
+        time.sleep(max(0.0, copied_expiry + 1 - time.time()))
+        stale_from = time.time()
+        stale = workload.client("given_token.py", BROKER4, copied, "--timeout", "6", timeout=40)
+        assert not stale["metadata"], stale
+        refusals = eventually(lambda: [a for a in authentications_of(config_path, sessions_by_cgroup(config_path, workload))
+                                       if a["at"] >= stale_from and a["outcome"] == "refused"],
+                              message="the expired copy's refusal audited")
+        assert all("expired" in a["reason"] for a in refusals), refusals
+        facts["a new connection with the copy after its exp"] = refusals[0]["reason"]
+    finally:
+        keycloak.set_client_enabled("short-lived", True)
+        if consumer.poll() is None:
+            consumer.kill()
+        consumer.communicate(timeout=10)
+        print("\n" + "\n".join(f"disabled client: {k}: {v}" for k, v in facts.items()))
