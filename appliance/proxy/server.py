@@ -47,6 +47,7 @@ from typing import Callable
 from kio.serial.errors import SerialError
 
 from appliance.audit.records import Event, SessionOpened
+from appliance.config import READ_CHUNK_BYTES
 from appliance.broker.oauth_token import BearerToken, TokenUnavailable
 from appliance.identity import process
 from appliance.identity.enrollment import Enrollment, binding_of
@@ -151,9 +152,12 @@ class _Connection:
         workload_sasl = server.workloads.sasl_for(binding)
         enforcer = None if binding.mode.requires_proof else server.enforcer_for(binding.principal)
         # The upstream secret as it is now: a password, or the token source's current token (or why none).
+        # While the upstream session is renewed the workload's requests are held: the budget (`check_budget`)
+        # stops reading past session_buffer_bytes, so at most that and one read; the session's bound is a backstop.
         self.session = Session(uuid.uuid4().hex, server.credentials.current(now), enforcer,
                                max_frame_bytes=server.max_frame_bytes,
-                               now=now, workload_sasl=workload_sasl, enforcer_for=server.enforcer_for)
+                               now=now, workload_sasl=workload_sasl, enforcer_for=server.enforcer_for,
+                               max_renewal_held_bytes=server.limits.session_buffer_bytes + READ_CHUNK_BYTES)
         self.verifying: asyncio.Task | None = None
         # Client requests get the tighter bound. Until Session takes its own
         # max_request_bytes, the shell sets the limit of its client splitter.

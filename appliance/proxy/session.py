@@ -135,11 +135,14 @@ DEFAULT_MAX_HELD_BYTES = 1 << 20
 class Session:
     def __init__(self, session_id: str, credentials: UpstreamSecret, enforcer: Enforcer | None, *,
                  max_frame_bytes: int, now: float, max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+                 max_renewal_held_bytes: int | None = None,
                  workload_sasl: WorkloadSasl | None = None,
                  enforcer_for: Callable[[Principal], Enforcer] | None = None) -> None:
         """`enforcer` decides for the enrolment's principal; None when the enrolment requires the workload to
         authenticate first, and `enforcer_for` makes one for whoever it proves to be (also when a proof
-        adds groups)."""
+        adds groups). `max_renewal_held_bytes` (default `max_held_bytes`) bounds what is held while the
+        upstream session is renewed; the shell sets it above its own per-session budget, past which it
+        stops reading the workload, so a fast producer is slowed, not closed."""
         self.session_id = session_id
         if workload_sasl is None:
             workload_sasl = WorkloadSasl(Binding(enforcer.principal.identity, tuple(sorted(enforcer.principal.groups))))
@@ -151,6 +154,7 @@ class Session:
         self.requests = 0
         self.closed = False
         self.max_held_bytes = max_held_bytes
+        self.max_renewal_held_bytes = max_renewal_held_bytes or max_held_bytes
         self._client_frames = FrameSplitter(max_frame_bytes)
         self._upstream_frames = FrameSplitter(max_frame_bytes)
         self._auth = UpstreamAuthenticator(credentials)
@@ -362,9 +366,9 @@ class Session:
 
     def _hold_during_reauthentication(self, data: bytes, now: float, out: list[Command]) -> None:
         self._held_bytes += len(data)
-        if self._held_bytes > self.max_held_bytes:
+        if self._held_bytes > self.max_renewal_held_bytes:
             raise _BadInput(f"workload sent {self._held_bytes} bytes while the appliance re-authenticated its "
-                            f"broker connection, more than the {self.max_held_bytes} the proxy holds")
+                            f"broker connection, more than the {self.max_renewal_held_bytes} the proxy holds")
         self._held.append(data)
 
     def _drain_upstream(self, data: bytes, now: float, out: list[Command]) -> None:

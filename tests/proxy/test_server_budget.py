@@ -156,3 +156,23 @@ def test_the_sweep_prompts_a_due_renewal_with_the_current_token_and_asks_for_a_f
     assert b"OAUTHBEARER" in handshake and not conn.gone
     proxy.sweep(time.time())  # under way: not prompted again
     assert len(conn.upstream.written) == 1
+
+
+def test_requests_held_during_a_renewal_pause_the_workload_at_the_budget_rather_than_close_it():
+    import time
+
+    from tests.proxy.test_session import metadata
+
+    proxy = server([])
+    conn = connection(proxy, 1)
+    conn.clock = Clock(time.time())
+    conn.upstream = Transport()
+    # A pooled connection granted 300 s, 256 s ago: due now.
+    conn.dispatch(ev.UpstreamConnected(authenticated=True, authenticated_at=time.time() - 256,
+                                       session_lifetime_s=300.0))
+    conn.dispatch(ev.ClientData(metadata(correlation_id=5)))  # in flight: the renewal waits for its answer
+    proxy.sweep(time.time())
+    assert conn.session.upstream_reauthenticate_at is None  # under way
+    assert conn.session.max_renewal_held_bytes == LIMITS.session_buffer_bytes + 256 * KiB
+    conn.dispatch(ev.ClientData(b"\0" * (65 * KiB)))  # over the 64 KiB session budget, held
+    assert not conn.gone and not conn.client.reading and conn in proxy.paused
