@@ -155,6 +155,8 @@ EVENT_KINDS = ("start", "stop", "enroll", "unenroll", "refused-connect", "refuse
 EVENT_KINDS += ("unclean-stop", "audit-failing", "audit-recovered", "session-limit")
 # Workload authentication (docs/identity.md).
 EVENT_KINDS += ("revoke",)
+# The appliance's own broker connections renewing their SASL session (KIP-368, docs/identity.md).
+EVENT_KINDS += ("upstream-reauth",)
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:

@@ -70,6 +70,9 @@ class UpstreamCredentials:
         """What to authenticate a new broker connection with: a password does not change."""
         return self
 
+    def refresh_now(self) -> None:
+        """A password has nothing to refresh (the token source's counterpart fetches a new token)."""
+
 
 @dataclass(frozen=True, slots=True)
 class OAuthBearerCredentials:

@@ -47,4 +47,12 @@ class VerifyToken:
         return f"VerifyToken(<{len(self.token)} characters>)"
 
 
-Command = SendToClient | SendToUpstream | CloseConnection | Audit | Log | VerifyToken
+@dataclass(frozen=True, slots=True)
+class RefreshUpstreamToken:
+    """Ask the credential source for a fresh secret (`refresh_now`): the broker refused the appliance's token,
+    or the one held would not outlive the session it should renew. `reason` is for the log."""
+
+    reason: str
+
+
+Command = SendToClient | SendToUpstream | CloseConnection | Audit | Log | VerifyToken | RefreshUpstreamToken

@@ -10,10 +10,14 @@ class UpstreamConnected:
     """The TCP connection to the original broker address is open.
 
     `authenticated`: it comes from the pool, already authenticated with the
-    appliance's credentials, so the session relays at once.
+    appliance's credentials, so the session relays at once. `authenticated_at`
+    and `session_lifetime_s`: when, and for how long the broker granted that
+    authentication (KIP-368; None: no limit), so the session renews it in time.
     """
 
     authenticated: bool = False
+    authenticated_at: float | None = None
+    session_lifetime_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,4 +61,15 @@ class TokenVerified:
     result: object
 
 
-Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed | TokenVerified
+@dataclass(frozen=True, slots=True)
+class UpstreamReauthenticationDue:
+    """The appliance's own SASL session on the broker connection is due for renewal (the session's
+    `upstream_reauthenticate_at` passed); `secret` is what the credential source holds now."""
+
+    secret: object
+
+    def __repr__(self) -> str:  # a password or a token: never in a log line
+        return f"UpstreamReauthenticationDue(<{type(self.secret).__name__}>)"
+
+
+Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed | TokenVerified | UpstreamReauthenticationDue

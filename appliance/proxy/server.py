@@ -22,6 +22,11 @@ workload per second.
 `UpstreamPool` keeps a few broker connections per broker address open and
 already authenticated, so a new session starts relaying without its own SASL
 exchange.
+
+The sweep also tells each session whose own SASL session with the broker is
+due for renewal (KIP-368, `Session.upstream_reauthenticate_at`) with the
+credential source's current secret, and a `RefreshUpstreamToken` command asks
+the token source for a fresh token.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from typing import Callable
 from kio.serial.errors import SerialError
 
 from appliance.audit.records import Event, SessionOpened
-from appliance.broker.oauth_token import TokenUnavailable
+from appliance.config import READ_CHUNK_BYTES
+from appliance.broker.oauth_token import BearerToken, TokenUnavailable
 from appliance.identity import process
 from appliance.identity.enrollment import Enrollment, binding_of
 from appliance.identity.tokens import TokenRejected
@@ -50,7 +56,8 @@ from appliance.identity.workloads import WorkloadIdentity
 from appliance.policy.enforce import Enforcer
 from appliance.policy.model import Policy, Principal
 from appliance.proxy import events as ev
-from appliance.proxy.commands import Audit, CloseConnection, Log, SendToClient, SendToUpstream, VerifyToken
+from appliance.proxy.commands import (Audit, CloseConnection, Log, RefreshUpstreamToken, SendToClient,
+                                      SendToUpstream, VerifyToken)
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy.audit_gate import AuditGate
 from appliance.proxy.limits import Clock, Limits, deadline_passed, may_read_client
@@ -64,6 +71,10 @@ log = logging.getLogger("appliance.proxy")
 # not given one the broker is closing at that moment.
 _POOL_MAX_IDLE_S = 60.0
 _POOL_RETRY_AFTER_S = 10.0
+# Sessions and pooled connections ask for a fresh upstream token when the broker refused one or the one
+# held would not outlive the session it should renew; the provider is asked at most once per this
+# interval, however many ask (a broker refusing every token must not turn reconnects into token fetches).
+_TOKEN_REFRESH_EVERY_S = 5.0
 # Deadlines are checked this often, so each is kept to within this much.
 SWEEP_INTERVAL_S = 1.0
 # Heap freed in one go past which it is handed back to the kernel (malloc_trim),
@@ -87,6 +98,22 @@ class LiveSession:
     subject: str | None = None
     token_expires_at: float | None = None
     reauthenticate_by: float | None = None
+
+
+class _TokenRefresh:
+    """Passes requests for a fresh upstream token to the credential source, at most once per interval."""
+
+    def __init__(self, credentials: UpstreamCredentialSource) -> None:
+        self.credentials = credentials
+        self._asked_at = float("-inf")  # monotonic
+
+    def ask(self, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._asked_at < _TOKEN_REFRESH_EVERY_S:
+            return
+        self._asked_at = now
+        log.info("asking for a fresh upstream token: %s", reason)
+        self.credentials.refresh_now()
 
 
 class _Reading:
@@ -125,9 +152,12 @@ class _Connection:
         workload_sasl = server.workloads.sasl_for(binding)
         enforcer = None if binding.mode.requires_proof else server.enforcer_for(binding.principal)
         # The upstream secret as it is now: a password, or the token source's current token (or why none).
+        # While the upstream session is renewed the workload's requests are held: the budget (`check_budget`)
+        # stops reading past session_buffer_bytes, so at most that and one read; the session's bound is a backstop.
         self.session = Session(uuid.uuid4().hex, server.credentials.current(now), enforcer,
                                max_frame_bytes=server.max_frame_bytes,
-                               now=now, workload_sasl=workload_sasl, enforcer_for=server.enforcer_for)
+                               now=now, workload_sasl=workload_sasl, enforcer_for=server.enforcer_for,
+                               max_renewal_held_bytes=server.limits.session_buffer_bytes + READ_CHUNK_BYTES)
         self.verifying: asyncio.Task | None = None
         # Client requests get the tighter bound. Until Session takes its own
         # max_request_bytes, the shell sets the limit of its client splitter.
@@ -162,6 +192,8 @@ class _Connection:
                     self.close()
                 case VerifyToken(token):
                     self.verifying = asyncio.ensure_future(self._verify(token))
+                case RefreshUpstreamToken(reason):
+                    self.server.pool.token_refresh.ask(reason)
         if not self.gone:
             self._account(now, data)
 
@@ -278,11 +310,12 @@ class _Connection:
         pool.refill(address)
         if parked is not None:
             if self.session.closed:
-                parked.close()
+                parked.transport.close()
                 return
-            self._upstream_open(parked)
-            parked.set_protocol(_UpstreamProtocol(self))
-            self.dispatch(ev.UpstreamConnected(authenticated=True))
+            self._upstream_open(parked.transport)
+            parked.transport.set_protocol(_UpstreamProtocol(self))
+            self.dispatch(ev.UpstreamConnected(authenticated=True, authenticated_at=parked.authenticated_at,
+                                               session_lifetime_s=parked.auth.session_lifetime_s))
             self.client_reading.resume("connecting")
             return
         loop = asyncio.get_running_loop()
@@ -359,7 +392,8 @@ class _Parked(asyncio.Protocol):
         self.auth = UpstreamAuthenticator(pool.credentials.current(time.time()))
         self.frames = FrameSplitter(pool.max_frame_bytes)
         self.ready = False
-        self.ready_at = 0.0
+        self.ready_at = 0.0  # monotonic, for its age
+        self.authenticated_at = 0.0  # wall clock, as sessions keep time: their renewal counts from it
         self.opened_at = time.monotonic()
 
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -394,17 +428,22 @@ class _Parked(asyncio.Protocol):
             else:
                 self.ready = True
                 self.ready_at = time.monotonic()
+                self.authenticated_at = time.time()
                 self.pool.authenticating.discard(self)
                 self.pool.park(self)
 
     def usable(self, now: float) -> bool:
-        """Open, and young enough that the broker will not end it soon after a session takes it."""
+        """Open, and young enough that the broker will not end it soon after a session takes it: within a
+        minute of authenticating, and within half the SASL session lifetime the broker granted, so the
+        session taking it has at least that half to renew it in (its renewal is due no sooner)."""
         age = now - self.ready_at
         lifetime = self.auth.session_lifetime_s
         return (not self.transport.is_closing() and age < _POOL_MAX_IDLE_S
                 and (lifetime is None or age < lifetime / 2))
 
     def _failed(self, reason) -> None:
+        if isinstance(reason, UpstreamAuthError) and isinstance(self.auth.credentials, BearerToken):
+            self.pool.token_refresh.ask(f"pooled connection to {self.address[0]}:{self.address[1]}: {reason}")
         log.error("pooled connection to %s:%d: upstream authentication failed: %s; no pooled connections to it "
                   "for %d s", *self.address, reason, _POOL_RETRY_AFTER_S)
         self.pool.failed(self.address)
@@ -429,6 +468,7 @@ class UpstreamPool:
     def __init__(self, credentials: UpstreamCredentialSource, max_frame_bytes: int, size: int, *,
                  connect_timeout_s: float = 10.0, sasl_timeout_s: float = 10.0) -> None:
         self.credentials = credentials
+        self.token_refresh = _TokenRefresh(credentials)  # shared with the sessions (ProxyServer)
         self.max_frame_bytes = max_frame_bytes
         self.size = size
         # A pooled connection that never finishes connecting or authenticating
@@ -442,13 +482,13 @@ class UpstreamPool:
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
-    def take(self, address: tuple[str, int]) -> asyncio.Transport | None:
+    def take(self, address: tuple[str, int]) -> _Parked | None:
         ready = self._ready.get(address)
         now = time.monotonic()
         while ready:
             parked = ready.popleft()
             if parked.usable(now):
-                return parked.transport
+                return parked
             parked.transport.close()
         return None
 
@@ -678,6 +718,10 @@ class ProxyServer:
                 self.deadline_closes[kind] = self.deadline_closes.get(kind, 0) + 1
                 conn.dispatch(ev.DeadlinePassed(reason))
                 conn.close()
+                continue
+            renew_at = conn.session.upstream_reauthenticate_at
+            if renew_at is not None and now >= renew_at:
+                conn.dispatch(ev.UpstreamReauthenticationDue(self.credentials.current(now)))
         self.pool.sweep(time.monotonic())
         self.held_total = sum(c.held for c in self.live.values())  # the books, re-added once a second
         self.recheck_paused()

@@ -12,6 +12,13 @@ in request order and each must answer the oldest request in flight
 offers, and the operation is audited with its latency and error code. A
 Produce with acks=0 gets no response, so it is audited when forwarded.
 
+When the broker bounds the appliance's own SASL session (KIP-368's
+session lifetime), the session renews it in time (`_UpstreamSession`): once
+the shell says it is due, new workload requests are held, the answers in
+flight are delivered, the proxy's own SaslHandshake and SaslAuthenticate go
+out on the same connection and their answers are consumed here, and then the
+held requests go on in order. The workload never sees any of it.
+
 `handle` is total: any fault closes this session with an audited reason that
 names what it was handling; nothing escapes to the shell or other sessions.
 The session's state is the handler `_on_client` / `_on_upstream` point to.
@@ -30,14 +37,16 @@ from typing import Callable
 from kio.schema.api_versions.v0.response import ApiVersion
 from kio.schema.errors import ErrorCode
 
-from appliance.audit.records import Authentication, Operation, SessionClosed
+from appliance.audit.records import Authentication, Event, Operation, SessionClosed
+from appliance.broker.oauth_token import BearerToken
 from appliance.kafka import apis, codec
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy import events as ev
-from appliance.proxy.commands import (Audit, CloseConnection, Command, Log, SendToClient, SendToUpstream,
-                                      VerifyToken as VerifyTokenCommand)
+from appliance.proxy.commands import (Audit, CloseConnection, Command, Log, RefreshUpstreamToken, SendToClient,
+                                      SendToUpstream, VerifyToken as VerifyTokenCommand)
 from appliance.proxy.inflight import InFlight, InFlightQueue
-from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError, UpstreamSecret
+from appliance.proxy.upstream_auth import (UpstreamAuthenticator, UpstreamAuthError, UpstreamSecret, outlives,
+                                           reauthentication_times)
 from appliance.identity.binding import Binding
 from appliance.policy import permissions
 from appliance.policy.enforce import Enforcer, Verdict
@@ -89,6 +98,31 @@ def _version_not_offered(api_key: int, version: int) -> bool:
     return offered is None or not offered.min <= version <= offered.max
 
 
+@dataclass(slots=True)
+class _UpstreamSession:
+    """The appliance's own SASL session on this broker connection (KIP-368) and its renewal.
+
+    `phase`: None while relaying; "draining" once a renewal is due (the
+    workload's new requests are held until the answers in flight are
+    delivered); "authenticating" while the proxy's own exchange is out.
+    """
+
+    due_at: float | None = None  # when to renew; None: the broker set no lifetime
+    latest_at: float | None = None  # when to renew with whatever secret there is
+    ends_at: float | None = None  # when the broker ends the session
+    phase: str | None = None
+    sent_at: float | None = None  # when the renewal's handshake went out
+    renewals: int = 0
+
+    def granted(self, now: float, lifetime_s: float | None) -> None:
+        self.phase = self.sent_at = None
+        if lifetime_s is None:
+            self.due_at = self.latest_at = self.ends_at = None
+            return
+        self.due_at, self.latest_at = reauthentication_times(now, lifetime_s)
+        self.ends_at = now + lifetime_s
+
+
 class _BadInput(Exception):
     """Bytes from one side that end this session; the message names the side and the fault."""
 
@@ -101,11 +135,14 @@ DEFAULT_MAX_HELD_BYTES = 1 << 20
 class Session:
     def __init__(self, session_id: str, credentials: UpstreamSecret, enforcer: Enforcer | None, *,
                  max_frame_bytes: int, now: float, max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+                 max_renewal_held_bytes: int | None = None,
                  workload_sasl: WorkloadSasl | None = None,
                  enforcer_for: Callable[[Principal], Enforcer] | None = None) -> None:
         """`enforcer` decides for the enrolment's principal; None when the enrolment requires the workload to
         authenticate first, and `enforcer_for` makes one for whoever it proves to be (also when a proof
-        adds groups)."""
+        adds groups). `max_renewal_held_bytes` (default `max_held_bytes`) bounds what is held while the
+        upstream session is renewed; the shell sets it above its own per-session budget, past which it
+        stops reading the workload, so a fast producer is slowed, not closed."""
         self.session_id = session_id
         if workload_sasl is None:
             workload_sasl = WorkloadSasl(Binding(enforcer.principal.identity, tuple(sorted(enforcer.principal.groups))))
@@ -117,6 +154,7 @@ class Session:
         self.requests = 0
         self.closed = False
         self.max_held_bytes = max_held_bytes
+        self.max_renewal_held_bytes = max_renewal_held_bytes or max_held_bytes
         self._client_frames = FrameSplitter(max_frame_bytes)
         self._upstream_frames = FrameSplitter(max_frame_bytes)
         self._auth = UpstreamAuthenticator(credentials)
@@ -137,19 +175,22 @@ class Session:
         self._parked_bytes = 0
         self._close_when_answered: str | None = None  # a failed authentication: close once its answer is sent
         self._last_now = now
+        self._upstream = _UpstreamSession()
 
     # ---- what the shell reads to keep budgets and deadlines ----------------------
 
     @property
     def relaying(self) -> bool:
-        """Upstream authentication is done and requests are being relayed."""
-        return self._on_client == self._relay_client
+        """Upstream authentication is done and requests are being relayed (or held while it is renewed)."""
+        return self._on_client == self._relay_client or self._upstream.phase is not None
 
     @property
     def oldest_request_at(self) -> float | None:
         """When the oldest request still waiting for the broker's answer arrived; None when none waits."""
         if self._streaming is not None:
             return self._streaming.pending.at
+        if self._upstream.phase == "authenticating":  # the proxy's own, bounded like the workload's
+            return self._upstream.sent_at
         head = self._in_flight.head
         return None if head is None else head.at
 
@@ -165,6 +206,14 @@ class Session:
         """When the workload's proof runs out (its token's expiry, or the configured maximum); the session
         ends then unless it has re-authenticated. None: no proof, no expiry."""
         return self.sasl.expires_at
+
+    @property
+    def upstream_reauthenticate_at(self) -> float | None:
+        """When the appliance's own SASL session with the broker is due for renewal: from then on the shell
+        sends `UpstreamReauthenticationDue` (once a sweep) until it is under way. None: not due ever, or
+        under way."""
+        upstream = self._upstream
+        return upstream.due_at if upstream.phase is None else None
 
     # ---- entry point --------------------------------------------------------
 
@@ -182,8 +231,9 @@ class Session:
                     self._on_client(data, now, out)
                 case ev.UpstreamData(data):
                     self._on_upstream(data, now, out)
-                case ev.UpstreamConnected(authenticated=True):
+                case ev.UpstreamConnected(authenticated=True, authenticated_at=at, session_lifetime_s=lifetime):
                     out.append(Log("info", f"session {self.session_id} took a pre-authenticated upstream connection from the pool"))
+                    self._upstream.granted(now if at is None else at, lifetime)
                     self._start_relay(now, out)
                 case ev.UpstreamConnected():
                     out.append(SendToUpstream(self._auth.start()))
@@ -193,10 +243,14 @@ class Session:
                     self._close(reason, now, out, level="warning")
                 case ev.TokenVerified(result):
                     self._token_verified(result, now, out)
+                    if self._upstream.phase == "draining":
+                        self._maybe_reauthenticate(now, out)
+                case ev.UpstreamReauthenticationDue(secret):
+                    self._reauthentication_due(secret, now, out)
         except _BadInput as e:
             self._close(str(e), now, out, level="warning")
         except UpstreamAuthError as e:
-            self._close(f"upstream authentication failed: {e}", now, out, level="error")
+            self._upstream_refused(e, now, out)
         except Exception as e:  # noqa: BLE001 - the boundary: every fault ends this session, never the process
             self._fault(e, now, out)
         return out
@@ -248,7 +302,8 @@ class Session:
         self._held.append(data)
 
     def _authenticate(self, data: bytes, now: float, out: list[Command]) -> None:
-        self._context = "the broker's answer during upstream authentication"
+        self._context = ("the broker's answer during upstream "
+                         + ("re-authentication" if self._upstream.phase is not None else "authentication"))
         try:
             responses = self._upstream_frames.feed(data)
         except FrameError as e:
@@ -260,8 +315,77 @@ class Session:
                 continue
             if i + 1 < len(responses) or self._upstream_frames.pending:
                 raise _BadInput("broker sent bytes after the last authentication answer, before any request")
-            out.append(Log("debug", f"session {self.session_id} authenticated upstream"))
-            self._start_relay(now, out)
+            self._upstream_authenticated(now, out)
+
+    def _upstream_authenticated(self, now: float, out: list[Command]) -> None:
+        upstream, lifetime = self._upstream, self._auth.session_lifetime_s
+        renewed = upstream.phase is not None
+        upstream.granted(now, lifetime)
+        granted = "no session lifetime" if lifetime is None else f"a session lifetime of {lifetime:g} s"
+        if renewed:
+            upstream.renewals += 1
+            message = (f"session {self.session_id} re-authenticated its broker connection ({self._auth.mechanism}, "
+                       f"renewal {upstream.renewals}); the broker granted {granted}")
+            out.append(Log("info", message))
+            identity = None if self.enforcer is None else self.enforcer.principal.identity
+            out.append(Audit(Event(at=now, kind="upstream-reauth", message=message, identity=identity,
+                                   session_id=self.session_id,
+                                   detail=json.dumps({"mechanism": self._auth.mechanism, "renewal": upstream.renewals,
+                                                      "session_lifetime_s": lifetime}))))
+        else:
+            out.append(Log("debug", f"session {self.session_id} authenticated upstream; the broker granted {granted}"))
+        self._start_relay(now, out)
+
+    def _upstream_refused(self, error: UpstreamAuthError, now: float, out: list[Command]) -> None:
+        """The broker refused the appliance (or broke the exchange): a token it refused is replaced for the
+        next attempt, and this session closes."""
+        if isinstance(self._auth.credentials, BearerToken):
+            out.append(RefreshUpstreamToken(f"session {self.session_id}: {error}"))
+        what = "re-authentication" if self._upstream.phase is not None else "authentication"
+        self._close(f"upstream {what} failed: {error}", now, out, level="error")
+
+    # ---- renewing the upstream SASL session (KIP-368) ---------------------------------
+
+    def _reauthentication_due(self, secret: UpstreamSecret, now: float, out: list[Command]) -> None:
+        """The shell's prompt, once a sweep from `upstream_reauthenticate_at` on, with the current secret."""
+        upstream = self._upstream
+        if upstream.phase is not None or upstream.due_at is None or now < upstream.due_at \
+                or self._on_client != self._relay_client:
+            return
+        if not outlives(secret, upstream.ends_at) and now < upstream.latest_at:
+            # Kafka bounds the new session by the token's own expiry: renewing with this one gains nothing.
+            out.append(RefreshUpstreamToken(f"session {self.session_id}: the appliance's token would not outlive "
+                                            "the broker session it should renew"))
+            return
+        upstream.phase = "draining"
+        self._auth = UpstreamAuthenticator(secret)
+        self._context = "the broker's answers before upstream re-authentication"
+        self._on_client = self._hold_during_reauthentication
+        self._on_upstream = self._drain_upstream
+        self._maybe_reauthenticate(now, out)
+
+    def _hold_during_reauthentication(self, data: bytes, now: float, out: list[Command]) -> None:
+        self._held_bytes += len(data)
+        if self._held_bytes > self.max_renewal_held_bytes:
+            raise _BadInput(f"workload sent {self._held_bytes} bytes while the appliance re-authenticated its "
+                            f"broker connection, more than the {self.max_renewal_held_bytes} the proxy holds")
+        self._held.append(data)
+
+    def _drain_upstream(self, data: bytes, now: float, out: list[Command]) -> None:
+        self._relay_upstream(data, now, out)
+        if not self.closed:
+            self._maybe_reauthenticate(now, out)
+
+    def _maybe_reauthenticate(self, now: float, out: list[Command]) -> None:
+        """Send the proxy's own SaslHandshake once the broker owes this connection nothing: every answer in
+        flight delivered, none part-read, no workload token being verified (its parked requests go on first)."""
+        if self.closed or self._in_flight or self._streaming is not None or self._verifying is not None \
+                or self._upstream_frames.pending or self._close_when_answered is not None:
+            return
+        self._upstream.phase, self._upstream.sent_at = "authenticating", now
+        self._context = "the broker's answer during upstream re-authentication"
+        self._on_upstream = self._authenticate
+        out.append(SendToUpstream(self._auth.start()))
 
     def _start_relay(self, now: float, out: list[Command]) -> None:
         self._on_client = self._relay_client

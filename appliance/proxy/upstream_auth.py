@@ -13,6 +13,14 @@ provider's error, so the session closes with that reason audited. A broker
 that rejects the token answers with RFC 7628's error challenge, a JSON object;
 the client must acknowledge it with a single 0x01 before the broker sends the
 failure, and the failure names both.
+
+KIP-368: a broker that bounds the session (SaslAuthenticate's
+`session_lifetime_ms`; Kafka always does for OAUTHBEARER, by the token's
+remaining lifetime, and for any mechanism with `connections.max.reauth.ms`)
+ends the connection at its first request after that. The session
+re-authenticates the connection before then with a fresh authenticator: the
+same SaslHandshake and SaslAuthenticate, on the same connection, with the
+credential source's current secret. `reauthentication_times` says when.
 """
 
 from __future__ import annotations
@@ -48,6 +56,43 @@ class UpstreamCredentialSource(Protocol):
     `UpstreamCredentials` (itself, always) or the token source (its current token, never waiting)."""
 
     def current(self, now: float) -> UpstreamSecret: ...
+
+    def refresh_now(self) -> None:
+        """A broker refused the secret, or it would not outlive the session it should renew: get a fresh
+        one soon (the token source; a password has nothing to refresh)."""
+
+
+# When to re-authenticate a broker session of `lifetime` seconds (KIP-368): due at 85% of it, and at least
+# REAUTH_LEAD_S before it ends. 85%: the token source replaces its token at 80% of the token's life, so by
+# then it holds a fresh one and the new session gets nearly a whole token lifetime; the last 15% (45 s of a
+# 5-minute token) leaves room to wait for the answers in flight first, and for a token the source is still
+# fetching. The renewal starts, with whatever secret there is, no later than REAUTH_MARGIN_S before the end:
+# that covers the shell's one-second sweep, the exchange's two round trips, and that the broker starts
+# counting the lifetime before its answer reaches the appliance. A session too short for these
+# re-authenticates at its half.
+REAUTH_AT = 0.85
+REAUTH_LEAD_S = 5.0
+REAUTH_MARGIN_S = 3.0
+
+
+def reauthentication_times(authenticated_at: float, lifetime_s: float) -> tuple[float, float]:
+    """(due, latest): when to start re-authenticating a session the broker granted `lifetime_s` at
+    `authenticated_at`, and the latest moment to start, with whatever secret there is, rather than wait
+    for a fresher one."""
+    due = max(min(REAUTH_AT * lifetime_s, lifetime_s - REAUTH_LEAD_S), lifetime_s / 2)
+    latest = max(lifetime_s - REAUTH_MARGIN_S, due)
+    return authenticated_at + due, authenticated_at + latest
+
+
+def outlives(secret: UpstreamSecret, session_ends_at: float) -> bool:
+    """Whether re-authenticating with `secret` would extend a session ending at `session_ends_at`: a password
+    always does; a token only if it stays valid well beyond that (Kafka bounds the new session by the
+    token's own expiry)."""
+    if isinstance(secret, TokenUnavailable):
+        return False
+    if isinstance(secret, BearerToken):
+        return secret.expires_at > session_ends_at + REAUTH_LEAD_S
+    return True
 
 
 # RFC 7628 3.2.2: the client's whole answer to the server's error challenge.
@@ -172,9 +217,14 @@ class UpstreamAuthenticator:
     def receive(self, response_frame: bytes) -> bytes | None:
         """Consume one broker frame; return the next frame to send, or None when done."""
         try:
-            response_correlation_id(response_frame)
+            correlation_id = response_correlation_id(response_frame)
         except DecodeError as e:
             raise UpstreamAuthError(str(e)) from None
+        if correlation_id != self._next_correlation - 1:
+            raise UpstreamAuthError(f"broker answered correlation id {correlation_id}; the appliance's own SASL "
+                                    f"request had {self._next_correlation - 1}")
+        if self.done:
+            raise UpstreamAuthError("broker sent another answer after authentication completed")
         if self._step == "handshake":
             response = self._read(SaslHandshakeResponse, response_frame, apis.SASL_HANDSHAKE, 1)
             if int(response.error_code.value) != 0:

@@ -272,7 +272,8 @@ def run_session(seed: int) -> Outcome:
         return out
 
     pooled = rnd.random() < 0.6
-    feed(ev.UpstreamConnected(authenticated=pooled))
+    feed(ev.UpstreamConnected(authenticated=pooled, authenticated_at=0.0,
+                              session_lifetime_s=rnd.choice((None, 3600.0))))
     auth = b"" if pooled else _auth_answers(rnd)
     if auth and rnd.random() < 0.5:  # authenticated before the workload's first bytes
         for chunk in _split(auth, rnd):
@@ -309,9 +310,22 @@ def run_session(seed: int) -> Outcome:
         rnd.shuffle(forwarded)
     answers = b"".join(_response(rnd, h.api_key, h.api_version, h.correlation_id if rnd.random() > 0.03 else 7)
                        for h in forwarded if apis.has_schema(h.api_key, h.api_version))
+    renewal = rnd.random() < 0.3
+    if renewal:  # the appliance's own broker session falls due with some answers still to come
+        cut = rnd.randrange(len(answers) + 1)
+        answers, rest = answers[:cut], answers[cut:]
     for chunk in _split(answers, rnd):
         feed(ev.UpstreamData(chunk))
     result.answered += len(forwarded)
+    if renewal and not s.closed:
+        now = max(now, 3600.0 * 0.9)
+        feed(ev.UpstreamReauthenticationDue(_PLAIN))
+        later = [_request(rnd, rnd.randrange(-5, 5)) for _ in range(rnd.randrange(0, 3))]
+        pieces = [ev.UpstreamData(c) for c in _split(rest, rnd)]
+        pieces += [ev.ClientData(c) for c in _split(b"".join(f for f, _, _ in later), rnd)]
+        pieces += [ev.UpstreamData(c) for c in _split(_auth_answers(rnd), rnd)]
+        for event in pieces if rnd.random() < 0.8 else rnd.sample(pieces, len(pieces)):
+            feed(event)
     feed(rnd.choice((ev.ClientClosed(), ev.UpstreamClosed(), ev.DeadlinePassed("fuzz deadline"), ev.Revoked("fuzz"))))
     if not s.closed:
         result.findings.append((seed, "session not closed after a close event"))

@@ -344,6 +344,94 @@ def test_appliance_serve_with_oauthbearer_upstream_credentials_carries_a_real_pr
         assert sessions and {s["broker_address"] for s in sessions} == {address}, sessions
 
 
+REAUTH_UPSTREAM_CLIENT = "short-lived"  # the realm's client with 30 s tokens
+TOKEN_LIFETIME_S = 30
+
+
+def test_a_librdkafka_client_s_connections_outlive_the_appliance_s_short_upstream_tokens(
+        oauth_broker, keycloak, appliance, make_cgroup):
+    """KIP-368 upstream: the appliance's broker sessions last one 30 s token each; it re-authenticates them
+    between the workload's requests, so a producer and consumer working for over two token lifetimes keep
+    every connection they opened, and every record goes through.
+
+    The broker is this module's, restarted with the short-lived client as the appliance's super user (its
+    OAUTHBEARER principal), and the appliance's upstream credentials name that client."""
+    from tests.adversarial.reconfigured import enroll_in, reconfigured
+    from tests.integration.conftest import STATE, audit, eventually
+
+    assert keycloak.realm.lifespan_of(REAUTH_UPSTREAM_CLIENT) == TOKEN_LIFETIME_S
+    short = EmbeddedBroker(_config(keycloak, principal=REAUTH_UPSTREAM_CLIENT))
+    oauth_broker.stop()
+    credentials = STATE / "upstream-oauth-short-credentials.json"
+    credentials.write_text(json.dumps({"mechanism": "OAUTHBEARER", "token_endpoint": keycloak.token_endpoint,
+                                       "client_id": REAUTH_UPSTREAM_CLIENT,
+                                       "client_secret": keycloak.secret(REAUTH_UPSTREAM_CLIENT)}))
+    credentials.chmod(0o600)
+    address = str(short.oauth_address)
+    settings = yaml_settings(appliance)
+    try:
+        short.start()
+        with reconfigured(appliance, "upstream-reauth", brokers=[address], upstream_credentials=str(credentials),
+                          exempt_cgroups=[*settings["exempt_cgroups"], CGROUP]) as app:
+            status = eventually(lambda: (app.status() or {}).get("upstream_auth"), message="upstream auth status")
+            assert status["token_valid"] and status["client_id"] == REAUTH_UPSTREAM_CLIENT, status
+            workload = enroll_in(app, make_cgroup, "steady")
+            topic, group = f"upstream-reauth-{int(time.time() * 1000)}", f"upstream-reauth-g-{int(time.time())}"
+            created = workload.client("confluent.py", address, topic, "--create")
+            assert not created["errors"], created
+            started = time.time()
+            seconds = 2 * TOKEN_LIFETIME_S + 12
+            summary = workload.client("confluent_steady.py", address, topic, group, "--seconds", str(seconds),
+                                      timeout=seconds + 90)
+            ended = time.time()
+            TIMINGS["steady librdkafka run across upstream re-authentications"] = ended - started
+
+            # Every record acknowledged and read back; no error of any kind, no connection lost.
+            assert summary["sent"] >= 2 * seconds - 2, summary
+            assert summary["produced"] == summary["sent"] == summary["consumed"], summary
+            assert summary["errors"] == [] and summary["client_errors"] == [], summary
+            # librdkafka's own count: no connection of either client was lost (its coordinator connection
+            # may count a second connect attempt when the coordinator is found; a loss would be a disconnect).
+            connections = summary["connections"]
+            assert connections and all(c["disconnects"] == 0 for c in connections.values()), connections
+            for role in ("producer", "consumer"):
+                assert any(name.startswith(role) and c["connects"] == 1 and c["state"] == "UP"
+                           for name, c in connections.items()), (role, connections)
+
+            # The appliance's side: every connection the client opened was opened before the first renewal
+            # was due and none afterwards (nothing was cut and re-opened), the long-lived ones renewed their
+            # broker session at least twice, and each ended only when the client closed it.
+            def steady_sessions():
+                rows = [s for s in audit(app.config_path, "sessions", "--identity", "steady")
+                        if s["cgroup_path"] == workload.cgroup.path and s["started_at"] >= started - 1]
+                return rows if rows and all(s["ended_at"] for s in rows) else None
+
+            sessions = eventually(steady_sessions, timeout=15, message="the steady client's sessions closed")
+            renewals = [e for e in audit(app.config_path, "events", "--kind", "upstream-reauth",
+                                         "--identity", "steady") if e["at"] >= started]
+            per_session = {s["session_id"]: 0 for s in sessions}
+            for e in renewals:
+                if e["session_id"] in per_session:
+                    per_session[e["session_id"]] += 1
+            facts = [(round(s["started_at"] - started, 1), round(s["ended_at"] - s["started_at"], 1),
+                      per_session[s["session_id"]], s["close_reason"]) for s in sessions]
+            TIMINGS_TEXT["steady client's sessions (start, length, renewals, close)"] = json.dumps(facts)
+            print(json.dumps(TIMINGS_TEXT, indent=1))
+            assert all(s["close_reason"].startswith("client closed the connection") for s in sessions), facts
+            assert all(s["started_at"] < started + TOKEN_LIFETIME_S - 5 for s in sessions), facts
+            whole_run = [s for s in sessions if s["ended_at"] - s["started_at"] >= 2 * TOKEN_LIFETIME_S]
+            assert len(whole_run) >= 2, facts  # the producer's and the consumer's broker connections at least
+            assert all(per_session[s["session_id"]] >= 2 for s in whole_run), facts
+            detail = json.loads(renewals[0]["detail"])
+            assert detail["mechanism"] == "OAUTHBEARER" and 0 < detail["session_lifetime_s"] <= TOKEN_LIFETIME_S
+            log = app.log.read_text()
+            assert "re-authenticated its broker connection (OAUTHBEARER" in log
+            assert "upstream re-authentication failed" not in log
+    finally:
+        short.stop()
+        oauth_broker.start()
+
+
 def yaml_settings(appliance) -> dict:
     import yaml
 

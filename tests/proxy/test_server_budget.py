@@ -3,7 +3,7 @@
 from appliance.audit.records import SessionClosed
 from appliance.identity.enrollment import Enrollment
 from appliance.proxy import events as ev
-from appliance.proxy.limits import Limits
+from appliance.proxy.limits import Clock, Limits
 from appliance.proxy.original_dst import OriginalDestination
 from appliance.proxy.server import ProxyServer, _Connection
 from tests.proxy.test_session import ALLOW_ALL, PLAIN
@@ -114,3 +114,65 @@ def test_a_partial_frame_waiting_on_a_broker_that_does_not_read_is_not_the_workl
     proxy.sweep(conn.clock.progress_at + 31)
     assert conn.gone and [r.close_reason for r in audited if isinstance(r, SessionClosed)][0].startswith(
         "frame deadline: 104 bytes of an unfinished frame")
+
+
+class TokenSource:
+    """The credential source's side the shell uses: the current token, and requests for a fresh one."""
+
+    def __init__(self, token) -> None:
+        self.token, self.refreshes = token, 0
+
+    def current(self, now: float):
+        return self.token
+
+    def refresh_now(self) -> None:
+        self.refreshes += 1
+
+
+def test_the_sweep_prompts_a_due_renewal_with_the_current_token_and_asks_for_a_fresh_one_first():
+    import time
+
+    from appliance.broker.oauth_token import BearerToken
+
+    t0 = time.time() - 256.0  # the session is handled on the shell's own clock: granted 256 s ago
+    held, fresh = BearerToken("held", t0, t0 + 300.0), BearerToken("fresh", t0 + 240.0, t0 + 540.0)
+    source = TokenSource(held)
+    proxy = ProxyServer(hosts=(), port=0, lookup=None, identity_of=None, credentials=source, policy=lambda: ALLOW_ALL,
+                        audit=[].append, max_frame_bytes=1 << 20, limits=LIMITS, max_request_bytes=32 * KiB,
+                        max_sessions=10, max_sessions_per_workload=10, release_memory=lambda: None)
+    conn = connection(proxy, 1)
+    conn.clock = Clock(time.time())  # accepted now: no idle deadline in the way
+    conn.upstream = Transport()
+    conn.dispatch(ev.UpstreamConnected(authenticated=True, authenticated_at=t0, session_lifetime_s=300.0))
+    assert conn.session.upstream_reauthenticate_at == t0 + 255.0
+    proxy.sweep(t0 + 254.0)
+    assert not conn.upstream.written and source.refreshes == 0
+    proxy.sweep(time.time())  # due, but the held token ends with the session: ask for a fresh one, once
+    proxy.sweep(time.time())
+    assert not conn.upstream.written and source.refreshes == 1
+    source.token = fresh
+    proxy.sweep(time.time())
+    (handshake,) = conn.upstream.written
+    assert b"OAUTHBEARER" in handshake and not conn.gone
+    proxy.sweep(time.time())  # under way: not prompted again
+    assert len(conn.upstream.written) == 1
+
+
+def test_requests_held_during_a_renewal_pause_the_workload_at_the_budget_rather_than_close_it():
+    import time
+
+    from tests.proxy.test_session import metadata
+
+    proxy = server([])
+    conn = connection(proxy, 1)
+    conn.clock = Clock(time.time())
+    conn.upstream = Transport()
+    # A pooled connection granted 300 s, 256 s ago: due now.
+    conn.dispatch(ev.UpstreamConnected(authenticated=True, authenticated_at=time.time() - 256,
+                                       session_lifetime_s=300.0))
+    conn.dispatch(ev.ClientData(metadata(correlation_id=5)))  # in flight: the renewal waits for its answer
+    proxy.sweep(time.time())
+    assert conn.session.upstream_reauthenticate_at is None  # under way
+    assert conn.session.max_renewal_held_bytes == LIMITS.session_buffer_bytes + 256 * KiB
+    conn.dispatch(ev.ClientData(b"\0" * (65 * KiB)))  # over the 64 KiB session budget, held
+    assert not conn.gone and not conn.client.reading and conn in proxy.paused

@@ -44,7 +44,7 @@ def test_only_connections_the_broker_will_keep_honouring_are_handed_out():
     stale = parked(pool, age_s=90)  # idle for over a minute
     expiring = parked(pool, age_s=31, lifetime_s=60)  # past half its SASL lifetime
     fresh = parked(pool, age_s=1, lifetime_s=60)
-    assert pool.take(BROKER) is fresh.transport
+    assert pool.take(BROKER) is fresh
     assert stale.transport.closed and expiring.transport.closed
     assert pool.take(BROKER) is None and pool.ready() == {"127.0.0.1:39092": 0}
 
@@ -76,3 +76,29 @@ def test_a_pooled_connection_stuck_in_its_sasl_exchange_is_closed_at_the_sasl_de
     assert not stuck.transport.closed
     pool.sweep(stuck.opened_at + 11)  # the broker never answered: the slot it held in "opening" frees
     assert stuck.transport.closed and not pool.authenticating
+
+
+def test_a_refused_pooled_token_asks_the_source_for_a_fresh_one_at_most_once_per_interval():
+    from appliance.broker.oauth_token import BearerToken
+    from appliance.proxy.upstream_auth import UpstreamAuthError
+    from tests.proxy.test_server_budget import TokenSource
+
+    source = TokenSource(BearerToken("t", time.time(), time.time() + 300))
+    pool = UpstreamPool(source, 1 << 20, size=2)
+    for _ in range(3):
+        p = _Parked(pool, BROKER)
+        p.transport = _Transport()
+        p._failed(UpstreamAuthError("broker refused the appliance's OAUTHBEARER token"))
+    assert source.refreshes == 1
+    plain = UpstreamPool(PLAIN, 1 << 20, size=2)
+    p = _Parked(plain, BROKER)
+    p.transport = _Transport()
+    p._failed(UpstreamAuthError("broker refused the appliance's PLAIN credentials"))  # nothing to refresh
+
+
+def test_a_pooled_connection_is_handed_out_with_when_and_for_how_long_it_was_authenticated():
+    pool = UpstreamPool(PLAIN, 1 << 20, size=2)
+    fresh = parked(pool, age_s=1, lifetime_s=60)
+    fresh.authenticated_at = 1234.5
+    taken = pool.take(BROKER)
+    assert (taken.authenticated_at, taken.auth.session_lifetime_s) == (1234.5, 60)
