@@ -28,37 +28,31 @@ class FrameSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
-        if not buffer:
-            # The common case: a read that starts on a frame boundary. Its whole
-            # frames are sliced from it directly (one that fills the read is the
-            # very same object, no copy at all); only a partial tail is held.
-            frames: list[bytes] = []
-            start, end = 0, len(data)
-            while end - start >= 4:
-                (size,) = _SIZE.unpack_from(data, start)
-                if size < 0 or size > self.max_frame_bytes:
-                    self._refuse(size, data, start)
-                if end - start < 4 + size:
-                    break
-                frames.append(data if start == 0 and 4 + size == end else data[start:start + 4 + size])
-                start += 4 + size
+        # The common case is a read that starts on a frame boundary (nothing held): its whole frames are
+        # sliced from the read itself (one that fills the read is the very same object, no copy at all),
+        # and only a partial tail is held. Otherwise the read joins what is held first.
+        direct = not buffer
+        source = data if direct else buffer
+        if not direct:
+            buffer += data
+        frames: list[bytes] = []
+        start, end = 0, len(source)
+        while end - start >= 4:
+            (size,) = _SIZE.unpack_from(source, start)
+            if size < 0 or size > self.max_frame_bytes:
+                self._refuse(size, source, start)
+            stop = start + 4 + size
+            if stop > end:
+                break
+            if not direct:
+                frames.append(bytes(buffer[start:stop]))
+            else:
+                frames.append(data if start == 0 and stop == end else data[start:stop])
+            start = stop
+        if direct:
             if start < end:
                 buffer += memoryview(data)[start:]
-                self.pending = end - start
-            return frames
-        buffer += data
-        frames = []
-        start = 0
-        end = len(buffer)
-        while end - start >= 4:
-            (size,) = _SIZE.unpack_from(buffer, start)
-            if size < 0 or size > self.max_frame_bytes:
-                self._refuse(size, buffer, start)
-            if end - start < 4 + size:
-                break
-            frames.append(bytes(buffer[start:start + 4 + size]))
-            start += 4 + size
-        if start:
+        elif start:
             del buffer[:start]
         self.pending = len(buffer)
         return frames
