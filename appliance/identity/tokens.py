@@ -306,6 +306,10 @@ def _check_claims(claims: dict, rules: TokenRules, now: float, kid: str | None) 
         raise _Reject("not-yet-valid", f"token was issued in the future, at {_when(issued_at)} ({issued_at - now:.0f} s from now; is a clock wrong?)")
 
     subject = _text(claims, rules.subject_claim)
+    if rules.subject_claim != "sub":
+        # `sub` is also read (the audit's subject, revocation by subject, --accept patterns) when another
+        # claim names the workload: it must be as clean as the identity claim, or absent.
+        _text(claims, "sub")
     return ValidToken(
         subject=subject,
         groups=_groups(claims, rules.groups_claim),
