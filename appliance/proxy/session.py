@@ -314,7 +314,7 @@ class Session:
                 self._close(f"{self._describe_context()} reuses the correlation id of a request still in flight; "
                             "answers could not be told apart", now, out, level="warning")
                 return
-            if header.api_key in (apis.SASL_HANDSHAKE, apis.SASL_AUTHENTICATE) and header.body_offset >= 0:
+            if header.api_key in (apis.SASL_HANDSHAKE, apis.SASL_AUTHENTICATE) and not self._version_refused(header):
                 self._sasl_request(header, frame, now, out)
                 if self._verifying is not None or self._close_when_answered is not None or self.closed:
                     flush()

@@ -14,6 +14,7 @@ from appliance.identity.binding import AuthMode
 from appliance.identity.revocations import Revocation, Revocations
 from appliance.identity.sasl import format_oauthbearer
 from appliance.kafka import apis
+from appliance.policy import permissions
 from appliance.proxy import events as ev
 from appliance.proxy.commands import SendToUpstream, VerifyToken
 from tests.proxy.test_session import of, produce
@@ -66,6 +67,19 @@ def test_a_plain_authzid_other_than_the_username_is_refused_even_with_the_right_
     s.handle(ev.ClientData(handshake("PLAIN")), NOW)
     out = s.handle(ev.ClientData(sasl_authenticate(b"orders-legacy\0orders-legacy\0pw-orders")), NOW)
     assert answers(out, apis.SASL_AUTHENTICATE, 2)[0].error_code == ErrorCode.none
+
+
+# --- SaslHandshake v0: raw SASL tokens follow it, which the proxy does not read --------------------------
+
+def test_sasl_handshake_v0_is_not_offered_and_is_answered_unsupported_version():
+    assert permissions.offered(apis.SASL_HANDSHAKE) == apis.VersionRange(1, 1)
+    for mode in (AuthMode.TOKEN, AuthMode.CGROUP):
+        s = session(mode=mode, identity="orders")
+        out = s.handle(ev.ClientData(request(apis.SASL_HANDSHAKE, 0, correlation_id=10, mechanism="PLAIN")), NOW)
+        [answer] = answers(out, apis.SASL_HANDSHAKE, 0)
+        assert answer.error_code == ErrorCode.unsupported_version, answer
+        assert not s.sasl.in_exchange  # no mechanism chosen: a raw token after it is not read as one
+        assert not of(out, SendToUpstream)
 
 
 # --- revocation: an identity revoked is refused also where an enrolment accepts its tokens ------------------
