@@ -234,6 +234,9 @@ class Session:
         for pending in self._in_flight:
             out.append(Audit(self._operation(pending, now, None, None, "unanswered")))
         self._in_flight.clear()
+        if self._verifying is not None:  # a SaslAuthenticate whose token was still being verified
+            out.append(Audit(self._operation(self._verifying, now, None, None, "unanswered")))
+            self._verifying = None
         out.append(Log(level, f"session {self.session_id} closed: {reason}"))
         out.append(Audit(SessionClosed(self.session_id, now, self.bytes_from_client, self.bytes_to_client, self.requests, reason)))
         out.append(CloseConnection(reason, delay_s))

@@ -16,7 +16,7 @@ from appliance.identity.sasl import format_oauthbearer
 from appliance.kafka import apis
 from appliance.policy import permissions
 from appliance.proxy import events as ev
-from appliance.proxy.commands import SendToUpstream, VerifyToken
+from appliance.proxy.commands import Audit, SendToClient, SendToUpstream, VerifyToken
 from tests.proxy.test_session import of, produce
 from tests.proxy.test_session_hostile import request
 from tests.proxy.test_workload_sasl import (NOW, answers, authentications, closed, handshake, login, sasl_authenticate,
@@ -136,3 +136,35 @@ def test_handshake_then_authenticate_bytes_of_another_mechanism_are_refused_by_t
     s.handle(ev.ClientData(handshake()), NOW)
     message = _refusal(s.handle(ev.ClientData(sasl_authenticate(b"n,,n=orders-scram,r=abcdefgh")), NOW))
     assert "OAUTHBEARER initial response" in message
+
+
+def test_reauthentication_with_a_request_in_flight_answers_in_order_and_holds_what_follows_until_the_verdict():
+    from tests.proxy.test_session import metadata, metadata_response
+    s = session(accepts=("orders-svc",))
+    login(s, token(lifetime=100))
+    assert of(s.handle(ev.ClientData(metadata(correlation_id=40)), NOW), SendToUpstream)  # in flight
+    raw = token(jti="jti-2")
+    out = s.handle(ev.ClientData(handshake(correlation_id=41) + sasl_authenticate(format_oauthbearer(raw), 42)
+                                 + metadata(correlation_id=43)), NOW)
+    assert of(out, VerifyToken) and not of(out, SendToUpstream)
+    # The broker answers the earlier request while the token is verified: it reaches the client; the
+    # handshake's answer, queued behind it, follows it.
+    out = s.handle(ev.UpstreamData(metadata_response(40)), NOW)
+    sent = b"".join(c.data for c in of(out, SendToClient))
+    assert int.from_bytes(sent[4:8], "big") == 40
+    out = s.handle(ev.TokenVerified(verified(raw)), NOW)
+    assert answers(out, apis.SASL_AUTHENTICATE, 2)[0].error_code == ErrorCode.none
+    assert of(out, SendToUpstream)  # the request behind the re-authentication, only now
+
+
+def test_a_workload_that_vanishes_mid_verification_leaves_its_sasl_authenticate_audited_as_unanswered():
+    from appliance.audit.records import Operation
+    s = session(accepts=("orders-svc",))
+    raw = token()
+    s.handle(ev.ClientData(handshake()), NOW)
+    assert of(s.handle(ev.ClientData(sasl_authenticate(format_oauthbearer(raw), correlation_id=11)), NOW), VerifyToken)
+    out = s.handle(ev.ClientClosed("client closed the connection"), NOW)
+    ops = [a.record for a in of(out, Audit) if isinstance(a.record, Operation)]
+    assert [(o.api_name, o.correlation_id, o.outcome) for o in ops] == [("SaslAuthenticate", 11, "unanswered")]
+    assert "client closed the connection" in closed(out).close_reason
+    assert s.handle(ev.TokenVerified(verified(raw)), NOW) == []  # the verifier's late answer finds it closed
