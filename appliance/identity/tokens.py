@@ -140,7 +140,13 @@ def _b64url_json(segment: str, what: str) -> dict:
     except (binascii.Error, ValueError):
         raise _Reject("malformed", f"token {what} is not valid base64url") from None
     try:
-        value = json.loads(raw, object_pairs_hook=_no_duplicates)
+        # RFC 7519: the JOSE header and the claims are UTF-8 JSON. json.loads would also take UTF-16 and
+        # UTF-32 bytes, a second reading of the same token that other parsers do not share.
+        text = raw.decode("utf-8", "strict")
+    except UnicodeDecodeError as e:
+        raise _Reject("malformed", f"token {what} is not UTF-8 JSON (byte {e.start})") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates)
     except RecursionError:
         raise _Reject("malformed", f"token {what} is nested too deeply") from None
     except ValueError as e:
@@ -288,8 +294,10 @@ def _check_claims(claims: dict, rules: TokenRules, now: float, kid: str | None) 
     if audience is None:
         raise _Reject("missing-claim", "token has no 'aud' claim")
     audiences = [audience] if isinstance(audience, str) else audience
-    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences) or len(audiences) > MAX_GROUPS:
+    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
         raise _Reject("bad-claim", "token claim 'aud' must be a string or a list of strings")
+    if len(audiences) > MAX_GROUPS:
+        raise _Reject("bad-claim", f"token claim 'aud' has {len(audiences)} entries, more than the {MAX_GROUPS} allowed")
     if not set(audiences) & set(rules.audiences):
         shown = ", ".join(_shown(a, 48) for a in audiences[:5]) or "none"
         raise _Reject("wrong-audience", f"token audience ({shown}) includes none of {', '.join(map(repr, rules.audiences))}")

@@ -31,3 +31,32 @@ def test_a_token_without_sub_is_fine_when_another_claim_names_the_workload():
     token = rsa_key().sign(claims(NOW, sub=None))
     result = validate(token, KeySet.from_jwks(jwks(rsa_key())), BY_AZP, NOW)
     assert isinstance(result, ValidToken) and result.subject == "orders"
+
+
+def _signed(payload: bytes) -> str:
+    """A token whose payload segment is exactly these bytes, validly signed."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from tests.identity.token_keys import b64
+    key = rsa_key()
+    signing_input = f"{b64({'alg': 'RS256', 'kid': key.kid})}.{b64(payload)}"
+    return signing_input + "." + b64(key.private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-16-be"])
+def test_claims_in_another_unicode_encoding_than_utf8_are_refused(encoding):
+    # json.loads reads UTF-16/32 bytes too: the same signed bytes would mean one thing here and another to a
+    # parser that follows RFC 7519 (UTF-8 only).
+    import json
+    token = _signed(json.dumps(claims(NOW)).encode(encoding))
+    result = validate(token, KeySet.from_jwks(jwks(rsa_key())), BY_AZP, NOW)
+    assert isinstance(result, TokenRejected) and result.kind == "malformed", result
+    # (UTF-16-BE without a BOM is valid UTF-8 of NULs and letters, which is then not JSON.)
+    assert result.reason in ("token payload is not UTF-8 JSON (byte 0)", "token payload is not JSON"), result.reason
+
+
+def test_an_audience_list_too_long_says_so():
+    token = rsa_key().sign(claims(NOW, aud=["other"] * 299 + [AUDIENCE]))
+    result = validate(token, KeySet.from_jwks(jwks(rsa_key())), BY_AZP, NOW)
+    assert isinstance(result, TokenRejected) and result.kind == "bad-claim"
+    assert result.reason == "token claim 'aud' has 300 entries, more than the 256 allowed"
