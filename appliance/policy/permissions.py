@@ -231,12 +231,6 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-# SaslHandshake v0 is followed by raw SASL tokens, not SaslAuthenticate requests; the proxy answers the
-# workload's SASL only in SaslAuthenticate, so it offers SaslHandshake v1 only (a client that reads ApiVersions
-# picks it; one that sends v0 anyway is answered UNSUPPORTED_VERSION rather than misreading its raw token).
-_MIN_OFFERED = {apis.SASL_HANDSHAKE: 1}
-
-
 def offered(api_key: int) -> apis.VersionRange | None:
     """The versions of an API the proxy offers clients: parseable, in the table, and under its cap."""
     known = apis.parseable(api_key)
@@ -244,5 +238,4 @@ def offered(api_key: int) -> apis.VersionRange | None:
         return None
     cap = max_offered_version(api_key)
     high = known.max if cap is None else min(known.max, cap)
-    low = max(known.min, _MIN_OFFERED.get(api_key, known.min))
-    return apis.VersionRange(low, high) if low <= high else None
+    return apis.VersionRange(known.min, high) if known.min <= high else None

@@ -317,7 +317,7 @@ class Session:
                 self._close(f"{self._describe_context()} reuses the correlation id of a request still in flight; "
                             "answers could not be told apart", now, out, level="warning")
                 return
-            if header.api_key in (apis.SASL_HANDSHAKE, apis.SASL_AUTHENTICATE) and not self._version_refused(header):
+            if header.api_key in (apis.SASL_HANDSHAKE, apis.SASL_AUTHENTICATE) and header.body_offset >= 0:
                 self._sasl_request(header, frame, now, out)
                 if self._verifying is not None or self._close_when_answered is not None or self.closed:
                     flush()
@@ -438,7 +438,7 @@ class Session:
         request = codec.decode_request(frame, header)
         pending = InFlight(header, codec.RequestFacts(), now, len(frame))
         if header.api_key == apis.SASL_HANDSHAKE:
-            error, mechanisms = self.sasl.handshake(str(request.mechanism))
+            error, mechanisms = self.sasl.handshake(str(request.mechanism), header.api_version)
             if error != ErrorCode.none:
                 out.append(Log("warning", f"session {self.session_id}: SaslHandshake for mechanism "
                                           f"{str(request.mechanism)[:64]!r} answered {error.name}"))

@@ -115,8 +115,16 @@ class WorkloadSasl:
     def _kind(self) -> str:
         return "reauth" if self.proof is not None else "initial"
 
-    def handshake(self, mechanism: str) -> tuple[ErrorCode, tuple[str, ...]]:
-        """The SaslHandshake answer: (error, the mechanisms offered)."""
+    def handshake(self, mechanism: str, version: int = 1) -> tuple[ErrorCode, tuple[str, ...]]:
+        """The SaslHandshake answer: (error, the mechanisms offered).
+
+        SaslHandshake v0 is answered UNSUPPORTED_VERSION: after it a client sends its SASL tokens raw, with
+        no request header, and the proxy reads SASL only in SaslAuthenticate requests (every client that
+        knows SaslAuthenticate sends v1). v0 stays in the ApiVersions answer: librdkafka's feature check
+        wants it there before it will do SASL at all.
+        """
+        if version == 0:
+            return ErrorCode.unsupported_version, MECHANISMS
         if self._waiting_token or self._scram is not None:
             self._mechanism = None
             return ErrorCode.illegal_sasl_state, MECHANISMS

@@ -172,7 +172,7 @@ def hostile_cases(keycloak) -> list[tuple]:
         # SaslHandshake v0 would be followed by a raw token the proxy cannot read: not offered, refused.
         ("handshake-v0", [step_hs("OAUTHBEARER", version=0)], [(17, 35, None)], False, None, None),
         ("handshake-v2", [{"api": "raw", "hex": (b"\x00\x11\x00\x02\x00\x00\x00\x01\x00\x00" + b"\x00").hex()}],
-         [], True, "SaslHandshake v2 (api key 17) is offered at v1-v1 only", None),
+         [], True, "SaslHandshake v2 (api key 17) is offered at v0-v1 only", None),
         ("authenticate-v3", [step_hs(), {"api": "raw", "hex": (b"\x00\x24\x00\x03\x00\x00\x00\x02\x00\x00\x00"
                                                                   b"\x00\x01\x00").hex()}],
          [(17, 0, None)], True, "SaslAuthenticate v3 request (correlation id 2) arrived in the middle of a SASL "
