@@ -40,7 +40,9 @@ class Revocation:
         if not self.active(now):
             return False
         if self.kind == "identity":
-            return identity == self.value
+            # The session's identity, and the one the proof names: a cgroup+token (or cgroup) enrolment that
+            # accepts a revoked identity's tokens must refuse them too, though its sessions take its own name.
+            return identity == self.value or (proof is not None and proof.identity == self.value)
         if proof is None:
             return False
         return {"subject": proof.subject, "jti": proof.jti, "client_id": proof.client_id}[self.kind] == self.value

@@ -32,6 +32,15 @@ class TooDeep(JsonError):
     """Nested deeper than the parser recurses."""
 
 
+class NotUtf8(JsonError):
+    """Bytes that are not UTF-8. Python's json would also read UTF-16 and UTF-32, a second reading of the
+    same bytes that other parsers do not share (RFC 8259 section 8.1: UTF-8 between systems)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"not JSON the appliance reads: not UTF-8 ({where})")
+        self.where = where
+
+
 def _shown(name: str, limit: int = 32) -> str:
     return repr(name if len(name) <= limit else name[:limit] + "...")
 
@@ -46,7 +55,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
 
 
 def loads(body: bytes | bytearray | str) -> Any:
-    """The JSON value of `body` (UTF-8, -16 or -32 when bytes); JsonError if it is not JSON or is ambiguous."""
+    """The JSON value of `body` (UTF-8 when bytes); JsonError if it is not JSON or is ambiguous."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = bytes(body).decode("utf-8", "strict")
+        except UnicodeDecodeError as e:
+            raise NotUtf8(f"byte {e.start}") from None
     try:
         return json.loads(body, object_pairs_hook=_no_duplicates)
     except DuplicateMember:

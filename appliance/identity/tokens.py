@@ -132,6 +132,8 @@ def _b64url_json(segment: str, what: str) -> dict:
         raise _Reject("malformed", f"token {what} is not valid base64url") from None
     try:
         value = strict_json.loads(raw)
+    except strict_json.NotUtf8 as e:  # RFC 7519: UTF-8 only, or one token has two readings
+        raise _Reject("malformed", f"token {what} is not UTF-8 JSON ({e.where})") from None
     except strict_json.DuplicateMember as e:  # two readings of one token are refused
         raise _Reject("malformed", f"token {what}: {e}") from None
     except strict_json.TooDeep:
@@ -279,8 +281,10 @@ def _check_claims(claims: dict, rules: TokenRules, now: float, kid: str | None) 
     if audience is None:
         raise _Reject("missing-claim", "token has no 'aud' claim")
     audiences = [audience] if isinstance(audience, str) else audience
-    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences) or len(audiences) > MAX_GROUPS:
+    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
         raise _Reject("bad-claim", "token claim 'aud' must be a string or a list of strings")
+    if len(audiences) > MAX_GROUPS:
+        raise _Reject("bad-claim", f"token claim 'aud' has {len(audiences)} entries, more than the {MAX_GROUPS} allowed")
     if not set(audiences) & set(rules.audiences):
         shown = ", ".join(_shown(a, 48) for a in audiences[:5]) or "none"
         raise _Reject("wrong-audience", f"token audience ({shown}) includes none of {', '.join(map(repr, rules.audiences))}")
@@ -297,6 +301,10 @@ def _check_claims(claims: dict, rules: TokenRules, now: float, kid: str | None) 
         raise _Reject("not-yet-valid", f"token was issued in the future, at {_when(issued_at)} ({issued_at - now:.0f} s from now; is a clock wrong?)")
 
     subject = _text(claims, rules.subject_claim)
+    if rules.subject_claim != "sub":
+        # `sub` is also read (the audit's subject, revocation by subject, --accept patterns) when another
+        # claim names the workload: it must be as clean as the identity claim, or absent.
+        _text(claims, "sub")
     return ValidToken(
         subject=subject,
         groups=_groups(claims, rules.groups_claim),

@@ -288,6 +288,9 @@ class Session:
         for pending in self._in_flight:
             out.append(Audit(self._operation(pending, now, None, None, "unanswered")))
         self._in_flight.clear()
+        if self._verifying is not None:  # a SaslAuthenticate whose token was still being verified
+            out.append(Audit(self._operation(self._verifying, now, None, None, "unanswered")))
+            self._verifying = None
         out.append(Log(level, f"session {self.session_id} closed: {reason}"))
         out.append(Audit(SessionClosed(self.session_id, now, self.bytes_from_client, self.bytes_to_client, self.requests, reason)))
         out.append(CloseConnection(reason, delay_s))
@@ -550,7 +553,7 @@ class Session:
         request = codec.decode_request(frame, header)
         pending = InFlight(header, codec.RequestFacts(), now, len(frame))
         if header.api_key == apis.SASL_HANDSHAKE:
-            error, mechanisms = self.sasl.handshake(str(request.mechanism))
+            error, mechanisms = self.sasl.handshake(str(request.mechanism), header.api_version)
             if error != ErrorCode.none:
                 out.append(Log("warning", f"session {self.session_id}: SaslHandshake for mechanism "
                                           f"{str(request.mechanism)[:64]!r} answered {error.name}"))

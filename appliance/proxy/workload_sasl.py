@@ -99,6 +99,7 @@ class WorkloadSasl:
         self._mechanism: str | None = None
         self._scram = None
         self._waiting_token = False
+        self._authzid: str | None = None  # what the client asked to act as (GS2 'a=' / PLAIN authzid), if anything
 
     # ---- what the session asks ------------------------------------------------------
 
@@ -114,8 +115,16 @@ class WorkloadSasl:
     def _kind(self) -> str:
         return "reauth" if self.proof is not None else "initial"
 
-    def handshake(self, mechanism: str) -> tuple[ErrorCode, tuple[str, ...]]:
-        """The SaslHandshake answer: (error, the mechanisms offered)."""
+    def handshake(self, mechanism: str, version: int = 1) -> tuple[ErrorCode, tuple[str, ...]]:
+        """The SaslHandshake answer: (error, the mechanisms offered).
+
+        SaslHandshake v0 is answered UNSUPPORTED_VERSION: after it a client sends its SASL tokens raw, with
+        no request header, and the proxy reads SASL only in SaslAuthenticate requests (every client that
+        knows SaslAuthenticate sends v1). v0 stays in the ApiVersions answer: librdkafka's feature check
+        wants it there before it will do SASL at all.
+        """
+        if version == 0:
+            return ErrorCode.unsupported_version, MECHANISMS
         if self._waiting_token or self._scram is not None:
             self._mechanism = None
             return ErrorCode.illegal_sasl_state, MECHANISMS
@@ -163,6 +172,7 @@ class WorkloadSasl:
             return self._fail("OAUTHBEARER", "no identity provider is configured on the appliance, so no token "
                                              "can be validated; ask its operator to configure identity.providers")
         initial = sasl.parse_oauthbearer(auth_bytes)
+        self._authzid = initial.authzid
         self._waiting_token = True
         return VerifyToken(initial.token)
 
@@ -172,6 +182,10 @@ class WorkloadSasl:
                                                                              credentials.password)
         if entry is None:
             return self._unknown_static("PLAIN", credentials.username)
+        if credentials.authzid is not None and credentials.authzid != credentials.username:
+            # As Kafka's PlainSaslServer: a PLAIN login may not ask to act as someone else.
+            return self._fail("PLAIN", f"the authorization id {_shown(credentials.authzid)} is not the username "
+                                       f"{_shown(credentials.username)}; leave it empty (NUL username NUL password)")
         return self._accept(_proof_of_static("PLAIN", entry), now)
 
     def _scram_step(self, mechanism: str, auth_bytes: bytes, now: float) -> Reply:
@@ -194,6 +208,12 @@ class WorkloadSasl:
 
     def _accept(self, proof: Proof, now: float, server_bytes: bytes = b"") -> Reply:
         mechanism, kind = self._mechanism or proof.mechanism, self._kind
+        authzid, self._authzid = self._authzid, None
+        if authzid is not None and authzid != proof.identity:
+            # As Kafka's OAuthBearerSaslServer: the client asked to act as someone the token does not name.
+            return self._fail(mechanism, f"the authorization id {_shown(authzid)} in the GS2 header is not the "
+                                         f"token's identity {_shown(proof.identity)}; send 'n,,' (no authorization "
+                                         f"id) or 'n,a={proof.identity},'")
         if proof.method == "static":
             refused = self._static_refused(proof.identity)
             if refused is not None:
@@ -225,11 +245,16 @@ class WorkloadSasl:
         return Reply(server_bytes, lifetime_ms=max(1, math.floor(lifetime * 1000)))
 
     def _fail(self, mechanism: str, message: str, audit_reason: str | None = None) -> Reply:
-        self._mechanism, self._scram, self._waiting_token = None, None, False
+        self._mechanism, self._scram, self._waiting_token, self._authzid = None, None, False, None
         reason = message if audit_reason is None else f"{message} ({audit_reason})"
         self.finished = Finished(self._kind, mechanism, False, reason)
         return Reply(error=ErrorCode.sasl_authentication_failed,
                      message=f"authentication failed ({mechanism}): {message}")
+
+
+def _shown(name: str, limit: int = 64) -> str:
+    """A client-supplied name, quoted (control characters escaped) and cut short, for a message."""
+    return repr(name if len(name) <= limit else name[:limit] + "...")
 
 
 def _proof_of_token(token) -> Proof:
