@@ -14,9 +14,11 @@ HTTP round trip per token and cache window.
   not JSON, not an object) refuses it too, naming the endpoint and the
   fault: fail closed.
 - **Cache**: an `active: true` answer is kept per token (its SHA-256, never
-  the token) for `cache_s`, and never past the token's `exp`; a refusal is
-  not kept, so a re-enabled client is admitted at its next try. At most
-  `MAX_CACHED` answers are held; past that the oldest go first.
+  the token) for `cache_s`, and never past the token's `exp`. A refusal is
+  kept for `REFUSAL_HOLD_S` (or `cache_s` if shorter): a client retrying a
+  dead token in a loop (librdkafka: about 20 times a second) costs the
+  provider one call a second, and a re-enabled client is admitted within a
+  second. At most `MAX_CACHED` answers are held; past that the oldest go first.
 - **Load**: identical requests in flight share one call (a reconnect storm
   with one token is one call); at most `MAX_CONCURRENT` calls run at once
   per provider, the rest wait their turn (each call bounded by the HTTP
@@ -44,6 +46,7 @@ from appliance.identity.tokens import TokenRejected, ValidToken
 
 MAX_CACHED = 10_000
 MAX_CONCURRENT = 4
+REFUSAL_HOLD_S = 1.0
 MAX_SECRET_BYTES = 4096
 WHAT = "token introspection endpoint"
 INACTIVE = "the identity provider says the token is no longer active (introspection)"
@@ -95,32 +98,39 @@ def token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_MISS = object()
+
+
 class IntrospectionCache:
-    """`active: true` answers, per token key, until a time (sans-io)."""
+    """Answers per token key until a time (sans-io): None for `active: true`, else the refusal."""
 
     def __init__(self, max_entries: int = MAX_CACHED) -> None:
         self.max_entries = max_entries
-        self._until: OrderedDict[str, float] = OrderedDict()
+        self._until: OrderedDict[str, tuple[float, TokenRejected | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._until)
 
-    def active(self, key: str, now: float) -> bool:
-        until = self._until.get(key)
-        if until is None:
-            return False
-        if now >= until:
+    def lookup(self, key: str, now: float):
+        """The kept answer (None: active; a TokenRejected), or `_MISS`."""
+        held = self._until.get(key)
+        if held is None:
+            return _MISS
+        if now >= held[0]:
             del self._until[key]
-            return False
-        return True
+            return _MISS
+        return held[1]
 
-    def store(self, key: str, until: float, now: float) -> None:
+    def active(self, key: str, now: float) -> bool:
+        return self.lookup(key, now) is None
+
+    def store(self, key: str, until: float, now: float, answer: TokenRejected | None = None) -> None:
         if until <= now:
             return
         self._until.pop(key, None)
-        self._until[key] = until
+        self._until[key] = (until, answer)
         if len(self._until) > self.max_entries:
-            for old in [k for k, u in self._until.items() if u <= now]:
+            for old in [k for k, (u, _) in self._until.items() if u <= now]:
                 del self._until[old]
             while len(self._until) > self.max_entries:
                 self._until.popitem(last=False)
@@ -179,8 +189,9 @@ class Introspector:
     async def check(self, token: str, valid: ValidToken, now: float) -> TokenRejected | None:
         """None when the provider says (or said within the cache window) the token is active; else the refusal."""
         key = token_key(token)
-        if self.cache.active(key, now):
-            return None
+        held = self.cache.lookup(key, now)
+        if held is not _MISS:
+            return held
         future = self._in_flight.get(key)
         if future is None:
             future = asyncio.ensure_future(self._ask(key, token, valid, now))
@@ -195,16 +206,16 @@ class Introspector:
                     self.http.post_form_json, self.endpoint, {"token": token, "token_type_hint": "access_token"},
                     WHAT, basic=(self.client_id, self._secret))
         except ProviderError as e:
-            return _failure(e)
+            refused = _failure(e)
         except Exception as e:  # noqa: BLE001 - any fault in asking is a refusal, never an escaped exception
-            return TokenRejected(f"{UNCONFIRMED}, so it is refused: {WHAT} {self.endpoint}: "
-                                 f"{type(e).__name__}: {str(e)[:120]}", "introspection-failed")
+            refused = TokenRejected(f"{UNCONFIRMED}, so it is refused: {WHAT} {self.endpoint}: "
+                                    f"{type(e).__name__}: {str(e)[:120]}", "introspection-failed")
+        else:
+            refused = judge(answer, self.endpoint)
         finally:
             self._in_flight.pop(key, None)
-        refused = judge(answer, self.endpoint)
-        if refused is None:
-            until = now + self.cache_s
-            if valid.expires_at is not None:
-                until = min(until, valid.expires_at)
-            self.cache.store(key, until, now)
+        until = now + (self.cache_s if refused is None else min(self.cache_s, REFUSAL_HOLD_S))
+        if valid.expires_at is not None:
+            until = min(until, valid.expires_at)
+        self.cache.store(key, until, now, refused)
         return refused

@@ -75,7 +75,7 @@ def test_a_missing_or_non_boolean_active_refuses(idp, answer, shown):
                                     f"boolean 'active' ({shown}")
 
 
-def test_an_active_answer_is_cached_for_cache_s_and_a_refusal_is_not(idp):
+def test_an_active_answer_is_cached_for_cache_s_and_a_refusal_for_a_second(idp):
     introspector = _introspector(idp, cache_s=5)
     assert check(introspector, now=NOW) is None
     assert check(introspector, now=NOW + 4.9) is None
@@ -83,9 +83,23 @@ def test_an_active_answer_is_cached_for_cache_s_and_a_refusal_is_not(idp):
     assert check(introspector, "tok-2", now=NOW + 1) is None
     assert len(idp.requests) == 2  # per token
     idp.answer = (200, {"active": False}, {}, 0.0)
-    assert check(introspector, now=NOW + 5) is not None  # the window ended: asked again, and refused
-    assert check(introspector, now=NOW + 5.1) is not None
-    assert len(idp.requests) == 4  # a refusal is not cached
+    assert check(introspector, now=NOW + 5).kind == "inactive"  # the window ended: asked again, and refused
+    assert check(introspector, now=NOW + 5.9).kind == "inactive"
+    assert len(idp.requests) == 3  # a retry within the refusal's second is answered from the cache
+    idp.answer = (200, {"active": True}, {}, 0.0)  # the client is enabled again
+    assert check(introspector, now=NOW + 6) is None
+    assert len(idp.requests) == 4
+
+
+def test_a_failure_is_held_for_a_second_too(idp):
+    idp.answer = (503, b"", {}, 0.0)
+    introspector = _introspector(idp, cache_s=5)
+    assert check(introspector, now=NOW).kind == "introspection-failed"
+    assert check(introspector, now=NOW + 0.5).kind == "introspection-failed"
+    assert len(idp.requests) == 1
+    idp.answer = (200, {"active": True}, {}, 0.0)
+    assert check(introspector, now=NOW + 1) is None
+    assert len(idp.requests) == 2
 
 
 def test_the_cache_never_outlives_the_tokens_exp(idp):
@@ -277,3 +291,21 @@ def test_bad_introspection_settings_are_refused_naming_the_key(extra, message):
     with pytest.raises(ConfigError) as e:
         parse_config(_config(extra))
     assert message in str(e.value)
+
+
+def test_providers_read_the_secret_at_start_and_refuse_a_loose_file(tmp_path):
+    from appliance.config import TokenProviderConfig
+    from appliance.identity.providers import TokenProviders
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    os.chmod(secret, 0o644)
+    provider = TokenProviderConfig(issuer="https://idp/realms/r", audiences=("kafka",),
+                                   introspection_endpoint="https://idp/i", introspection_client_id="c",
+                                   introspection_client_secret_file=secret)
+    with pytest.raises(IntrospectionError, match=r"has mode 0644"):
+        TokenProviders((provider,), owner_uid=os.getuid())
+    os.chmod(secret, 0o600)
+    verifier = TokenProviders((provider,), owner_uid=os.getuid())._verifiers["https://idp/realms/r"]
+    assert verifier.introspector.endpoint == "https://idp/i" and verifier.introspector.cache_s == 5.0
+    assert "s3cret" not in repr(verifier.introspector)
