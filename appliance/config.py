@@ -533,6 +533,10 @@ def _parse_introspection(value: dict, where: str) -> dict[str, Any]:
     if "@" in parts.netloc or parts.fragment:
         raise ConfigError(f"{where}: key 'introspection_endpoint' must not carry user information or a fragment "
                           "(the secret goes in introspection_client_secret_file)")
+    issuer = value.get("issuer")
+    if isinstance(issuer, str) and issuer.startswith("https://") and parts.scheme != "https":
+        raise ConfigError(f"{where}: key 'introspection_endpoint' must be https, as the issuer is: workload tokens "
+                          f"and the client secret are sent to it, got {url[:200]!r}")
     client_id = value["introspection_client_id"]
     if not isinstance(client_id, str) or not client_id or not client_id.isprintable():
         raise ConfigError(f"{where}: key 'introspection_client_id' must be the client id (a non-empty printable "

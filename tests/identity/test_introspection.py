@@ -277,6 +277,8 @@ def test_the_configuration_takes_the_three_settings_together():
                                               "'introspection_client_secret_file' are missing"),
     ("introspection_endpoint: ftp://idp/i\nintrospection_client_id: c\nintrospection_client_secret_file: /s",
      "key 'introspection_endpoint' must be an http:// or https:// URL with a host, got 'ftp://idp/i'"),
+    ("introspection_endpoint: http://idp/i\nintrospection_client_id: c\nintrospection_client_secret_file: /s",
+     "key 'introspection_endpoint' must be https, as the issuer is"),
     ("introspection_endpoint: https://u:p@idp/i\nintrospection_client_id: c\nintrospection_client_secret_file: /s",
      "must not carry user information"),
     ("introspection_endpoint: https://idp/i\nintrospection_client_id: c\nintrospection_client_secret_file: s",
