@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,12 @@ class TokenProviderConfig:
     algorithms: tuple[str, ...] = TOKEN_ALGORITHMS
     leeway_s: float = 30.0
     ca_file: Path | None = None  # PEM CAs for an https issuer/jwks_uri instead of the system store
+    # RFC 7662 token introspection (identity/introspection.py): off unless the endpoint is set, and then
+    # every token that passes the JWT checks is also asked about there. The three go together.
+    introspection_endpoint: str | None = None
+    introspection_client_id: str | None = None
+    introspection_client_secret_file: Path | None = None  # root-only, the secret alone; read at start
+    introspection_cache_s: float = 5.0  # how long an `active: true` is believed (never past the token's exp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,4 +500,51 @@ def _parse_provider(value: Any, where: str) -> TokenProviderConfig:
         except CaFileError as e:
             raise ConfigError(f"{where}: key 'ca_file': {e}") from None
         changes["ca_file"] = Path(ca_file)
+    changes.update(_parse_introspection(value, where))
     return TokenProviderConfig(**{"issuer": "", "audiences": (), **changes})
+
+
+_INTROSPECTION_KEYS = ("introspection_endpoint", "introspection_client_id", "introspection_client_secret_file")
+
+
+def _parse_introspection(value: dict, where: str) -> dict[str, Any]:
+    given = [k for k in _INTROSPECTION_KEYS if k in value]
+    changes: dict[str, Any] = {}
+    if "introspection_cache_s" in value:
+        cache_s = value["introspection_cache_s"]
+        if not isinstance(cache_s, (int, float)) or isinstance(cache_s, bool) or not 0 <= cache_s <= 300:
+            raise ConfigError(f"{where}: key 'introspection_cache_s' must be a number of seconds from 0 to 300, "
+                              f"got {cache_s!r}")
+        if not given:
+            raise ConfigError(f"{where}: key 'introspection_cache_s' is set but introspection is not configured; "
+                              f"set {', '.join(_INTROSPECTION_KEYS)} too")
+        changes["introspection_cache_s"] = float(cache_s)
+    if not given:
+        return changes
+    missing = [k for k in _INTROSPECTION_KEYS if k not in value]
+    if missing:
+        raise ConfigError(f"{where}: introspection needs {', '.join(_INTROSPECTION_KEYS)} together; "
+                          f"{', '.join(map(repr, missing))} {'is' if len(missing) == 1 else 'are'} missing")
+    url = value["introspection_endpoint"]
+    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: key 'introspection_endpoint' must be an http:// or https:// URL with a host, "
+                          f"got {str(url)[:200]!r}")
+    if "@" in parts.netloc or parts.fragment:
+        raise ConfigError(f"{where}: key 'introspection_endpoint' must not carry user information or a fragment "
+                          "(the secret goes in introspection_client_secret_file)")
+    issuer = value.get("issuer")
+    if isinstance(issuer, str) and issuer.startswith("https://") and parts.scheme != "https":
+        raise ConfigError(f"{where}: key 'introspection_endpoint' must be https, as the issuer is: workload tokens "
+                          f"and the client secret are sent to it, got {url[:200]!r}")
+    client_id = value["introspection_client_id"]
+    if not isinstance(client_id, str) or not client_id or not client_id.isprintable():
+        raise ConfigError(f"{where}: key 'introspection_client_id' must be the client id (a non-empty printable "
+                          f"string), got {client_id!r}")
+    secret_file = value["introspection_client_secret_file"]
+    if not isinstance(secret_file, str) or not secret_file.startswith("/"):
+        raise ConfigError(f"{where}: key 'introspection_client_secret_file' must be an absolute path to a root-only "
+                          f"file holding the client secret, got {secret_file!r}")
+    changes.update(introspection_endpoint=url, introspection_client_id=client_id,
+                   introspection_client_secret_file=Path(secret_file))
+    return changes

@@ -32,6 +32,7 @@ from appliance.broker.token_source import TokenSource
 from appliance.config import Config, ConfigError
 from appliance.identity import cgroups
 from appliance.identity.enrollment import Enrollment, EnrollmentStore
+from appliance.identity.introspection import IntrospectionError
 from appliance.identity.providers import TokenProviders
 from appliance.identity.revocations import RevocationError, RevocationStore
 from appliance.identity.static_credentials import StaticCredentialsError, load_static_credentials
@@ -331,7 +332,11 @@ class Appliance:
             revocations = self.revocation_store.load()
         except RevocationError as e:
             raise ConfigError(str(e)) from None
-        return WorkloadIdentity(providers=TokenProviders(identity.providers), statics=statics,
+        try:
+            providers = TokenProviders(identity.providers)
+        except IntrospectionError as e:
+            raise ConfigError(str(e)) from None
+        return WorkloadIdentity(providers=providers, statics=statics,
                                 revocations=revocations, max_lifetime_s=identity.max_session_lifetime_s,
                                 policy=lambda: self.policy)
 

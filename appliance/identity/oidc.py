@@ -9,7 +9,9 @@ what the answers say.
 `TokenVerifier` puts the pure parts together for the event loop: it asks the
 `JwksCache` whether to fetch, runs the fetch in a thread with
 `asyncio.to_thread`, makes concurrent callers wait on one fetch rather than
-start their own, and validates the token with `tokens.validate`.
+start their own, validates the token with `tokens.validate`, and, when the
+provider has an introspection endpoint, asks it whether a token that passed
+is still active (`introspection.Introspector`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from appliance.identity.introspection import Introspector
 from appliance.identity.jwks import FetchNeeded, JwksCache, JwksError, Key, KeyNotFound, KeySet, KeysUnavailable
 from appliance.identity.provider_http import MAX_BYTES, ProviderError, ProviderHttp
 from appliance.identity.tokens import TokenRejected, TokenRules, ValidToken, read_header, validate
@@ -77,10 +80,12 @@ class ProviderClient:
 class TokenVerifier:
     """Verifies tokens on the event loop; key fetches run in a thread, one at a time."""
 
-    def __init__(self, rules: TokenRules, client: ProviderClient, cache: JwksCache) -> None:
+    def __init__(self, rules: TokenRules, client: ProviderClient, cache: JwksCache,
+                 introspector: Introspector | None = None) -> None:
         self.rules = rules
         self.client = client
         self.cache = cache
+        self.introspector = introspector  # asked about every token that passes the JWT checks, when configured
         self._fetch: asyncio.Future | None = None  # the one fetch under way
         self.fetches = 0  # attempts started, for status and tests
 
@@ -133,4 +138,9 @@ class TokenVerifier:
         if isinstance(found, KeyNotFound):
             return TokenRejected(found.reason, "unknown-kid")
         assert isinstance(found, Key) and self.cache.keyset is not None
-        return validate(token, self.cache.keyset, self.rules, now)
+        result = validate(token, self.cache.keyset, self.rules, now)
+        if isinstance(result, ValidToken) and self.introspector is not None:
+            refused = await self.introspector.check(token, result, now)
+            if refused is not None:
+                return refused
+        return result

@@ -37,6 +37,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 REJECTION_KINDS = (
     "oversized", "malformed", "alg-not-allowed", "bad-header", "unknown-kid", "bad-signature", "missing-claim",
     "wrong-issuer", "wrong-audience", "expired", "not-yet-valid", "bad-claim", "keys-unavailable",
+    "inactive", "introspection-failed",  # the provider's introspection endpoint (identity/introspection.py)
 )
 
 

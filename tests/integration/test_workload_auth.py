@@ -8,15 +8,17 @@ and binds it to the enrolment of the cgroup it came from.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import time
 
 import jwt
 import pytest
+import yaml
 
 from appliance.idp.realm import service_account_id
-from tests.integration.fixtures import BROKER4, PY, CLIENTS, audit, cli, eventually
+from tests.integration.fixtures import BROKER4, PY, CLIENTS, STATE, audit, cli, eventually
 
 SUFFIX = secrets.token_hex(3)
 
@@ -364,3 +366,110 @@ def test_disabling_the_service_account_ends_its_session_by_its_token_s_expiry_an
             consumer.kill()
         consumer.communicate(timeout=10)
         print("\n" + "\n".join(f"disabled client: {k}: {v}" for k, v in facts.items()))
+
+
+@pytest.fixture
+def introspecting(appliance, config_path, keycloak):
+    """The session's appliance restarted with introspection at Keycloak (as its confidential client
+    'appliance-upstream'), for one test, then restarted as it was: the session's configuration stays
+    without it, so no other test pays the round trip or depends on Keycloak being up at the appliance's start."""
+    secret_file = STATE / "introspection-secret"
+    secret_file.unlink(missing_ok=True)
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, keycloak.secret("appliance-upstream").encode() + b"\n")
+    os.close(fd)
+    data = yaml.safe_load(config_path.read_text())
+    endpoint = f"{keycloak.issuer}/protocol/openid-connect/token/introspect"
+    data["identity"]["providers"][0].update(introspection_endpoint=endpoint,
+                                            introspection_client_id="appliance-upstream",
+                                            introspection_client_secret_file=str(secret_file),
+                                            introspection_cache_s=5)
+    path = config_path.with_name("appliance-introspection.yaml")
+    path.write_text(yaml.safe_dump(data))
+    timings = {}
+    began = time.monotonic()
+    appliance.stop()
+    appliance.config_path = path
+    appliance.start()
+    timings["restart with introspection"] = time.monotonic() - began
+    try:
+        yield endpoint, timings
+    finally:
+        began = time.monotonic()
+        appliance.stop()
+        appliance.config_path = config_path
+        appliance.start()
+        print(f"\nintrospection: restart back to the session's configuration took {time.monotonic() - began:.1f} s")
+
+
+def test_with_introspection_disabling_the_service_account_refuses_its_tokens_at_once_and_ends_its_session_at_re_authentication(
+        introspecting, config_path, keycloak, enroll, idp_topic):
+    """docs/identity.md, 'Disabling the service account in Keycloak also ends its sessions at their next
+    re-authentication', with introspection configured: a librdkafka consumer of the short-lived client (30 s
+    tokens) is live; the client is disabled; (a) a new connection presenting an unexpired token issued before is
+    refused at once, naming introspection, and (b) the live session ends at its next re-authentication, before
+    the token it holds runs out. Measured and printed (-s)."""
+    endpoint, facts = introspecting
+    workload = enroll("short-introspected", auth="token")
+    consumer = workload.popen([PY, str(CLIENTS / "confluent.py"), BROKER4, idp_topic, "--consume", "1000000",
+                               "--timeout", "60", "--group", f"idp-introspected-{SUFFIX}",
+                               *oauth(keycloak, "short-lived")])
+    try:
+        def auths(outcome):
+            found = authentications_of(config_path, sessions_by_cgroup(config_path, workload))
+            return [a for a in found if a["outcome"] == outcome]
+
+        eventually(lambda: auths("ok"), timeout=30, message="the consumer's first authentication")
+        copied = keycloak.token("short-lived")  # the consumer got in: introspection said active while enabled
+        keycloak.set_client_enabled("short-lived", False)
+        disabled_at = time.time()
+        held = {a["session_id"]: a["expires_at"] for a in sorted(auths("ok"), key=lambda a: a["at"])
+                if a["at"] <= disabled_at}
+        live = {s["session_id"] for s in sessions_by_cgroup(config_path, workload) if s["ended_at"] is None}
+        held = {sid: exp for sid, exp in held.items() if sid in live}
+        assert held, "no live authenticated session when the client was disabled"
+
+        # (a) A new connection with the unexpired copy, from a cgroup of its own (so that its refusals are
+        # told apart from the consumer's): refused at once, naming introspection.
+        holder = enroll("short-copy-holder", auth="token")
+        asked_at = time.time()
+        early = holder.client("given_token.py", BROKER4, copied, "--timeout", "6", timeout=40)
+        assert not early["metadata"], early
+        assert jwt.decode(copied, options={"verify_signature": False})["exp"] > time.time(), "the copy ran out first"
+
+        def copy_refusals():
+            found = authentications_of(config_path, sessions_by_cgroup(config_path, holder))
+            return sorted((a for a in found if a["outcome"] == "refused"), key=lambda a: a["at"])
+
+        refusals = eventually(copy_refusals, timeout=10, message="the copy's refusal audited")
+        assert not [a for a in authentications_of(config_path, sessions_by_cgroup(config_path, holder))
+                    if a["outcome"] == "ok"]
+        for refusal in refusals:
+            assert "the identity provider says the token is no longer active (introspection)" in refusal["reason"], refusal
+            assert endpoint in refusal["reason"], refusal
+        first = refusals[0]
+        facts["(a) a new connection with the unexpired copy"] = (
+            f"{len(refusals)} attempt(s), all refused; the first {first['at'] - asked_at:.2f} s after the client "
+            f"started (process start included): {first['reason'][:220]}")
+
+        # (b) The live sessions end at their next re-authentication, before their token's exp.
+        def all_ended():
+            rows = {s["session_id"]: s for s in sessions_by_cgroup(config_path, workload) if s["session_id"] in held}
+            return rows if all(r["ended_at"] is not None for r in rows.values()) else None
+
+        ended = eventually(all_ended, timeout=max(held.values()) - time.time() + 15, interval=0.5,
+                           message="the disabled client's sessions ended")
+        for sid, row in ended.items():
+            reason = row["close_reason"] or ""
+            assert reason.startswith("SASL authentication failed: "), row
+            assert "no longer active (introspection)" in reason, row
+            assert row["ended_at"] < held[sid], (row, held[sid])  # at a re-authentication, not at the token's expiry
+            facts[f"(b) session {sid}"] = (f"ended {row['ended_at'] - disabled_at:.1f} s after disabling, "
+                                           f"{held[sid] - row['ended_at']:.1f} s before its token's exp: {reason[:200]}")
+    finally:
+        keycloak.set_client_enabled("short-lived", True)
+        if consumer.poll() is None:
+            consumer.kill()
+        consumer.communicate(timeout=10)
+        print("\n" + "\n".join(f"introspection: {k}: {v if isinstance(v, str) else f'{v:.1f} s'}"
+                                  for k, v in facts.items()))
