@@ -24,33 +24,15 @@ from kio.schema.api_versions.v0.request import ApiVersionsRequest
 from kio.schema.metadata.v4.request import MetadataRequest
 from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
 from kio.schema.produce.v9.response import ProduceResponse
-from kio.serial import entity_reader, entity_writer
-import io
+from kio.serial import entity_reader
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
+from frames import recv_frame, request_frame
+
 
 def encode(entity, correlation_id: int) -> bytes:
-    cls = type(entity)
-    out = io.BytesIO()
-    out.write(struct.pack(">hhih", cls.__api_key__, cls.__version__, correlation_id, 7) + b"hostile")
-    if cls.__flexible__:
-        out.write(b"\0")
-    entity_writer(cls)(out, entity)
-    body = out.getvalue()
-    return struct.pack(">i", len(body)) + body
-
-
-def recv_frame(sock) -> bytes:
-    def exactly(n):
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("closed")
-            data += chunk
-        return data
-    return exactly(struct.unpack(">i", exactly(4))[0])
+    return request_frame(entity, correlation_id, b"hostile")
 
 
 def connect(host, port):

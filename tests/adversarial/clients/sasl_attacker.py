@@ -23,7 +23,6 @@ Prints one JSON line: {name: {"port": local port, "answers": [{"api", "version",
 """
 
 import datetime
-import io
 import json
 import socket
 import struct
@@ -40,34 +39,20 @@ from kio.schema.sasl_authenticate.v1.request import SaslAuthenticateRequest as A
 from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest as Auth2
 from kio.schema.sasl_handshake.v0.request import SaslHandshakeRequest as Hs0
 from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest as Hs1
-from kio.serial import entity_reader, entity_writer
+from kio.serial import entity_reader
+
+from frames import header, recv_frame, request_frame
 
 AUTH = {0: Auth0, 1: Auth1, 2: Auth2}
 HANDSHAKE = {0: Hs0, 1: Hs1}
 FINALS: dict[str, bytes] = {}  # case name -> the client-final it sent (for replays)
 
 
-def header(api_key: int, version: int, correlation_id: int, flexible: bool) -> bytes:
-    return struct.pack(">hhih", api_key, version, correlation_id, 8) + b"attacker" + (b"\0" if flexible else b"")
+CLIENT_ID = b"attacker"
 
 
 def entity_frame(entity, correlation_id: int) -> bytes:
-    cls = type(entity)
-    out = io.BytesIO()
-    out.write(header(cls.__api_key__, cls.__version__, correlation_id, cls.__flexible__))
-    entity_writer(cls)(out, entity)
-    body = out.getvalue()
-    return struct.pack(">i", len(body)) + body
-
-
-def recv_exactly(sock, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
+    return request_frame(entity, correlation_id, CLIENT_ID)
 
 
 class Case:
@@ -91,7 +76,7 @@ class Case:
             version = step.get("version", 2)
             self.expect[c] = (36, version)
             if "lying_length" in step:
-                body = header(36, version, c, version >= 2) + struct.pack(">i", step["lying_length"]) + b"abc"
+                body = header(36, version, c, version >= 2, CLIENT_ID) + struct.pack(">i", step["lying_length"]) + b"abc"
                 return struct.pack(">i", len(body)) + body
             if api == "scram-first":
                 self.scram = scramp.ScramClient([step["mechanism"]], step["user"], step["password"])
@@ -124,8 +109,7 @@ class Case:
 
     def read_one(self, sock) -> bool:
         try:
-            size = struct.unpack(">i", recv_exactly(sock, 4))[0]
-            data = recv_exactly(sock, size)
+            data = recv_frame(sock)
         except (ConnectionError, OSError):
             return False
         correlation_id = struct.unpack(">i", data[:4])[0]
