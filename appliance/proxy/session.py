@@ -298,10 +298,13 @@ class Session:
     # ---- upstream authentication ----------------------------------------------
 
     def _hold_client(self, data: bytes, now: float, out: list[Command]) -> None:
+        self._hold(data, self.max_held_bytes, "before upstream authentication completed")
+
+    def _hold(self, data: bytes, limit: int, when: str) -> None:
+        """Keep the workload's bytes until relaying (re)starts; past `limit` the session ends, naming `when`."""
         self._held_bytes += len(data)
-        if self._held_bytes > self.max_held_bytes:
-            raise _BadInput(f"workload sent {self._held_bytes} bytes before upstream authentication completed, "
-                            f"more than the {self.max_held_bytes} the proxy holds")
+        if self._held_bytes > limit:
+            raise _BadInput(f"workload sent {self._held_bytes} bytes {when}, more than the {limit} the proxy holds")
         self._held.append(data)
 
     def _authenticate(self, data: bytes, now: float, out: list[Command]) -> None:
@@ -368,11 +371,7 @@ class Session:
         self._maybe_reauthenticate(now, out)
 
     def _hold_during_reauthentication(self, data: bytes, now: float, out: list[Command]) -> None:
-        self._held_bytes += len(data)
-        if self._held_bytes > self.max_renewal_held_bytes:
-            raise _BadInput(f"workload sent {self._held_bytes} bytes while the appliance re-authenticated its "
-                            f"broker connection, more than the {self.max_renewal_held_bytes} the proxy holds")
-        self._held.append(data)
+        self._hold(data, self.max_renewal_held_bytes, "while the appliance re-authenticated its broker connection")
 
     def _drain_upstream(self, data: bytes, now: float, out: list[Command]) -> None:
         self._relay_upstream(data, now, out)
