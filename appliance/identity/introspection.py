@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import stat
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from appliance.identity import strict_json
+from appliance.identity.private_file import read_private_file
 from appliance.identity.provider_http import ProviderError, ProviderHttp
 from appliance.identity.tokens import TokenRejected, ValidToken
 
@@ -59,31 +58,9 @@ class IntrospectionError(ValueError):
 
 def read_client_secret(path: Path | str, *, owner_uid: int = 0) -> str:
     """The client secret in `path`: a regular file owned by `owner_uid` (root), mode 0600 or stricter, one line."""
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise IntrospectionError(f"{path}: the introspection client secret file does not exist") from None
-    except OSError as e:
-        raise IntrospectionError(f"{path}: cannot open the introspection client secret file ({e.strerror}; "
-                                 "a symlink is refused)") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise IntrospectionError(f"{path}: is not a regular file")
-        if info.st_uid != owner_uid:
-            raise IntrospectionError(f"{path}: is owned by uid {info.st_uid}; it holds a client secret and must be "
-                                     f"owned by {'root' if owner_uid == 0 else f'uid {owner_uid}'} "
-                                     f"(chown root {path}; chmod 600 {path})")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise IntrospectionError(f"{path}: has mode {mode:04o}, which lets group or others read the client "
-                                     f"secret; run chmod 600 {path}")
-        data = os.read(fd, MAX_SECRET_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_SECRET_BYTES:
-        raise IntrospectionError(f"{path}: is more than the {MAX_SECRET_BYTES} bytes a client secret may be")
+    data = read_private_file(Path(path), owner_uid=owner_uid, max_bytes=MAX_SECRET_BYTES,
+                             name="introspection client secret file", readable="the client secret",
+                             error=IntrospectionError)
     try:
         secret = data.decode("utf-8").strip()
     except UnicodeDecodeError:

@@ -33,7 +33,6 @@ import binascii
 import hashlib
 import hmac
 import os
-import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ import yaml
 from scramp.utils import ScramException, saslprep
 
 from appliance.identity.enrollment import EnrollmentError, validate_identity
+from appliance.identity.private_file import read_private_file
 from appliance.identity.sasl import SCRAM_DIGESTS, ScramShape, StoredScram
 
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -145,35 +145,8 @@ class ScramLookupOf:
 
 
 def _read_private_file(path: Path, owner_uid: int) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise StaticCredentialsError(f"{path}: static credentials file does not exist") from None
-    except OSError as e:
-        raise StaticCredentialsError(f"{path}: cannot open the static credentials file ({e.strerror}; a symlink is refused)") from None
-    try:
-        info = os.fstat(fd)  # of the file opened, not of whatever the path names a moment later
-        if not stat.S_ISREG(info.st_mode):
-            raise StaticCredentialsError(f"{path}: is not a regular file")
-        if info.st_uid != owner_uid:
-            raise StaticCredentialsError(
-                f"{path}: is owned by uid {info.st_uid}; it holds secrets and must be owned by "
-                f"{'root' if owner_uid == 0 else f'uid {owner_uid}'} (chown root {path}; chmod 600 {path})"
-            )
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise StaticCredentialsError(
-                f"{path}: has mode {mode:04o}, which lets group or others at its secrets; run chmod 600 {path}"
-            )
-        if info.st_size > MAX_FILE_BYTES:
-            raise StaticCredentialsError(f"{path}: is {info.st_size} bytes, more than the {MAX_FILE_BYTES} allowed")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise StaticCredentialsError(f"{path}: is more than the {MAX_FILE_BYTES} bytes allowed")
-    return data
+    return read_private_file(path, owner_uid=owner_uid, max_bytes=MAX_FILE_BYTES, name="static credentials file",
+                             readable="its secrets", error=StaticCredentialsError)
 
 
 def load_static_credentials(path: str | os.PathLike, *, owner_uid: int = 0) -> StaticCredentials:
