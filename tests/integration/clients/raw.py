@@ -3,8 +3,10 @@
 Usage: raw.py MODE HOST PORT
   connect : connect, print the errno (0 on success) and getpeername()
   garbage : connect, send a frame size no Kafka peer sends, wait for the close
-  hold    : connect, send one ApiVersions request, print its reply size, then wait
-            for the other side to close and print how long that took
+  ask     : connect, send one ApiVersions request, print its reply size and close (a
+            connection the proxy has certainly taken: one closed at once may be gone,
+            record and all, before the proxy accepts it)
+  hold    : as ask, then wait for the other side to close and print how long that took
 """
 
 import errno
@@ -36,7 +38,7 @@ if mode == "garbage":
         result["read"] = len(sock.recv(100))
     except OSError as e:
         result["read_error"] = errno.errorcode.get(e.errno, str(e.errno))
-elif mode == "hold":
+elif mode in ("ask", "hold"):
     client_id = b"raw-hold"
     body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
     sock.sendall(struct.pack(">i", len(body)) + body)
@@ -52,6 +54,7 @@ elif mode == "hold":
     size = struct.unpack(">i", exactly(4))[0]
     exactly(size)
     result["reply_bytes"] = size
+if mode == "hold":
     print(json.dumps({"ready": True}), flush=True)
     sock.settimeout(30)
     started = time.monotonic()
