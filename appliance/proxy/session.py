@@ -132,6 +132,20 @@ class _BadInput(Exception):
 DEFAULT_MAX_HELD_BYTES = 1 << 20
 
 
+# A TLS record header: content type 22 (handshake), then version 3.x (SSL 3.0 to TLS 1.3 all say 3.0-3.4).
+# As a Kafka size prefix it is over 369 MB: a frame too large for the proxy is no request, so it is read as TLS.
+def _starts_tls_handshake(data: bytes, max_frame_bytes: int) -> bool:
+    return (len(data) >= 4 and data[0] == 0x16 and data[1] == 0x03 and data[2] <= 0x04
+            and int.from_bytes(data[:4], "big") > max_frame_bytes)
+
+
+# An alert record, TLS 1.0 framing (every client version reads it): fatal (2), handshake_failure (40).
+_TLS_HANDSHAKE_FAILURE_ALERT = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28))
+_TLS_REFUSED = ("workload started a TLS handshake: the appliance takes plaintext Kafka from workloads "
+                "(it holds the broker's credentials and speaks TLS to the broker itself); set the client's "
+                "security.protocol to PLAINTEXT, or SASL_PLAINTEXT to present a token or static credentials")
+
+
 class Session:
     def __init__(self, session_id: str, credentials: UpstreamSecret, enforcer: Enforcer | None, *,
                  max_frame_bytes: int, now: float, max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
@@ -227,8 +241,12 @@ class Session:
         try:
             match event:
                 case ev.ClientData(data):
+                    first = self.bytes_from_client == 0
                     self.bytes_from_client += len(data)
-                    self._on_client(data, now, out)
+                    if first and _starts_tls_handshake(data, self._client_frames.max_frame_bytes):
+                        self._refuse_tls(now, out)
+                    else:
+                        self._on_client(data, now, out)
                 case ev.UpstreamData(data):
                     self._on_upstream(data, now, out)
                 case ev.UpstreamConnected(authenticated=True, authenticated_at=at, session_lifetime_s=lifetime):
@@ -254,6 +272,16 @@ class Session:
         except Exception as e:  # noqa: BLE001 - the boundary: every fault ends this session, never the process
             self._fault(e, now, out)
         return out
+
+    def _refuse_tls(self, now: float, out: list[Command]) -> None:
+        """A workload configured for TLS: a fatal alert it reports as a TLS failure, and a reason in the audit.
+
+        Its ClientHello read as a Kafka frame would be a size of some 369 MB
+        and an unexplained close; the alert makes the client report a failed
+        TLS handshake at once instead of retrying a broker that seems to drop it.
+        """
+        out.append(SendToClient(_TLS_HANDSHAKE_FAILURE_ALERT))
+        self._close(_TLS_REFUSED, now, out, level="warning")
 
     def _fault(self, error: Exception, now: float, out: list[Command]) -> None:
         reason = f"internal fault while handling {self._describe_context()}: {type(error).__name__}: {error}"

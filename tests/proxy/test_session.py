@@ -1,8 +1,10 @@
 """The session as a script: these events in, these commands out. No sockets."""
 
 import datetime
+import ssl
 import struct
 
+import pytest
 import scramp
 from kio.schema.errors import ErrorCode
 from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
@@ -325,3 +327,35 @@ def test_deadline_closes_the_session_and_audits_the_reason():
     closes = [c for c in out if isinstance(c, CloseConnection)]
     assert closes and "10 s" in closes[0].reason
     assert any(isinstance(c, Audit) and getattr(c.record, "close_reason", "").startswith("upstream authentication") for c in out)
+
+
+def client_hello() -> tuple[bytes, object, object]:
+    """A real ClientHello from Python's TLS client, and the client's state to feed the proxy's answer to."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="broker.example")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read(), client, incoming
+
+
+@pytest.mark.parametrize("when", ["before upstream authentication", "after it"])
+def test_a_workload_speaking_tls_gets_a_tls_failure_at_once_and_an_audited_reason(when):
+    s = authenticated_session() if when == "after it" else new_session(PLAIN, "s1")
+    hello, client, incoming = client_hello()
+    out = s.handle(ev.ClientData(hello), 0)
+    assert not of(out, SendToUpstream)
+    closed = of(out, Audit)[-1].record
+    assert isinstance(closed, SessionClosed) and closed.close_reason.startswith("workload started a TLS handshake")
+    assert "security.protocol to PLAINTEXT" in closed.close_reason
+    assert of(out, CloseConnection)
+    incoming.write(b"".join(c.data for c in of(out, SendToClient)))
+    with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):  # what the client reports: a TLS failure
+        client.do_handshake()
+
+
+def test_tls_looking_bytes_after_the_first_request_are_a_malformed_frame():
+    s = authenticated_session()
+    s.handle(ev.ClientData(metadata()), 0)
+    out = s.handle(ev.ClientData(client_hello()[0]), 0)
+    reason = of(out, CloseConnection)[0].reason
+    assert reason.startswith("malformed frame from client") and not of(out, SendToClient)
