@@ -176,6 +176,7 @@ class Session:
         self._held_bytes = 0
         self._in_flight = InFlightQueue()
         self._streaming: _Streaming | None = None
+        self._read_whole: InFlight | None = None  # the request whose large response was found to need reading whole
         # What the session is handling, for a fault's reason: a description, or (header, "request" or
         # "response"), formatted only when a fault needs it.
         self._context: str | tuple[codec.RequestHeader, str] = "the connection"
@@ -686,6 +687,9 @@ class Session:
         workload reads it while the rest is still arriving. It is still read
         whole, afterwards, for the audit.
         """
+        pending = self._in_flight.head
+        if pending is not None and pending is self._read_whole:
+            return  # decided when the response's first bytes arrived; every later read would ask again
         size, correlation_id = _SIZE_AND_CORRELATION.unpack(self._upstream_frames.peek(8))
         if size < _STREAM_AT_BYTES:
             return
@@ -693,11 +697,9 @@ class Session:
         if fault is not None:
             self._close(fault, now, out, level="warning")
             return
-        pending = self._in_flight.head
-        if pending.header.api_key != apis.FETCH:
-            return
         verdict = pending.verdict
-        if verdict is not None and verdict.reads_response:
+        if pending.header.api_key != apis.FETCH or (verdict is not None and verdict.reads_response):
+            self._read_whole = pending
             return
         self._in_flight.popleft()
         self._streaming = _Streaming(pending, 4 + size, [])
