@@ -1,7 +1,7 @@
 """A small certificate authority for the embedded broker's TLS listeners (pure but for the clock passed in).
 
     authority = Authority.create("appliance embedded broker CA", now)
-    server = authority.issue("broker", now, ips=("127.0.0.1", "::1"), dns=("localhost",))
+    server = authority.issue("broker", now, hosts=("127.0.0.1", "::1", "localhost"))
     client = authority.issue("appliance", now, client=True)
 
 Keys are ECDSA P-256: quick to make at every broker start, and accepted by
@@ -71,15 +71,13 @@ class Authority:
     def key_pem(self) -> bytes:
         return _key_pem(self.key)
 
-    def issue(self, name: str, now: datetime.datetime, *, ips: tuple[str, ...] = (), dns: tuple[str, ...] = (),
-              client: bool = False, days: int = LEAF_DAYS, not_before: datetime.datetime | None = None) -> Issued:
-        """A leaf for `name`: a server certificate for the IPs and DNS names given, or a client one.
-
-        `not_before` with a small `days` makes a certificate that has already expired, as tests need."""
+    def issue(self, name: str, now: datetime.datetime, *, hosts: tuple[str, ...] = (), client: bool = False,
+              days: int = LEAF_DAYS, not_before: datetime.datetime | None = None) -> Issued:
+        """A leaf for `name`: a server certificate for `hosts` (IP addresses and DNS names, as
+        subjectAltName), or a client one. `not_before` with a small `days` makes one that has expired."""
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or now - datetime.timedelta(minutes=5)
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        sans = [_general_name(h) for h in hosts]
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -89,12 +87,20 @@ class Authority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
                                                   else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

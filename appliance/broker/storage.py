@@ -86,10 +86,10 @@ def ensure_tls_files(files: BrokerFiles, config: EmbeddedBrokerConfig, now: date
         write_private(files.ca_key, authority.key_pem().decode())
         files.ca_cert.write_bytes(authority.cert_pem)
         files.ca_cert.chmod(0o644)
-    ips = (config.host4,) + ((config.host6,) if config.host6 else ())
-    server = authority.issue("embedded broker", now, ips=ips, dns=BROKER_DNS_NAMES)
+    hosts = (config.host4,) + ((config.host6,) if config.host6 else ()) + BROKER_DNS_NAMES
+    server = authority.issue("embedded broker", now, hosts=hosts)
     write_private(files.server_keystore, server.chain_pem.decode())
-    expired = authority.issue("embedded broker (expired)", now, ips=ips, dns=BROKER_DNS_NAMES, days=1,
+    expired = authority.issue("embedded broker (expired)", now, hosts=hosts, days=1,
                               not_before=now - datetime.timedelta(days=10))
     write_private(files.expired_keystore, expired.chain_pem.decode())
     client = authority.issue("appliance", now, client=True)

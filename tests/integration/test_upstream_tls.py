@@ -208,15 +208,15 @@ def closed_sessions(config_path: Path, broker: str, cgroup) -> list[dict]:
                       timeout=15, message=f"a closed session to {broker}")
 
 
-def fails_to_produce(cg, broker: str, topic: str) -> dict:
-    result = cg.client("confluent.py", broker, topic, "--produce", "1", "--timeout", "6")
-    assert result["produced"] == 0 and result["errors"], result  # the client sees a Kafka-level failure
-    return result
-
-
-def logged_once(app: _Appliance, reason_start: str) -> None:
+def refused(appliances: Appliances, app: _Appliance, cg, broker: str, reason: str) -> None:
+    """A producer to `broker` fails (Kafka's own delivery error); each of its sessions closed with `reason`
+    in the audit, and serve logged the fault once however many sessions met it."""
+    result = cg.client("confluent.py", broker, "tls-refused", "--produce", "1", "--timeout", "6")
+    assert result["produced"] == 0 and result["errors"], result
+    reasons = {s["close_reason"] for s in closed_sessions(appliances.config_path, broker, cg)}
+    assert reasons == {reason}, reasons
     lines = [line for line in app.log.read_text().splitlines()
-             if reason_start in line and "nothing is sent to it in plaintext" in line]
+             if reason in line and "nothing is sent to it in plaintext" in line]
     assert len(lines) == 1, lines
 
 
@@ -243,11 +243,8 @@ def test_confluent_kafka_and_kcat_produce_and_consume_over_sasl_ssl(appliances, 
 def test_an_expired_broker_certificate_closes_the_session_naming_broker_and_fault(appliances, workload, tls_broker):
     app = appliances.use("A")
     cg = workload(app)
-    fails_to_produce(cg, EXPIRED, "tls-expired")
-    reasons = {s["close_reason"] for s in closed_sessions(appliances.config_path, EXPIRED, cg)}
-    assert reasons == {f"TLS to broker {EXPIRED} failed: certificate verify failed: certificate has expired "
-                       "(the broker's certificate has expired)"}, reasons
-    logged_once(app, f"TLS to broker {EXPIRED} failed: certificate verify failed: certificate has expired")
+    refused(appliances, app, cg, EXPIRED, f"TLS to broker {EXPIRED} failed: certificate verify failed: certificate "
+            "has expired (the broker's certificate has expired)")
     # the broker saw a TLS handshake it could not finish, not Kafka requests
     assert "SSL handshake failed" in tls_broker.files.server_log.read_text()
     # and the good listener keeps working meanwhile
@@ -258,11 +255,8 @@ def test_an_expired_broker_certificate_closes_the_session_naming_broker_and_faul
 def test_a_broker_demanding_a_client_certificate_refuses_an_appliance_without_one(appliances, workload):
     app = appliances.use("A")
     cg = workload(app)
-    fails_to_produce(cg, MTLS, "tls-mtls")
-    reasons = {s["close_reason"] for s in closed_sessions(appliances.config_path, MTLS, cg)}
-    assert reasons == {f"TLS to broker {MTLS} failed: sslv3 alert bad certificate (the broker demands a client "
-                       "certificate and the appliance has none; set upstream_tls.client_cert and client_key)"}, reasons
-    logged_once(app, f"TLS to broker {MTLS} failed: sslv3 alert bad certificate")
+    refused(appliances, app, cg, MTLS, f"TLS to broker {MTLS} failed: sslv3 alert bad certificate (the broker "
+            "demands a client certificate and the appliance has none; set upstream_tls.client_cert and client_key)")
 
 
 def test_the_first_bytes_the_proxy_sends_a_broker_are_a_tls_client_hello(appliances, workload, catcher):
@@ -287,23 +281,17 @@ def test_mutual_tls_works_with_the_client_certificate_and_a_wrong_server_name_is
     topic = create_topic(tls_broker, f"tls-mtls-{int(time.time() * 1000)}")
     result = cg.client("confluent.py", MTLS, topic, "--produce", "5", "--consume", "5")
     assert result["errors"] == [] and result["produced"] == 5 and result["consumed"] == 5, result
-    fails_to_produce(cg, TLS6, topic)
-    reasons = {s["close_reason"] for s in closed_sessions(appliances.config_path, TLS6, cg)}
-    assert reasons == {f"TLS to broker {TLS6} failed: certificate verify failed: Hostname mismatch, certificate is "
-                       "not valid for 'kafka.wrong.example' (the broker's certificate does not carry the name "
-                       "'kafka.wrong.example'; set upstream_tls.server_names for this broker to a name it carries)"}
-    logged_once(app, f"TLS to broker {TLS6} failed: certificate verify failed: Hostname mismatch")
+    refused(appliances, app, cg, TLS6, f"TLS to broker {TLS6} failed: certificate verify failed: Hostname mismatch, "
+            "certificate is not valid for 'kafka.wrong.example' (the broker's certificate does not carry the name "
+            "'kafka.wrong.example'; set upstream_tls.server_names for this broker to a name it carries)")
 
 
 def test_a_broker_certificate_from_another_ca_is_refused(appliances, workload):
     app = appliances.use("C")
     cg = workload(app)
-    fails_to_produce(cg, TLS4, "tls-wrong-ca")
-    reasons = {s["close_reason"] for s in closed_sessions(appliances.config_path, TLS4, cg)}
-    assert reasons == {f"TLS to broker {TLS4} failed: certificate verify failed: unable to get local issuer "
-                       f"certificate (the broker's certificate is not signed by a CA in {appliances.other_ca}; set "
-                       "upstream_tls.ca_file to its CA)"}, reasons
-    logged_once(app, f"TLS to broker {TLS4} failed: certificate verify failed: unable to get local issuer")
+    refused(appliances, app, cg, TLS4, f"TLS to broker {TLS4} failed: certificate verify failed: unable to get local "
+            f"issuer certificate (the broker's certificate is not signed by a CA in {appliances.other_ca}; set "
+            "upstream_tls.ca_file to its CA)")
 
 
 def test_serve_refuses_a_configuration_whose_tls_files_are_wrong(appliances, tls_broker):

@@ -36,8 +36,8 @@ def pki(tmp_path_factory):
     other = Authority.create("another CA", NOW)
     files = {"ca": ca.cert_pem, "other-ca": other.cert_pem}
     for name, issued in {
-        "server": ca.issue("broker", NOW, ips=("127.0.0.1",), dns=("kafka.test",)),
-        "expired": ca.issue("broker", NOW, ips=("127.0.0.1",), days=1, not_before=NOW - datetime.timedelta(days=10)),
+        "server": ca.issue("broker", NOW, hosts=("127.0.0.1", "kafka.test")),
+        "expired": ca.issue("broker", NOW, hosts=("127.0.0.1",), days=1, not_before=NOW - datetime.timedelta(days=10)),
         "client": ca.issue("appliance", NOW, client=True),
         "client-expired": ca.issue("appliance", NOW, client=True, days=1, not_before=NOW - datetime.timedelta(days=5)),
         "stranger-client": other.issue("appliance", NOW, client=True),
