@@ -65,8 +65,9 @@ TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 class UpstreamTlsConfig:
     """TLS from the proxy to the brokers (docs/tls.md); checked at load by `appliance.proxy.upstream_tls`.
 
-    The appliance always authenticates to the broker with SASL (upstream_credentials) inside the TLS
-    connection: the broker listener it reaches is of protocol SASL_SSL.
+    With upstream_credentials the appliance authenticates with SASL inside the TLS connection (the broker
+    listener is SASL_SSL); with `upstream_credentials: null` it uses no SASL and its client certificate
+    is its principal (an SSL listener demanding client certificates).
     """
 
     enabled: bool = True
@@ -114,14 +115,16 @@ class EmbeddedTlsConfig:
     """Optional TLS listeners of the embedded broker, on host4 (and host6), certificates made at start.
 
     `port`: SASL_SSL with SCRAM and PLAIN, like the plaintext listeners. `mtls_port`: the same, and it
-    demands a client certificate signed by the broker's CA (0: none). `expired_port`: SASL_SSL with a
-    certificate that has already expired, to see the appliance refuse it (0: none). The CA, the
+    demands a client certificate signed by the broker's CA (0: none). `cert_port`: SSL without SASL,
+    demanding a client certificate, whose subject is the principal (0: none). `expired_port`: SASL_SSL
+    with a certificate that has already expired, to see the appliance refuse it (0: none). The CA, the
     certificates and the appliance's client certificate are under `<data_dir>/tls/` (docs/tls.md).
     """
 
     port: int = 19097
     port6: int = 19098  # the SASL_SSL listener on host6 (when host6 is set)
     mtls_port: int = 19099
+    cert_port: int = 19100
     expired_port: int = 0
 
 
@@ -192,7 +195,8 @@ class Config:
         BrokerAddress("127.0.0.1", 19092),
         BrokerAddress("::1", 19093),
     )
-    upstream_credentials: Path = Path("/var/lib/appliance/broker/appliance-credentials.json")
+    # None (YAML null): no SASL; the brokers' SSL listeners know the appliance by upstream_tls.client_cert.
+    upstream_credentials: Path | None = Path("/var/lib/appliance/broker/appliance-credentials.json")
     upstream_tls: UpstreamTlsConfig | None = None  # None: plaintext to the brokers (SASL_PLAINTEXT)
     exempt_cgroups: tuple[str, ...] = ("appliance-broker",)
     proxy_cgroup: str = "appliance-proxy"
@@ -302,7 +306,9 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
         where = f"{source}: key {key!r}"
         if key not in known:
             raise ConfigError(f"{where} is not a setting; valid settings are: {', '.join(sorted(known))}")
-        if key in _PATH_KEYS or key in ("state_dir", "audit_dir"):
+        if key == "upstream_credentials" and value is None:
+            changes[key] = None
+        elif key in _PATH_KEYS or key in ("state_dir", "audit_dir"):
             if not isinstance(value, str) or not value.startswith("/"):
                 raise ConfigError(f"{where} must be an absolute path, got {value!r}")
             changes[key] = Path(value)
@@ -345,6 +351,11 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
     config = replace(Config(), **changes)
     _check_bounds(config, source)
     _check_server_names(config, source)
+    tls = config.upstream_tls
+    if config.upstream_credentials is None and (tls is None or not tls.enabled or tls.client_cert is None):
+        raise ConfigError(f"{source}: key 'upstream_credentials' is null (no SASL), so the brokers must know the "
+                          "appliance by a TLS client certificate: set upstream_tls with client_cert and client_key, "
+                          "or name a credentials file")
     if "state_dir" in changes and "upstream_credentials" not in changes:
         config = replace(config, upstream_credentials=config.state_dir / "broker" / "appliance-credentials.json")
     return config
@@ -489,7 +500,7 @@ def _parse_embedded_broker(value: Any, where: str) -> EmbeddedBrokerConfig:
         extra["'oauth' port"] = broker.oauth.port
     if broker.tls is not None:
         extra.update({"'tls' port": broker.tls.port, "'tls' mtls_port": broker.tls.mtls_port,
-                      "'tls' expired_port": broker.tls.expired_port})
+                      "'tls' cert_port": broker.tls.cert_port, "'tls' expired_port": broker.tls.expired_port})
         if broker.host6:
             extra["'tls' port6"] = broker.tls.port6
     for name, port in extra.items():
@@ -516,7 +527,7 @@ def _parse_embedded_tls(value: Any, where: str) -> EmbeddedTlsConfig:
         if key not in _EMBEDDED_TLS_KEYS:
             raise ConfigError(f"{where}: key {key!r} is not a TLS listener setting; valid: "
                               f"{', '.join(_EMBEDDED_TLS_KEYS)}")
-        low = 0 if key in ("mtls_port", "expired_port") else 1
+        low = 0 if key in ("mtls_port", "cert_port", "expired_port") else 1
         if not isinstance(item, int) or isinstance(item, bool) or not low <= item < 65536:
             raise ConfigError(f"{where}: key {key!r} must be a port from {low} to 65535"
                               f"{' (0: no such listener)' if low == 0 else ''}, got {item!r}")

@@ -27,7 +27,7 @@ from pathlib import Path
 from appliance.audit import store
 from appliance.audit.records import Event
 from appliance.audit.writer import AuditWriter
-from appliance.broker.credentials import OAuthBearerCredentials, load_credentials
+from appliance.broker.credentials import ClientCertificateOnly, OAuthBearerCredentials, load_credentials
 from appliance.broker.oauth_token import TokenUnavailable
 from appliance.broker.token_source import TokenSource
 from appliance.config import Config, ConfigError
@@ -99,7 +99,10 @@ class Appliance:
 
     async def run(self) -> None:
         config = self.config
-        credentials = load_credentials(config.upstream_credentials)
+        if config.upstream_credentials is None:  # no SASL: the client certificate is the principal (SSL)
+            credentials = ClientCertificateOnly(config.upstream_tls.client_cert)
+        else:
+            credentials = load_credentials(config.upstream_credentials)
         # Built once: every upstream connection shares it. Its files were checked when the config loaded.
         try:
             tls = upstream_tls(config.upstream_tls)
@@ -183,8 +186,8 @@ class Appliance:
             log.info("serving: listener %s/%s port %d; steering %s; config %s", config.listen_host4,
                      config.listen_host6, config.listen_port, ", ".join(map(str, config.brokers)), config.source)
             if tls is not None:
-                log.info("upstream TLS to every broker (SASL inside it), verifying against %s%s, at least %s%s",
-                         tls.trust, "" if tls.config.verify_hostname else " without checking host names",
+                log.info("upstream TLS to every broker (%s), verifying against %s%s, at least %s%s",
+                         "SSL, no SASL" if config.upstream_credentials is None else "SASL_SSL", tls.trust, "" if tls.config.verify_hostname else " without checking host names",
                          tls.config.min_version, ", with a client certificate" if tls.config.client_cert else "")
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

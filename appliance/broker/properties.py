@@ -14,6 +14,7 @@ Listeners and why each exists:
     TLS        host4:tls.port       SASL_SSL        as CLIENT, over TLS (only with `tls` configured)
     TLS6       [host6]:tls.port6    SASL_SSL        same (left out when host6 is empty)
     MTLS       host4:tls.mtls_port  SASL_SSL        as TLS, and demands a client certificate from the CA
+    CERT       host4:tls.cert_port  SSL             no SASL: the client certificate (from the CA) is the principal
     EXPIRED    host4:tls.expired_port SASL_SSL      as TLS, with a certificate that has expired
 
 The TLS listeners' certificates are PEM files under `<data_dir>/tls/`
@@ -56,6 +57,10 @@ NODE_ID = 1
 NODE_USER = "node"
 APPLIANCE_USER = "appliance"
 INTRUDER_USER = "intruder"
+# The principal Kafka makes of the appliance's client certificate on the CERT listener (its subject DN),
+# a super user like the SCRAM user `appliance`.
+CLIENT_CERTIFICATE_CN = "appliance"
+CERTIFICATE_PRINCIPAL = f"CN={CLIENT_CERTIFICATE_CN}"
 CLIENT_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 _SCRAM_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
 _PLAIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule"
@@ -179,7 +184,7 @@ def oauth_address(config: EmbeddedBrokerConfig) -> BrokerAddress | None:
 
 
 def tls_listeners(config: EmbeddedBrokerConfig) -> dict[str, BrokerAddress]:
-    """The TLS listeners by name (TLS, TLS6, MTLS, EXPIRED), those configured; none without `tls`."""
+    """The TLS listeners by name (TLS, TLS6, MTLS, CERT, EXPIRED), those configured; none without `tls`."""
     tls = config.tls
     if tls is None:
         return {}
@@ -188,6 +193,8 @@ def tls_listeners(config: EmbeddedBrokerConfig) -> dict[str, BrokerAddress]:
         listeners["TLS6"] = BrokerAddress(config.host6, tls.port6)
     if tls.mtls_port:
         listeners["MTLS"] = BrokerAddress(config.host4, tls.mtls_port)
+    if tls.cert_port:
+        listeners["CERT"] = BrokerAddress(config.host4, tls.cert_port)
     if tls.expired_port:
         listeners["EXPIRED"] = BrokerAddress(config.host4, tls.expired_port)
     return listeners
@@ -256,7 +263,7 @@ def server_properties(
         # bootstraps over IPv6 stays on IPv6.
         "advertised.listeners=" + ",".join(client_listeners + [f"INTERNAL://{internal}"]),
         "listener.security.protocol.map="
-        + ",".join(f"{n}:{'SASL_SSL' if n in tls else 'SASL_PLAINTEXT'}" for n in client_names + ["INTERNAL", "CONTROLLER"]),
+        + ",".join(f"{n}:{_protocol(n, tls)}" for n in client_names + ["INTERNAL", "CONTROLLER"]),
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=INTERNAL",
         "sasl.mechanism.inter.broker.protocol=PLAIN",
@@ -280,6 +287,8 @@ def server_properties(
             continue
         if name in tls:
             lines += _tls_listener_lines(prefix, name, files)
+        if name == "CERT":
+            continue  # no SASL: the certificate's subject is the principal
         lines += [
             f"{prefix}.sasl.enabled.mechanisms={','.join(CLIENT_MECHANISMS)}",
             f"{prefix}.scram-sha-512.sasl.jaas.config={_SCRAM_MODULE} required;",
@@ -297,7 +306,8 @@ def server_properties(
         # The appliance is the only client principal with any right; `node` is
         # the node talking to itself.
         f"super.users=User:{appliance.username};User:{NODE_USER}"
-        + (f";User:{oauth.principal}" if oauth is not None else ""),
+        + (f";User:{oauth.principal}" if oauth is not None else "")
+        + (f";User:{CERTIFICATE_PRINCIPAL}" if "CERT" in tls else ""),
         f"log.dirs={_escape(str(files.kafka_data))}",
         "num.partitions=1",
         "default.replication.factor=1",
@@ -317,6 +327,12 @@ def server_properties(
     return "\n".join(lines) + "\n"
 
 
+def _protocol(name: str, tls: dict[str, BrokerAddress]) -> str:
+    if name == "CERT":
+        return "SSL"
+    return "SASL_SSL" if name in tls else "SASL_PLAINTEXT"
+
+
 def _tls_listener_lines(prefix: str, name: str, files: BrokerFiles) -> list[str]:
     """One TLS listener's keystore (PEM: certificate chain and unencrypted PKCS#8 key in one file) and, for
     MTLS, the truststore its client certificates must chain to."""
@@ -326,7 +342,7 @@ def _tls_listener_lines(prefix: str, name: str, files: BrokerFiles) -> list[str]
         f"{prefix}.ssl.keystore.location={_escape(str(keystore))}",
         f"{prefix}.ssl.enabled.protocols=TLSv1.2,TLSv1.3",
     ]
-    if name == "MTLS":
+    if name in ("MTLS", "CERT"):
         lines += [
             f"{prefix}.ssl.client.auth=required",
             f"{prefix}.ssl.truststore.type=PEM",

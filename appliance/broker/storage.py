@@ -26,7 +26,7 @@ from appliance.broker.credentials import (
 )
 from appliance.broker.certificates import Authority, load_authority
 from appliance.broker.errors import BrokerError
-from appliance.broker.properties import APPLIANCE_USER, INTRUDER_USER, BrokerFiles
+from appliance.broker.properties import APPLIANCE_USER, CLIENT_CERTIFICATE_CN, INTRUDER_USER, BrokerFiles
 from appliance.config import EmbeddedBrokerConfig
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def ensure_tls_files(files: BrokerFiles, config: EmbeddedBrokerConfig, now: date
     expired = authority.issue("embedded broker (expired)", now, hosts=hosts, days=1,
                               not_before=now - datetime.timedelta(days=10))
     write_private(files.expired_keystore, expired.chain_pem.decode())
-    client = authority.issue("appliance", now, client=True)
+    client = authority.issue(CLIENT_CERTIFICATE_CN, now, client=True)
     files.client_cert.write_bytes(client.cert_pem)
     write_private(files.client_key, client.key_pem.decode())
 

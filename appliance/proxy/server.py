@@ -56,6 +56,7 @@ from kio.serial.errors import SerialError
 
 from appliance.audit.records import Event, SessionOpened
 from appliance.config import READ_CHUNK_BYTES, BrokerAddress
+from appliance.broker.credentials import ClientCertificateOnly
 from appliance.broker.oauth_token import BearerToken, TokenUnavailable
 from appliance.identity import process
 from appliance.identity.enrollment import Enrollment, binding_of
@@ -384,7 +385,10 @@ class _Connection:
             return
         self._upstream_open(transport)
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.dispatch(ev.UpstreamConnected())
+        if self.server.pool.sasl:
+            self.dispatch(ev.UpstreamConnected())
+        else:  # the TLS client certificate was the authentication: nothing to exchange, nothing to renew
+            self.dispatch(ev.UpstreamConnected(authenticated=True, authenticated_at=time.time(), pooled=False))
         self.client_reading.resume("connecting")
 
 
@@ -456,6 +460,9 @@ class _Parked(asyncio.Protocol):
         self.transport = transport
         self.pool.authenticating.add(self)
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self.pool.sasl:  # authenticated by the client certificate in the handshake
+            self._authenticated()
+            return
         try:
             transport.write(self.auth.start())
         except UpstreamAuthError as e:  # no valid token held at this moment
@@ -482,11 +489,14 @@ class _Parked(asyncio.Protocol):
             if following is not None:
                 self.transport.write(following)
             else:
-                self.ready = True
-                self.ready_at = time.monotonic()
-                self.authenticated_at = time.time()
-                self.pool.authenticating.discard(self)
-                self.pool.park(self)
+                self._authenticated()
+
+    def _authenticated(self) -> None:
+        self.ready = True
+        self.ready_at = time.monotonic()
+        self.authenticated_at = time.time()
+        self.pool.authenticating.discard(self)
+        self.pool.park(self)
 
     def usable(self, now: float) -> bool:
         """Open, and young enough that the broker will not end it soon after a session takes it: within a
@@ -527,6 +537,8 @@ class UpstreamPool:
                  connect_timeout_s: float = 10.0, sasl_timeout_s: float = 10.0, tls: _TlsFaults | None = None) -> None:
         self.credentials = credentials
         self.tls = tls or _TlsFaults(None, connect_timeout_s)
+        # False: the brokers know the appliance by its TLS client certificate (SSL, no SASL exchange).
+        self.sasl = not isinstance(credentials, ClientCertificateOnly)
         self.token_refresh = _TokenRefresh(credentials)  # shared with the sessions (ProxyServer)
         self.max_frame_bytes = max_frame_bytes
         self.size = size

@@ -15,7 +15,7 @@ from appliance.config import EmbeddedBrokerConfig, EmbeddedTlsConfig, UpstreamTl
 from appliance.proxy.upstream_tls import check_files
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
-TLS = EmbeddedTlsConfig(port=26097, port6=26098, mtls_port=26099, expired_port=26100)
+TLS = EmbeddedTlsConfig(port=26097, port6=26098, mtls_port=26099, cert_port=26102, expired_port=26100)
 
 
 def properties(config: EmbeddedBrokerConfig, files: BrokerFiles) -> dict[str, str]:
@@ -35,11 +35,12 @@ def test_tls_listeners_are_sasl_ssl_with_pem_keystores_and_mtls_demands_a_client
     files = BrokerFiles(tmp_path)
     props = properties(config, files)
     assert {n: str(a) for n, a in tls_listeners(config).items()} == {
-        "TLS": "127.0.0.1:26097", "TLS6": "[::1]:26098", "MTLS": "127.0.0.1:26099", "EXPIRED": "127.0.0.1:26100"}
+        "TLS": "127.0.0.1:26097", "TLS6": "[::1]:26098", "MTLS": "127.0.0.1:26099", "CERT": "127.0.0.1:26102",
+        "EXPIRED": "127.0.0.1:26100"}
     assert "TLS://127.0.0.1:26097" in props["listeners"] and "TLS6://[::1]:26098" in props["advertised.listeners"]
     protocols = dict(p.split(":") for p in props["listener.security.protocol.map"].split(","))
     assert protocols == {"CLIENT": "SASL_PLAINTEXT", "CLIENT6": "SASL_PLAINTEXT", "TLS": "SASL_SSL",
-                         "TLS6": "SASL_SSL", "MTLS": "SASL_SSL", "EXPIRED": "SASL_SSL",
+                         "TLS6": "SASL_SSL", "MTLS": "SASL_SSL", "CERT": "SSL", "EXPIRED": "SASL_SSL",
                          "INTERNAL": "SASL_PLAINTEXT", "CONTROLLER": "SASL_PLAINTEXT"}
     assert props["listener.name.tls.ssl.keystore.type"] == "PEM"
     assert props["listener.name.tls.ssl.keystore.location"] == str(files.server_keystore)
@@ -48,7 +49,11 @@ def test_tls_listeners_are_sasl_ssl_with_pem_keystores_and_mtls_demands_a_client
     assert props["listener.name.mtls.ssl.truststore.location"] == str(files.ca_cert)
     assert "listener.name.tls.ssl.client.auth" not in props
     assert props["listener.name.mtls.sasl.enabled.mechanisms"] == "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"
-    no_extras = replace(config, host6="", tls=EmbeddedTlsConfig(mtls_port=0))
+    # CERT: no SASL; the client certificate's subject is the principal, and a super user
+    assert props["listener.name.cert.ssl.client.auth"] == "required"
+    assert not [k for k in props if k.startswith("listener.name.cert.") and "sasl" in k]
+    assert "User:CN=appliance" in props["super.users"].split(";")
+    no_extras = replace(config, host6="", tls=EmbeddedTlsConfig(mtls_port=0, cert_port=0))
     assert list(tls_listeners(no_extras)) == ["TLS"]
 
 

@@ -1,17 +1,19 @@
 """Upstream TLS for real: workloads speak plaintext to the proxy, the proxy speaks SASL_SSL to the broker.
 
 A broker and an appliance of this module's own (not the session's): the embedded broker with its TLS
-listeners on 26097 (SASL_SSL), [::1]:26098 (SASL_SSL), 26099 (SASL_SSL demanding a client certificate)
-and 26100 (SASL_SSL with an expired certificate), its plaintext listener on 26092 for the test's own
+listeners on 26097 (SASL_SSL), [::1]:26098 (SASL_SSL), 26099 (SASL_SSL demanding a client certificate),
+26102 (SSL: the client certificate is the principal, no SASL) and 26100 (SASL_SSL with an expired
+certificate), its plaintext listener on 26092 for the test's own
 topic set-up, data under /var/lib/appliance-test/upstream-tls-broker and cgroup
 appliance-test-tls-broker. The appliance (`appliance serve` on 26190, its own state, bpffs and cgroups)
-is restarted with three configurations:
+is restarted with four configurations:
 
 - A: the broker's CA; 127.0.0.1:26097 checked against its IP SAN, [::1]:26098 against the DNS name
   `localhost`; the expired listener; the client-certificate listener without a client certificate; and
   127.0.0.1:26101, a plain TCP listener of this module's that records what the proxy sends it.
 - B: as A, with a client certificate, and [::1]:26098 named `kafka.wrong.example`.
 - C: another CA.
+- D: no SASL at all (`upstream_credentials: null`), the client certificate, for the SSL listener.
 
 Real clients (confluent-kafka and kcat) in enrolled cgroups produce and consume; every failure must be
 an audited session close naming the broker and the fault, logged once, with nothing sent in plaintext.
@@ -41,8 +43,8 @@ DATA = Path("/var/lib/appliance-test/upstream-tls-broker")
 STATE = Path("/var/lib/appliance-test-tls")
 BROKER_CGROUP = "appliance-test-tls-broker"
 PLAIN = "127.0.0.1:26092"
-TLS4, TLS6, MTLS, EXPIRED, CATCHER = ("127.0.0.1:26097", "[::1]:26098", "127.0.0.1:26099", "127.0.0.1:26100",
-                                      "127.0.0.1:26101")
+TLS4, TLS6, MTLS, EXPIRED, CATCHER, CERT = ("127.0.0.1:26097", "[::1]:26098", "127.0.0.1:26099", "127.0.0.1:26100",
+                                            "127.0.0.1:26101", "127.0.0.1:26102")
 IDENTITY = "tls-app"
 POLICY = """\
 version: 1
@@ -96,7 +98,8 @@ class FirstBytes:
 def tls_broker(prerequisites):
     config = EmbeddedBrokerConfig(port4=26092, port6=26093, controller_port=26094, data_dir=DATA,
                                   cgroup=BROKER_CGROUP, heap="384m",
-                                  tls=EmbeddedTlsConfig(port=26097, port6=26098, mtls_port=26099, expired_port=26100))
+                                  tls=EmbeddedTlsConfig(port=26097, port6=26098, mtls_port=26099, cert_port=26102,
+                                                        expired_port=26100))
     broker = EmbeddedBroker(config)
     broker.stop()  # a broker left by an interrupted run
     broker.start()
@@ -127,16 +130,17 @@ class Appliances:
     def settings(self, name: str) -> dict:
         files = self.broker.files
         tls = {"ca_file": str(files.ca_cert), "server_names": {TLS6: "localhost"}}
-        if name == "B":
+        if name in ("B", "D"):
             tls.update(client_cert=str(files.client_cert), client_key=str(files.client_key),
                        server_names={TLS6: "kafka.wrong.example"})
         if name == "C":
             tls["ca_file"] = str(self.other_ca)
         return {
             "state_dir": str(STATE), "run_dir": "/run/appliance-test-tls", "listen_port": 26190,
-            "brokers": [TLS4, TLS6, MTLS, EXPIRED, CATCHER], "bpffs_dir": "/sys/fs/bpf/appliance-test-tls",
+            "brokers": [TLS4, TLS6, MTLS, EXPIRED, CATCHER, CERT], "bpffs_dir": "/sys/fs/bpf/appliance-test-tls",
             "proxy_cgroup": "appliance-test-tls-proxy", "exempt_cgroups": [BROKER_CGROUP],
-            "upstream_credentials": str(files.appliance_credentials), "policy_file": str(STATE / "policy.yaml"),
+            "upstream_credentials": None if name == "D" else str(files.appliance_credentials),
+            "policy_file": str(STATE / "policy.yaml"),
             "audit_flush_ms": 50, "connect_timeout_s": 5, "upstream_tls": tls,
         }
 
@@ -212,7 +216,8 @@ def refused(appliances: Appliances, app: _Appliance, cg, broker: str, reason: st
     """A producer to `broker` fails (Kafka's own delivery error); each of its sessions closed with `reason`
     in the audit, and serve logged the fault once however many sessions met it."""
     result = cg.client("confluent.py", broker, "tls-refused", "--produce", "1", "--timeout", "6")
-    assert result["produced"] == 0 and result["errors"], result
+    # the delivery error ("Message timed out"), or, when flush gives up first, the client's own ("brokers are down")
+    assert result["produced"] == 0 and (result["errors"] or result["client_errors"]), result
     reasons = {s["close_reason"] for s in closed_sessions(appliances.config_path, broker, cg)}
     assert reasons == {reason}, reasons
     lines = [line for line in app.log.read_text().splitlines()
@@ -292,6 +297,21 @@ def test_a_broker_certificate_from_another_ca_is_refused(appliances, workload):
     refused(appliances, app, cg, TLS4, f"TLS to broker {TLS4} failed: certificate verify failed: unable to get local "
             f"issuer certificate (the broker's certificate is not signed by a CA in {appliances.other_ca}; set "
             "upstream_tls.ca_file to its CA)")
+
+
+def test_without_sasl_the_client_certificate_is_the_principal_on_an_ssl_listener(appliances, workload, tls_broker):
+    app = appliances.use("D")
+    cg = workload(app)
+    topic = create_topic(tls_broker, f"tls-cert-{int(time.time() * 1000)}")
+    result = cg.client("confluent.py", CERT, topic, "--produce", "5", "--consume", "5")
+    assert result["errors"] == [] and result["produced"] == 5 and result["consumed"] == 5, result
+    mine = eventually(lambda: sessions_to(appliances.config_path, CERT, cg), message="sessions to the SSL listener")
+    assert any(s["pid"] == result["pid"] for s in mine)
+    assert "upstream TLS to every broker (SSL, no SASL)" in app.log.read_text()
+    # a SASL_SSL listener wants the SASL exchange the appliance no longer makes: the broker drops the
+    # session's first (workload) request as an unauthenticated one, and the workload fails
+    refused_topic = cg.client("confluent.py", TLS4, topic, "--produce", "1", "--timeout", "6")
+    assert refused_topic["produced"] == 0, refused_topic
 
 
 def test_serve_refuses_a_configuration_whose_tls_files_are_wrong(appliances, tls_broker):

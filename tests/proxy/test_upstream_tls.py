@@ -306,6 +306,19 @@ def test_a_bad_section_names_the_file_the_key_and_what_is_valid(tmp_path, sectio
     assert str(e.value).startswith(f"{path}: key 'upstream_tls'") and message in str(e.value), str(e.value)
 
 
+def test_null_credentials_mean_ssl_without_sasl_and_need_a_client_certificate(pki, tmp_path):
+    tls = {"ca_file": str(pki / "ca"), "client_cert": str(pki / "client.pem"), "client_key": str(pki / "client-key.pem")}
+    config = load_config(write(tmp_path, {"upstream_credentials": None, "upstream_tls": tls}))
+    assert config.upstream_credentials is None and config.upstream_tls.client_cert == pki / "client.pem"
+    for section in (None, {"ca_file": str(pki / "ca")}, {**tls, "enabled": False}):
+        path = write(tmp_path, {"upstream_credentials": None, "upstream_tls": section})
+        with pytest.raises(ConfigError) as e:
+            load_config(path)
+        assert str(e.value) == (f"{path}: key 'upstream_credentials' is null (no SASL), so the brokers must know the "
+                                "appliance by a TLS client certificate: set upstream_tls with client_cert and "
+                                "client_key, or name a credentials file")
+
+
 def test_a_disabled_section_checks_no_files():
     config = parse_config({"upstream_tls": {"enabled": False, "ca_file": "/nonexistent/ca.pem"}})
     assert config.upstream_tls.enabled is False and upstream_tls(config.upstream_tls) is None
