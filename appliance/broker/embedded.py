@@ -90,6 +90,8 @@ class BrokerStatus:
     data_dir: Path
     netns: str | None = None
     oauth_address: str | None = None  # the OAUTHBEARER listener, when configured
+    tls_listeners: tuple[tuple[str, str], ...] = ()  # (name, address) of each TLS listener, when configured
+    tls_ca: Path | None = None  # the CA their certificates chain to
 
 
 class EmbeddedBroker:
@@ -198,6 +200,8 @@ class EmbeddedBroker:
             data_dir=self.files.data_dir,
             netns=self.netns,
             oauth_address=None if self.oauth_address is None else str(self.oauth_address),
+            tls_listeners=tuple((name, str(a)) for name, a in tls_listeners(self.config).items()),
+            tls_ca=self.files.ca_cert if self.config.tls is not None else None,
         )
 
     def java_tool(

@@ -582,7 +582,8 @@ class UpstreamPool:
                 self.connect_timeout_s)
         except Exception as e:  # noqa: BLE001 - whatever failed, this attempt no longer counts as opening
             self._opening[address] -= 1
-            if self.tls.failure(address, e, handshake=True) is not None:
+            # wait_for's own timeout may be the TCP connect's: only a fault TLS named counts as TLS's
+            if not isinstance(e, TimeoutError) and self.tls.failure(address, e, handshake=True) is not None:
                 self.failed(address)  # as for refused credentials: sessions meet (and audit) the fault themselves
             else:
                 log.debug("pooled connection to %s:%d not opened: %s", *address, e)

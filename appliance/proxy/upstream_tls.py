@@ -142,7 +142,12 @@ def _public(key) -> bytes:
 
 def build_context(tls: UpstreamTlsConfig) -> ssl.SSLContext:
     """The client context for every upstream connection (raises ssl.SSLError / TlsFileError on bad files)."""
-    context = ssl.create_default_context(cafile=None if tls.ca_file is None else str(tls.ca_file))
+    try:
+        context = ssl.create_default_context(cafile=None if tls.ca_file is None else str(tls.ca_file))
+    except ssl.SSLError:
+        raise
+    except OSError as e:
+        raise TlsFileError("ca_file", f"{tls.ca_file}: cannot read the CA file: {e.strerror}") from None
     context.minimum_version = _VERSIONS[tls.min_version]
     context.check_hostname = tls.verify_hostname
     context.verify_mode = ssl.CERT_REQUIRED  # also with verify_hostname off: the chain is always checked
@@ -156,6 +161,11 @@ def build_context(tls: UpstreamTlsConfig) -> ssl.SSLContext:
         try:
             os.write(fd, key)
             context.load_cert_chain(str(tls.client_cert), f"/proc/self/fd/{fd}")
+        except ssl.SSLError:
+            raise
+        except OSError as e:
+            raise TlsFileError("client_cert", f"{tls.client_cert}: cannot read the client certificate: "
+                               f"{e.strerror}") from None
         finally:
             os.close(fd)
     return context
@@ -258,11 +268,18 @@ def _name_in(message: str) -> str:
 # ---- a health check ----------------------------------------------------------------------------------------
 
 
-def probe(tls: UpstreamTls, broker: BrokerAddress, *, timeout_s: float = 5.0) -> str | None:
+def probe(tls: UpstreamTls | UpstreamTlsConfig, broker: BrokerAddress, *, timeout_s: float = 5.0) -> str | None:
     """One TLS handshake with `broker` as the proxy makes it: None if it succeeds, else the fault in plain words.
 
-    A TLS 1.3 broker refuses a missing client certificate only after the handshake (its alert follows the
-    client's Finished), so the probe waits briefly for anything the broker says before calling it good."""
+    `tls` is the context serve built, or the configuration's `upstream_tls` (a health check outside serve
+    builds the same context from it). A TLS 1.3 broker refuses a missing client certificate only after the
+    handshake (its alert follows the client's Finished), so the probe waits briefly for anything the broker
+    says before calling it good."""
+    if isinstance(tls, UpstreamTlsConfig):
+        try:
+            tls = UpstreamTls.from_config(tls)
+        except (TlsFileError, ssl.SSLError) as e:
+            return f"TLS to broker {broker} cannot be tried: {e}"
     try:
         raw = socket.create_connection((broker.host, broker.port), timeout=timeout_s)
     except OSError as e:

@@ -76,3 +76,11 @@ def test_the_files_are_private_the_ca_is_kept_and_the_appliance_accepts_them(tmp
     ensure_tls_files(files, config, NOW)
     assert files.ca_cert.read_bytes() == ca, "a restart keeps the CA a running appliance trusts"
     assert x509.load_pem_x509_certificate(files.server_keystore.read_bytes()).serial_number != server.serial_number
+
+
+def test_status_names_the_tls_listeners_and_the_ca(tmp_path):
+    from appliance.broker.embedded import EmbeddedBroker
+
+    status = EmbeddedBroker(EmbeddedBrokerConfig(data_dir=tmp_path, tls=TLS)).status()
+    assert dict(status.tls_listeners)["MTLS"] == "127.0.0.1:26099" and status.tls_ca == tmp_path / "tls" / "ca.pem"
+    assert EmbeddedBroker(EmbeddedBrokerConfig(data_dir=tmp_path)).status().tls_listeners == ()

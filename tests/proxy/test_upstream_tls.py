@@ -113,6 +113,9 @@ def tls_config(pki, **changes) -> UpstreamTlsConfig:
 def test_a_broker_certificate_from_the_configured_ca_for_its_ip_is_accepted(pki, serve):
     server = serve()
     assert probe(UpstreamTls.from_config(tls_config(pki)), server.broker) is None
+    assert probe(tls_config(pki), server.broker) is None  # from the configuration, as a health check has it
+    assert probe(tls_config(pki, ca_file=pki / "missing"), server.broker).startswith(
+        f"TLS to broker {server.broker} cannot be tried: ")
 
 
 def test_the_server_name_replaces_the_ip_for_sni_and_verification(pki, serve):
