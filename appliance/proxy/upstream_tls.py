@@ -222,8 +222,8 @@ _REASON_HINTS = {
     "SSLV3_ALERT_BAD_CERTIFICATE": "the broker refused the appliance's client certificate",
     "TLSV1_ALERT_UNKNOWN_CA": "the broker does not trust the CA of the appliance's client certificate",
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the broker says the appliance's client certificate has expired",
-    "TLSV1_ALERT_PROTOCOL_VERSION": "the broker and the appliance share no TLS version (upstream_tls.min_version)",
-    "UNSUPPORTED_PROTOCOL": "the broker and the appliance share no TLS version (upstream_tls.min_version)",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the broker and the appliance share no TLS version; see upstream_tls.min_version",
+    "UNSUPPORTED_PROTOCOL": "the broker and the appliance share no TLS version; see upstream_tls.min_version",
     "WRONG_VERSION_NUMBER": "the broker does not speak TLS on this port (a plaintext listener?)",
     "RECORD_LAYER_FAILURE": "the broker does not speak TLS on this port (a plaintext listener?)",
 }

@@ -212,6 +212,14 @@ def closed_sessions(config_path: Path, broker: str, cgroup) -> list[dict]:
                       timeout=15, message=f"a closed session to {broker}")
 
 
+def round_trip(cg, broker: str, topic: str, n: int) -> dict:
+    """confluent-kafka produces `n` records through the proxy to `broker` and consumes them back."""
+    result = cg.client("confluent.py", broker, topic, "--produce", str(n), "--consume", str(n))
+    assert result["errors"] == [] and result["produced"] == n and result["consumed"] == n, result
+    assert sorted(result["values"]) == sorted(f"record-{i}" for i in range(n))
+    return result
+
+
 def refused(appliances: Appliances, app: _Appliance, cg, broker: str, reason: str) -> None:
     """A producer to `broker` fails (Kafka's own delivery error); each of its sessions closed with `reason`
     in the audit, and serve logged the fault once however many sessions met it."""
@@ -229,9 +237,7 @@ def test_confluent_kafka_and_kcat_produce_and_consume_over_sasl_ssl(appliances, 
     app = appliances.use("A")
     cg = workload(app)
     topic = create_topic(tls_broker, f"tls-{int(time.time() * 1000)}")
-    result = cg.client("confluent.py", TLS4, topic, "--produce", "20", "--consume", "20")
-    assert result["errors"] == [] and result["produced"] == 20 and result["consumed"] == 20, result
-    assert sorted(result["values"]) == sorted(f"record-{i}" for i in range(20))
+    result = round_trip(cg, TLS4, topic, 20)
     # over IPv6, verified against the certificate's DNS name `localhost` (server_names)
     cg.run(["kcat", "-b", TLS6, "-t", topic, "-P"], input="one\ntwo\n")
     out = cg.run(["kcat", "-b", TLS6, "-t", topic, "-C", "-o", "beginning", "-c", "22", "-e", "-q"]).stdout
@@ -284,8 +290,7 @@ def test_mutual_tls_works_with_the_client_certificate_and_a_wrong_server_name_is
     app = appliances.use("B")
     cg = workload(app)
     topic = create_topic(tls_broker, f"tls-mtls-{int(time.time() * 1000)}")
-    result = cg.client("confluent.py", MTLS, topic, "--produce", "5", "--consume", "5")
-    assert result["errors"] == [] and result["produced"] == 5 and result["consumed"] == 5, result
+    round_trip(cg, MTLS, topic, 5)
     refused(appliances, app, cg, TLS6, f"TLS to broker {TLS6} failed: certificate verify failed: Hostname mismatch, "
             "certificate is not valid for 'kafka.wrong.example' (the broker's certificate does not carry the name "
             "'kafka.wrong.example'; set upstream_tls.server_names for this broker to a name it carries)")
@@ -303,8 +308,7 @@ def test_without_sasl_the_client_certificate_is_the_principal_on_an_ssl_listener
     app = appliances.use("D")
     cg = workload(app)
     topic = create_topic(tls_broker, f"tls-cert-{int(time.time() * 1000)}")
-    result = cg.client("confluent.py", CERT, topic, "--produce", "5", "--consume", "5")
-    assert result["errors"] == [] and result["produced"] == 5 and result["consumed"] == 5, result
+    result = round_trip(cg, CERT, topic, 5)
     mine = eventually(lambda: sessions_to(appliances.config_path, CERT, cg), message="sessions to the SSL listener")
     assert any(s["pid"] == result["pid"] for s in mine)
     assert "upstream TLS to every broker (SSL, no SASL)" in app.log.read_text()
