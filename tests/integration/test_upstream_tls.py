@@ -150,7 +150,12 @@ class Appliances:
         self.stop()
         self.config_path.write_text(yaml.safe_dump(self.settings(name)))
         app = _Appliance(self.config_path, load_config(self.config_path))
-        app.start()
+        try:
+            app.start()
+        except BaseException:
+            if app.proc is not None and app.proc.poll() is None:
+                app.stop()  # one that never came up must not outlive the test, holding its port and programs
+            raise
         self.running = (name, app)
         return app
 
