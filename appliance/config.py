@@ -58,6 +58,35 @@ class BrokerAddress:
         return cls(host=str(ipaddress.ip_address(host)), port=int(port))
 
 
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTlsConfig:
+    """TLS from the proxy to the brokers (docs/tls.md); checked at load by `appliance.proxy.upstream_tls`.
+
+    With upstream_credentials the appliance authenticates with SASL inside the TLS connection (the broker
+    listener is SASL_SSL); with `upstream_credentials: null` it uses no SASL and its client certificate
+    is its principal (an SSL listener demanding client certificates).
+    """
+
+    enabled: bool = True
+    ca_file: Path | None = None  # PEM CA bundle; None: the system store
+    verify_hostname: bool = True
+    # The name a broker's certificate carries, per broker address; absent: its IP literal (an IP SAN).
+    server_names: tuple[tuple[BrokerAddress, str], ...] = ()
+    client_cert: Path | None = None  # mutual TLS: a PEM certificate (chain), with client_key
+    client_key: Path | None = None  # its PEM private key, a root-only file
+    min_version: str = "TLSv1.2"
+
+    def server_name(self, broker: BrokerAddress) -> str:
+        """What the handshake names (SNI) and verifies the certificate against for `broker`."""
+        for address, name in self.server_names:
+            if address == broker:
+                return name
+        return broker.host
+
+
 @dataclass(frozen=True, slots=True)
 class EmbeddedOAuthConfig:
     """An optional SASL/OAUTHBEARER client listener of the embedded broker, on host4:port.
@@ -82,6 +111,24 @@ class EmbeddedOAuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddedTlsConfig:
+    """Optional TLS listeners of the embedded broker, on host4 (and host6), certificates made at start.
+
+    `port`: SASL_SSL with SCRAM and PLAIN, like the plaintext listeners. `mtls_port`: the same, and it
+    demands a client certificate signed by the broker's CA (0: none). `cert_port`: SSL without SASL,
+    demanding a client certificate, whose subject is the principal (0: none). `expired_port`: SASL_SSL
+    with a certificate that has already expired, to see the appliance refuse it (0: none). The CA, the
+    certificates and the appliance's client certificate are under `<data_dir>/tls/` (docs/tls.md).
+    """
+
+    port: int = 19097
+    port6: int = 19098  # the SASL_SSL listener on host6 (when host6 is set)
+    mtls_port: int = 19099
+    cert_port: int = 19100
+    expired_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class EmbeddedBrokerConfig:
     """The single-node Kafka the appliance can run for demos and tests."""
 
@@ -95,6 +142,7 @@ class EmbeddedBrokerConfig:
     cgroup: str = "appliance-broker"
     heap: str = "512m"
     oauth: EmbeddedOAuthConfig | None = None  # no OAUTHBEARER listener unless configured
+    tls: EmbeddedTlsConfig | None = None  # no TLS listeners unless configured
 
 
 # The signature algorithms a token may use unless a provider narrows them: never `none`, never HMAC
@@ -147,7 +195,9 @@ class Config:
         BrokerAddress("127.0.0.1", 19092),
         BrokerAddress("::1", 19093),
     )
-    upstream_credentials: Path = Path("/var/lib/appliance/broker/appliance-credentials.json")
+    # None (YAML null): no SASL; the brokers' SSL listeners know the appliance by upstream_tls.client_cert.
+    upstream_credentials: Path | None = Path("/var/lib/appliance/broker/appliance-credentials.json")
+    upstream_tls: UpstreamTlsConfig | None = None  # None: plaintext to the brokers (SASL_PLAINTEXT)
     exempt_cgroups: tuple[str, ...] = ("appliance-broker",)
     proxy_cgroup: str = "appliance-proxy"
     refuse_unenrolled: bool = True
@@ -256,7 +306,9 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
         where = f"{source}: key {key!r}"
         if key not in known:
             raise ConfigError(f"{where} is not a setting; valid settings are: {', '.join(sorted(known))}")
-        if key in _PATH_KEYS or key in ("state_dir", "audit_dir"):
+        if key == "upstream_credentials" and value is None:
+            changes[key] = None
+        elif key in _PATH_KEYS or key in ("state_dir", "audit_dir"):
             if not isinstance(value, str) or not value.startswith("/"):
                 raise ConfigError(f"{where} must be an absolute path, got {value!r}")
             changes[key] = Path(value)
@@ -290,12 +342,20 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
             changes[key] = _parse_embedded_broker(value, where)
         elif key == "identity":
             changes[key] = _parse_identity(value, where)
+        elif key == "upstream_tls":
+            changes[key] = None if value is None else _parse_upstream_tls(value, where)
         elif key in ("listen_host4", "listen_host6", "proxy_cgroup"):
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where} must be a non-empty string")
             changes[key] = value
     config = replace(Config(), **changes)
     _check_bounds(config, source)
+    _check_server_names(config, source)
+    tls = config.upstream_tls
+    if config.upstream_credentials is None and (tls is None or not tls.enabled or tls.client_cert is None):
+        raise ConfigError(f"{source}: key 'upstream_credentials' is null (no SASL), so the brokers must know the "
+                          "appliance by a TLS client certificate: set upstream_tls with client_cert and client_key, "
+                          "or name a credentials file")
     if "state_dir" in changes and "upstream_credentials" not in changes:
         config = replace(config, upstream_credentials=config.state_dir / "broker" / "appliance-credentials.json")
     return config
@@ -316,6 +376,80 @@ def _check_bounds(config: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: key 'max_sessions_per_workload' ({config.max_sessions_per_workload}) must not exceed "
             f"'max_sessions' ({config.max_sessions})")
+
+
+def _check_server_names(config: Config, source: str) -> None:
+    steered = set(config.brokers)
+    for address, _ in config.upstream_tls.server_names if config.upstream_tls is not None else ():
+        if address not in steered:
+            raise ConfigError(f"{source}: key 'upstream_tls': key 'server_names' names {address}, which is not in "
+                              f"'brokers' ({', '.join(map(str, config.brokers))}); name a steered broker")
+
+
+_UPSTREAM_TLS_KEYS = tuple(f.name for f in fields(UpstreamTlsConfig))
+# A host name: labels of letters, digits and "-" (the name the handshake asks for, never a wildcard).
+_DNS_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                       r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")
+
+
+def _parse_upstream_tls(value: Any, where: str) -> UpstreamTlsConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of TLS settings ({', '.join(_UPSTREAM_TLS_KEYS)}), "
+                          f"got {value!r}")
+    changes: dict[str, Any] = {}
+    for key, item in value.items():
+        inner = f"{where}: key {key!r}"
+        if key not in _UPSTREAM_TLS_KEYS:
+            raise ConfigError(f"{inner} is not an upstream TLS setting; valid: {', '.join(_UPSTREAM_TLS_KEYS)}")
+        if key in ("enabled", "verify_hostname"):
+            if not isinstance(item, bool):
+                raise ConfigError(f"{inner} must be true or false, got {item!r}")
+            changes[key] = item
+        elif key in ("ca_file", "client_cert", "client_key"):
+            if not isinstance(item, str) or not item.startswith("/"):
+                raise ConfigError(f"{inner} must be an absolute path to a PEM file, got {item!r}")
+            changes[key] = Path(item)
+        elif key == "min_version":
+            if item not in TLS_VERSIONS:
+                raise ConfigError(f"{inner} must be one of {', '.join(TLS_VERSIONS)}, got {item!r}")
+            changes[key] = item
+        elif key == "server_names":
+            changes[key] = _parse_server_names(item, inner)
+    if ("client_cert" in changes) != ("client_key" in changes):
+        given, missing = ("client_cert", "client_key") if "client_cert" in changes else ("client_key", "client_cert")
+        raise ConfigError(f"{where}: key {given!r} is set but {missing!r} is not: mutual TLS needs both the "
+                          "certificate and its private key")
+    tls = UpstreamTlsConfig(**changes)
+    if tls.enabled:
+        from appliance.proxy.upstream_tls import TlsFileError, check_files
+
+        try:
+            check_files(tls)  # a wrong file fails the load, naming it, not the first session
+        except TlsFileError as e:
+            raise ConfigError(f"{where}: key {e.key!r}: {e}") from None
+    return tls
+
+
+def _parse_server_names(value: Any, where: str) -> tuple[tuple[BrokerAddress, str], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must map broker addresses (as in 'brokers') to the name each broker's "
+                          f"certificate carries, e.g. {{\"10.0.0.5:9093\": kafka-1.example.com}}")
+    names = []
+    for address, name in value.items():
+        broker = BrokerAddress.parse(address, where=f"{where} item {address!r}")
+        if not isinstance(name, str) or not (_DNS_NAME.fullmatch(name) or _is_ip(name)):
+            raise ConfigError(f"{where} item {address!r}: {name!r} is not a DNS name or IP address a certificate "
+                              "could carry")
+        names.append((broker, name.rstrip(".")))
+    return tuple(names)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def memory_ceiling(config: Config) -> int:
@@ -342,6 +476,8 @@ def _parse_embedded_broker(value: Any, where: str) -> EmbeddedBrokerConfig:
             raise ConfigError(f"{inner} is not an embedded broker setting; valid: {', '.join(sorted(known))}")
         if key == "oauth":
             changes[key] = None if item is None else _parse_embedded_oauth(item, inner)
+        elif key == "tls":
+            changes[key] = None if item is None else _parse_embedded_tls(item, inner)
         elif key.startswith("port") or key == "controller_port":
             if not isinstance(item, int) or isinstance(item, bool) or not 0 < item < 65536:
                 raise ConfigError(f"{inner} must be a port from 1 to 65535, got {item!r}")
@@ -355,16 +491,48 @@ def _parse_embedded_broker(value: Any, where: str) -> EmbeddedBrokerConfig:
                 raise ConfigError(f"{inner} must be a non-empty string")
             changes[key] = item
     broker = replace(EmbeddedBrokerConfig(), **changes)
+    taken = {"port4": broker.port4, "controller_port": broker.controller_port,
+             "the inter-broker listener (controller_port + 1)": broker.controller_port + 1}
+    if broker.host6:
+        taken["port6"] = broker.port6
+    extra = {}
     if broker.oauth is not None:
-        taken = {"port4": broker.port4, "controller_port": broker.controller_port,
-                 "the inter-broker listener (controller_port + 1)": broker.controller_port + 1}
+        extra["'oauth' port"] = broker.oauth.port
+    if broker.tls is not None:
+        extra.update({"'tls' port": broker.tls.port, "'tls' mtls_port": broker.tls.mtls_port,
+                      "'tls' cert_port": broker.tls.cert_port, "'tls' expired_port": broker.tls.expired_port})
         if broker.host6:
-            taken["port6"] = broker.port6
-        for name, port in taken.items():
-            if port == broker.oauth.port:
-                raise ConfigError(f"{where}: key 'oauth' port {port} is also {name}; give the OAuth listener a "
-                                  "port of its own")
+            extra["'tls' port6"] = broker.tls.port6
+    for name, port in extra.items():
+        if port == 0:
+            continue
+        for other, taken_port in taken.items():
+            if port == taken_port:
+                raise ConfigError(f"{where}: key {name} {port} is also {other}; give each listener a port of its own")
+        taken[name] = port
     return broker
+
+
+_EMBEDDED_TLS_KEYS = tuple(f.name for f in fields(EmbeddedTlsConfig))
+
+
+def _parse_embedded_tls(value: Any, where: str) -> EmbeddedTlsConfig:
+    if value == {} or value is True:
+        return EmbeddedTlsConfig()
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of TLS listener ports ({', '.join(_EMBEDDED_TLS_KEYS)}), "
+                          f"or {{}} for the defaults")
+    changes: dict[str, int] = {}
+    for key, item in value.items():
+        if key not in _EMBEDDED_TLS_KEYS:
+            raise ConfigError(f"{where}: key {key!r} is not a TLS listener setting; valid: "
+                              f"{', '.join(_EMBEDDED_TLS_KEYS)}")
+        low = 0 if key in ("mtls_port", "cert_port", "expired_port") else 1
+        if not isinstance(item, int) or isinstance(item, bool) or not low <= item < 65536:
+            raise ConfigError(f"{where}: key {key!r} must be a port from {low} to 65535"
+                              f"{' (0: no such listener)' if low == 0 else ''}, got {item!r}")
+        changes[key] = item
+    return EmbeddedTlsConfig(**changes)
 
 
 _OAUTH_KEYS = tuple(f.name for f in fields(EmbeddedOAuthConfig))

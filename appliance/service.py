@@ -19,6 +19,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 from appliance.audit import store
 from appliance.audit.records import Event
 from appliance.audit.writer import AuditWriter
-from appliance.broker.credentials import OAuthBearerCredentials, load_credentials
+from appliance.broker.credentials import ClientCertificateOnly, OAuthBearerCredentials, load_credentials
 from appliance.broker.oauth_token import TokenUnavailable
 from appliance.broker.token_source import TokenSource
 from appliance.config import Config, ConfigError
@@ -38,6 +39,7 @@ from appliance.identity.revocations import RevocationError, RevocationStore
 from appliance.identity.static_credentials import StaticCredentialsError, load_static_credentials
 from appliance.identity.workloads import WorkloadIdentity
 from appliance.masking.secret import load_or_create_secret
+from appliance.proxy.upstream_tls import TlsFileError, upstream_tls
 from appliance.policy.model import Policy
 from appliance.policy.parser import PolicyError, load_policy
 from appliance.proxy.audit_gate import AUDIT_FAILING_ERROR
@@ -97,7 +99,15 @@ class Appliance:
 
     async def run(self) -> None:
         config = self.config
-        credentials = load_credentials(config.upstream_credentials)
+        if config.upstream_credentials is None:  # no SASL: the client certificate is the principal (SSL)
+            credentials = ClientCertificateOnly(config.upstream_tls.client_cert)
+        else:
+            credentials = load_credentials(config.upstream_credentials)
+        # Built once: every upstream connection shares it. Its files were checked when the config loaded.
+        try:
+            tls = upstream_tls(config.upstream_tls)
+        except (TlsFileError, ssl.SSLError) as e:  # a file changed since the load checked it
+            raise ConfigError(f"{config.source}: key 'upstream_tls': {e}") from None
         upstream = credentials
         if isinstance(credentials, OAuthBearerCredentials):
             self.token_source = upstream = TokenSource(credentials)
@@ -137,7 +147,7 @@ class Appliance:
                     identity_of=self.by_cgroup_id.get, credentials=upstream, policy=lambda: self.policy,
                     audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
                     upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed,
-                    workloads=self.workloads, **self._bounds(),
+                    workloads=self.workloads, upstream_tls=tls, **self._bounds(),
                 )
 
             self.server = make_server(config.listen_port)
@@ -175,6 +185,10 @@ class Appliance:
                         "exempt": sorted(self.exempt.values())})
             log.info("serving: listener %s/%s port %d; steering %s; config %s", config.listen_host4,
                      config.listen_host6, config.listen_port, ", ".join(map(str, config.brokers)), config.source)
+            if tls is not None:
+                log.info("upstream TLS to every broker (%s), verifying against %s%s, at least %s%s",
+                         "SSL, no SASL" if config.upstream_credentials is None else "SASL_SSL", tls.trust, "" if tls.config.verify_hostname else " without checking host names",
+                         tls.config.min_version, ", with a client certificate" if tls.config.client_cert else "")
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stopping.set)

@@ -115,6 +115,21 @@ def oauth_problem(token_endpoint, client_id, client_secret, scope) -> tuple[str,
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ClientCertificateOnly:
+    """No SASL at all (`upstream_credentials: null`): the broker's SSL listener knows the appliance by its
+    TLS client certificate (`upstream_tls.client_cert`), whose subject is the principal."""
+
+    certificate: Path
+    mechanism = "TLS client certificate"  # what `appliance status` shows as the upstream authentication
+
+    def current(self, now: float) -> "ClientCertificateOnly":
+        return self
+
+    def refresh_now(self) -> None:
+        """A certificate is renewed by replacing its file and restarting, not by asking."""
+
+
 AnyCredentials = UpstreamCredentials | OAuthBearerCredentials
 
 

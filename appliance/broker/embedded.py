@@ -33,6 +33,7 @@ about 0.5 s; most of the start is JVM and Scala class loading.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import fcntl
 import logging
@@ -62,8 +63,9 @@ from appliance.broker.properties import (
     log4j2_properties,
     oauth_address,
     server_properties,
+    tls_listeners,
 )
-from appliance.broker.storage import ensure_credentials, format_storage, write_private
+from appliance.broker.storage import ensure_credentials, ensure_tls_files, format_storage, write_private
 from appliance.config import BrokerAddress, EmbeddedBrokerConfig
 from appliance.identity import cgroups
 
@@ -88,6 +90,8 @@ class BrokerStatus:
     data_dir: Path
     netns: str | None = None
     oauth_address: str | None = None  # the OAUTHBEARER listener, when configured
+    tls_listeners: tuple[tuple[str, str], ...] = ()  # (name, address) of each TLS listener, when configured
+    tls_ca: Path | None = None  # the CA their certificates chain to
 
 
 class EmbeddedBroker:
@@ -147,6 +151,8 @@ class EmbeddedBroker:
             self._prepare_netns()
         self._check_ports_free()
         appliance, intruder = ensure_credentials(self.files)
+        if self.config.tls is not None:
+            ensure_tls_files(self.files, self.config, datetime.datetime.now(datetime.timezone.utc))
         write_private(
             self.files.server_properties,
             server_properties(
@@ -194,6 +200,8 @@ class EmbeddedBroker:
             data_dir=self.files.data_dir,
             netns=self.netns,
             oauth_address=None if self.oauth_address is None else str(self.oauth_address),
+            tls_listeners=tuple((name, str(a)) for name, a in tls_listeners(self.config).items()),
+            tls_ca=self.files.ca_cert if self.config.tls is not None else None,
         )
 
     def java_tool(
@@ -258,7 +266,8 @@ class EmbeddedBroker:
 
     def _check_ports_free(self) -> None:
         """Fail early, naming the address, rather than after format with Kafka's bind error in the log."""
-        wanted = [*listening_addresses(self.config), BrokerAddress("127.0.0.1", self.config.controller_port),
+        wanted = [*listening_addresses(self.config), *tls_listeners(self.config).values(),
+                  BrokerAddress("127.0.0.1", self.config.controller_port),
                   BrokerAddress("127.0.0.1", internal_port(self.config))]
         where = f" in network namespace {self.netns}" if self.netns else ""
         for address in wanted:

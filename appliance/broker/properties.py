@@ -11,8 +11,19 @@ Listeners and why each exists:
     INTERNAL   127.0.0.1:ctrl+1     SASL_PLAINTEXT  PLAIN, user `node` (inter-broker)
     CONTROLLER 127.0.0.1:ctrl       SASL_PLAINTEXT  PLAIN, user `node` (KRaft)
     OAUTH      host4:oauth.port     SASL_PLAINTEXT  OAUTHBEARER (only with `oauth` configured)
+    TLS        host4:tls.port       SASL_SSL        as CLIENT, over TLS (only with `tls` configured)
+    TLS6       [host6]:tls.port6    SASL_SSL        same (left out when host6 is empty)
+    MTLS       host4:tls.mtls_port  SASL_SSL        as TLS, and demands a client certificate from the CA
+    CERT       host4:tls.cert_port  SSL             no SASL: the client certificate (from the CA) is the principal
+    EXPIRED    host4:tls.expired_port SASL_SSL      as TLS, with a certificate that has expired
 
-Only CLIENT, CLIENT6 and OAUTH are for clients. OAUTH's tokens are checked by
+The TLS listeners' certificates are PEM files under `<data_dir>/tls/`
+(certificates.py makes them, embedded.py writes them): Kafka reads PEM
+keystores and truststores itself (`ssl.keystore.type=PEM`). The CA persists
+across starts, so an appliance's `upstream_tls.ca_file` pointing at it stays
+valid; the leaf certificates are new at every start.
+
+Only CLIENT, CLIENT6, OAUTH and the TLS listeners are for clients. OAUTH's tokens are checked by
 Kafka's own `OAuthBearerValidatorCallbackHandler` against the provider's JWKS
 (signature, `exp`/`nbf` with the configured clock skew, the exact issuer and
 audience); the principal is the token's `principal_claim` (Keycloak's `azp`:
@@ -46,6 +57,10 @@ NODE_ID = 1
 NODE_USER = "node"
 APPLIANCE_USER = "appliance"
 INTRUDER_USER = "intruder"
+# The principal Kafka makes of the appliance's client certificate on the CERT listener (its subject DN),
+# a super user like the SCRAM user `appliance`.
+CLIENT_CERTIFICATE_CN = "appliance"
+CERTIFICATE_PRINCIPAL = f"CN={CLIENT_CERTIFICATE_CN}"
 CLIENT_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 _SCRAM_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
 _PLAIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule"
@@ -118,6 +133,37 @@ class BrokerFiles:
     def credentials_file(self, user: str) -> Path:
         return self.data_dir / f"{user}-credentials.json"
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        """The CA of every TLS listener: what a client (the appliance's `upstream_tls.ca_file`) trusts."""
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.tls_dir / "ca-key.pem"
+
+    @property
+    def server_keystore(self) -> Path:
+        """The TLS listeners' certificate and key, one PEM file (Kafka's `ssl.keystore.location`)."""
+        return self.tls_dir / "broker.pem"
+
+    @property
+    def expired_keystore(self) -> Path:
+        return self.tls_dir / "broker-expired.pem"
+
+    @property
+    def client_cert(self) -> Path:
+        """The appliance's client certificate for the MTLS listener (`upstream_tls.client_cert`)."""
+        return self.tls_dir / "appliance-client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.tls_dir / "appliance-client-key.pem"
+
 
 def internal_port(config: EmbeddedBrokerConfig) -> int:
     """The inter-broker listener's port: the one after the controller's (the config has no key for it)."""
@@ -135,6 +181,23 @@ def client_addresses(config: EmbeddedBrokerConfig) -> tuple[BrokerAddress, ...]:
 def oauth_address(config: EmbeddedBrokerConfig) -> BrokerAddress | None:
     """The OAUTHBEARER listener's address, or None when the broker has none."""
     return None if config.oauth is None else BrokerAddress(config.host4, config.oauth.port)
+
+
+def tls_listeners(config: EmbeddedBrokerConfig) -> dict[str, BrokerAddress]:
+    """The TLS listeners by name (TLS, TLS6, MTLS, CERT, EXPIRED), those configured; none without `tls`."""
+    tls = config.tls
+    if tls is None:
+        return {}
+    listeners = {"TLS": BrokerAddress(config.host4, tls.port)}
+    if config.host6:
+        listeners["TLS6"] = BrokerAddress(config.host6, tls.port6)
+    if tls.mtls_port:
+        listeners["MTLS"] = BrokerAddress(config.host4, tls.mtls_port)
+    if tls.cert_port:
+        listeners["CERT"] = BrokerAddress(config.host4, tls.cert_port)
+    if tls.expired_port:
+        listeners["EXPIRED"] = BrokerAddress(config.host4, tls.expired_port)
+    return listeners
 
 
 def listening_addresses(config: EmbeddedBrokerConfig) -> tuple[BrokerAddress, ...]:
@@ -180,6 +243,9 @@ def server_properties(
     if oauth is not None:
         clients = clients + (oauth_address(config),)
         client_names = client_names + ["OAUTH"]
+    tls = tls_listeners(config)
+    clients = clients + tuple(tls.values())
+    client_names = client_names + list(tls)
     client_listeners = [f"{name}://{addr}" for name, addr in zip(client_names, clients)]
     plain_clients = {appliance.username: appliance.password, intruder.username: intruder.password}
     node_jaas = _jaas_plain({NODE_USER: node_password}, login=(NODE_USER, node_password))
@@ -197,7 +263,7 @@ def server_properties(
         # bootstraps over IPv6 stays on IPv6.
         "advertised.listeners=" + ",".join(client_listeners + [f"INTERNAL://{internal}"]),
         "listener.security.protocol.map="
-        + ",".join(f"{n}:SASL_PLAINTEXT" for n in client_names + ["INTERNAL", "CONTROLLER"]),
+        + ",".join(f"{n}:{_protocol(n, tls)}" for n in client_names + ["INTERNAL", "CONTROLLER"]),
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=INTERNAL",
         "sasl.mechanism.inter.broker.protocol=PLAIN",
@@ -219,6 +285,10 @@ def server_properties(
                 f"sasl.oauthbearer.clock.skew.seconds={oauth.clock_skew_s}",
             ]
             continue
+        if name in tls:
+            lines += _tls_listener_lines(prefix, name, files)
+        if name == "CERT":
+            continue  # no SASL: the certificate's subject is the principal
         lines += [
             f"{prefix}.sasl.enabled.mechanisms={','.join(CLIENT_MECHANISMS)}",
             f"{prefix}.scram-sha-512.sasl.jaas.config={_SCRAM_MODULE} required;",
@@ -236,7 +306,8 @@ def server_properties(
         # The appliance is the only client principal with any right; `node` is
         # the node talking to itself.
         f"super.users=User:{appliance.username};User:{NODE_USER}"
-        + (f";User:{oauth.principal}" if oauth is not None else ""),
+        + (f";User:{oauth.principal}" if oauth is not None else "")
+        + (f";User:{CERTIFICATE_PRINCIPAL}" if "CERT" in tls else ""),
         f"log.dirs={_escape(str(files.kafka_data))}",
         "num.partitions=1",
         "default.replication.factor=1",
@@ -254,6 +325,30 @@ def server_properties(
         "log.segment.bytes=67108864",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _protocol(name: str, tls: dict[str, BrokerAddress]) -> str:
+    if name == "CERT":
+        return "SSL"
+    return "SASL_SSL" if name in tls else "SASL_PLAINTEXT"
+
+
+def _tls_listener_lines(prefix: str, name: str, files: BrokerFiles) -> list[str]:
+    """One TLS listener's keystore (PEM: certificate chain and unencrypted PKCS#8 key in one file) and, for
+    MTLS, the truststore its client certificates must chain to."""
+    keystore = files.expired_keystore if name == "EXPIRED" else files.server_keystore
+    lines = [
+        f"{prefix}.ssl.keystore.type=PEM",
+        f"{prefix}.ssl.keystore.location={_escape(str(keystore))}",
+        f"{prefix}.ssl.enabled.protocols=TLSv1.2,TLSv1.3",
+    ]
+    if name in ("MTLS", "CERT"):
+        lines += [
+            f"{prefix}.ssl.client.auth=required",
+            f"{prefix}.ssl.truststore.type=PEM",
+            f"{prefix}.ssl.truststore.location={_escape(str(files.ca_cert))}",
+        ]
+    return lines
 
 
 def log4j2_properties(log_file: Path) -> str:

@@ -9,6 +9,7 @@ the metadata log can no longer be matched.
 from __future__ import annotations
 
 import base64
+import datetime
 import logging
 import os
 import secrets
@@ -23,8 +24,10 @@ from appliance.broker.credentials import (
     load_credentials,
     write_credentials,
 )
+from appliance.broker.certificates import Authority, load_authority
 from appliance.broker.errors import BrokerError
-from appliance.broker.properties import APPLIANCE_USER, INTRUDER_USER, BrokerFiles
+from appliance.broker.properties import APPLIANCE_USER, CLIENT_CERTIFICATE_CN, INTRUDER_USER, BrokerFiles
+from appliance.config import EmbeddedBrokerConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,41 @@ def ensure_credentials(files: BrokerFiles) -> tuple[UpstreamCredentials, Upstrea
             write_credentials(path, credentials)
             result.append(credentials)
     return result[0], result[1]
+
+
+_CA_NAME = "appliance embedded broker CA"
+# Names the TLS listeners' certificate carries besides the listener IPs, for `upstream_tls.server_names`.
+BROKER_DNS_NAMES = ("localhost", "broker.appliance.internal")
+
+
+def ensure_tls_files(files: BrokerFiles, config: EmbeddedBrokerConfig, now: datetime.datetime) -> None:
+    """The TLS listeners' PEM files: the CA kept from an earlier start (or made now), fresh leaf certificates.
+
+    Keystores and keys are mode 0600; the CA certificate is readable by all, it is public."""
+    files.tls_dir.mkdir(mode=0o700, exist_ok=True)
+    authority = None
+    if files.ca_cert.exists() and files.ca_key.exists():
+        try:
+            authority = load_authority(files.ca_cert.read_bytes(), files.ca_key.read_bytes())
+        except ValueError as e:
+            log.warning("%s: unusable (%s); making a new CA", files.ca_cert, e)
+        else:
+            if authority.certificate.not_valid_after < now.replace(tzinfo=None) + datetime.timedelta(days=30):
+                authority = None  # close to its end: a new one, rather than listeners failing in a month
+    if authority is None:
+        authority = Authority.create(_CA_NAME, now)
+        write_private(files.ca_key, authority.key_pem().decode())
+        files.ca_cert.write_bytes(authority.cert_pem)
+        files.ca_cert.chmod(0o644)
+    hosts = (config.host4,) + ((config.host6,) if config.host6 else ()) + BROKER_DNS_NAMES
+    server = authority.issue("embedded broker", now, hosts=hosts)
+    write_private(files.server_keystore, server.chain_pem.decode())
+    expired = authority.issue("embedded broker (expired)", now, hosts=hosts, days=1,
+                              not_before=now - datetime.timedelta(days=10))
+    write_private(files.expired_keystore, expired.chain_pem.decode())
+    client = authority.issue(CLIENT_CERTIFICATE_CN, now, client=True)
+    files.client_cert.write_bytes(client.cert_pem)
+    write_private(files.client_key, client.key_pem.decode())
 
 
 def format_storage(files: BrokerFiles, java: str, jars: Path, users: tuple[UpstreamCredentials, ...],

@@ -103,7 +103,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps({
             "running": s.running, "answering": s.answering, "pid": s.pid,
             "client_addresses": list(s.client_addresses), "log": str(s.log_path), "data_dir": str(s.data_dir),
-            "oauth_address": s.oauth_address,
+            "oauth_address": s.oauth_address, "tls_listeners": dict(s.tls_listeners),
+            "tls_ca": None if s.tls_ca is None else str(s.tls_ca),
         }, indent=2))
     else:
         if not s.running:
@@ -117,6 +118,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"client address: {address}")
         if s.oauth_address is not None:
             click.echo(f"OAUTHBEARER address: {s.oauth_address}")
+        for name, address in s.tls_listeners:
+            click.echo(f"TLS listener {name}: {address}")
+        if s.tls_ca is not None:
+            click.echo(f"TLS CA (upstream_tls.ca_file): {s.tls_ca}")
         click.echo(f"log: {s.log_path}")
         click.echo(f"data: {s.data_dir}")
     ctx.exit(0 if s.running and s.answering else 3)

@@ -13,11 +13,14 @@ class UpstreamConnected:
     appliance's credentials, so the session relays at once. `authenticated_at`
     and `session_lifetime_s`: when, and for how long the broker granted that
     authentication (KIP-368; None: no limit), so the session renews it in time.
+    `pooled` False with `authenticated`: the session's own connection, which
+    the TLS client certificate authenticated (no SASL with the brokers).
     """
 
     authenticated: bool = False
     authenticated_at: float | None = None
     session_lifetime_s: float | None = None
+    pooled: bool = True
 
 
 @dataclass(frozen=True, slots=True)

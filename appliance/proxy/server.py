@@ -23,6 +23,13 @@ workload per second.
 already authenticated, so a new session starts relaying without its own SASL
 exchange.
 
+With upstream TLS configured (`upstream_tls`), every broker connection, a
+session's own or a pooled one, is a TLS connection made with the one context
+built at start; a failed handshake closes the session with an audited reason
+naming the broker and the fault, and is logged once per broker and fault.
+Nothing is ever retried in plaintext. Plaintext connections take exactly the
+path they took before: TLS changes only the transport asyncio builds.
+
 The sweep also tells each session whose own SASL session with the broker is
 due for renewal (KIP-368, `Session.upstream_reauthenticate_at`) with the
 credential source's current secret, and a `RefreshUpstreamToken` command asks
@@ -37,6 +44,7 @@ import gc
 import json
 import logging
 import socket
+import ssl
 import time
 import uuid
 from collections import deque
@@ -47,7 +55,8 @@ from typing import Callable
 from kio.serial.errors import SerialError
 
 from appliance.audit.records import Event, SessionOpened
-from appliance.config import READ_CHUNK_BYTES
+from appliance.config import READ_CHUNK_BYTES, BrokerAddress
+from appliance.broker.credentials import ClientCertificateOnly
 from appliance.broker.oauth_token import BearerToken, TokenUnavailable
 from appliance.identity import process
 from appliance.identity.enrollment import Enrollment, binding_of
@@ -64,6 +73,7 @@ from appliance.proxy.limits import Clock, Limits, deadline_passed, may_read_clie
 from appliance.proxy.original_dst import Lookup, OriginalDestination
 from appliance.proxy.session import Session
 from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError, UpstreamCredentialSource
+from appliance.proxy.upstream_tls import UpstreamTls, describe_failure, is_tls_failure
 
 log = logging.getLogger("appliance.proxy")
 # A pooled connection is handed out only while younger than this, well inside
@@ -114,6 +124,44 @@ class _TokenRefresh:
         self._asked_at = now
         log.info("asking for a fresh upstream token: %s", reason)
         self.credentials.refresh_now()
+
+
+_TLS_FAULT_RELOG_S = 600.0
+# What a connect raises beyond ssl's own errors when the broker ends the TLS handshake, or it takes too long.
+_HANDSHAKE_ENDINGS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+
+
+class _TlsFaults:
+    """The TLS side of broker connections: how to open one, and each broker's fault logged once.
+
+    A broker whose certificate is wrong fails every session the same way; the log says so once (again
+    when the fault changes, and every ten minutes while it lasts), while every session's close is audited.
+    A finished handshake is no proof the fault has gone: a TLS 1.3 broker refuses a client certificate
+    after it, so nothing here is cleared on success.
+    """
+
+    def __init__(self, tls: UpstreamTls | None, connect_timeout_s: float) -> None:
+        self.tls = tls
+        self.connect_timeout_s = connect_timeout_s
+        self._logged: dict[tuple[str, int], tuple[str, float]] = {}  # the fault last logged, and when (monotonic)
+
+    def connect_arguments(self, address: tuple[str, int]) -> dict:
+        if self.tls is None:
+            return {}
+        return self.tls.connect_arguments(BrokerAddress(*address), self.connect_timeout_s)
+
+    def failure(self, address: tuple[str, int], error: BaseException, *, handshake: bool = False) -> str | None:
+        """The audit reason if `error` ended a TLS connection to `address` (logged once), else None.
+        `handshake`: it ended the connect, where a reset or abort (the handshake deadline) is TLS's too."""
+        if self.tls is None or not (is_tls_failure(error) or handshake and isinstance(error, _HANDSHAKE_ENDINGS)):
+            return None
+        reason = describe_failure(BrokerAddress(*address), error, self.tls)
+        last, now = self._logged.get(address), time.monotonic()
+        if last is None or last[0] != reason or now - last[1] >= _TLS_FAULT_RELOG_S:
+            self._logged[address] = (reason, now)
+            log.error("%s; sessions to this broker close with this reason until it is fixed (nothing is sent to "
+                      "it in plaintext)", reason)
+        return reason
 
 
 class _Reading:
@@ -319,10 +367,16 @@ class _Connection:
             self.client_reading.resume("connecting")
             return
         loop = asyncio.get_running_loop()
+        tls = self.server.tls
         try:
             transport, _ = await loop.create_connection(
-                lambda: _UpstreamProtocol(self), self.origin.broker_host, self.origin.broker_port)
-        except OSError as e:
+                lambda: _UpstreamProtocol(self), self.origin.broker_host, self.origin.broker_port,
+                **tls.connect_arguments(address))
+        except (OSError, ssl.CertificateError) as e:  # ssl.SSLError is an OSError
+            reason = tls.failure(address, e, handshake=True)
+            if reason is not None:  # the broker answers; its TLS is wrong: no reason to stop steering to it
+                self.dispatch(ev.UpstreamClosed(reason))
+                return
             self.server.upstream_failed(address)
             self.dispatch(ev.UpstreamClosed(f"cannot reach broker {self.origin.broker_address}: {e.strerror or e}"))
             return
@@ -331,7 +385,10 @@ class _Connection:
             return
         self._upstream_open(transport)
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.dispatch(ev.UpstreamConnected())
+        if self.server.pool.sasl:
+            self.dispatch(ev.UpstreamConnected())
+        else:  # the TLS client certificate was the authentication: nothing to exchange, nothing to renew
+            self.dispatch(ev.UpstreamConnected(authenticated=True, authenticated_at=time.time(), pooled=False))
         self.client_reading.resume("connecting")
 
 
@@ -372,8 +429,11 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.conn.dispatch(ev.UpstreamData(data), True)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.dispatch(ev.UpstreamClosed(f"broker closed the connection{f': {exc}' if exc else ''}"))
-        self.conn.close()
+        conn = self.conn
+        # A TLS 1.3 broker refuses a client certificate (or its absence) after the handshake, on the first read.
+        reason = None if exc is None else conn.server.tls.failure((conn.origin.broker_host, conn.origin.broker_port), exc)
+        conn.dispatch(ev.UpstreamClosed(reason or f"broker closed the connection{f': {exc}' if exc else ''}"))
+        conn.close()
 
     def pause_writing(self) -> None:
         self.conn.client_reading.pause("upstream-busy")
@@ -400,6 +460,9 @@ class _Parked(asyncio.Protocol):
         self.transport = transport
         self.pool.authenticating.add(self)
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self.pool.sasl:  # authenticated by the client certificate in the handshake
+            self._authenticated()
+            return
         try:
             transport.write(self.auth.start())
         except UpstreamAuthError as e:  # no valid token held at this moment
@@ -426,11 +489,14 @@ class _Parked(asyncio.Protocol):
             if following is not None:
                 self.transport.write(following)
             else:
-                self.ready = True
-                self.ready_at = time.monotonic()
-                self.authenticated_at = time.time()
-                self.pool.authenticating.discard(self)
-                self.pool.park(self)
+                self._authenticated()
+
+    def _authenticated(self) -> None:
+        self.ready = True
+        self.ready_at = time.monotonic()
+        self.authenticated_at = time.time()
+        self.pool.authenticating.discard(self)
+        self.pool.park(self)
 
     def usable(self, now: float) -> bool:
         """Open, and young enough that the broker will not end it soon after a session takes it: within a
@@ -452,6 +518,8 @@ class _Parked(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.authenticating.discard(self)
         self.pool.forget(self)
+        if exc is not None and self.pool.tls.failure(self.address, exc) is not None:
+            self.pool.failed(self.address)
 
 
 class UpstreamPool:
@@ -466,8 +534,11 @@ class UpstreamPool:
     """
 
     def __init__(self, credentials: UpstreamCredentialSource, max_frame_bytes: int, size: int, *,
-                 connect_timeout_s: float = 10.0, sasl_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0, sasl_timeout_s: float = 10.0, tls: _TlsFaults | None = None) -> None:
         self.credentials = credentials
+        self.tls = tls or _TlsFaults(None, connect_timeout_s)
+        # False: the brokers know the appliance by its TLS client certificate (SSL, no SASL exchange).
+        self.sasl = not isinstance(credentials, ClientCertificateOnly)
         self.token_refresh = _TokenRefresh(credentials)  # shared with the sessions (ProxyServer)
         self.max_frame_bytes = max_frame_bytes
         self.size = size
@@ -507,10 +578,15 @@ class UpstreamPool:
     async def _open(self, address: tuple[str, int]) -> None:
         try:
             await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-                lambda: _Parked(self, address), *address), self.connect_timeout_s)
+                lambda: _Parked(self, address), *address, **self.tls.connect_arguments(address)),
+                self.connect_timeout_s)
         except Exception as e:  # noqa: BLE001 - whatever failed, this attempt no longer counts as opening
             self._opening[address] -= 1
-            log.debug("pooled connection to %s:%d not opened: %s", *address, e)
+            # wait_for's own timeout may be the TCP connect's: only a fault TLS named counts as TLS's
+            if not isinstance(e, TimeoutError) and self.tls.failure(address, e, handshake=True) is not None:
+                self.failed(address)  # as for refused credentials: sessions meet (and audit) the fault themselves
+            else:
+                log.debug("pooled connection to %s:%d not opened: %s", *address, e)
 
     def sweep(self, now: float) -> None:
         """Close pooled connections whose SASL exchange has taken longer than sasl_timeout_s (monotonic `now`)."""
@@ -578,7 +654,7 @@ class ProxyServer:
         audit_failing: Callable[[], str | None] | None = None, release_memory: Callable[[], None] = release_freed_heap,
         policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int, upstream_pool: int = 0,
         upstream_failed: Callable[[tuple[str, int]], None] = lambda address: None,
-        workloads: WorkloadIdentity | None = None,
+        workloads: WorkloadIdentity | None = None, upstream_tls: UpstreamTls | None = None,
     ) -> None:
         # Told when a broker refuses a connect, so steering can refuse new connects to it at once.
         self.upstream_failed = upstream_failed
@@ -590,8 +666,9 @@ class ProxyServer:
         self.credentials = credentials
         self.audit = audit
         self.max_frame_bytes = max_frame_bytes
-        self.pool = UpstreamPool(credentials, max_frame_bytes, upstream_pool,
-                                 connect_timeout_s=limits.connect_timeout_s, sasl_timeout_s=limits.sasl_timeout_s)
+        self.tls = _TlsFaults(upstream_tls, limits.connect_timeout_s)
+        self.pool = UpstreamPool(credentials, max_frame_bytes, upstream_pool, connect_timeout_s=limits.connect_timeout_s,
+                                 sasl_timeout_s=limits.sasl_timeout_s, tls=self.tls)
         self.workloads = workloads or WorkloadIdentity()
         self.live: dict[str, _Connection] = {}
         self._servers: list[asyncio.AbstractServer] = []

@@ -250,8 +250,10 @@ class Session:
                         self._on_client(data, now, out)
                 case ev.UpstreamData(data):
                     self._on_upstream(data, now, out)
-                case ev.UpstreamConnected(authenticated=True, authenticated_at=at, session_lifetime_s=lifetime):
-                    out.append(Log("info", f"session {self.session_id} took a pre-authenticated upstream connection from the pool"))
+                case ev.UpstreamConnected(authenticated=True, authenticated_at=at, session_lifetime_s=lifetime,
+                                          pooled=pooled):
+                    if pooled:
+                        out.append(Log("info", f"session {self.session_id} took a pre-authenticated upstream connection from the pool"))
                     self._upstream.granted(now if at is None else at, lifetime)
                     self._start_relay(now, out)
                 case ev.UpstreamConnected():

@@ -39,7 +39,7 @@ from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
 from kio.schema.sasl_handshake.v1.response import SaslHandshakeResponse
 from kio.serial import entity_writer
 
-from appliance.broker.credentials import UpstreamCredentials
+from appliance.broker.credentials import ClientCertificateOnly, UpstreamCredentials
 from appliance.broker.oauth_token import BearerToken, TokenUnavailable
 from appliance.identity.sasl import format_oauthbearer
 from appliance.kafka import apis
@@ -48,7 +48,7 @@ from appliance.kafka.framing import frame
 
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN", "OAUTHBEARER")
 # What a session authenticates its broker connection with, as the shell hands it over.
-UpstreamSecret = UpstreamCredentials | BearerToken | TokenUnavailable
+UpstreamSecret = UpstreamCredentials | BearerToken | TokenUnavailable | ClientCertificateOnly
 
 
 class UpstreamCredentialSource(Protocol):
@@ -166,7 +166,9 @@ class UpstreamAuthenticator:
     """Produces the frames to send and consumes the broker's answers until authenticated."""
 
     def __init__(self, credentials: UpstreamSecret) -> None:
-        if isinstance(credentials, (BearerToken, TokenUnavailable)):
+        if isinstance(credentials, ClientCertificateOnly):
+            self.mechanism = "none"  # the shell hands such connections over as authenticated; start() is a backstop
+        elif isinstance(credentials, (BearerToken, TokenUnavailable)):
             self.mechanism = "OAUTHBEARER"
         elif credentials.mechanism in MECHANISMS[:3]:
             self.mechanism = credentials.mechanism
@@ -195,6 +197,9 @@ class UpstreamAuthenticator:
         if isinstance(self.credentials, TokenUnavailable):
             raise UpstreamAuthError(f"the appliance holds no valid OAUTHBEARER token for the broker: "
                                     f"{self.credentials.reason}")
+        if isinstance(self.credentials, ClientCertificateOnly):
+            raise UpstreamAuthError("the appliance uses no SASL with the brokers (upstream_credentials is null); "
+                                    f"its client certificate {self.credentials.certificate} names it")
         return self._send(apis.SASL_HANDSHAKE, 1, SaslHandshakeRequest, SaslHandshakeRequest(mechanism=self.mechanism))
 
     def _whose(self) -> str:

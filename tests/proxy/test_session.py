@@ -359,3 +359,19 @@ def test_tls_looking_bytes_after_the_first_request_are_a_malformed_frame():
     out = s.handle(ev.ClientData(client_hello()[0]), 0)
     reason = of(out, CloseConnection)[0].reason
     assert reason.startswith("malformed frame from client") and not of(out, SendToClient)
+
+
+def test_a_connection_the_client_certificate_authenticated_relays_at_once_with_nothing_to_renew():
+    """No SASL with the brokers (upstream_credentials: null): nothing is sent before the workload's bytes."""
+    from pathlib import Path
+
+    from appliance.broker.credentials import ClientCertificateOnly
+    from appliance.proxy.commands import Log
+
+    s = new_session(credentials=ClientCertificateOnly(Path("/etc/appliance/client.pem")))
+    out = s.handle(ev.UpstreamConnected(authenticated=True, authenticated_at=1.0, pooled=False), 1.0)
+    assert not of(out, SendToUpstream) and not [c for c in of(out, Log) if "pool" in c.message]
+    assert s.upstream_reauthenticate_at is None
+    request = metadata(correlation_id=7)
+    forwarded = of(s.handle(ev.ClientData(request), 2.0), SendToUpstream)
+    assert [c.data for c in forwarded] == [request]
