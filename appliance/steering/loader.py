@@ -366,3 +366,41 @@ class Steering:
                          "max_entries": info.max_entries})
         return {"attached": self._bpf is not None, "bpffs_dir": str(self.bpffs_dir), "programs": programs,
                 "maps": maps, "listeners": [list(s.getsockname()[:2]) for s in self.listeners if s.fileno() >= 0]}
+
+
+def release(bpffs_dir: Path = DEFAULT_BPFFS_DIR) -> list[str]:
+    """Take down a set no process owns any more: one left on purpose (`serve --keep-steering`) or by a crash.
+
+    Detaches our cgroup programs whose maps are pinned in `bpffs_dir` (and
+    orphans, pinned nowhere), detaches the sk_lookup link pinned there, and
+    removes the pins and the directory. Returns a line per thing removed. The
+    caller makes sure no serving process uses `bpffs_dir`.
+    """
+    bpffs_dir = Path(bpffs_dir)
+    removed: list[str] = []
+    by_name = {n: t for t, n in K.ATTACH_TYPE_NAMES.items()}
+    root = K.root_fd()
+    try:
+        for p in attached_programs():
+            if p["cgroup"] == "/" and p["bpffs_dir"] in (str(bpffs_dir), None):
+                K.detach_id(root, p["id"], by_name[p["attach_type"]])
+                removed.append(f"program {p['name']} (id {p['id']}, {p['attach_type']}) at {cgroup2_root()}")
+    finally:
+        os.close(root)
+    link_pin = bpffs_dir / K.LINK_PIN
+    link = K.lib.bpf_obj_get(os.fsencode(link_pin))
+    if link >= 0:
+        try:
+            K.check(K.lib.bpf_link_detach(link), f"detaching the link pinned at {link_pin}")
+        finally:
+            os.close(link)
+        link_pin.unlink(missing_ok=True)
+        removed.append(f"sk_lookup link {link_pin}")
+    for pin in sorted(bpffs_dir.glob(K.PIN_PREFIX + "*")) if bpffs_dir.is_dir() else ():
+        pin.unlink()
+        removed.append(f"pinned map {pin}")
+    try:
+        bpffs_dir.rmdir()
+    except OSError:
+        pass  # absent, or holding pins that are not ours
+    return removed
