@@ -40,6 +40,7 @@ import ctypes as ct
 import errno
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Iterable
@@ -56,9 +57,17 @@ __all__ = ["BrokerState", "CgroupCounters", "CgroupKind", "ConnRecord", "Refusal
            "attached_programs"]
 
 DEFAULT_BPFFS_DIR = Path("/sys/fs/bpf/appliance")
-# <repo>/bpf, found from this file: `appliance.__file__` is None when the
-# package is imported as a namespace (the editable install's finder does so).
-DEFAULT_BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+
+
+def _bpf_sources() -> Path:
+    """<repo>/bpf in a checkout, found from this file (`appliance.__file__` is None when the package is
+    imported as a namespace, as the editable install's finder does); else where a non-editable install
+    puts them (pyproject.toml's data-files): <venv>/share/appliance/bpf."""
+    checkout = Path(__file__).resolve().parents[2] / "bpf"
+    return checkout if (checkout / "steering.c").is_file() else Path(sys.prefix) / "share" / "appliance" / "bpf"
+
+
+DEFAULT_BPF_DIR = _bpf_sources()
 MAPS = ("brokers", "cgroups", "socks", "conn_by_peer", "counters", "health", "proxy_socks", "config", "refusals")
 CARRIED_OVER = ("brokers", "cgroups")  # the state that must survive a restart
 _NO_ENTRY_COUNT = {"socks", "conn_by_peer", "counters", "proxy_socks", "refusals"}  # never walked for status
