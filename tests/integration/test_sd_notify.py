@@ -3,6 +3,7 @@ and `serve --keep-steering` leaving the real programs attached until `appliance 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -52,9 +53,20 @@ def notify_socket(tmp_path):
     sock.close()
 
 
-def _serve(config_path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([PY, "-m", "appliance", "--config", str(config_path), "serve", *args],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+@contextlib.contextmanager
+def _serving(config_path, *args: str, env: dict | None = None):
+    """`appliance serve` with its output in a log beside the config; killed if a test leaves it running."""
+    log = config_path.with_name("serve.log")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([PY, "-m", "appliance", "--config", str(config_path), "serve", *args],
+                                env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    proc.log = log
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def _listening(port: int) -> bool:
@@ -79,8 +91,7 @@ def _messages(sock: socket.socket, until, timeout: float) -> list[bytes]:
 def test_ready_comes_once_serve_listens_and_watchdog_pings_follow_at_half_the_timeout(serve_config, notify_socket):
     path, sock = notify_socket
     assert not _listening(PORT)
-    proc = _serve(serve_config, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
-    try:
+    with _serving(serve_config, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}) as proc:
         first = _messages(sock, lambda got: bool(got), timeout=60)
         assert first and first[0].startswith(b"READY=1\n"), (first, proc.poll())
         assert b"STATUS=serving on port 39191" in first[0]
@@ -92,50 +103,41 @@ def test_ready_comes_once_serve_listens_and_watchdog_pings_follow_at_half_the_ti
         assert pings == [b"WATCHDOG=1\n"] * 4, pings
         assert 1.0 <= time.monotonic() - started < 3.5  # every 0.5 s
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, proc.stdout.read().decode()[-3000:]
+        assert proc.wait(30) == 0, proc.log.read_text()[-3000:]
         assert b"STOPPING=1\n" in _messages(sock, lambda got: b"STOPPING=1\n" in got, timeout=5)
         assert ours() == []  # without --keep-steering a stop detaches
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_without_notify_socket_serve_sends_nothing_and_still_serves(serve_config, notify_socket):
     _, sock = notify_socket
-    proc = _serve(serve_config)
-    try:
+    with _serving(serve_config) as proc:
         deadline = time.monotonic() + 60
         while not _listening(PORT):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-3000:]
+            assert proc.poll() is None and time.monotonic() < deadline, proc.log.read_text()[-3000:]
             time.sleep(0.2)
         assert _messages(sock, lambda got: bool(got), timeout=1) == []
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_keep_steering_leaves_the_programs_until_the_next_serve_or_detach(serve_config, notify_socket):
     path, sock = notify_socket
-    for round_ in range(2):  # the second serve takes the kept set over, as a systemd restart would
-        proc = _serve(serve_config, "--keep-steering", env={"NOTIFY_SOCKET": str(path)})
-        assert _messages(sock, lambda got: bool(got), timeout=60)[0].startswith(b"READY=1"), proc.poll()
-        ids = {p["id"] for p in ours()}
-        assert len(ids) >= 5
-        detach = subprocess.run([PY, "-m", "appliance", "--config", str(serve_config), "detach"],
-                                capture_output=True, text=True, timeout=60)
-        assert detach.returncode != 0 and "is running" in detach.stderr  # never under a serving appliance
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        _messages(sock, lambda got: b"STOPPING=1\n" in got, timeout=5)
-        kept = ours()
-        assert {p["id"] for p in kept} == ids, kept  # still attached, the same programs
-        assert not _listening(PORT)  # nothing listens: enrolled connects are refused, never sent direct
-        with pytest.raises(ConnectionRefusedError):  # and this unenrolled test process is refused in the kernel
-            socket.create_connection(("127.0.0.1", 39092), timeout=5).close()
+    for _ in range(2):  # the second serve takes the kept set over, as a systemd restart would
+        with _serving(serve_config, "--keep-steering", env={"NOTIFY_SOCKET": str(path)}) as proc:
+            assert _messages(sock, lambda got: bool(got), timeout=60)[0].startswith(b"READY=1"), proc.poll()
+            ids = {p["id"] for p in ours()}
+            assert len(ids) >= 5
+            detach = subprocess.run([PY, "-m", "appliance", "--config", str(serve_config), "detach"],
+                                    capture_output=True, text=True, timeout=60)
+            assert detach.returncode != 0 and "is running" in detach.stderr  # never under a serving appliance
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            _messages(sock, lambda got: b"STOPPING=1\n" in got, timeout=5)
+            kept = ours()
+            assert {p["id"] for p in kept} == ids, kept  # still attached, the same programs
+            assert not _listening(PORT)  # nothing listens: enrolled connects are refused, never sent direct
+            with pytest.raises(ConnectionRefusedError):  # and this unenrolled test process is refused in the kernel
+                socket.create_connection(("127.0.0.1", 39092), timeout=5).close()
     result = subprocess.run([PY, "-m", "appliance", "--config", str(serve_config), "detach", "--json"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
