@@ -53,14 +53,16 @@ def _line(key: str, value, *, commented: bool = False) -> str:
     return "\n".join("# " + line for line in text.splitlines()) if commented else text
 
 
-def production_config(*, etc_dir: Path, state_dir: Path, upstream_credentials: Path | None = None) -> str:
+def production_config(*, etc_dir: Path, state_dir: Path, with_broker: bool = False) -> str:
     """The file's text: the install's paths set, the rest commented at the code's defaults.
 
-    The upstream credentials default to a root-only file under `etc_dir`; a demo install with the
-    embedded broker passes the file that broker writes instead."""
+    The upstream credentials are a root-only file under `etc_dir`; a demo install with the embedded
+    broker keeps that broker's data under `state_dir` and uses the credentials it writes there."""
+    broker_dir = state_dir / "broker"
     config = dataclasses.replace(
         Config(), state_dir=state_dir, policy_file=etc_dir / "policy.yaml",
-        upstream_credentials=upstream_credentials or etc_dir / "credentials" / "upstream.json")
+        upstream_credentials=(broker_dir / "appliance-credentials.json" if with_broker
+                              else etc_dir / "credentials" / "upstream.json"))
     lines = [_HEADER.format(path=etc_dir / "appliance.yaml")]
     for f in dataclasses.fields(Config):
         if f.name in ("source", *NESTED):
@@ -74,6 +76,8 @@ def production_config(*, etc_dir: Path, state_dir: Path, upstream_credentials: P
             lines.append(_line(f.name, value))
         else:
             lines.append(_line(f.name, value, commented=True))
+    if with_broker:
+        lines.append(yaml.safe_dump({"embedded_broker": {"data_dir": str(broker_dir)}}, default_flow_style=False).strip())
     lines.append(_NESTED_NOTE.rstrip())
     return "\n".join(lines) + "\n"
 
@@ -82,10 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--etc", type=Path, required=True, help="the configuration directory (/etc/appliance)")
     parser.add_argument("--state", type=Path, required=True, help="state_dir (/var/lib/appliance)")
-    parser.add_argument("--upstream-credentials", type=Path, help="default: <etc>/credentials/upstream.json")
+    parser.add_argument("--with-broker", action="store_true", help="the embedded broker is the upstream (a demo)")
     args = parser.parse_args()
-    print(production_config(etc_dir=args.etc, state_dir=args.state, upstream_credentials=args.upstream_credentials),
-          end="")
+    print(production_config(etc_dir=args.etc, state_dir=args.state, with_broker=args.with_broker), end="")
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ def test_every_top_level_setting_is_named_so_an_operator_sees_what_exists():
             assert f"{f.name}" in text, f.name
 
 
-def test_a_demo_install_uses_the_embedded_brokers_credentials():
-    text = production_config(etc_dir=Path("/etc/appliance"), state_dir=Path("/var/lib/appliance"),
-                             upstream_credentials=Path("/var/lib/appliance/broker/appliance-credentials.json"))
-    assert parse_config(yaml.safe_load(text)).upstream_credentials == Path(
-        "/var/lib/appliance/broker/appliance-credentials.json")
+def test_a_demo_install_keeps_the_embedded_brokers_data_under_state_dir_and_uses_its_credentials():
+    text = production_config(etc_dir=Path("/p/etc/appliance"), state_dir=Path("/p/var/lib/appliance"), with_broker=True)
+    config = parse_config(yaml.safe_load(text))
+    assert config.embedded_broker.data_dir == Path("/p/var/lib/appliance/broker")
+    assert config.upstream_credentials == Path("/p/var/lib/appliance/broker/appliance-credentials.json")
 
 
 def test_each_commented_setting_loads_when_uncommented():

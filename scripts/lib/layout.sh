@@ -56,3 +56,8 @@ render_unit() {
   chmod 0644 "$2.new"
   mv "$2.new" "$2"
 }
+
+# systemd_running: true when PID 1 is systemd (not so in a container or a chroot), so systemctl works.
+systemd_running() {
+  [ -d /run/systemd/system ] && command -v systemctl >/dev/null
+}

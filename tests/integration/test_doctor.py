@@ -35,7 +35,13 @@ def doctor(tmp_path, broker, config):
         assert result.returncode in (0, 1), result.stderr
         findings = {f["check"]: f for f in json.loads(result.stdout)}
         return result.returncode, findings
-    yield run
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _remove_proxy_cgroup():
+    """Doctor moves itself into proxy_cgroup for its broker connects; the cgroup is left once it exits."""
+    yield
     try:
         cgroups.remove(cgroups.resolve(PROXY_CGROUP))
     except (cgroups.CgroupError, OSError):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -16,7 +18,11 @@ import yaml
 
 from appliance.audit import store
 from appliance.config import load_config
-from tests.integration.fixtures import REPO
+from appliance.identity import cgroups
+from appliance.steering.loader import attached_programs
+from tests.integration.fixtures import BROKER4, BROKER6, REPO
+
+BPFFS = "/sys/fs/bpf/appliance-test-install"
 
 
 def _run(script: str, prefix: Path, *args: str) -> str:
@@ -38,7 +44,36 @@ def _verify(unit: Path) -> None:
     assert result.returncode == 0 and unit.name not in result.stderr, f"{unit}:\n{result.stdout}\n{result.stderr}"
 
 
-def test_install_upgrade_uninstall_and_purge(tmp_path):
+def _serve_until_ready(venv: Path, config: Path, tmp_path: Path) -> None:
+    """The installed `appliance serve`, as the unit runs it, up to READY=1, then stopped with SIGTERM."""
+    notify = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify))
+        sock.settimeout(60)
+        with open(tmp_path / "serve.log", "wb") as log:
+            proc = subprocess.Popen([str(venv / "bin/appliance"), "--config", str(config), "serve"], cwd=tmp_path,
+                                    env={**os.environ, "NOTIFY_SOCKET": str(notify)}, stdout=log, stderr=log)
+        try:
+            assert sock.recv(4096).startswith(b"READY=1"), (tmp_path / "serve.log").read_text()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, (tmp_path / "serve.log").read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert not [p for p in attached_programs() if p["bpffs_dir"] == BPFFS]
+
+
+@pytest.fixture
+def proxy_cgroup():
+    yield "appliance-test-install-proxy"
+    try:
+        cgroups.remove(cgroups.resolve("appliance-test-install-proxy"))
+    except (cgroups.CgroupError, OSError):
+        pass
+
+
+def test_install_upgrade_uninstall_and_purge(tmp_path, broker, config, proxy_cgroup):
     assert os.geteuid() == 0, "scripts/install runs as root"
     prefix = tmp_path / "root"
     etc, state = prefix / "etc/appliance", prefix / "var/lib/appliance"
@@ -68,13 +103,18 @@ def test_install_upgrade_uninstall_and_purge(tmp_path):
     _verify(units / "appliance.service")
     assert not (units / "appliance-broker.service").exists()
 
-    # An operator edits the config; serve has written an audit database.
-    edited = (etc / "appliance.yaml").read_text().replace(
-        "bpffs_dir: /sys/fs/bpf/appliance", "bpffs_dir: /sys/fs/bpf/appliance-test-install")
+    # An operator edits the config (here: for the test broker, on ports and pins of the test's own), and the
+    # installed serve runs on it: it finds its BPF sources in the venv, and writes the audit database.
+    edited = (etc / "appliance.yaml").read_text() + yaml.safe_dump({
+        "listen_port": 39191, "brokers": [BROKER4, BROKER6], "bpffs_dir": BPFFS, "run_dir": str(tmp_path / "run"),
+        "proxy_cgroup": proxy_cgroup, "exempt_cgroups": [config.embedded_broker.cgroup],
+        "upstream_credentials": str(broker.files.appliance_credentials)})
     (etc / "appliance.yaml").write_text(edited)
-    db = store.open_db(state / "audit.db")
-    migrations = db.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    _serve_until_ready(venv, etc / "appliance.yaml", tmp_path)
+    db = store.open_read_only(state / "audit.db")
+    starts = db.conn.execute("SELECT count(*) FROM events WHERE kind = 'start'").fetchone()[0]
     db.conn.close()
+    assert starts == 1
     audit_bytes = (state / "audit.db").read_bytes()
 
     out = _run("install", prefix, "--with-broker")  # an upgrade that adds the demo broker
@@ -82,7 +122,7 @@ def test_install_upgrade_uninstall_and_purge(tmp_path):
     assert "appliance.yaml.dist" in out and (etc / "appliance.yaml.dist").is_file()
     assert "broker/appliance-credentials.json" in (etc / "appliance.yaml.dist").read_text()
     assert not (etc / "policy.yaml.dist").exists()  # unchanged: nothing to put beside it
-    assert (state / "audit.db").read_bytes() == audit_bytes and migrations > 0
+    assert (state / "audit.db").read_bytes() == audit_bytes
     _verify(units / "appliance-broker.service")
     _verify(units / "appliance.service")
 
