@@ -69,6 +69,7 @@ class SecretFile:
     mode: int | None = None  # st_mode, file type bits included
     uid: int | None = None
     dir_mode: int | None = None
+    load_error: str | None = None  # what the appliance's own loader says of its content, if anything
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +315,9 @@ def _secrets(facts: Facts) -> list[Finding]:
             findings.append(Finding(name, Status.FAIL, f"{f.path}: {'; '.join(faults)}",
                                     f"chown root:root {f.path} && chmod 600 {f.path} && chmod go-w "
                                     f"{PurePosixPath(f.path).parent}"))
+        elif f.load_error is not None:
+            findings.append(Finding(name, Status.FAIL, f"root's alone, but serve would refuse it: {f.load_error}",
+                                    f"correct {f.path} (docs/configuration.md has the format)"))
         else:
             findings.append(Finding(name, Status.OK, f"{f.path} is root's alone (mode {stat.S_IMODE(f.mode):04o})"))
     return findings

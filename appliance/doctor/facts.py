@@ -136,13 +136,31 @@ def _secret_file(role: str, path: Path) -> SecretFile:
         dir_mode = os.stat(path.parent).st_mode
     except OSError:
         dir_mode = None
-    return SecretFile(role, str(path), mode=info.st_mode, uid=info.st_uid, dir_mode=dir_mode)
+    return SecretFile(role, str(path), mode=info.st_mode, uid=info.st_uid, dir_mode=dir_mode,
+                      load_error=_load_error(role, path))
+
+
+def _load_error(role: str, path: Path) -> str | None:
+    """The appliance's own loader over the file, as serve will run it at start."""
+    from appliance.broker.credentials import CredentialsError, load_credentials
+    from appliance.identity.static_credentials import StaticCredentialsError, load_static_credentials
+
+    try:
+        if role == "upstream_credentials":
+            load_credentials(path)
+        elif role == "static_credentials_file":
+            load_static_credentials(path)
+    except (CredentialsError, StaticCredentialsError) as e:
+        return str(e)
+    return None
 
 
 def _upstream_is_oauth(path: Path) -> bool:
+    from appliance.broker.credentials import CredentialsError, OAuthBearerCredentials, load_credentials
+
     try:
-        return '"OAUTHBEARER"' in path.read_text()
-    except OSError:
+        return isinstance(load_credentials(path), OAuthBearerCredentials)
+    except CredentialsError:
         return False
 
 

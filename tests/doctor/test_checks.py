@@ -125,6 +125,12 @@ def test_credentials_must_be_roots_alone():
     assert "does not exist" in finding(dataclasses.replace(HEALTHY, secret_files=(gone,)), "upstream_credentials").detail
 
 
+def test_credentials_serve_would_refuse_fail_with_the_loaders_words():
+    empty = dataclasses.replace(CREDS, load_error=f"{CREDS.path}: key 'password' must be a non-empty string")
+    f = finding(dataclasses.replace(HEALTHY, secret_files=(empty,)), "upstream_credentials")
+    assert f.status is Status.FAIL and "key 'password' must be a non-empty string" in f.detail
+
+
 def test_an_unreachable_broker_fails_naming_it():
     down = (BrokerProbeResult("10.0.0.5:9092", False, "TCP connect failed: Connection refused"),)
     f = finding(dataclasses.replace(HEALTHY, brokers=down), "broker 10.0.0.5:9092")
