@@ -3,8 +3,10 @@
 Owns the lifecycle: enter the appliance's own (exempt) cgroup, attach the
 kernel programs, start the proxy listeners, keep the kernel's view of
 enrolments in line with the enrolment file, turn the kernel's refusal events
-into audit rows, publish a status snapshot for `appliance status`, and on
-SIGINT/SIGTERM close every session and detach everything.
+into audit rows, publish a status snapshot for `appliance status`, tell
+systemd when it is ready and that it is alive (sd_notify), and on
+SIGINT/SIGTERM close every session and detach everything (with
+keep_steering, leave the steering attached so connects stay refused).
 """
 
 from __future__ import annotations
