@@ -109,8 +109,10 @@ class WorkloadNamespaces:
     def close(self, inode: int, reason: str) -> None:
         """Stop steering connects in that namespace (refused again), then close the listeners there."""
         gone = self.listening.pop(inode)
-        self.steering.forget_netns(gone.cookie)
-        self.server.stop_listening_in_netns(inode, gone.cookie)
+        try:
+            self.steering.forget_netns(gone.cookie)
+        finally:  # a listener the kernel may still steer to is better closed than kept: SYNs are then refused
+            self.server.stop_listening_in_netns(inode, gone.cookie)
         log.info("stopped listening in network namespace net:[%d]: %s", inode, reason)
         self.event("netns-close", f"proxy stopped listening in network namespace net:[{inode}]: {reason}",
                    detail={"netns": f"net:[{inode}]", "netns_cookie": gone.cookie})
