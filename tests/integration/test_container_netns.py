@@ -22,7 +22,7 @@ import pytest
 from pyroute2 import NetNS
 
 from tests.integration.conftest import (BROKER_NETNS, CLIENTS, NETNS, NETNS_HOST, NETNS_PEER, PY, VETH_HOST, Cgroup,
-                                        audit, eventually, make_veth_netns, remove_veth_netns)
+                                        audit, cli, eventually, make_veth_netns, remove_veth_netns)
 
 CONTAINER = "appliance-test-ctr"
 CTR_HOST, CTR_PEER, CTR_NET = "10.231.1.1", "10.231.1.2", "10.231.1.0"
@@ -119,6 +119,7 @@ def test_an_enrolled_workload_in_the_container_produces_through_the_proxy(applia
     assert len(cookies) == 1 and None not in cookies
     (listener,) = [n for n in appliance.status()["netns_listeners"] if n["netns"] == container.netns]
     assert listener["netns_cookie"] in cookies
+    assert container.netns in cli(config_path, "status").stdout
     assert [e for e in audit(config_path, "events", "--kind", "netns-listen") if container.netns in e["message"]]
 
 
