@@ -105,6 +105,7 @@ def test_an_enrolled_workload_in_the_container_produces_through_the_proxy(applia
     reached = container.client(direct, "raw.py", "connect", NETNS_PEER, "39092")
     assert reached["errno"] == 0 and reached["peer"] == [NETNS_PEER, 39092]  # routable from the container
     workload = enroll("container-app")
+    workload.popen(container.argv("sleep", "60"))  # the namespace keeps an enrolled process after the client exits
     t = f"ctr-{secrets.token_hex(3)}"
     # The client's first connect may come before the appliance listens there (refused, foreign_netns);
     # librdkafka retries, and the appliance opens its listener within one maintenance step of that refusal.
