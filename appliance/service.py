@@ -52,6 +52,7 @@ from appliance.sd_notify import Notifier
 from appliance.steering.loader import BrokerState, CgroupKind, Steering
 from appliance.steering.probe import BrokerProbe
 from appliance.steering.structs import RefusalReason
+from appliance.workload_netns import WorkloadNamespaces
 
 log = logging.getLogger("appliance")
 # How long start-up waits for the first upstream OAuth token before serving anyway: sessions
@@ -70,7 +71,7 @@ _REFUSAL_WORDS = {
     RefusalReason.UNENROLLED: "from unenrolled cgroup",
     RefusalReason.NO_PROXY: "(no proxy configured yet) from enrolled cgroup",
     RefusalReason.BROKER_DOWN: "(the appliance cannot reach that broker now) from enrolled cgroup",
-    RefusalReason.FOREIGN_NETNS: "(another network namespace than the appliance's) from enrolled cgroup",
+    RefusalReason.FOREIGN_NETNS: "(a network namespace the proxy does not listen in yet) from enrolled cgroup",
     RefusalReason.NO_RECORD: "(no room to record the caller) from enrolled cgroup",
 }
 
@@ -84,6 +85,8 @@ class Appliance:
         self.notifier = Notifier()
         self.store = EnrollmentStore(config.enrollments_file)
         self.by_cgroup_id: dict[int, Enrollment] = {}
+        self.enrolled_dirs: dict[int, Path] = {}  # cgroup id -> its directory, where its processes are listed
+        self.namespaces: WorkloadNamespaces | None = None
         self.exempt: dict[int, str] = {}
         self._store_stamp: float | None = None
         self._last_full_sync = 0.0
@@ -187,6 +190,8 @@ class Appliance:
             # Ready: only now does the kernel hand steered connections to the
             # listeners; until here (and during a restart) they are refused.
             self.steering.admit(self.server.listening_sockets())
+            self.namespaces = WorkloadNamespaces(self.server, self.steering, self._event)
+            await self.namespaces.step(self.enrolled_dirs.values(), time.monotonic())
             self._event("start", f"appliance serving on port {config.listen_port}, steering "
                         f"{', '.join(map(str, config.brokers))}", detail={"config": config.source,
                         "exempt": sorted(self.exempt.values())})
@@ -241,6 +246,7 @@ class Appliance:
                 self.reload_revocations_if_changed()
                 self.reload_policy_if_changed()
                 self._drain_refusals()
+                await self.namespaces.step(self.enrolled_dirs.values(), time.monotonic())
                 self._watch_audit()
                 if time.monotonic() - last_status >= _STATUS_INTERVAL_S:
                     self.write_status()
@@ -434,6 +440,7 @@ class Appliance:
         self._store_stamp = stamp
         self._last_full_sync = time.monotonic()
         wanted: dict[int, Enrollment] = {}
+        changed = False
         for record in self.store.load().values():
             try:
                 cg = cgroups.resolve(record.cgroup_path)
@@ -441,22 +448,28 @@ class Appliance:
                 log.warning("enrolment of %s skipped: %s", record.identity, e)
                 continue
             wanted[cg.id] = record
+            self.enrolled_dirs[cg.id] = cg.directory
         for cgroup_id, record in list(self.by_cgroup_id.items()):
             if wanted.get(cgroup_id) != record:
                 self.steering.clear_cgroup(cgroup_id)
                 del self.by_cgroup_id[cgroup_id]
+                changed = True
                 closed = self.server.revoke(cgroup_id, f"workload {record.identity} was unenrolled")
                 log.info("unenrolled %s (%s); closed %d live session(s)", record.identity, record.cgroup_path, closed)
         for cgroup_id, record in wanted.items():
             if cgroup_id not in self.by_cgroup_id:
                 self.by_cgroup_id[cgroup_id] = record
                 self.steering.set_cgroup(cgroup_id, CgroupKind.ENROLLED)
+                changed = True
                 log.info("enrolled %s: cgroup %s (id %d)", record.identity, record.cgroup_path, cgroup_id)
         # The kernel map may hold entries this process never set: carried over
         # from a run that was killed. Anything neither enrolled nor exempt goes.
         for cgroup_id in set(self.steering.cgroups()) - set(self.by_cgroup_id) - set(self.exempt):
             self.steering.clear_cgroup(cgroup_id)
             log.info("cleared stale steering entry for cgroup id %d", cgroup_id)
+        self.enrolled_dirs = {cid: d for cid, d in self.enrolled_dirs.items() if cid in self.by_cgroup_id}
+        if changed and self.namespaces is not None:
+            self.namespaces.rescan = True  # where the new workloads live, or which namespaces lost theirs
 
     # ---- brokers' reachability ---------------------------------------------
 
@@ -482,6 +495,8 @@ class Appliance:
             host, port = refusal.dst_host, refusal.dst_port
             dst = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             grouped.setdefault((refusal.cgroup_id, dst, refusal.reason), []).append(refusal)
+        for refusal in (r for rs in grouped.values() for r in rs if r.reason == RefusalReason.FOREIGN_NETNS):
+            self.namespaces.refused(refusal.tgid)
         for (cgroup_id, dst, reason), refusals in grouped.items():
             self._refusers.pop(cgroup_id, None)
             self._refusers[cgroup_id] = None
@@ -536,6 +551,7 @@ class Appliance:
                       "queued": self.writer.queued, "queue_max": self.writer.queue_max,
                       "audit_failure": self.config.audit_failure},
             "limits": self.server.limits_status(),
+            "netns_listeners": self.namespaces.status() if self.namespaces is not None else [],
         }
         tmp = self.config.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(snapshot, indent=2, default=str))

@@ -41,7 +41,7 @@
 #define APPLIANCE_REFUSED_UNENROLLED 1   /* no enrolled or exempt cgroup at or above the caller */
 #define APPLIANCE_REFUSED_NO_PROXY 2     /* enrolled, but no proxy port configured yet */
 #define APPLIANCE_REFUSED_BROKER_DOWN 3  /* enrolled, but the proxy cannot reach that broker */
-#define APPLIANCE_REFUSED_FOREIGN_NS 4   /* enrolled, but in another network namespace than the proxy */
+#define APPLIANCE_REFUSED_FOREIGN_NS 4   /* enrolled, but in a network namespace where the proxy has no listener */
 #define APPLIANCE_REFUSED_NO_RECORD 5    /* enrolled, but the record of the caller could not be stored */
 
 /* Slots of the `health` array: helper calls that failed and events that lose
@@ -56,9 +56,12 @@
 #define APPLIANCE_HEALTH_ASSIGN_FAIL 7    /* a SYN to the proxy dropped: bpf_sk_assign failed */
 #define APPLIANCE_HEALTH_SLOTS 8
 
-/* Keys of the `proxy_socks` sockmap: the proxy's listening sockets. */
+/* Keys of the `proxy_socks` sockmap: the proxy's listening sockets, two per
+ * network namespace slot (slot 0: the appliance's own namespace; slots 1 to
+ * APPLIANCE_MAX_NETNS: workloads' namespaces, values of `proxy_netns`). */
 #define APPLIANCE_SOCK_KEY4 0
 #define APPLIANCE_SOCK_KEY6 1
+#define APPLIANCE_SOCK_KEY(slot, key) ((slot) * 2 + (key))
 
 /* States of a socket's storage (struct appliance_sock.state). */
 #define APPLIANCE_SOCK_CONNECTING 1   /* steered; record in .conn */
@@ -83,6 +86,9 @@
 #ifndef APPLIANCE_REFUSAL_PAGES
 #define APPLIANCE_REFUSAL_PAGES 64 /* ring buffer of refusal events, in pages (power of two) */
 #endif
+/* Workloads' network namespaces the proxy can listen in at once. Not a -D
+ * knob: each slot has its own sk_lookup program in steering.c. */
+#define APPLIANCE_MAX_NETNS 32
 #ifndef APPLIANCE_MAX_CGROUP_DEPTH
 #define APPLIANCE_MAX_CGROUP_DEPTH 32 /* ancestry levels examined; an enrollment deeper than this is not seen */
 #endif
@@ -158,7 +164,7 @@ struct appliance_config {
 	__u16 proxy_port;    /* host byte order; the same port on both families */
 	__u8 refuse_unenrolled;
 	__u8 _pad;
-	__u64 netns_cookie;  /* the proxy's network namespace: only its workloads can be steered */
+	__u64 netns_cookie;  /* the proxy's own network namespace; workloads elsewhere are steered only where `proxy_netns` has a slot */
 };
 
 #endif /* APPLIANCE_H */

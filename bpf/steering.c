@@ -16,6 +16,7 @@
  *              sock4_getpeer, sock6_getpeer   cgroup/getpeername4|6
  *   sock_ops   sockops_estab                  sock_ops: ACTIVE_ESTABLISHED, STATE
  *   sk_lookup  sklookup_proxy                 sk_lookup, on the proxy's netns
+ *              sklookup_ns00 .. sklookup_ns37 sk_lookup, one per workload netns slot
  * The families are sections of this one file rather than #included files
  * because bcc 0.26 only turns functions of the main file into programs (and
  * only rewrites `map.lookup()` there); an included .c compiles but its
@@ -28,6 +29,19 @@
  * per TCP connection the host opens. sk_lookup compares the destination of
  * each incoming SYN with the proxy's listener (two compares for other
  * traffic).
+ *
+ * Workloads in other network namespaces (containers): a connect rewritten to
+ * 127.0.0.1 reaches the loopback of the caller's own namespace, so the proxy
+ * keeps a listening socket inside each such namespace where enrolled
+ * workloads live, and the namespace's cookie in `proxy_netns`. A namespace
+ * with none is refused (APPLIANCE_REFUSED_FOREIGN_NS): one extra hash lookup,
+ * only for enrolled connects to a broker from outside the proxy's namespace.
+ * In each such namespace a sk_lookup program hands SYNs to the proxy's
+ * address only to that namespace's proxy socket, as sklookup_proxy does in
+ * the proxy's own. sk_lookup programs cannot call bpf_get_netns_cookie (6.18
+ * verifier: "program of this type cannot use helper"), so a program cannot
+ * tell which namespace it runs in: each slot has its own program with its
+ * slot built in, and the loader links slot N's program to slot N's namespace.
  *
  * Kernel assumptions (all verified on the project's 6.18): cgroup v2;
  * bpf_set_retval from cgroup sock_addr programs (5.18+);
@@ -85,9 +99,13 @@ BPF_TABLE("lru_hash", struct appliance_peer_key, struct appliance_conn, conn_by_
 BPF_TABLE("lru_hash", __u64, struct appliance_counters, counters, APPLIANCE_MAX_COUNTED);
 /* APPLIANCE_HEALTH_* slot -> count. */
 BPF_ARRAY(health, __u64, APPLIANCE_HEALTH_SLOTS);
-/* The proxy's listening sockets (APPLIANCE_SOCK_KEY4, _KEY6). An entry
- * leaves when its socket closes, which is what makes a dead proxy refuse. */
-BPF_TABLE("sockmap", __u32, int, proxy_socks, 2);
+/* The proxy's listening sockets, APPLIANCE_SOCK_KEY(slot, _KEY4 | _KEY6). An
+ * entry leaves when its socket closes, which is what makes a dead proxy refuse. */
+BPF_TABLE("sockmap", __u32, int, proxy_socks, 2 * (1 + APPLIANCE_MAX_NETNS));
+/* Network namespace cookie -> slot (1 .. APPLIANCE_MAX_NETNS), for every
+ * workload namespace where the proxy listens and its slot's sk_lookup program
+ * is linked. Written by userspace, and only once both are in place. */
+BPF_HASH(proxy_netns, __u64, __u32, APPLIANCE_MAX_NETNS);
 /* The proxy's listener and the refusal policy (one entry). */
 BPF_ARRAY(config, struct appliance_config, 1);
 /* struct appliance_refusal events. */
@@ -234,10 +252,10 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct appliance_ad
 	if (kind == APPLIANCE_ENROLLED) {
 		if (!cfg->proxy_port) /* no proxy configured: never direct */
 			return refuse(dst, cgroup_id, APPLIANCE_REFUSED_NO_PROXY);
-		/* The proxy's address means the proxy only in the proxy's own
-		 * network namespace; elsewhere it is that namespace's loopback. */
+		/* The proxy's address is that namespace's loopback: the proxy
+		 * only where it listens, its own namespace or one in proxy_netns. */
 		__u64 netns = bpf_get_netns_cookie(ctx);
-		if (netns != cfg->netns_cookie)
+		if (netns != cfg->netns_cookie && !proxy_netns.lookup(&netns))
 			return refuse(dst, cgroup_id, APPLIANCE_REFUSED_FOREIGN_NS);
 		if (*state == APPLIANCE_BROKER_DOWN)
 			return refuse(dst, cgroup_id, APPLIANCE_REFUSED_BROKER_DOWN);
@@ -469,13 +487,11 @@ int sockops_estab(struct bpf_sock_ops *skops)
 
 /* ==== sk_lookup family ==== */
 
-/* Attach type: sk_lookup (BPF_SK_LOOKUP), linked to the proxy's network
- * namespace; runs for every SYN that namespace receives, before any listener
- * is looked up. A SYN to the proxy's listener address goes to the proxy's own
- * socket from `proxy_socks`, whoever else has bound that port; with the entry
- * gone (the socket closed, because the appliance stopped or died) it is
- * dropped, which answers the SYN with a RST: ECONNREFUSED. */
-int sklookup_proxy(struct bpf_sk_lookup *ctx)
+/* A SYN to the proxy's listener address goes to the proxy's own socket of
+ * this slot's namespace from `proxy_socks`, whoever else has bound that port;
+ * with the entry gone (the socket closed, because the appliance stopped or
+ * died) it is dropped, which answers the SYN with a RST: ECONNREFUSED. */
+static __always_inline int hand_to_proxy(struct bpf_sk_lookup *ctx, __u32 slot)
 {
 	if (ctx->protocol != APPLIANCE_IPPROTO_TCP)
 		return SK_PASS;
@@ -484,11 +500,11 @@ int sklookup_proxy(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	__u32 key;
 	if (ctx->family == APPLIANCE_AF_INET && ctx->local_ip4 == cfg->proxy_ip4) {
-		key = APPLIANCE_SOCK_KEY4;
+		key = APPLIANCE_SOCK_KEY(slot, APPLIANCE_SOCK_KEY4);
 	} else if (ctx->family == APPLIANCE_AF_INET6 && ctx->local_ip6[0] == cfg->proxy_ip6[0] &&
 		   ctx->local_ip6[1] == cfg->proxy_ip6[1] && ctx->local_ip6[2] == cfg->proxy_ip6[2] &&
 		   ctx->local_ip6[3] == cfg->proxy_ip6[3]) {
-		key = APPLIANCE_SOCK_KEY6;
+		key = APPLIANCE_SOCK_KEY(slot, APPLIANCE_SOCK_KEY6);
 	} else {
 		return SK_PASS;
 	}
@@ -505,3 +521,25 @@ int sklookup_proxy(struct bpf_sk_lookup *ctx)
 	}
 	return SK_PASS;
 }
+
+/* Attach type: sk_lookup (BPF_SK_LOOKUP), linked to the proxy's network
+ * namespace; runs for every SYN that namespace receives, before any listener
+ * is looked up. */
+int sklookup_proxy(struct bpf_sk_lookup *ctx)
+{
+	return hand_to_proxy(ctx, 0);
+}
+
+/* Attach type: sk_lookup, one program per workload namespace slot, named
+ * sklookup_ns<row><column> in octal digits (slot = 1 + 8 * row + column), the
+ * loader links it to that slot's namespace. */
+#define SKLOOKUP_SLOT(row, column) \
+	int sklookup_ns##row##column(struct bpf_sk_lookup *ctx) { return hand_to_proxy(ctx, 1 + 8 * row + column); }
+#define SKLOOKUP_ROW(row) \
+	SKLOOKUP_SLOT(row, 0) SKLOOKUP_SLOT(row, 1) SKLOOKUP_SLOT(row, 2) SKLOOKUP_SLOT(row, 3) \
+	SKLOOKUP_SLOT(row, 4) SKLOOKUP_SLOT(row, 5) SKLOOKUP_SLOT(row, 6) SKLOOKUP_SLOT(row, 7)
+SKLOOKUP_ROW(0)
+SKLOOKUP_ROW(1)
+SKLOOKUP_ROW(2)
+SKLOOKUP_ROW(3)
+_Static_assert(APPLIANCE_MAX_NETNS == 4 * 8, "one SKLOOKUP_ROW per 8 slots of APPLIANCE_MAX_NETNS");

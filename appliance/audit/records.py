@@ -20,6 +20,9 @@ class SessionOpened:
     command: str
     client_address: str
     broker_address: str
+    # The workload's network namespace: its cookie, and net:[inode] as /proc/PID/ns/net shows it.
+    netns_cookie: int | None = None
+    netns: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

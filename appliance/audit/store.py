@@ -145,6 +145,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX authentications_subject ON authentications(subject, at);
         """,
     ),
+    (
+        "0006_session_network_namespace",
+        """
+        ALTER TABLE sessions ADD COLUMN netns_cookie INTEGER;
+        ALTER TABLE sessions ADD COLUMN netns TEXT;
+        """,
+    ),
 ]
 
 
@@ -157,6 +164,8 @@ EVENT_KINDS += ("unclean-stop", "audit-failing", "audit-recovered", "session-lim
 EVENT_KINDS += ("revoke",)
 # The appliance's own broker connections renewing their SASL session (KIP-368, docs/identity.md).
 EVENT_KINDS += ("upstream-reauth",)
+# The proxy's listeners in workloads' network namespaces (docs/audit.md).
+EVENT_KINDS += ("netns-listen", "netns-close")
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:

@@ -98,6 +98,10 @@ def status(ctx, as_json: bool) -> None:
                    f"config: {snapshot['config']})")
         listener = snapshot["listener"]
         click.echo(f"listener: {', '.join(listener['hosts'])} port {listener['port']}")
+        inside = snapshot.get("netns_listeners") or []
+        if inside:
+            click.echo("also listening in workload network namespaces: " + ", ".join(
+                f"{n['netns']} (cookie {n['netns_cookie']}, slot {n['slot']})" for n in inside))
         click.echo(f"steered brokers: {', '.join(snapshot['brokers'])}")
         pool = snapshot.get("upstream_pool") or {}
         click.echo("upstream pool: " + (", ".join(f"{address} {n} ready" for address, n in pool.items())

@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from appliance.identity.netns import cookie_of
+
 
 @dataclass(frozen=True, slots=True)
 class OriginalDestination:
@@ -26,6 +28,7 @@ class OriginalDestination:
     uid: int
     gid: int
     comm: str
+    netns_cookie: int = 0  # the network namespace the workload connected from (the accepted socket's)
 
     @property
     def broker_address(self) -> str:
@@ -41,7 +44,6 @@ def _address(host: str, port: int) -> str:
 
 
 Lookup = Callable[[socket.socket], "OriginalDestination | None"]
-SO_NETNS_COOKIE = 71  # asm-generic/socket.h (5.14+); Python 3.11's socket module lacks the name
 # A record normally waits microseconds between the handshake and the accept;
 # one this old is not handed to anyone (defence in depth: the kernel already
 # removes a record when its client socket closes).
@@ -72,7 +74,7 @@ def kernel_lookup(steering: _TakesConnections, *, max_age_s: float = DEFAULT_MAX
     def lookup(sock: socket.socket) -> OriginalDestination | None:
         try:
             client, proxy = _unmapped(sock.getpeername()), _unmapped(sock.getsockname())
-            cookie = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+            cookie = cookie_of(sock)
         except OSError:  # the client already reset the connection
             return None
         record = steering.take_connection(client, proxy, cookie, max_age_s)
@@ -81,7 +83,7 @@ def kernel_lookup(steering: _TakesConnections, *, max_age_s: float = DEFAULT_MAX
         return OriginalDestination(
             broker_host=record.broker_host, broker_port=record.broker_port, client_host=client[0],
             client_port=client[1], cgroup_id=record.cgroup_id, enrolled_cgroup_id=record.enrolled_cgroup_id,
-            pid=record.pid, tgid=record.tgid, uid=record.uid, gid=record.gid, comm=record.comm,
+            pid=record.pid, tgid=record.tgid, uid=record.uid, gid=record.gid, comm=record.comm, netns_cookie=cookie,
         )
 
     return lookup

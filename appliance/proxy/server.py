@@ -58,7 +58,7 @@ from appliance.audit.records import Event, SessionOpened
 from appliance.config import READ_CHUNK_BYTES, BrokerAddress
 from appliance.broker.credentials import ClientCertificateOnly
 from appliance.broker.oauth_token import BearerToken, TokenUnavailable
-from appliance.identity import process
+from appliance.identity import netns, process
 from appliance.identity.enrollment import Enrollment, binding_of
 from appliance.identity.tokens import TokenRejected
 from appliance.identity.workloads import WorkloadIdentity
@@ -628,6 +628,21 @@ class UpstreamPool:
             ready.clear()
 
 
+def _listening(family: int, host: str) -> socket.socket:
+    """A non-blocking TCP listener on `host`, on a free port."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, 0))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def release_freed_heap() -> None:
     """Free what closed sessions held, and hand the freed heap pages back to the kernel.
 
@@ -672,6 +687,9 @@ class ProxyServer:
         self.workloads = workloads or WorkloadIdentity()
         self.live: dict[str, _Connection] = {}
         self._servers: list[asyncio.AbstractServer] = []
+        # Listeners inside workloads' network namespaces, by namespace inode; cookie -> "net:[inode]" for the audit.
+        self._netns_servers: dict[int, list[asyncio.AbstractServer]] = {}
+        self.netns_names: dict[int, str] = {}
         self.limits = limits
         self.max_request_bytes = max_request_bytes
         self.max_sessions = max_sessions
@@ -695,7 +713,45 @@ class ProxyServer:
         for host in self.hosts:
             self._servers.append(await loop.create_server(
                 lambda: _ClientProtocol(self), host, self.port, reuse_address=True, backlog=1024))
+        self.netns_names[netns.cookie_of(self._servers[0].sockets[0])] = f"net:[{netns.own_inode()}]"
         self._sweeper = loop.create_task(self._sweep())
+
+    async def listen_in_netns(self, pid: int, inode: int) -> tuple[int, list]:
+        """Listen inside the network namespace `inode` (entered through process `pid`); (its cookie, the sockets).
+
+        The kernel rewrites a workload's steered connect to the proxy's
+        address, which in the workload's namespace is that namespace's
+        loopback: the sockets are made there, on this thread, and served here
+        like the main listeners. They are bound to free ports: the namespace's
+        sk_lookup program hands them every SYN to the proxy's address, so a
+        workload that bound the proxy's port in its own namespace takes
+        nothing and blocks nothing. Raises OSError if the namespace has no
+        IPv4 loopback (lo down); IPv6 is served where ::1 exists.
+        """
+        sockets = []
+        with netns.entered(f"/proc/{pid}/ns/net", inode):
+            for family, host in ((socket.AF_INET, self.hosts[0]), (socket.AF_INET6, self.hosts[-1])):
+                try:
+                    sockets.append(_listening(family, host))
+                except OSError:
+                    if family == socket.AF_INET:
+                        for sock in sockets:
+                            sock.close()
+                        raise
+        cookie = netns.cookie_of(sockets[0])
+        loop = asyncio.get_running_loop()
+        servers = []
+        for sock in sockets:
+            servers.append(await loop.create_server(lambda: _ClientProtocol(self), sock=sock, backlog=1024))
+        self._netns_servers[inode] = servers
+        self.netns_names[cookie] = f"net:[{inode}]"
+        return cookie, [s for server in servers for s in server.sockets]
+
+    def stop_listening_in_netns(self, inode: int, cookie: int) -> None:
+        """Close the listeners in that namespace; its live sessions go on."""
+        for server in self._netns_servers.pop(inode, ()):
+            server.close()
+        self.netns_names.pop(cookie, None)
 
     def listening_sockets(self) -> list:
         """The listening sockets (socket-like: family, fileno, getsockname), for steering to hand
@@ -738,6 +794,7 @@ class ProxyServer:
             groups=enrollment.groups, cgroup_id=origin.cgroup_id, cgroup_path=who.cgroup_path,
             enrolled_cgroup_id=origin.enrolled_cgroup_id, pid=origin.tgid, uid=origin.uid, gid=origin.gid,
             command=who.command, client_address=origin.client_address, broker_address=origin.broker_address,
+            netns_cookie=origin.netns_cookie, netns=self.netns_names.get(origin.netns_cookie),
         ))
         log.info("session %s: %s (pid %d, %s) -> %s", conn.session.session_id, enrollment.identity,
                  origin.tgid, who.command[:60], origin.broker_address)
@@ -862,9 +919,11 @@ class ProxyServer:
         if self._limit_pending:
             self._flush_limit_refusals()
         self.pool.close()
-        for server in self._servers:
+        servers = [*self._servers, *(s for group in self._netns_servers.values() for s in group)]
+        self._netns_servers.clear()
+        for server in servers:
             server.close()
         for conn in list(self.live.values()):
             conn.dispatch(ev.Revoked(reason))
-        for server in self._servers:
+        for server in servers:
             await server.wait_closed()

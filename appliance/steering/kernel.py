@@ -22,6 +22,7 @@ from bcc import BPF, BPFAttachType
 from bcc.libbcc import lib as _bcc_lib
 
 from appliance.identity.cgroups import cgroup2_root
+from appliance.identity.netns import cookie_of
 from appliance.steering import structs as S
 
 PIN_PREFIX = "appliance_"
@@ -30,7 +31,6 @@ BPF_F_ALLOW_MULTI = 1 << 1
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_PROG_TYPE_SK_LOOKUP = 30  # uapi linux/bpf.h; bcc 0.26's BPF class has no name for it
 BPF_SK_LOOKUP = 36
-SO_NETNS_COOKIE = 71  # asm-generic/socket.h (5.14+); Python 3.11's socket module lacks the name
 OWN_NETNS = "/proc/self/ns/net"
 
 # (program, program type, attach type); the names are how a stale set is recognised.
@@ -42,7 +42,20 @@ CGROUP_PROGRAMS: tuple[tuple[str, int, int], ...] = (
     ("sockops_estab", BPF.SOCK_OPS, BPFAttachType.CGROUP_SOCK_OPS),
 )
 LOOKUP_PROGRAM = ("sklookup_proxy", BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP)
-OUR_PROGRAMS = frozenset(name for name, _, _ in (*CGROUP_PROGRAMS, LOOKUP_PROGRAM))
+MAX_NETNS = 32  # APPLIANCE_MAX_NETNS: workload namespace slots, 1 .. MAX_NETNS
+
+
+def netns_lookup_program(slot: int) -> str:
+    """The sk_lookup program of a workload namespace slot (bpf/steering.c SKLOOKUP_SLOT: octal row, column)."""
+    return f"sklookup_ns{(slot - 1) // 8}{(slot - 1) % 8}"
+
+
+def netns_link_pin(slot: int) -> str:
+    return f"{LINK_PIN}_ns{slot}"
+
+
+OUR_PROGRAMS = frozenset([*(name for name, _, _ in (*CGROUP_PROGRAMS, LOOKUP_PROGRAM)),
+                          *(netns_lookup_program(slot) for slot in range(1, MAX_NETNS + 1))])
 ATTACH_TYPE_NAMES = {
     BPFAttachType.CGROUP_INET4_CONNECT: "cgroup_inet4_connect",
     BPFAttachType.CGROUP_INET6_CONNECT: "cgroup_inet6_connect",
@@ -94,7 +107,7 @@ def netns_fd() -> int:
 def netns_cookie(sock: socket.socket | None = None) -> int:
     """The network namespace cookie of `sock` (the one bpf_get_netns_cookie gives), or of this process."""
     if sock is not None:
-        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+        return cookie_of(sock)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         return netns_cookie(s)
 
@@ -176,6 +189,25 @@ def replace_link(link_fd: int, final: Path) -> None:
     finally:
         if old >= 0:
             os.close(old)
+
+
+def detach_link(link_fd: int, pin: Path) -> None:
+    """Take a link's program off its hook now, remove its pin and close it.
+
+    A netns link whose namespace died is already detached: no error then.
+    """
+    lib.bpf_link_detach(link_fd)
+    pin.unlink(missing_ok=True)
+    os.close(link_fd)
+
+
+def drop_link(pin: Path) -> None:
+    """Detach and unpin the link pinned at `pin` (a stale run's), if it is there."""
+    fd = lib.bpf_obj_get(os.fsencode(pin))
+    if fd >= 0:
+        detach_link(fd, pin)
+    else:
+        pin.unlink(missing_ok=True)
 
 
 def _pinned_owners() -> dict[int, str]:

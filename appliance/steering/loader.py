@@ -15,6 +15,14 @@ then, in this order:
    stale ones, so at no moment is a steered broker reachable directly;
 4. pins the maps as `<bpffs_dir>/appliance_<map>`.
 
+Workloads in other network namespaces: `listen_in_netns()` takes the proxy's
+listening sockets inside one, gives them a slot of `proxy_socks`, links that
+slot's own sk_lookup program to the namespace (pinned as
+`<bpffs_dir>/link_sklookup_ns<slot>`) and only then adds the namespace's
+cookie to `proxy_netns`, from when on its enrolled connects are steered;
+`forget_netns()` undoes it in the reverse order. A stale run's namespace
+links are detached by `attach()` once the stale cgroup programs are gone.
+
 A legacy attachment belongs to the cgroup and a pinned link to bpffs, not to
 this process: if the process dies, the programs keep steering and refusing,
 and the sockmap entries vanish with the process's sockets, so every SYN to
@@ -68,9 +76,11 @@ def _bpf_sources() -> Path:
 
 
 DEFAULT_BPF_DIR = _bpf_sources()
-MAPS = ("brokers", "cgroups", "socks", "conn_by_peer", "counters", "health", "proxy_socks", "config", "refusals")
+MAPS = ("brokers", "cgroups", "socks", "conn_by_peer", "counters", "health", "proxy_socks", "config", "refusals",
+        "proxy_netns")
 CARRIED_OVER = ("brokers", "cgroups")  # the state that must survive a restart
 _NO_ENTRY_COUNT = {"socks", "conn_by_peer", "counters", "proxy_socks", "refusals"}  # never walked for status
+_SOCK_KEY = {socket.AF_INET: 0, socket.AF_INET6: 1}  # APPLIANCE_SOCK_KEY4, _KEY6
 
 
 class Steering:
@@ -100,6 +110,7 @@ class Steering:
         self._events: list[Refusal] = []
         self._brokers: dict[bytes, tuple[str, int]] = {}  # what the `brokers` map holds, so status walks nothing
         self._cgroup_count = 0
+        self._netns: dict[int, tuple[int, int]] = {}  # workload namespace cookie -> (slot, link fd)
         self.stale_records = 0  # hand-off records refused for their age
 
     # -- lifecycle
@@ -150,6 +161,10 @@ class Steering:
             by_name = {n: t for t, n in K.ATTACH_TYPE_NAMES.items()}
             for p in stale:
                 K.detach_id(root, p["id"], by_name[p["attach_type"]])
+            # Only now, with no stale connect program left to steer into a
+            # workload's namespace, may its stale sk_lookup link go.
+            for pinned in self.bpffs_dir.glob(f"{K.LINK_PIN}_ns*"):
+                K.drop_link(pinned)
             for name, fd in fds.items():
                 K.pin(fd, self.bpffs_dir / (K.PIN_PREFIX + name))
             bpf[b"refusals"].open_ring_buffer(self._on_refusal)
@@ -177,6 +192,8 @@ class Steering:
                     raise SteeringError(f"detaching {K.ATTACH_TYPE_NAMES[atype]} from {cgroup2_root()}: {os.strerror(-rc)}")
         finally:
             os.close(root)
+        for cookie in list(self._netns):
+            self.forget_netns(cookie)
         link_pin = self.bpffs_dir / K.LINK_PIN
         pinned = K.lib.bpf_obj_get(os.fsencode(link_pin))
         if pinned >= 0:  # remove the pin only if it is still our link
@@ -217,12 +234,75 @@ class Steering:
         self.listeners = list(listeners)
         self._put_listeners(self._fd("proxy_socks"))
 
-    def _put_listeners(self, fd: int) -> None:
-        for sock in self.listeners:
-            key = ct.c_uint32(0 if sock.family == socket.AF_INET else 1)
+    def _put_listeners(self, fd: int, listeners: Iterable | None = None, slot: int = 0) -> None:
+        for sock in self.listeners if listeners is None else listeners:
+            key = ct.c_uint32(slot * 2 + _SOCK_KEY[sock.family])
             value = ct.c_int(sock.fileno())
             K.check(K.lib.bpf_update_elem(fd, ct.byref(key), ct.byref(value), K.BPF_ANY),
                     f"putting the proxy's listener {sock.getsockname()[:2]} in proxy_socks")
+
+    # -- workloads' network namespaces
+
+    def listen_in_netns(self, cookie: int, netns_fd: int, listeners: Iterable) -> int:
+        """Steer enrolled connects made in another network namespace to the proxy's `listeners` there.
+
+        `listeners` are the proxy's listening sockets inside that namespace
+        (cookie `cookie`, opened as `netns_fd`). In order: they go in
+        `proxy_socks` under a free slot, that slot's sk_lookup program is
+        linked to the namespace (and pinned), and only then does the
+        namespace enter `proxy_netns`, so no connect is steered there before
+        the kernel hands it to these sockets alone. Returns the slot.
+        """
+        if cookie in self._netns:
+            return self._netns[cookie][0]
+        used = {slot for slot, _ in self._netns.values()}
+        slot = next((n for n in range(1, K.MAX_NETNS + 1) if n not in used), None)
+        if slot is None:
+            raise SteeringError(f"the proxy already listens in {K.MAX_NETNS} workload network namespaces, the most "
+                                "the kernel programs have slots for; workloads in others are refused")
+        listeners = list(listeners)
+        socks, link_fd = self._fd("proxy_socks"), -1
+        name = K.netns_lookup_program(slot)
+        try:
+            self._put_listeners(socks, listeners, slot)
+            fn = self._bpf.load_func(name.encode(), K.LOOKUP_PROGRAM[1], None, K.LOOKUP_PROGRAM[2])
+            self._ids[name] = K.info(fn.fd, S.ProgInfo()).id
+            link_fd = K.check(K.lib.bpf_link_create(fn.fd, netns_fd, K.BPF_SK_LOOKUP, None),
+                              f"linking {name} to network namespace cookie {cookie}")
+            K.replace_link(link_fd, self.bpffs_dir / K.netns_link_pin(slot))
+            key, value = ct.c_uint64(cookie), ct.c_uint32(slot)
+            K.check(K.lib.bpf_update_elem(self._fd("proxy_netns"), ct.byref(key), ct.byref(value), K.BPF_ANY),
+                    f"adding network namespace cookie {cookie} to proxy_netns")
+        except BaseException:
+            if link_fd >= 0:
+                K.detach_link(link_fd, self.bpffs_dir / K.netns_link_pin(slot))
+            self._clear_slot(socks, slot)
+            raise
+        self._netns[cookie] = (slot, link_fd)
+        return slot
+
+    def forget_netns(self, cookie: int) -> None:
+        """Stop steering connects of that namespace: refused again (FOREIGN_NETNS); its link and sockets go."""
+        found = self._netns.pop(cookie, None)
+        if found is None:
+            return
+        slot, link_fd = found
+        key = ct.c_uint64(cookie)
+        rc = K.lib.bpf_delete_elem(self._fd("proxy_netns"), ct.byref(key))
+        if rc < 0 and rc != -errno.ENOENT:
+            K.check(rc, f"removing network namespace cookie {cookie} from proxy_netns")
+        self._clear_slot(self._fd("proxy_socks"), slot)  # SYNs to the proxy there are refused from now
+        K.detach_link(link_fd, self.bpffs_dir / K.netns_link_pin(slot))
+
+    def netns_slots(self) -> dict[int, int]:
+        """Workload namespace cookie -> slot, for each namespace connects are steered in."""
+        return {cookie: slot for cookie, (slot, _) in self._netns.items()}
+
+    @staticmethod
+    def _clear_slot(fd: int, slot: int) -> None:
+        for family_key in _SOCK_KEY.values():
+            key = ct.c_uint32(slot * 2 + family_key)
+            K.lib.bpf_delete_elem(fd, ct.byref(key))  # ENOENT: the socket closed, or never was there
 
     def _carry_over(self, fds: dict[str, int]) -> None:
         """Copy brokers and cgroups from a previous run's pinned maps, if their layout matches."""
@@ -365,8 +445,13 @@ class Steering:
             programs.append({"name": name, "id": self._ids.get(name), "attach_type": "sk_lookup", "cgroup": None,
                              "cgroup_dir": None, "netns": K.OWN_NETNS,
                              "link_pinned": str(self.bpffs_dir / K.LINK_PIN)})
+        for cookie, (slot, _) in self._netns.items():
+            name = K.netns_lookup_program(slot)
+            programs.append({"name": name, "id": self._ids.get(name), "attach_type": "sk_lookup", "cgroup": None,
+                             "cgroup_dir": None, "netns": f"cookie {cookie}",
+                             "link_pinned": str(self.bpffs_dir / K.netns_link_pin(slot))})
         entries = {"brokers": len(self._brokers), "cgroups": self._cgroup_count, "config": 1,
-                   "health": len(S.HEALTH_SLOTS)}
+                   "health": len(S.HEALTH_SLOTS), "proxy_netns": len(self._netns)}
         maps = []
         for name, fd in self._fds.items():
             info = K.info(fd, S.MapInfo())
@@ -381,7 +466,8 @@ def release(bpffs_dir: Path = DEFAULT_BPFFS_DIR) -> list[str]:
     """Take down a set no process owns any more: one left on purpose (`serve --keep-steering`) or by a crash.
 
     Detaches our cgroup programs whose maps are pinned in `bpffs_dir` (and
-    orphans, pinned nowhere), detaches the sk_lookup link pinned there, and
+    orphans, pinned nowhere), detaches the sk_lookup links pinned there (the appliance's and each workload
+    namespace's), and
     removes the pins and the directory. Returns a line per thing removed. The
     caller makes sure no serving process uses `bpffs_dir`.
     """
@@ -396,6 +482,10 @@ def release(bpffs_dir: Path = DEFAULT_BPFFS_DIR) -> list[str]:
                 removed.append(f"program {p['name']} (id {p['id']}, {p['attach_type']}) at {cgroup2_root()}")
     finally:
         os.close(root)
+    # With no connect program left to steer into a workload's namespace, its sk_lookup link may go.
+    for pinned in sorted(bpffs_dir.glob(f"{K.LINK_PIN}_ns*")) if bpffs_dir.is_dir() else ():
+        K.drop_link(pinned)
+        removed.append(f"sk_lookup link {pinned}")
     link_pin = bpffs_dir / K.LINK_PIN
     link = K.lib.bpf_obj_get(os.fsencode(link_pin))
     if link >= 0:

@@ -3,6 +3,7 @@ tests/conftest.py. The helpers and constants tests import are re-exported here; 
 fixture defined in two modules is two fixtures, each with its own broker and appliance)."""
 
 from tests.integration.fixtures import (  # noqa: F401
-    BROKER4, BROKER6, BROKER_NETNS, CLIENTS, NETNS, NETNS_HOST, NETNS_PEER, POLICY, PY, REPO, STATE, WORKLOAD_PARENT,
-    ApplianceProcess, Cgroup, audit, cli, eventually, java_argv,
+    BROKER4, BROKER6, BROKER_NETNS, CLIENTS, NETNS, NETNS_HOST, NETNS_PEER, POLICY, PY, REPO, STATE, VETH_HOST, VETH_PEER,
+    WORKLOAD_PARENT,
+    ApplianceProcess, Cgroup, audit, cli, eventually, java_argv, make_veth_netns, remove_veth_netns,
 )

@@ -18,6 +18,7 @@ cgroups, so it can run beside an appliance started by `make run`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -32,6 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pyroute2 import IPRoute, NetNS, netns
+
 from appliance.broker.embedded import EmbeddedBroker
 from appliance.config import load_config
 from appliance.identity import cgroups
@@ -45,6 +48,7 @@ BROKER6 = "[::1]:39093"
 NETNS = "appliance-test-ns"
 NETNS_HOST, NETNS_PEER = "10.231.0.1", "10.231.0.2"
 BROKER_NETNS = f"{NETNS_PEER}:39092"
+VETH_HOST, VETH_PEER = "appl-test-h", "appl-test-p"
 WORKLOAD_PARENT = "appliance-test-workloads"
 POLICY = STATE / "policy.yaml"  # a copy of tests/integration/policy.yaml that policy tests rewrite
 # The test session's identity provider (tests/integration/idp_fixtures.py): the demo realm on its test port.
@@ -127,6 +131,54 @@ def broker(config):
     b.start()
     yield b
     b.stop()
+
+
+def make_veth_netns(name: str, veth_host: str, veth_peer: str, host_address: str, peer_address: str,
+                    default_route: bool = False) -> None:
+    """A named network namespace joined to the host by a veth pair, a /30 on both ends, loopback up."""
+    if name in netns.listnetns():
+        netns.remove(name)
+    netns.create(name)
+    with IPRoute() as ip:
+        for link in ip.link_lookup(ifname=veth_host):
+            ip.link("del", index=link)
+        ip.link("add", ifname=veth_host, kind="veth", peer={"ifname": veth_peer, "net_ns_fd": name})
+        host = ip.link_lookup(ifname=veth_host)[0]
+        ip.addr("add", index=host, address=host_address, prefixlen=30)
+        ip.link("set", index=host, state="up")
+    with NetNS(name) as ns:
+        peer = ns.link_lookup(ifname=veth_peer)[0]
+        ns.addr("add", index=peer, address=peer_address, prefixlen=30)
+        ns.link("set", index=peer, state="up")
+        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        if default_route:
+            ns.route("add", dst="0.0.0.0/0", gateway=host_address)
+
+
+def remove_veth_netns(name: str, veth_host: str) -> None:
+    with IPRoute() as ip:
+        for link in ip.link_lookup(ifname=veth_host):
+            ip.link("del", index=link)
+    netns.remove(name)
+
+
+@pytest.fixture(scope="module")
+def remote_broker(config, broker):
+    """A broker that looks remote: in its own network namespace (NETNS), reached over a veth pair."""
+    make_veth_netns(NETNS, VETH_HOST, VETH_PEER, NETNS_HOST, NETNS_PEER)
+    data_dir = STATE / "broker-netns"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    # The appliance holds one set of credentials: give the remote broker the same users.
+    for name in ("appliance-credentials.json", "intruder-credentials.json"):
+        shutil.copy2(config.embedded_broker.data_dir / name, data_dir / name)
+    remote = EmbeddedBroker(dataclasses.replace(config.embedded_broker, host4=NETNS_PEER, data_dir=data_dir,
+                                                cgroup="appliance-test-broker"), netns=NETNS)
+    remote.start()
+    yield remote
+    remote.stop()
+    remove_veth_netns(NETNS, VETH_HOST)
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def cli(config_path: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -2,52 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
-import shutil
 
-import pytest
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import IPRoute
 
-from appliance.broker.embedded import EmbeddedBroker
-from tests.integration.conftest import BROKER_NETNS, NETNS, NETNS_HOST, NETNS_PEER, STATE, audit, eventually
-
-VETH_HOST, VETH_PEER = "appl-test-h", "appl-test-p"
-
-
-@pytest.fixture(scope="module")
-def remote_broker(config, broker):
-    if NETNS in netns.listnetns():
-        netns.remove(NETNS)
-    netns.create(NETNS)
-    with IPRoute() as ip:
-        for link in ip.link_lookup(ifname=VETH_HOST):
-            ip.link("del", index=link)
-        ip.link("add", ifname=VETH_HOST, kind="veth", peer={"ifname": VETH_PEER, "net_ns_fd": NETNS})
-        host = ip.link_lookup(ifname=VETH_HOST)[0]
-        ip.addr("add", index=host, address=NETNS_HOST, prefixlen=30)
-        ip.link("set", index=host, state="up")
-    with NetNS(NETNS) as ns:
-        peer = ns.link_lookup(ifname=VETH_PEER)[0]
-        ns.addr("add", index=peer, address=NETNS_PEER, prefixlen=30)
-        ns.link("set", index=peer, state="up")
-        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-    data_dir = STATE / "broker-netns"
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
-    # The appliance holds one set of credentials: give the remote broker the same users.
-    for name in ("appliance-credentials.json", "intruder-credentials.json"):
-        shutil.copy2(config.embedded_broker.data_dir / name, data_dir / name)
-    remote = EmbeddedBroker(dataclasses.replace(config.embedded_broker, host4=NETNS_PEER, data_dir=data_dir,
-                                                cgroup="appliance-test-broker"), netns=NETNS)
-    remote.start()
-    yield remote
-    remote.stop()
-    with IPRoute() as ip:
-        for link in ip.link_lookup(ifname=VETH_HOST):
-            ip.link("del", index=link)
-    netns.remove(NETNS)
-    shutil.rmtree(data_dir, ignore_errors=True)
+from tests.integration.conftest import BROKER_NETNS, NETNS_PEER, VETH_HOST, audit, eventually
 
 
 def broker_state(appliance, address: str) -> str | None:

@@ -71,8 +71,10 @@ def reap_children() -> None:
         child.wait()
 
 
-def connect_from(cgroup: cg.Cgroup, host: str, port: int, family: int = 4, *, user: int | None = None) -> dict:
-    """Run a child inside `cgroup` (as uid `user` if given) that connects to host:port; what it saw.
+def connect_from(cgroup: cg.Cgroup, host: str, port: int, family: int = 4, *, user: int | None = None,
+                 netns: str | None = None) -> dict:
+    """Run a child inside `cgroup` (as uid `user`, in the named network namespace `netns` if given) that
+    connects to host:port; what it saw.
 
     The child keeps a connection it made open until the other side closes it
     (or 3 s pass), as a client would; the record of a steered connection goes
@@ -84,12 +86,17 @@ def connect_from(cgroup: cg.Cgroup, host: str, port: int, family: int = 4, *, us
             os.setgid(user)
             os.setuid(user)
 
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(family), host, str(port)], preexec_fn=enter,
+    proc = subprocess.Popen([*in_netns(netns), sys.executable, "-c", CHILD, str(family), host, str(port)],
+                            preexec_fn=enter,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     CHILDREN.append(proc)
     line = proc.stdout.readline()
     assert line, proc.stderr.read()
     return json.loads(line)
+
+
+def in_netns(name: str | None) -> list[str]:
+    return ["ip", "netns", "exec", name] if name else []
 
 
 def listen(family: int, host: str, port: int = 0) -> socket.socket:
@@ -452,10 +459,11 @@ ATTACKER = textwrap.dedent("""
 """)
 
 
-def squat(host: str, port: int, seconds: float) -> subprocess.Popen:
+def squat(host: str, port: int, seconds: float, netns: str | None = None) -> subprocess.Popen:
     """An unprivileged process (uid 65534) listening on host:port, reporting what it received."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    proc = subprocess.Popen([sys.executable, "-c", ATTACKER, str(int(family)), host, str(port), str(seconds)],
+    proc = subprocess.Popen([*in_netns(netns), sys.executable, "-c", ATTACKER, str(int(family)), host, str(port),
+                             str(seconds)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     CHILDREN.append(proc)
     line = proc.stdout.readline()
@@ -617,3 +625,70 @@ def test_lost_refusal_events_are_counted(steering, net, cgroup):
     dropped = steering.health()["ringbuf_drops"]
     assert dropped > 0 and delivered + dropped == n
     assert steering.counters()[stranger.id].refused == n
+
+
+@pytest.fixture
+def workload_netns():
+    """A named network namespace with its loopback up (as a container's): (name, inode)."""
+    from pyroute2 import NetNS
+    from pyroute2 import netns as named
+
+    name = f"appliance-test-k{secrets.token_hex(3)}"
+    named.create(name)
+    try:
+        with NetNS(name) as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        yield name, os.stat(f"/run/netns/{name}").st_ino
+    finally:
+        reap_children()
+        named.remove(name)
+
+
+def test_a_workload_namespace_is_steered_to_the_proxy_socket_inside_it_alone(steering, net, cgroup, workload_netns):
+    from appliance.identity import netns
+
+    name, inode = workload_netns
+    enrolled, stranger = cgroup("container"), cgroup("stranger")
+    steering.set_cgroup(enrolled.id, CgroupKind.ENROLLED)
+    broker_port = net.port(net.broker4)
+    assert connect_from(enrolled, "127.0.0.1", broker_port, netns=name).get("errno") == errno.ECONNREFUSED
+    (refusal,) = [r for r in steering.poll_refusals(timeout_ms=1000) if r.cgroup_id == enrolled.id]
+    assert refusal.reason == RefusalReason.FOREIGN_NETNS
+
+    with netns.entered(f"/run/netns/{name}", inode):
+        inside = listen(socket.AF_INET, "127.0.0.1")  # a free port: the namespace's sk_lookup hands it the proxy's
+    assert netns.own_inode() != inode  # this thread came back
+    cookie = netns.cookie_of(inside)
+    assert cookie != netns_cookie(net.proxy4)
+    fd = netns.fd_of(inside)
+    try:
+        assert os.fstat(fd).st_ino == inode
+        assert steering.listen_in_netns(cookie, fd, [inside]) == 1
+    finally:
+        os.close(fd)
+    trap = squat("127.0.0.1", net.proxy_port, seconds=3, netns=name)  # the proxy's port, bound inside
+    try:
+        seen = connect_from(enrolled, "127.0.0.1", broker_port, netns=name)
+        assert "errno" not in seen and seen["peer"] == ["127.0.0.1", broker_port], seen
+        peer, record = take(steering, inside)
+        assert record is not None and record.tgid == seen["pid"] and record.netns_cookie == cookie
+        assert nothing_on(net.proxy4)  # nothing crossed into the proxy's own namespace
+        direct = connect_from(stranger, "127.0.0.1", net.proxy_port, netns=name)
+        assert "errno" not in direct  # reaches the proxy's socket there, which finds no record
+        assert take(steering, inside)[1] is None
+        assert {p["name"] for p in steering.status()["programs"]} >= {"sklookup_ns00"}
+
+        inside.close()  # the appliance gone: nothing there receives what is addressed to the proxy
+        assert connect_from(enrolled, "127.0.0.1", broker_port, netns=name).get("errno") == errno.ECONNREFUSED
+        assert connect_from(stranger, "127.0.0.1", net.proxy_port, netns=name).get("errno") == errno.ECONNREFUSED
+    finally:
+        out, _ = trap.communicate(timeout=10)
+    assert json.loads(out.strip().splitlines()[-1]) == {"received": []}
+
+    steering.forget_netns(cookie)
+    assert steering.netns_slots() == {}
+    assert not list(steering.bpffs_dir.glob("link_sklookup_ns*"))
+    steering.poll_refusals()
+    assert connect_from(enrolled, "127.0.0.1", broker_port, netns=name).get("errno") == errno.ECONNREFUSED
+    (refusal,) = [r for r in steering.poll_refusals(timeout_ms=1000) if r.cgroup_id == enrolled.id]
+    assert refusal.reason == RefusalReason.FOREIGN_NETNS

@@ -1,0 +1,193 @@
+"""Workloads in a container-style network namespace reach their broker through the appliance.
+
+The namespace is made the way Docker's bridge makes one: a veth pair to the
+host, addresses on both ends, a default route via the host end, loopback up.
+The host routes it to the remote broker (tests/integration/fixtures.py
+`remote_broker`, itself in a namespace behind a veth), so a process in the
+container could reach the broker directly if steering let it: every refusal
+here is steering's doing, which the exempt cgroup's direct connect proves.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pyroute2 import NetNS
+
+from tests.integration.conftest import (BROKER_NETNS, CLIENTS, NETNS, NETNS_HOST, NETNS_PEER, PY, VETH_HOST, Cgroup,
+                                        audit, cli, eventually, make_veth_netns, remove_veth_netns)
+
+CONTAINER = "appliance-test-ctr"
+CTR_HOST, CTR_PEER, CTR_NET = "10.231.1.1", "10.231.1.2", "10.231.1.0"
+VETH_CTR_HOST, VETH_CTR_PEER = "appl-ctr-h", "appl-ctr-p"
+PROXY_PORT = "39190"
+SQUAT = """
+import json, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+print(json.dumps({"ready": True}), flush=True)
+s.settimeout(float(sys.argv[2]))
+got = 0
+try:
+    while True:
+        s.accept()[0].close()
+        got += 1
+except OSError:
+    pass
+print(json.dumps({"received": got}), flush=True)
+"""
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    inode: int
+
+    @property
+    def netns(self) -> str:
+        return f"net:[{self.inode}]"
+
+    def argv(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def client(self, cgroup: Cgroup, script: str, *args: str, timeout: float = 60) -> dict:
+        """Run one of tests/integration/clients/ inside this namespace AND `cgroup`; the JSON it prints last."""
+        result = cgroup.run(self.argv(PY, str(CLIENTS / script), *args), timeout=timeout)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def squat(self, cgroup: Cgroup, seconds: float) -> subprocess.Popen:
+        """A process listening on 127.0.0.1:<proxy port> inside the namespace; prints how many it accepted."""
+        proc = cgroup.popen(self.argv(PY, "-c", SQUAT, PROXY_PORT, str(seconds)))
+        assert json.loads(proc.stdout.readline() or "{}") == {"ready": True}, proc.stderr.read()
+        return proc
+
+
+def _forwarding(interface: str, value: str) -> None:
+    # Per interface, so the host forwards only between the test's own veths.
+    Path(f"/proc/sys/net/ipv4/conf/{interface}/forwarding").write_text(value)
+
+
+@pytest.fixture(scope="module")
+def container(remote_broker):
+    make_veth_netns(CONTAINER, VETH_CTR_HOST, VETH_CTR_PEER, CTR_HOST, CTR_PEER, default_route=True)
+    with NetNS(NETNS) as ns:  # the broker's namespace answers the container through the host
+        ns.route("add", dst=f"{CTR_NET}/30", gateway=NETNS_HOST)
+    for interface in (VETH_CTR_HOST, VETH_HOST):
+        _forwarding(interface, "1")
+    yield Container(CONTAINER, Path(f"/run/netns/{CONTAINER}").stat().st_ino)
+    _forwarding(VETH_HOST, "0")
+    remove_veth_netns(CONTAINER, VETH_CTR_HOST)
+
+
+def listening_in(appliance, container: Container) -> bool:
+    return any(n["netns"] == container.netns for n in (appliance.status() or {}).get("netns_listeners", []))
+
+
+def broker_up(appliance) -> bool:
+    return ((appliance.status() or {}).get("broker_states") or {}).get(BROKER_NETNS) == "up"
+
+
+def events_since(config_path, kind: str, since: float) -> list[dict]:
+    return [e for e in audit(config_path, "events", "--kind", kind) if e["at"] >= since]
+
+
+def test_an_enrolled_workload_in_the_container_produces_through_the_proxy(appliance, config_path, container, enroll,
+                                                                          direct):
+    eventually(lambda: broker_up(appliance), message="remote broker seen as reachable")
+    reached = container.client(direct, "raw.py", "connect", NETNS_PEER, "39092")
+    assert reached["errno"] == 0 and reached["peer"] == [NETNS_PEER, 39092]  # routable from the container
+    workload = enroll("container-app")
+    workload.popen(container.argv("sleep", "60"))  # the namespace keeps an enrolled process after the client exits
+    t = f"ctr-{secrets.token_hex(3)}"
+    # The client's first connect may come before the appliance listens there (refused, foreign_netns);
+    # librdkafka retries, and the appliance opens its listener within one maintenance step of that refusal.
+    result = container.client(workload, "confluent.py", BROKER_NETNS, t, "--produce", "10", "--consume", "10",
+                              "--timeout", "40", timeout=90)
+    assert result["errors"] == [] and result["consumed"] == 10, result
+    sessions = eventually(lambda: audit(config_path, "sessions", "--identity", "container-app"), message="sessions")
+    assert {s["netns"] for s in sessions} == {container.netns}
+    assert {s["broker_address"] for s in sessions} == {BROKER_NETNS}
+    assert {s["cgroup_path"] for s in sessions} == {workload.cgroup.path}
+    cookies = {s["netns_cookie"] for s in sessions}
+    assert len(cookies) == 1 and None not in cookies
+    (listener,) = [n for n in appliance.status()["netns_listeners"] if n["netns"] == container.netns]
+    assert listener["netns_cookie"] in cookies
+    assert container.netns in cli(config_path, "status").stdout
+    assert [e for e in audit(config_path, "events", "--kind", "netns-listen") if container.netns in e["message"]]
+
+
+def test_an_unenrolled_process_in_the_container_is_refused_and_audited(appliance, config_path, container,
+                                                                        make_cgroup):
+    eventually(lambda: broker_up(appliance), message="remote broker seen as reachable")
+    outsider = make_cgroup("ctr-outsider")
+    refused = container.client(outsider, "raw.py", "connect", NETNS_PEER, "39092")
+    assert refused["error"] == "ECONNREFUSED", refused
+    (event,) = eventually(lambda: [e for e in audit(config_path, "events", "--kind", "refused-connect")
+                                   if e["cgroup_path"] == outsider.cgroup.path], message="the refusal audited")
+    assert json.loads(event["detail"])["reason"] == "unenrolled"
+    assert event["pid"] == refused["pid"]
+
+
+def test_a_direct_connect_to_the_proxy_port_in_the_container_gets_no_session(appliance, config_path, container,
+                                                                             enroll, make_cgroup):
+    eventually(lambda: broker_up(appliance), message="remote broker seen as reachable")
+    holder = enroll("container-holder")
+    holder.popen(container.argv("sleep", "120"))
+    eventually(lambda: listening_in(appliance, container), message="the appliance listening in the container")
+    outsider = make_cgroup("ctr-direct")
+    squatter = container.squat(outsider, seconds=8)  # the proxy's port inside, bound by the container
+    started = time.time()
+    probe = container.client(outsider, "raw.py", "garbage", "127.0.0.1", PROXY_PORT)
+    assert probe["errno"] == 0 and probe.get("read", 0) == 0, probe  # the proxy's socket took it, and closed it
+    refused = eventually(lambda: [e for e in events_since(config_path, "refused-session", started)
+                                  if "not steered by the kernel" in e["message"]], message="the direct connect refused")
+    assert refused
+    assert [s for s in audit(config_path, "sessions") if s["cgroup_path"] == outsider.cgroup.path] == []
+    # The enrolled workload's own connects still reach the proxy, not the process bound to its port.
+    asked = container.client(holder, "raw.py", "ask", NETNS_PEER, "39092")
+    assert asked["errno"] == 0 and asked["reply_bytes"] > 0 and asked["peer"] == [NETNS_PEER, 39092]
+    eventually(lambda: [s for s in audit(config_path, "sessions", "--identity", "container-holder")
+                        if s["netns"] == container.netns], message="the holder's session")
+    out, _ = squatter.communicate(timeout=20)
+    assert json.loads(out.strip().splitlines()[-1]) == {"received": 0}
+
+
+def test_with_the_appliance_down_nothing_in_the_container_reaches_the_broker_or_the_proxy_port(
+        appliance, config, container, enroll, make_cgroup):
+    eventually(lambda: broker_up(appliance), message="remote broker seen as reachable")
+    holder = enroll("container-holder")
+    holder.popen(container.argv("sleep", "120"))
+    eventually(lambda: listening_in(appliance, container), message="the appliance listening in the container")
+    outsider = make_cgroup("ctr-down")
+    appliance.kill()  # kill -9: the programs and the namespace's sk_lookup link stay, its listener goes
+    try:
+        squatter = container.squat(outsider, seconds=6)
+        refused = container.client(holder, "raw.py", "connect", NETNS_PEER, "39092")
+        assert refused["errno"] == errno.ECONNREFUSED, refused
+        direct = container.client(outsider, "raw.py", "connect", "127.0.0.1", PROXY_PORT)
+        assert direct["errno"] == errno.ECONNREFUSED, direct
+        out, _ = squatter.communicate(timeout=20)
+        assert json.loads(out.strip().splitlines()[-1]) == {"received": 0}
+        assert list(config.bpffs_dir.glob("link_sklookup_ns*")), "the namespace's link outlives the process"
+    finally:
+        appliance.start()
+    eventually(lambda: listening_in(appliance, container), message="listening in the container again")
+    eventually(lambda: broker_up(appliance), message="remote broker seen as reachable")
+    back = container.client(holder, "raw.py", "ask", NETNS_PEER, "39092")
+    assert back["errno"] == 0 and back["reply_bytes"] > 0
+
+    assert appliance.stop() == 0  # an orderly stop takes the namespace's link and listener away too
+    try:
+        assert not list(config.bpffs_dir.glob("link_sklookup_ns*"))
+        gone = container.client(outsider, "raw.py", "connect", "127.0.0.1", PROXY_PORT)
+        assert gone["errno"] == errno.ECONNREFUSED, gone
+    finally:
+        appliance.start()
