@@ -45,15 +45,19 @@ def vm(request):
         pytest.fail(f"VM prerequisites missing: {', '.join(missing)}; run vagrant/host-setup", pytrace=False)
     gateway = GatewayVm.create()
     try:
-        gateway.start_libvirt()
-        gateway.ensure_box()
-        gateway.up()
-        gateway.provision()
-    except VmError as failed:
+        try:
+            gateway.start_libvirt()
+            gateway.ensure_box()
+            gateway.up()
+            gateway.provision()
+            failure = None
+        except VmError as failed:
+            failure = str(failed)
+        if failure:
+            pytest.fail(failure, pytrace=False)
+        yield gateway
+    finally:
         _tear_down(gateway, request)
-        pytest.fail(str(failed), pytrace=False)
-    yield gateway
-    _tear_down(gateway, request)
 
 
 def _tear_down(gateway: GatewayVm, request) -> None:

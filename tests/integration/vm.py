@@ -97,10 +97,10 @@ class GatewayVm:
             "APPLIANCE_VM_POOL": self.pool,
         }
 
-    def _timed(self, phase: str, step, *args):
+    def _timed(self, phase: str, step):
         started = time.monotonic()
         try:
-            return step(*args)
+            return step()
         finally:
             self.timings[phase] = time.monotonic() - started
 
@@ -118,7 +118,7 @@ class GatewayVm:
 
     def ensure_box(self) -> None:
         """Build the box unless cached (vagrant/build-box), and add it to this run's VAGRANT_HOME."""
-        self._timed("box", _run, "build-box", [str(VAGRANT_DIR / "build-box")], self.env, 1800)
+        self._timed("box", lambda: _run("build-box", [str(VAGRANT_DIR / "build-box")], env=self.env, timeout=1800))
 
     def up(self) -> None:
         """Boot and sync the tree; provisioning is its own phase, timed apart."""
