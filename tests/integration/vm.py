@@ -82,7 +82,8 @@ class GatewayVm:
         # libvirt runs QEMU as libvirt-qemu, which must reach the kernel in the box and the pool's disks.
         run_dir.chmod(0o755)
         tag = run_dir.name.removeprefix("appliance-vm-").lower().replace("_", "")
-        return cls(run_dir=run_dir, name_prefix=f"appliance-test-{tag}", pool=f"appliance-test-{tag}")
+        # vagrant-libvirt appends the machine's name ("default") to the prefix as it is.
+        return cls(run_dir=run_dir, name_prefix=f"appliance-test-{tag}-", pool=f"appliance-test-{tag}")
 
     @property
     def env(self) -> dict[str, str]:
