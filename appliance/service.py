@@ -44,6 +44,7 @@ from appliance.proxy.audit_gate import AUDIT_FAILING_ERROR
 from appliance.proxy.limits import Limits
 from appliance.proxy.original_dst import kernel_lookup
 from appliance.proxy.server import ProxyServer
+from appliance.sd_notify import Notifier
 from appliance.steering.loader import BrokerState, CgroupKind, Steering
 from appliance.steering.probe import BrokerProbe
 from appliance.steering.structs import RefusalReason
@@ -71,8 +72,12 @@ _REFUSAL_WORDS = {
 
 
 class Appliance:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, keep_steering: bool = False) -> None:
         self.config = config
+        # On stop, leave the programs attached and the maps pinned (as a crash would): connects to the
+        # brokers stay refused until the next serve takes the set over (systemd's restart, an upgrade).
+        self.keep_steering = keep_steering
+        self.notifier = Notifier()
         self.store = EnrollmentStore(config.enrollments_file)
         self.by_cgroup_id: dict[int, Enrollment] = {}
         self.exempt: dict[int, str] = {}
@@ -126,7 +131,7 @@ class Appliance:
         )
         self.probe = BrokerProbe([(b.host, b.port) for b in config.brokers], self._mark_broker,
                                  interval_s=config.broker_probe_interval_ms / 1000)
-        probing = None
+        probing = watchdog = None
         try:
             # Listen before steering anything; the kernel hands steered
             # connections to these sockets alone, once admitted below.
@@ -186,14 +191,27 @@ class Appliance:
             # lot of memory (proxy.server.release_freed_heap) stays short.
             gc.collect()
             gc.freeze()
+            # systemd (Type=notify): ready once programs are attached and the listeners admitted; the
+            # watchdog pings come from this event loop, so a loop that stops turning stops them.
+            self.notifier.send(ready=True, status=f"serving on port {config.listen_port}")
+            if self.notifier.watchdog_s is not None:
+                watchdog = loop.create_task(self._ping_watchdog(self.notifier.watchdog_s))
             await self._maintain()
         finally:
             if probing is not None:
                 probing.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
+            self.notifier.send(stopping=True)
             await self._shutdown()
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _ping_watchdog(self, interval_s: float) -> None:
+        while True:
+            self.notifier.send(watchdog=True)
+            await asyncio.sleep(interval_s)
 
     async def _maintain(self) -> None:
         last_status = 0.0
@@ -220,10 +238,15 @@ class Appliance:
             await self.server.stop()
         if self.token_source is not None:
             await self.token_source.stop()
-        if self.steering is not None:
+        if self.steering is not None and not self.keep_steering:
             self.steering.detach()
         if self.writer is not None:
-            self._event("stop", "appliance stopped; steering detached")
+            if self.keep_steering:
+                self._event("stop", f"appliance stopped; steering left in place ({self.config.bpffs_dir}): "
+                            "connects to the brokers are refused until the appliance serves again "
+                            "(`appliance detach` removes it)")
+            else:
+                self._event("stop", "appliance stopped; steering detached")
             self.writer.close()
             self.config.run_marker.unlink(missing_ok=True)  # only now: this run's audit is complete
         try:
@@ -507,6 +530,15 @@ class AlreadyServing(RuntimeError):
     """Another serving process holds this audit database (its run marker names a live `appliance serve`)."""
 
 
+def serving_pid(config: Config) -> int | None:
+    """The pid of the `appliance serve` that holds this configuration's audit (its run marker), if one runs."""
+    try:
+        pid = json.loads(config.run_marker.read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) and _is_serving(pid) else None
+
+
 def _is_serving(pid: int) -> bool:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -581,10 +613,10 @@ def _sessions_the_fd_limit_allows(max_sessions: int, pooled: int) -> int:
     return max_sessions
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, *, keep_steering: bool = False) -> None:
     import uvloop
 
     raise_fd_limit()
     sys.setswitchinterval(_GIL_SWITCH_S)
     _keep_large_buffers_warm()
-    uvloop.run(Appliance(config).run())
+    uvloop.run(Appliance(config, keep_steering=keep_steering).run())

@@ -34,7 +34,7 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from appliance.cli import audit, broker, identity, idp, policy, revoke, serve
+    from appliance.cli import audit, broker, doctor, identity, idp, policy, revoke, serve, steering
 
     main.add_command(serve.serve)
     main.add_command(serve.status)
@@ -48,6 +48,8 @@ def _register() -> None:
     main.add_command(idp.idp)
     main.add_command(policy.policy)
     main.add_command(revoke.revoke)
+    main.add_command(steering.detach)
+    main.add_command(doctor.doctor)
 
 
 _register()

@@ -19,8 +19,12 @@ from appliance.cli.output import emit, when
 @click.option("--supervise", is_flag=True,
               help="Run the appliance as a child and restart it at once if it dies (backoff if it keeps dying); "
                    "enrolled connects are refused, never sent direct, while it restarts.")
+@click.option("--keep-steering", is_flag=True,
+              help="On stop, leave the steering programs attached and their maps pinned, as a crash would: "
+                   "connects to the brokers stay refused (never sent direct) until the next serve takes them "
+                   "over; `appliance detach` removes them. appliance.service runs serve so.")
 @click.pass_context
-def serve(ctx, supervise: bool) -> None:
+def serve(ctx, supervise: bool, keep_steering: bool) -> None:
     """Run the appliance: attach steering, proxy enrolled workloads, audit everything.
 
     With no --config it runs on the embedded defaults, steering the embedded
@@ -31,6 +35,7 @@ def serve(ctx, supervise: bool) -> None:
     Example:
       appliance serve
       appliance --config /etc/appliance/appliance.yaml serve --supervise
+      appliance --config /etc/appliance/appliance.yaml serve --keep-steering
     """
     from appliance.broker.credentials import CredentialsError
     from appliance.policy.parser import PolicyError
@@ -48,9 +53,9 @@ def serve(ctx, supervise: bool) -> None:
             argv += ["--config", config.source]
         if ctx.find_root().params.get("verbose"):
             argv.append("--verbose")
-        sys.exit(run_supervised(argv + ["serve"]))
+        sys.exit(run_supervised(argv + ["serve"] + (["--keep-steering"] if keep_steering else [])))
     try:
-        run_service(ctx.obj)
+        run_service(ctx.obj, keep_steering=keep_steering)
     except CredentialsError as e:
         raise click.ClickException(f"{e} (start the embedded broker with `appliance broker start`, "
                                    "or set upstream_credentials in the config)") from None

@@ -40,6 +40,7 @@ import ctypes as ct
 import errno
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Iterable
@@ -56,9 +57,17 @@ __all__ = ["BrokerState", "CgroupCounters", "CgroupKind", "ConnRecord", "Refusal
            "attached_programs"]
 
 DEFAULT_BPFFS_DIR = Path("/sys/fs/bpf/appliance")
-# <repo>/bpf, found from this file: `appliance.__file__` is None when the
-# package is imported as a namespace (the editable install's finder does so).
-DEFAULT_BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+
+
+def _bpf_sources() -> Path:
+    """<repo>/bpf in a checkout, found from this file (`appliance.__file__` is None when the package is
+    imported as a namespace, as the editable install's finder does); else where a non-editable install
+    puts them (pyproject.toml's data-files): <venv>/share/appliance/bpf."""
+    checkout = Path(__file__).resolve().parents[2] / "bpf"
+    return checkout if (checkout / "steering.c").is_file() else Path(sys.prefix) / "share" / "appliance" / "bpf"
+
+
+DEFAULT_BPF_DIR = _bpf_sources()
 MAPS = ("brokers", "cgroups", "socks", "conn_by_peer", "counters", "health", "proxy_socks", "config", "refusals")
 CARRIED_OVER = ("brokers", "cgroups")  # the state that must survive a restart
 _NO_ENTRY_COUNT = {"socks", "conn_by_peer", "counters", "proxy_socks", "refusals"}  # never walked for status
@@ -366,3 +375,41 @@ class Steering:
                          "max_entries": info.max_entries})
         return {"attached": self._bpf is not None, "bpffs_dir": str(self.bpffs_dir), "programs": programs,
                 "maps": maps, "listeners": [list(s.getsockname()[:2]) for s in self.listeners if s.fileno() >= 0]}
+
+
+def release(bpffs_dir: Path = DEFAULT_BPFFS_DIR) -> list[str]:
+    """Take down a set no process owns any more: one left on purpose (`serve --keep-steering`) or by a crash.
+
+    Detaches our cgroup programs whose maps are pinned in `bpffs_dir` (and
+    orphans, pinned nowhere), detaches the sk_lookup link pinned there, and
+    removes the pins and the directory. Returns a line per thing removed. The
+    caller makes sure no serving process uses `bpffs_dir`.
+    """
+    bpffs_dir = Path(bpffs_dir)
+    removed: list[str] = []
+    by_name = {n: t for t, n in K.ATTACH_TYPE_NAMES.items()}
+    root = K.root_fd()
+    try:
+        for p in attached_programs():
+            if p["cgroup"] == "/" and p["bpffs_dir"] in (str(bpffs_dir), None):
+                K.detach_id(root, p["id"], by_name[p["attach_type"]])
+                removed.append(f"program {p['name']} (id {p['id']}, {p['attach_type']}) at {cgroup2_root()}")
+    finally:
+        os.close(root)
+    link_pin = bpffs_dir / K.LINK_PIN
+    link = K.lib.bpf_obj_get(os.fsencode(link_pin))
+    if link >= 0:
+        try:
+            K.check(K.lib.bpf_link_detach(link), f"detaching the link pinned at {link_pin}")
+        finally:
+            os.close(link)
+        link_pin.unlink(missing_ok=True)
+        removed.append(f"sk_lookup link {link_pin}")
+    for pin in sorted(bpffs_dir.glob(K.PIN_PREFIX + "*")) if bpffs_dir.is_dir() else ():
+        pin.unlink()
+        removed.append(f"pinned map {pin}")
+    try:
+        bpffs_dir.rmdir()
+    except OSError:
+        pass  # absent, or holding pins that are not ours
+    return removed

@@ -1,0 +1,1 @@
+"""`appliance doctor`: does this host have what `appliance serve` needs? `checks` judges (pure), `facts` looks."""
