@@ -86,6 +86,13 @@ def test_the_project_tree_is_synced_in(vm):
     assert vm.ssh("test -f /appliance/pyproject.toml && test -x /appliance/vagrant/provision && echo ok").stdout.strip() == "ok"
 
 
+def test_the_provisioner_installed_the_appliance(vm):
+    # scripts/install from the synced tree: the venv, the command on PATH, the unit enabled
+    # (not started: the VM has no broker credentials yet).
+    assert "serve" in vm.ssh("/usr/local/bin/appliance --help").stdout
+    assert vm.ssh("systemctl is-enabled appliance.service").stdout.strip() == "enabled"
+
+
 def test_the_kernel_has_bpf_and_cgroup2(vm):
     assert vm.ssh("stat -f -c %T /sys/fs/cgroup").stdout.strip() == "cgroup2fs"
     assert vm.ssh("test -s /sys/kernel/btf/vmlinux && echo btf").stdout.strip() == "btf"
