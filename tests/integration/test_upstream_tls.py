@@ -332,3 +332,26 @@ def test_serve_refuses_a_configuration_whose_tls_files_are_wrong(appliances, tls
     assert done.returncode != 0
     assert (f"{bad}: key 'upstream_tls': key 'client_key': {tls_broker.files.ca_key}: this private key does not "
             f"belong to the certificate in {tls_broker.files.client_cert}") in done.stderr + done.stdout
+
+
+def test_doctor_makes_the_handshake_serve_makes_and_names_the_same_fault(appliances, tls_broker):
+    """doctor's broker checks with upstream_tls: one real handshake per broker, as the proxy makes it."""
+    import json
+
+    path = STATE / "doctor.yaml"
+    for name, broker, status, detail in (
+        ("A", TLS4, "ok", "TLS handshake in "),
+        ("A", EXPIRED, "FAIL", f"TLS to broker {EXPIRED} failed: certificate verify failed: certificate has expired"),
+        ("C", TLS4, "FAIL", f"TLS to broker {TLS4} failed: certificate verify failed: unable to get local issuer"),
+    ):
+        settings = appliances.settings(name)
+        settings.update(brokers=[broker], listen_port=26191, bpffs_dir="/sys/fs/bpf/appliance-test-tls-doctor")
+        settings["upstream_tls"]["server_names"] = {}  # these brokers are verified by their IP SAN
+        path.write_text(yaml.safe_dump(settings))
+        done = cli(path, "doctor", "--json", check=False, timeout=60)
+        assert done.stdout.startswith("["), (done.returncode, done.stdout, done.stderr)
+        findings = {f["check"]: f for f in json.loads(done.stdout)}
+        found = findings[f"broker {broker}"]
+        assert found["status"] == status and detail in found["detail"], (name, broker, found)
+        if status == "FAIL":
+            assert done.returncode == 1
