@@ -107,7 +107,10 @@ def config_path(prerequisites) -> Path:
         "brokers": [BROKER4, BROKER6, BROKER_NETNS],
         "bpffs_dir": "/sys/fs/bpf/appliance-test",
         "proxy_cgroup": "appliance-test-proxy",
-        "exempt_cgroups": ["appliance-test-broker", "appliance-test-direct"],
+        # The proxy cgroups of the serve and doctor runs some modules make beside this appliance: their broker
+        # connects are theirs to steer, and this appliance would refuse them as unenrolled.
+        "exempt_cgroups": ["appliance-test-broker", "appliance-test-direct", "appliance-test-notify-proxy",
+                           "appliance-test-doctor-proxy"],
         "audit_flush_ms": 50,
         "policy_file": str(POLICY),
         "embedded_broker": {"port4": 39092, "port6": 39093, "controller_port": 39094,

@@ -232,7 +232,7 @@ def refused(appliances: Appliances, app: _Appliance, cg, broker: str, reason: st
     # the delivery error ("Message timed out"), or, when flush gives up first, the client's own ("brokers are down")
     assert result["produced"] == 0 and (result["errors"] or result["client_errors"]), result
     reasons = {s["close_reason"] for s in closed_sessions(appliances.config_path, broker, cg)}
-    assert reasons == {reason}, reasons
+    assert reasons - {"client closed the connection"} == {reason}, reasons  # a session open when it gave up
     lines = [line for line in app.log.read_text().splitlines()
              if reason in line and "nothing is sent to it in plaintext" in line]
     assert len(lines) == 1, lines
@@ -286,8 +286,10 @@ def test_the_first_bytes_the_proxy_sends_a_broker_are_a_tls_client_hello(applian
         assert data[0] == 0x16 and data[1] == 0x03 and data[5] == 0x01, data[:16]
         assert b"SCRAM" not in data and b"appliance" not in data  # no SASL exchange in the clear
     reasons = {s["close_reason"] for s in closed_sessions(appliances.config_path, CATCHER, cg)}
-    assert reasons == {f"TLS to broker {CATCHER} failed: the broker closed the connection during the TLS handshake "
-                       "(is the port a plaintext listener?)"}, reasons
+    # the client retries every 50 ms until its timeout: the session open when it gives up ends with it
+    assert reasons - {"client closed the connection"} == {
+        f"TLS to broker {CATCHER} failed: the broker closed the connection during the TLS handshake "
+        "(is the port a plaintext listener?)"}, reasons
 
 
 def test_mutual_tls_works_with_the_client_certificate_and_a_wrong_server_name_is_refused(appliances, workload,
