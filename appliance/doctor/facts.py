@@ -180,16 +180,15 @@ def _probe_brokers(config: Config) -> tuple[BrokerProbeResult, ...]:
 def _broker_reachable(broker: BrokerAddress, tls=None, timeout_s: float = BROKER_TIMEOUT_S) -> BrokerProbeResult:
     """One TCP connect to the broker, named in the result; with `upstream_tls` (`tls`), one TLS handshake as
     the proxy makes it instead, so doctor and serve name the same fault."""
+    started = time.monotonic()
     if tls is not None and tls.enabled:
         from appliance.proxy.upstream_tls import probe
 
-        started = time.monotonic()
         fault = probe(tls, broker, timeout_s=timeout_s)
         if fault is not None:
             return BrokerProbeResult(str(broker), False, fault)
         return BrokerProbeResult(str(broker), True, f"TLS handshake in {(time.monotonic() - started) * 1000:.0f} ms")
     family = socket.AF_INET6 if broker.family == 6 else socket.AF_INET
-    started = time.monotonic()
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout_s)
