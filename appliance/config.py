@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from appliance.identity.containers import ContainerRoots
+
 
 # The policy `appliance serve` enforces when the configuration names none: the demo's.
 EMBEDDED_POLICY = Path(__file__).resolve().parent / "policy" / "embedded.yaml"
@@ -231,6 +233,8 @@ class Config:
     broker_probe_interval_ms: int = 1000
     # A kernel hand-off record older than this when the proxy accepts is not used.
     handoff_max_age_ms: int = 10_000
+    # Where container runtimes keep the state that labels come from (enrolment patterns' label:KEY).
+    container_roots: ContainerRoots = field(default_factory=ContainerRoots)
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     source: str = "embedded defaults"
@@ -298,6 +302,20 @@ def load_config(path: Path | None) -> Config:
     return parse_config(data, source=str(path))
 
 
+def _parse_container_roots(value: Any, where: str) -> ContainerRoots:
+    known = [f.name for f in fields(ContainerRoots)]
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must map runtimes ({', '.join(known)}) to absolute paths")
+    changes = {}
+    for runtime, path in value.items():
+        if runtime not in known:
+            raise ConfigError(f"{where}: {runtime!r} is not a runtime the appliance reads; use {', '.join(known)}")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError(f"{where}: {runtime} must be an absolute path, got {path!r}")
+        changes[runtime] = Path(path)
+    return replace(ContainerRoots(), **changes)
+
+
 def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
     """Validate a mapping of settings over the defaults; every error names the key."""
     known = {f.name for f in fields(Config)} - {"source"}
@@ -338,6 +356,8 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where} must be true or false, got {value!r}")
             changes[key] = value
+        elif key == "container_roots":
+            changes[key] = _parse_container_roots(value, where)
         elif key == "embedded_broker":
             changes[key] = _parse_embedded_broker(value, where)
         elif key == "identity":

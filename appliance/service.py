@@ -33,7 +33,7 @@ from appliance.broker.credentials import ClientCertificateOnly, OAuthBearerCrede
 from appliance.broker.oauth_token import TokenUnavailable
 from appliance.broker.token_source import TokenSource
 from appliance.config import Config, ConfigError
-from appliance.identity import cgroups
+from appliance.identity import cgroups, containers
 from appliance.identity.enrollment import Enrollment, EnrollmentStore
 from appliance.identity.introspection import IntrospectionError
 from appliance.identity.providers import TokenProviders
@@ -64,6 +64,8 @@ _AUDIT_FAILING_REMINDER_S = 10.0
 _FDS_BESIDE_SESSIONS = 128
 _SYNC_INTERVAL_S = 0.25
 _RESOLVE_INTERVAL_S = 2.0
+_PATTERN_INTERVAL_S = 0.5  # pattern enrolments: a new container is enrolled this soon after its cgroup appears
+_PATTERN_SKIPS_KEPT = 4096
 _REFUSAL_WINDOW_NOTE = "refusals from one cgroup to one address within one poll (250 ms) share one event"
 _STATUS_INTERVAL_S = 1.0
 _REFUSERS_KEPT = 1024  # cgroups whose kernel counters status shows beside the enrolled and exempt ones
@@ -90,6 +92,8 @@ class Appliance:
         self.exempt: dict[int, str] = {}
         self._store_stamp: float | None = None
         self._last_full_sync = 0.0
+        self._has_patterns = False
+        self._pattern_skips: dict[str, str] = {}  # cgroup path -> why a pattern's match is not enrolled (reported)
         self._stopping = asyncio.Event()
         self._reload_requested = asyncio.Event()
         self.policy: Policy | None = None
@@ -435,13 +439,18 @@ class Appliance:
         cgroup removed and recreated under an enrolled path (a new id) is found.
         """
         stamp = self.store.stamp()
-        if stamp == self._store_stamp and not force and time.monotonic() - self._last_full_sync < _RESOLVE_INTERVAL_S:
+        interval = _PATTERN_INTERVAL_S if self._has_patterns else _RESOLVE_INTERVAL_S
+        if stamp == self._store_stamp and not force and time.monotonic() - self._last_full_sync < interval:
             return
         self._store_stamp = stamp
         self._last_full_sync = time.monotonic()
         wanted: dict[int, Enrollment] = {}
         changed = False
-        for record in self.store.load().values():
+        records = list(self.store.load().values())
+        self._has_patterns = any(r.is_pattern for r in records)
+        for record in records:
+            if record.is_pattern:
+                continue
             try:
                 cg = cgroups.resolve(record.cgroup_path)
             except cgroups.CgroupError as e:
@@ -449,6 +458,9 @@ class Appliance:
                 continue
             wanted[cg.id] = record
             self.enrolled_dirs[cg.id] = cg.directory
+        for record in records:  # a cgroup enrolled by its own path is not taken over by a pattern
+            if record.is_pattern:
+                self._expand_pattern(record, wanted)
         for cgroup_id, record in list(self.by_cgroup_id.items()):
             if wanted.get(cgroup_id) != record:
                 self.steering.clear_cgroup(cgroup_id)
@@ -470,6 +482,43 @@ class Appliance:
         self.enrolled_dirs = {cid: d for cid, d in self.enrolled_dirs.items() if cid in self.by_cgroup_id}
         if changed and self.namespaces is not None:
             self.namespaces.rescan = True  # where the new workloads live, or which namespaces lost theirs
+
+    def _expand_pattern(self, record: Enrollment, wanted: dict[int, Enrollment]) -> None:
+        try:
+            matches = containers.expand(record.cgroup_path, record.identity, record.identity_from,
+                                        cgroups.cgroup2_root(), self.config.container_roots)
+        except containers.ContainerError as e:
+            self._skip_once(record.cgroup_path, str(e))
+            return
+        seen = set()
+        for match in matches:
+            seen.add(match.path)
+            if match.identity is None:
+                self._skip_once(match.path, match.reason)
+                continue
+            try:
+                cg = cgroups.resolve(match.path)
+            except cgroups.CgroupError:
+                continue  # removed since it was listed
+            if cg.id in wanted or cg.id in self.exempt:
+                continue
+            wanted[cg.id] = dataclasses.replace(record, identity=match.identity, cgroup_path=cg.path,
+                                                cgroup_id=cg.id, kind="cgroup", identity_from="")
+            self.enrolled_dirs[cg.id] = cg.directory
+            self._pattern_skips.pop(match.path, None)
+        for path in [p for p in self._pattern_skips if p.startswith("/") and p not in seen and "*" not in p]:
+            del self._pattern_skips[path]  # gone: a later cgroup of that name is judged afresh
+
+    def _skip_once(self, path: str, reason: str) -> None:
+        """Log and audit a pattern's cgroup that cannot be enrolled, once per cgroup and reason."""
+        if self._pattern_skips.get(path) == reason:
+            return
+        if len(self._pattern_skips) >= _PATTERN_SKIPS_KEPT:
+            self._pattern_skips.pop(next(iter(self._pattern_skips)))
+        self._pattern_skips[path] = reason
+        log.warning("cgroup %s matches an enrolment pattern but is not enrolled: %s", path, reason)
+        self._event("enroll-skipped", f"cgroup {path} matches an enrolment pattern but is not enrolled: {reason}",
+                    cgroup_path=path)
 
     # ---- brokers' reachability ---------------------------------------------
 

@@ -14,7 +14,7 @@ import click
 from appliance.audit import store
 from appliance.audit.records import Event
 from appliance.cli.output import emit
-from appliance.identity import cgroups
+from appliance.identity import cgroups, containers
 from appliance.identity.enrollment import EnrollmentError, EnrollmentStore
 
 _RUN_PARENT = "appliance-run"
@@ -25,7 +25,7 @@ def _record(ctx, kind: str, message: str, **fields) -> None:
 
 
 def _enroll(ctx, cgroup: cgroups.Cgroup, identity: str, groups: tuple[str, ...], auth: str = "cgroup",
-            accepts: tuple[str, ...] = ()):
+            accepts: tuple[str, ...] = (), detail: dict | None = None):
     try:
         record = EnrollmentStore(ctx.obj.enrollments_file).enroll(
             identity=identity, groups=groups, cgroup_path=cgroup.path, cgroup_id=cgroup.id, auth=auth,
@@ -34,7 +34,8 @@ def _enroll(ctx, cgroup: cgroups.Cgroup, identity: str, groups: tuple[str, ...],
         raise click.ClickException(str(e)) from None
     _record(ctx, "enroll", f"enrolled cgroup {cgroup.path} as {identity} (auth {record.auth})", identity=identity,
             cgroup_id=cgroup.id, cgroup_path=cgroup.path,
-            detail=json.dumps({"groups": list(groups), "auth": record.auth, "accepts": list(record.accepts)}))
+            detail=json.dumps({"groups": list(groups), "auth": record.auth, "accepts": list(record.accepts),
+                               **(detail or {})}))
     return record
 
 
@@ -63,31 +64,83 @@ def _resolve(name: str) -> cgroups.Cgroup:
 
 @click.command()
 @click.argument("cgroup")
-@click.option("--identity", required=True, help="The workload identity its connections are attributed to.")
+@click.option("--identity", help="The workload identity its connections are attributed to (required unless "
+              "--identity-from is given).")
 @click.option("--group", "groups", multiple=True, help="A group the identity belongs to (repeatable).")
 @click.option("--auth", type=click.Choice(["cgroup", "token", "cgroup+token"]), default="cgroup", show_default=True,
               help=_AUTH_HELP)
 @click.option("--accept", "accepts", multiple=True, metavar="PATTERN", help=_ACCEPT_HELP)
+@click.option("--container", "is_container", is_flag=True,
+              help="CGROUP is a container id (12 or more hex digits) of Docker, Podman, containerd or CRI-O: "
+                   "its cgroup is found and enrolled.")
+@click.option("--glob", "is_glob", is_flag=True,
+              help="CGROUP is a pattern such as '/system.slice/docker-*.scope': every cgroup it matches, now "
+                   "or later, is enrolled (within a second of appearing).")
+@click.option("--identity-from", "identity_from", metavar="SOURCE",
+              help="With --glob: each matched cgroup's identity is its unit name without the suffix (unit), what "
+                   "the pattern's first * matched (match), or a container label (label:KEY).")
 @click.pass_context
-def enroll(ctx, cgroup: str, identity: str, groups: tuple[str, ...], auth: str, accepts: tuple[str, ...]) -> None:
+def enroll(ctx, cgroup: str, identity: str | None, groups: tuple[str, ...], auth: str, accepts: tuple[str, ...],
+           is_container: bool, is_glob: bool, identity_from: str | None) -> None:
     """Enrol CGROUP (and every cgroup below it) as a workload identity.
 
-    CGROUP is a path under the cgroup v2 root, an absolute path, or a systemd
-    unit name. New connections from it are steered within a second; the
-    enrolment persists across restarts.
+    CGROUP is a path under the cgroup v2 root, an absolute path, a systemd
+    unit name, a container id (--container) or a pattern (--glob). New
+    connections from it are steered within a second; the enrolment persists
+    across restarts.
 
     \b
     Example:
       appliance enroll /orders --identity orders --group payments
       appliance enroll orders.service --identity orders
       appliance enroll /ci --identity ci --auth cgroup+token --accept 'prefix:ci-'
+      appliance enroll --container 3f4e9a1c2b7d --identity billing
+      appliance enroll --glob '/system.slice/docker-*.scope' --identity-from label:appliance.identity
+      appliance enroll --glob '/system.slice/app-*.service' --identity-from match
     """
+    if is_container and is_glob:
+        raise click.ClickException("--container and --glob name CGROUP in two different ways; give one")
+    if identity_from and not is_glob:
+        raise click.ClickException("--identity-from takes each cgroup's identity from a pattern's matches: "
+                                   "it needs --glob")
+    if bool(identity) == bool(identity_from):
+        raise click.ClickException("give --identity, or --identity-from with --glob (not both)")
+    if is_glob:
+        _enroll_glob(ctx, cgroup, identity or "", groups, auth, accepts, identity_from or "")
+        return
+    detail = {}
+    if is_container:
+        try:
+            found = containers.find_container(cgroup, cgroups.cgroup2_root())
+        except containers.ContainerError as e:
+            raise click.ClickException(str(e)) from None
+        detail = {"container": found.container_id, "runtime": found.runtime}
+        cgroup = found.path
     cg = _resolve(cgroup)
     if cg.path == "/":
         raise click.ClickException("refusing to enrol the root cgroup: every process on the host would be steered")
-    record = _enroll(ctx, cg, identity, groups, auth, accepts)
-    click.echo(f"enrolled {cg.path} (cgroup id {cg.id}) as {identity}" + (f" in {', '.join(groups)}" if groups else "")
+    record = _enroll(ctx, cg, identity, groups, auth, accepts, detail=detail)
+    what = f"container {detail['container'][:12]} ({detail['runtime']}): " if detail else ""
+    click.echo(f"enrolled {what}{cg.path} (cgroup id {cg.id}) as {identity}"
+               + (f" in {', '.join(groups)}" if groups else "")
                + ("" if record.auth == "cgroup" else f", auth {record.auth}"))
+
+
+def _enroll_glob(ctx, pattern: str, identity: str, groups, auth, accepts, identity_from: str) -> None:
+    try:
+        glob = containers.CgroupGlob.parse(pattern)
+        record = EnrollmentStore(ctx.obj.enrollments_file).enroll(
+            identity=identity, groups=groups, cgroup_path=glob.pattern, cgroup_id=0, auth=auth, accepts=accepts,
+            kind="glob", identity_from=identity_from)
+        matched = glob.matches(cgroups.cgroup2_root())
+    except (containers.ContainerError, EnrollmentError) as e:
+        raise click.ClickException(str(e)) from None
+    who = f"identity from {identity_from}" if identity_from else identity
+    _record(ctx, "enroll", f"enrolled cgroups matching {glob.pattern} as {who} (auth {record.auth})",
+            identity=identity or None, cgroup_path=glob.pattern,
+            detail=json.dumps({"groups": list(groups), "auth": record.auth, "accepts": list(record.accepts),
+                               "pattern": glob.pattern, "identity_from": identity_from}))
+    click.echo(f"enrolled cgroups matching {glob.pattern} as {who}; {len(matched)} match now")
 
 
 @click.command()
@@ -124,16 +177,34 @@ def workloads(ctx, as_json: bool) -> None:
         raise click.ClickException(str(e)) from None
     rows = []
     for r in records:
-        try:
-            live_id = cgroups.resolve(r.cgroup_path).id
-        except cgroups.CgroupError:
-            live_id = None
+        if r.is_pattern:  # one row for the pattern, then one per cgroup it matches now
+            rows.append({"identity": r.identity or f"from {r.identity_from}", "groups": ",".join(r.groups),
+                         "auth": r.auth, "accepts": ",".join(r.accepts), "cgroup_path": r.cgroup_path,
+                         "cgroup_id": None, "present": None, "enrolled_at": r.enrolled_at})
+            try:
+                matches = containers.expand(r.cgroup_path, r.identity, r.identity_from, cgroups.cgroup2_root(),
+                                            ctx.obj.container_roots)
+            except containers.ContainerError as e:
+                raise click.ClickException(str(e)) from None
+            for m in matches:
+                rows.append({"identity": m.identity or f"(none: {m.reason})", "groups": ",".join(r.groups),
+                             "auth": r.auth, "accepts": ",".join(r.accepts), "cgroup_path": m.path,
+                             "cgroup_id": _live_id(m.path), "present": True, "enrolled_at": r.enrolled_at})
+            continue
+        live_id = _live_id(r.cgroup_path)
         rows.append({"identity": r.identity, "groups": ",".join(r.groups), "auth": r.auth,
                      "accepts": ",".join(r.accepts), "cgroup_path": r.cgroup_path,
                      "cgroup_id": live_id, "present": live_id is not None, "enrolled_at": r.enrolled_at})
     emit(rows, as_json=as_json, columns=("identity", "groups", "auth", "accepts", "cgroup_path", "cgroup_id", "present",
                                          "enrolled_at"),
          title="enrolled workloads", times=("enrolled_at",))
+
+
+def _live_id(path: str) -> int | None:
+    try:
+        return cgroups.resolve(path).id
+    except cgroups.CgroupError:
+        return None
 
 
 def _wait_until_applied(ctx, cgroup_id: int, timeout: float = 3.0) -> bool:

@@ -34,6 +34,14 @@ class Enrollment:
     enrolled_at: float
     auth: str = "cgroup"  # an appliance.identity.binding.AuthMode value
     accepts: tuple[str, ...] = ()  # token identities, subjects or groups (patterns) the cgroup may present
+    # "glob": cgroup_path is a pattern (appliance.identity.containers.CgroupGlob) and each cgroup it matches
+    # is enrolled, as `identity` or, when identity_from is set, as what that says (unit, match, label:KEY).
+    kind: str = "cgroup"
+    identity_from: str = ""
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.kind == "glob"
 
 
 def validate_identity(name: str, *, what: str = "identity") -> str:
@@ -69,6 +77,23 @@ def _accepts(values) -> list[str]:
     return out
 
 
+def _kind(value: str) -> str:
+    if value not in ("cgroup", "glob"):
+        raise EnrollmentError(f"kind {value!r} is not an enrolment kind: use cgroup or glob")
+    return value
+
+
+def _identity_from(value: str) -> str:
+    from appliance.identity.containers import ContainerError, check_identity_source
+
+    if not value:
+        return ""
+    try:
+        return check_identity_source(value)
+    except ContainerError as e:
+        raise EnrollmentError(str(e)) from None
+
+
 def binding_of(record: Enrollment):
     """The enrolment as `appliance.identity.binding` binds it to a workload's proof."""
     from appliance.identity.binding import AuthMode, Binding
@@ -100,6 +125,8 @@ class EnrollmentStore:
                     enrolled_at=float(item["enrolled_at"]),
                     auth=_auth_mode(item.get("auth", "cgroup")),
                     accepts=tuple(_accepts(item.get("accepts", ()))),
+                    kind=_kind(item.get("kind", "cgroup")),
+                    identity_from=_identity_from(item.get("identity_from", "")),
                 )
                 for item in raw["enrollments"]
             }
@@ -111,12 +138,18 @@ class EnrollmentStore:
         state_file.replace_private(self.path, json.dumps(data, indent=2) + "\n")
 
     def enroll(self, *, identity: str, groups: tuple[str, ...], cgroup_path: str, cgroup_id: int,
-               auth: str = "cgroup", accepts: tuple[str, ...] = ()) -> Enrollment:
-        validate_identity(identity)
+               auth: str = "cgroup", accepts: tuple[str, ...] = (), kind: str = "cgroup",
+               identity_from: str = "") -> Enrollment:
+        if identity_from:
+            if kind != "glob":
+                raise EnrollmentError("an identity taken from each cgroup (identity_from) needs a cgroup pattern")
+            identity = ""
+        else:
+            validate_identity(identity)
         for g in groups:
             validate_identity(g, what="group")
         record = Enrollment(identity, tuple(groups), cgroup_path, cgroup_id, time.time(), _auth_mode(auth),
-                            tuple(_accepts(accepts)))
+                            tuple(_accepts(accepts)), _kind(kind), _identity_from(identity_from))
         with self._locked():
             current = self.load()
             current[cgroup_path] = record

@@ -50,6 +50,7 @@ NETNS_HOST, NETNS_PEER = "10.231.0.1", "10.231.0.2"
 BROKER_NETNS = f"{NETNS_PEER}:39092"
 VETH_HOST, VETH_PEER = "appl-test-h", "appl-test-p"
 WORKLOAD_PARENT = "appliance-test-workloads"
+CONTAINER_STATE = STATE / "containers"
 POLICY = STATE / "policy.yaml"  # a copy of tests/integration/policy.yaml that policy tests rewrite
 # The test session's identity provider (tests/integration/idp_fixtures.py): the demo realm on its test port.
 IDP_ISSUER = "http://127.0.0.1:39180/realms/appliance"
@@ -113,6 +114,8 @@ def config_path(prerequisites) -> Path:
                            "appliance-test-doctor-proxy"],
         "audit_flush_ms": 50,
         "policy_file": str(POLICY),
+        # Container runtimes' state, where test_containers writes the labels a runtime would.
+        "container_roots": {runtime: str(CONTAINER_STATE / runtime) for runtime in ("docker", "podman", "containerd", "crio")},
         "embedded_broker": {"port4": 39092, "port6": 39093, "controller_port": 39094,
                             "data_dir": str(STATE / "broker"), "cgroup": "appliance-test-broker"},
         "identity": {
