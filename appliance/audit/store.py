@@ -166,6 +166,8 @@ EVENT_KINDS += ("revoke",)
 EVENT_KINDS += ("upstream-reauth",)
 # The proxy's listeners in workloads' network namespaces (docs/audit.md).
 EVENT_KINDS += ("netns-listen", "netns-close")
+# A cgroup an enrolment pattern matches but that gets no identity (appliance.identity.containers).
+EVENT_KINDS += ("enroll-skipped",)
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:
