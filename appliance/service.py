@@ -93,6 +93,8 @@ class Appliance:
         self._store_stamp: float | None = None
         self._last_full_sync = 0.0
         self._has_patterns = False
+        # pattern -> matched path -> what its label gave (read once per container)
+        self._pattern_identities: dict[str, dict[str, containers.PatternMatch]] = {}
         self._pattern_skips: dict[str, str] = {}  # cgroup path -> why a pattern's match is not enrolled (reported)
         self._stopping = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -485,11 +487,14 @@ class Appliance:
 
     def _expand_pattern(self, record: Enrollment, wanted: dict[int, Enrollment]) -> None:
         try:
+            known = self._pattern_identities.setdefault(record.cgroup_path, {})
             matches = containers.expand(record.cgroup_path, record.identity, record.identity_from,
-                                        cgroups.cgroup2_root(), self.config.container_roots)
+                                        cgroups.cgroup2_root(), self.config.container_roots, known)
         except containers.ContainerError as e:
             self._skip_once(record.cgroup_path, str(e))
             return
+        for gone in set(known) - {m.path for m in matches}:
+            del known[gone]  # its container stopped: one started under that name later is read afresh
         seen = set()
         for match in matches:
             seen.add(match.path)

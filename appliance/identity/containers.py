@@ -273,8 +273,13 @@ class PatternMatch:
     reason: str = ""
 
 
-def expand(pattern: str, identity: str, identity_from: str, root: Path, roots: ContainerRoots) -> list[PatternMatch]:
-    """The cgroups a pattern enrolment names now, each with its identity or why it has none."""
+def expand(pattern: str, identity: str, identity_from: str, root: Path, roots: ContainerRoots,
+           known: dict[str, PatternMatch] | None = None) -> list[PatternMatch]:
+    """The cgroups a pattern enrolment names now, each with its identity or why it has none.
+
+    `known`: what an earlier expansion found for some of its paths (identity or reason). A container's
+    labels do not change while it runs, so a caller that expands often reads each container's state once.
+    """
     from appliance.identity.enrollment import EnrollmentError, validate_identity
 
     glob = CgroupGlob.parse(pattern)
@@ -283,6 +288,9 @@ def expand(pattern: str, identity: str, identity_from: str, root: Path, roots: C
         if not identity_from:
             out.append(PatternMatch(path, identity))
             continue
+        if known and path in known:
+            out.append(known[path])
+            continue
         found, reason = identity_for(identity_from, path, glob, roots)
         if found is not None:
             try:
@@ -290,4 +298,6 @@ def expand(pattern: str, identity: str, identity_from: str, root: Path, roots: C
             except EnrollmentError as e:
                 found, reason = None, f"{identity_from} of {path} gives no usable identity: {e}"
         out.append(PatternMatch(path, found, reason))
+        if known is not None:
+            known[path] = out[-1]
     return out

@@ -164,3 +164,15 @@ def test_pattern_enrolments_are_kept_with_their_identity_source(tmp_path):
 def test_container_roots_setting_names_what_is_wrong(value, fault):
     with pytest.raises(ConfigError, match=fault):
         parse_config({"container_roots": value}, source="t.yaml")
+
+
+def test_a_container_state_is_read_once_per_container_while_it_runs(tmp_path):
+    roots = roots_in(tmp_path)
+    tree(tmp_path / "cg", f"/system.slice/docker-{DOCKER}.scope")
+    state = roots.docker / "containers" / DOCKER / "config.v2.json"
+    write_json(state, {"Config": {"Labels": {"id": "billing"}}})
+    known = {}
+    first = expand("/system.slice/docker-*.scope", "", "label:id", tmp_path / "cg", roots, known)
+    state.unlink()  # a second read would now find nothing
+    again = expand("/system.slice/docker-*.scope", "", "label:id", tmp_path / "cg", roots, known)
+    assert [m.identity for m in first] == [m.identity for m in again] == ["billing"]
