@@ -166,6 +166,8 @@ EVENT_KINDS += ("revoke",)
 EVENT_KINDS += ("upstream-reauth",)
 # The proxy's listeners in workloads' network namespaces (docs/audit.md).
 EVENT_KINDS += ("netns-listen", "netns-close")
+# Brokers learned from the cluster's own answers, steered or refused (docs/operations.md, Clusters).
+EVENT_KINDS += ("broker-discovered", "discovery-refused", "broker-resolved")
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:
