@@ -60,6 +60,30 @@ class BrokerAddress:
         return cls(host=str(ipaddress.ip_address(host)), port=int(port))
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerName:
+    """A broker given by DNS name in `brokers`: resolved at start and every `broker_resolve_interval_s`,
+    and each address it resolves to is steered (steering matches addresses)."""
+
+    name: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.port}"
+
+
+def parse_broker(text: str, *, where: str) -> BrokerAddress | BrokerName:
+    """`1.2.3.4:9092`, `[::1]:9092`, or `kafka-1.example.com:9092`."""
+    host, sep, port = str(text).strip().rpartition(":")
+    if not sep or not host or host.startswith("[") or _is_ip(host) or host.replace(".", "").isdigit():
+        return BrokerAddress.parse(text, where=where)
+    if not _DNS_NAME.fullmatch(host):
+        raise ConfigError(f"{where}: {host[:80]!r} is neither an IP address nor a DNS name")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: port {port!r} is not a number from 1 to 65535")
+    return BrokerName(host.rstrip(".").lower(), int(port))
+
+
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 
 
@@ -184,6 +208,36 @@ class IdentityConfig:
     static_credentials_file: Path | None = None
 
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    """Brokers learned from the Metadata, FindCoordinator and DescribeCluster answers the proxy relays.
+
+    An endpoint a steered broker names joins the steered set (the kernel's `brokers` map) before the
+    answer reaches the workload, when its address is in `allowed_networks`. None (the default): only the
+    configured brokers' own host addresses, so nothing beyond the hosts the operator named is ever
+    steered unless the operator widens it. An endpoint outside is not steered, is audited once
+    (`discovery-refused`) and, with `refuse_outside`, enrolled workloads' connects to it are refused in
+    the kernel rather than going to the broker directly.
+    """
+
+    enabled: bool = True
+    allowed_networks: tuple[IpNetwork, ...] | None = None
+    refuse_outside: bool = True
+    max_brokers: int = 256  # endpoints discovered and steered in all (the kernel map holds 1024 with the configured)
+    max_per_response: int = 128  # distinct endpoints one answer may name; more closes the session, unanswered
+    resolve_timeout_s: float = 2.0  # a broker named by host name must resolve within this, or the session closes
+
+    def allowed(self, brokers: tuple[BrokerAddress, ...]) -> tuple[IpNetwork, ...]:
+        # `brokers`: the configured addresses, and those the configured names resolve to.
+        """The networks discovered endpoints must fall in: the configured ones, or each broker's own host."""
+        if self.allowed_networks is not None:
+            return self.allowed_networks
+        return tuple(dict.fromkeys(ipaddress.ip_network(b.host) for b in brokers))
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything `appliance serve` needs; see docs/configuration.md for each key."""
@@ -193,10 +247,12 @@ class Config:
     listen_host4: str = "127.0.0.1"
     listen_host6: str = "::1"
     listen_port: int = 19190
-    brokers: tuple[BrokerAddress, ...] = (
+    brokers: tuple[BrokerAddress | BrokerName, ...] = (
         BrokerAddress("127.0.0.1", 19092),
         BrokerAddress("::1", 19093),
     )
+    # Brokers in `brokers` given by DNS name are resolved again this often; new addresses join the steered set.
+    broker_resolve_interval_s: float = 30.0
     # None (YAML null): no SASL; the brokers' SSL listeners know the appliance by upstream_tls.client_cert.
     upstream_credentials: Path | None = Path("/var/lib/appliance/broker/appliance-credentials.json")
     upstream_tls: UpstreamTlsConfig | None = None  # None: plaintext to the brokers (SASL_PLAINTEXT)
@@ -235,9 +291,20 @@ class Config:
     handoff_max_age_ms: int = 10_000
     # Where container runtimes keep the state that labels come from (enrolment patterns' label:KEY).
     container_roots: ContainerRoots = field(default_factory=ContainerRoots)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     source: str = "embedded defaults"
+
+    @property
+    def broker_addresses(self) -> tuple[BrokerAddress, ...]:
+        """The brokers given as IP literals."""
+        return tuple(b for b in self.brokers if isinstance(b, BrokerAddress))
+
+    @property
+    def broker_names(self) -> tuple[BrokerName, ...]:
+        """The brokers given by DNS name, resolved while serving."""
+        return tuple(b for b in self.brokers if isinstance(b, BrokerName))
 
     @property
     def audit_db(self) -> Path:
@@ -277,7 +344,8 @@ _BOUND_INT_KEYS = {"max_request_bytes": (1024, 100 << 20), "session_buffer_bytes
                    "buffer_budget_bytes": (1 << 20, 1 << 40), "max_sessions": (1, 65536),
                    "max_sessions_per_workload": (1, 65536), "audit_queue_max": (1000, 10_000_000)}
 _SECONDS_KEYS = {"connect_timeout_s": (0.1, 600), "sasl_timeout_s": (0.1, 600), "idle_timeout_s": (1, 86400),
-                 "request_timeout_s": (1, 86400), "frame_timeout_s": (1, 3600)}
+                 "request_timeout_s": (1, 86400), "frame_timeout_s": (1, 3600),
+                 "broker_resolve_interval_s": (1, 86400)}
 AUDIT_FAILURE_MODES = ("refuse", "forward")
 
 
@@ -347,7 +415,7 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
         elif key == "brokers":
             if not isinstance(value, list) or not value:
                 raise ConfigError(f"{where} must be a non-empty list of HOST:PORT strings")
-            changes[key] = tuple(BrokerAddress.parse(v, where=f"{where} item {i + 1}") for i, v in enumerate(value))
+            changes[key] = tuple(parse_broker(v, where=f"{where} item {i + 1}") for i, v in enumerate(value))
         elif key in ("exempt_cgroups",):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where} must be a list of cgroup paths")
@@ -364,6 +432,8 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
             changes[key] = _parse_identity(value, where)
         elif key == "upstream_tls":
             changes[key] = None if value is None else _parse_upstream_tls(value, where)
+        elif key == "discovery":
+            changes[key] = _parse_discovery(value, where)
         elif key in ("listen_host4", "listen_host6", "proxy_cgroup"):
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where} must be a non-empty string")
@@ -399,7 +469,7 @@ def _check_bounds(config: Config, source: str) -> None:
 
 
 def _check_server_names(config: Config, source: str) -> None:
-    steered = set(config.brokers)
+    steered = set(config.broker_addresses)
     for address, _ in config.upstream_tls.server_names if config.upstream_tls is not None else ():
         if address not in steered:
             raise ConfigError(f"{source}: key 'upstream_tls': key 'server_names' names {address}, which is not in "
@@ -462,6 +532,50 @@ def _parse_server_names(value: Any, where: str) -> tuple[tuple[BrokerAddress, st
                               "could carry")
         names.append((broker, name.rstrip(".")))
     return tuple(names)
+
+
+_DISCOVERY_KEYS = tuple(f.name for f in fields(DiscoveryConfig))
+_DISCOVERY_INTS = {"max_brokers": (1, 1000), "max_per_response": (1, 1000)}
+
+
+def _parse_discovery(value: Any, where: str) -> DiscoveryConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of discovery settings ({', '.join(_DISCOVERY_KEYS)})")
+    changes: dict[str, Any] = {}
+    for key, item in value.items():
+        inner = f"{where}: key {key!r}"
+        if key not in _DISCOVERY_KEYS:
+            raise ConfigError(f"{inner} is not a discovery setting; valid: {', '.join(_DISCOVERY_KEYS)}")
+        if key in ("enabled", "refuse_outside"):
+            if not isinstance(item, bool):
+                raise ConfigError(f"{inner} must be true or false, got {item!r}")
+            changes[key] = item
+        elif key in _DISCOVERY_INTS:
+            low, high = _DISCOVERY_INTS[key]
+            if not isinstance(item, int) or isinstance(item, bool) or not low <= item <= high:
+                raise ConfigError(f"{inner} must be a whole number from {low} to {high}, got {item!r}")
+            changes[key] = item
+        elif key == "resolve_timeout_s":
+            if not isinstance(item, (int, float)) or isinstance(item, bool) or not 0.1 <= item <= 30:
+                raise ConfigError(f"{inner} must be a number of seconds from 0.1 to 30, got {item!r}")
+            changes[key] = float(item)
+        elif key == "allowed_networks":
+            if not isinstance(item, list) or not all(isinstance(n, str) for n in item):
+                raise ConfigError(f"{inner} must be a list of networks in CIDR form, e.g. [10.0.0.0/8, "
+                                  f"\"fd00::/8\"], got {item!r}")
+            networks = []
+            for i, text in enumerate(item):
+                try:
+                    network = ipaddress.ip_network(text.strip(), strict=True)
+                except ValueError as e:
+                    raise ConfigError(f"{inner} item {i + 1}: {text!r} is not a network in CIDR form "
+                                      f"(address/prefix, host bits zero): {e}") from None
+                if network.prefixlen == 0:
+                    raise ConfigError(f"{inner} item {i + 1}: {text!r} allows every address; name the "
+                                      "cluster's networks")
+                networks.append(network)
+            changes[key] = tuple(networks)
+    return DiscoveryConfig(**changes)
 
 
 def _is_ip(text: str) -> bool:

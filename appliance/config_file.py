@@ -19,7 +19,7 @@ from appliance.config import Config
 
 # What the install sets; everything else stays at the code's default.
 INSTALL_KEYS = ("state_dir", "run_dir", "bpffs_dir", "policy_file", "upstream_credentials", "brokers")
-NESTED = ("embedded_broker", "identity")
+NESTED = ("embedded_broker", "identity", "discovery")
 _HEADER = """\
 # The appliance's configuration (`appliance --config {path} ...`; appliance.service uses it).
 # Every setting and its meaning: docs/configuration.md. Settings commented out are at the
@@ -32,9 +32,11 @@ _BROKERS_NOTE = """\
 # defaults are the embedded broker's (scripts/install --with-broker runs it).
 """
 _NESTED_NOTE = """\
-# Two mappings beside these: embedded_broker, the demo broker's ports, data_dir and heap
-# (docs/embedded-broker.md), and identity, OIDC token providers and static migration
-# credentials (docs/identity.md).
+# Three mappings beside these: embedded_broker, the demo broker's ports, data_dir and heap
+# (docs/embedded-broker.md); identity, OIDC token providers and static migration
+# credentials (docs/identity.md); and discovery, the networks where brokers a steered
+# broker names in Metadata are steered too (docs/operations.md, Clusters; by default only
+# the hosts in brokers).
 """
 
 

@@ -21,6 +21,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -45,11 +46,13 @@ from appliance.proxy.upstream_tls import TlsFileError, upstream_tls
 from appliance.policy.model import Policy
 from appliance.policy.parser import PolicyError, load_policy
 from appliance.proxy.audit_gate import AUDIT_FAILING_ERROR
+from appliance.proxy.discovery import Discovery
 from appliance.proxy.limits import Limits
 from appliance.proxy.original_dst import kernel_lookup
 from appliance.proxy.server import ProxyServer
 from appliance.sd_notify import Notifier
 from appliance.steering.loader import BrokerState, CgroupKind, Steering
+from appliance.steering.names import BrokerNames
 from appliance.steering.probe import BrokerProbe
 from appliance.steering.structs import RefusalReason
 from appliance.workload_netns import WorkloadNamespaces
@@ -75,6 +78,7 @@ _REFUSAL_WORDS = {
     RefusalReason.BROKER_DOWN: "(the appliance cannot reach that broker now) from enrolled cgroup",
     RefusalReason.FOREIGN_NETNS: "(a network namespace the proxy does not listen in yet) from enrolled cgroup",
     RefusalReason.NO_RECORD: "(no room to record the caller) from enrolled cgroup",
+    RefusalReason.OUTSIDE: "(a broker a steered broker named, outside discovery.allowed_networks) from enrolled cgroup",
 }
 
 
@@ -104,6 +108,9 @@ class Appliance:
         self.server: ProxyServer | None = None
         self.writer: AuditWriter | None = None
         self.probe: BrokerProbe | None = None
+        # Brokers the cluster's answers name (proxy/discovery.py); None with discovery.enabled false.
+        self.discovery = Discovery(config.discovery, config.broker_addresses) if config.discovery.enabled else None
+        self.names = BrokerNames(config.broker_names)  # brokers given by DNS name, and what they resolve to
         self.token_source: TokenSource | None = None  # with OAUTHBEARER upstream credentials
         self._refusers: dict[int, None] = {}  # insertion-ordered, bounded
         self.started_at = time.time()
@@ -150,9 +157,9 @@ class Appliance:
             bpffs_dir=config.bpffs_dir, proxy_port=config.listen_port, proxy_host4=config.listen_host4,
             proxy_host6=config.listen_host6, refuse_unenrolled=config.refuse_unenrolled,
         )
-        self.probe = BrokerProbe([(b.host, b.port) for b in config.brokers], self._mark_broker,
+        self.probe = BrokerProbe([(b.host, b.port) for b in config.broker_addresses], self._mark_broker,
                                  interval_s=config.broker_probe_interval_ms / 1000)
-        probing = watchdog = None
+        probing = watchdog = resolving = None
         try:
             # Listen before steering anything; the kernel hands steered
             # connections to these sockets alone, once admitted below.
@@ -163,7 +170,8 @@ class Appliance:
                     identity_of=self.by_cgroup_id.get, credentials=upstream, policy=lambda: self.policy,
                     audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
                     upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed,
-                    workloads=self.workloads, upstream_tls=tls, **self._bounds(),
+                    workloads=self.workloads, upstream_tls=tls, discovery=self.discovery,
+                    steer=self._steer_discovered, **self._bounds(),
                 )
 
             self.server = make_server(config.listen_port)
@@ -184,8 +192,12 @@ class Appliance:
                 self._event("error", f"{taken} is bound by another process; the appliance listens on free ports "
                             "and the kernel still hands steered connections only to them")
             self.steering.attach()
-            self.steering.set_brokers((b.host, b.port) for b in config.brokers)
+            self.steering.set_brokers((b.host, b.port) for b in config.broker_addresses)
+            await self.resolve_broker_names(start=True)
+            self._seed_discovered()
             probing = asyncio.get_running_loop().create_task(self.probe.run())
+            if self.names.names:
+                resolving = asyncio.get_running_loop().create_task(self._resolve_names_periodically())
             self.exempt = {own.id: own.path}
             for path in config.exempt_cgroups:
                 cg = cgroups.ensure(path)
@@ -227,6 +239,8 @@ class Appliance:
         finally:
             if probing is not None:
                 probing.cancel()
+            if resolving is not None:
+                resolving.cancel()
             if watchdog is not None:
                 watchdog.cancel()
             self.notifier.send(stopping=True)
@@ -525,6 +539,94 @@ class Appliance:
         self._event("enroll-skipped", f"cgroup {path} matches an enrolment pattern but is not enrolled: {reason}",
                     cgroup_path=path)
 
+    # ---- brokers given by DNS name (steering/names.py) -----------------------------
+
+    async def _resolve_names_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.broker_resolve_interval_s)
+            try:
+                await self.resolve_broker_names()
+            except Exception as e:  # noqa: BLE001 - the next round tries again
+                log.exception("resolving the brokers given by name failed")
+                self._event("error", f"resolving the brokers given by name failed: {e}")
+
+    async def resolve_broker_names(self, *, start: bool = False) -> None:
+        """Resolve each broker given by name (the host's resolver, off the event loop) and steer new addresses.
+        A name that does not resolve is logged and audited; the other brokers keep working."""
+        loop = asyncio.get_running_loop()
+        for name in self.names.names:
+            try:
+                infos = await asyncio.wait_for(loop.getaddrinfo(name.name, name.port, type=socket.SOCK_STREAM), 5.0)
+            except (OSError, asyncio.TimeoutError) as e:
+                why = "no answer within 5 s" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
+                message = (f"broker {name} (config {self.config.source}, key 'brokers') does not resolve: {why}; "
+                           f"addresses it resolved to before stay steered, and it is tried again in "
+                           f"{self.config.broker_resolve_interval_s:g} s")
+                log.error("%s", message)
+                self._event("error", message, detail={"broker": str(name)})
+                continue
+            new = self.names.resolved(name, [info[4][0] for info in infos])
+            if not new:
+                continue
+            self.steering.add_brokers(new, BrokerState.UP)
+            for endpoint in new:
+                if self.discovery is not None:
+                    if endpoint in self.discovery.outside:  # refused before, configured now
+                        self.discovery.outside.pop(endpoint)
+                        self.steering.set_broker_state(*endpoint, BrokerState.UP)
+                    self.discovery.add_configured(endpoint)
+                self.probe.add(endpoint)
+                where = f"[{endpoint[0]}]:{endpoint[1]}" if ":" in endpoint[0] else f"{endpoint[0]}:{endpoint[1]}"
+                message = f"broker {name} resolves to {where}{' at start' if start else ''}; connects to it are steered"
+                log.info("%s", message)
+                self._event("broker-resolved", message, detail={"broker": str(name), "address": where})
+
+    # ---- brokers learned from the cluster's answers (proxy/discovery.py) ------------
+
+    @property
+    def discovered_file(self) -> Path:
+        return self.config.state_dir / "discovered-brokers.json"
+
+    def _seed_discovered(self) -> None:
+        """Steer again what the previous run discovered (under the networks allowed now), before serving:
+        workloads that know those brokers reconnect to them without asking Metadata first."""
+        if self.discovery is None:
+            return
+        try:
+            saved = json.loads(self.discovered_file.read_text())
+            endpoints = [(str(h), int(p)) for h, p in saved.get("steered", []) + saved.get("outside", [])]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            log.error("%s is unreadable (%s); brokers are learned again from the cluster's answers",
+                      self.discovered_file, e)
+            return
+        learned = self.discovery.seed(endpoints, time.time())
+        self._steer_discovered(learned.steer, learned.outside if self.config.discovery.refuse_outside else ())
+        if learned.steer or learned.outside:
+            log.info("steering %d broker(s) a previous run discovered; %d outside discovery.allowed_networks",
+                     len(learned.steer), len(learned.outside))
+
+    def _steer_discovered(self, steer: tuple, outside: tuple) -> None:
+        """The kernel's side of discovery: steer brokers it allowed, refuse enrolled connects to ones outside."""
+        if steer:
+            self.steering.add_brokers(steer, BrokerState.UP)
+            for endpoint in steer:
+                self.probe.add(endpoint)
+        if outside:
+            self.steering.add_brokers(outside, BrokerState.OUTSIDE)
+        if steer or outside:
+            self._save_discovered()
+
+    def _save_discovered(self) -> None:
+        discovery = self.discovery
+        tmp = self.discovered_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"steered": sorted(discovery.discovered), "outside": sorted(discovery.outside)}))
+            os.replace(tmp, self.discovered_file)
+        except OSError as e:  # the kernel has them now; only a restart would need the file
+            log.error("cannot write %s: %s; a restart learns these brokers again from Metadata", self.discovered_file, e)
+
     # ---- brokers' reachability ---------------------------------------------
 
     def _mark_broker(self, address: tuple[str, int], up: bool) -> None:
@@ -584,6 +686,9 @@ class Appliance:
             "policy": {"path": str(self.config.policy_file), "rules": len(self.policy.rules)},
             "listener": {"hosts": [self.config.listen_host4, self.config.listen_host6], "port": self.config.listen_port},
             "brokers": [str(b) for b in self.config.brokers],
+            "broker_names": self.names.status(),
+            "discovered_brokers": ([] if self.discovery is None else
+                                   [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sorted(self.discovery.discovered)]),
             "steering": self.steering.status(),
             "kernel_health": self.steering.health(),
             "broker_states": {(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"): s.name.lower() for (h, p), s in states.items()},

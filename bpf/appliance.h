@@ -36,6 +36,10 @@
  * is refused with ECONNREFUSED, as it would be without the appliance. */
 #define APPLIANCE_BROKER_UP 1
 #define APPLIANCE_BROKER_DOWN 2
+/* Not a steered broker: an endpoint a steered broker named (in Metadata) outside
+ * the networks the operator allows. An enrolled connect to it is refused
+ * (it would reach that broker unseen); everyone else's is left alone. */
+#define APPLIANCE_BROKER_OUTSIDE 3
 
 /* Why a connect was refused (struct appliance_refusal.reason). */
 #define APPLIANCE_REFUSED_UNENROLLED 1   /* no enrolled or exempt cgroup at or above the caller */
@@ -43,6 +47,7 @@
 #define APPLIANCE_REFUSED_BROKER_DOWN 3  /* enrolled, but the proxy cannot reach that broker */
 #define APPLIANCE_REFUSED_FOREIGN_NS 4   /* enrolled, but in a network namespace where the proxy has no listener */
 #define APPLIANCE_REFUSED_NO_RECORD 5    /* enrolled, but the record of the caller could not be stored */
+#define APPLIANCE_REFUSED_OUTSIDE 6      /* enrolled, to a broker named outside the allowed networks */
 
 /* Slots of the `health` array: helper calls that failed and events that lose
  * information, each counted so `appliance status` can show them. */

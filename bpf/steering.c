@@ -249,6 +249,12 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct appliance_ad
 	__u32 kind = caller_kind(&matched);
 	if (kind == APPLIANCE_EXEMPT)
 		return SYS_PROCEED;
+	if (*state == APPLIANCE_BROKER_OUTSIDE) {
+		/* Never steered; an enrolled workload must not reach it unseen. */
+		if (kind == APPLIANCE_ENROLLED)
+			return refuse(dst, cgroup_id, APPLIANCE_REFUSED_OUTSIDE);
+		return SYS_PROCEED;
+	}
 	if (kind == APPLIANCE_ENROLLED) {
 		if (!cfg->proxy_port) /* no proxy configured: never direct */
 			return refuse(dst, cgroup_id, APPLIANCE_REFUSED_NO_PROXY);

@@ -18,7 +18,7 @@ def test_file_overrides_a_subset(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("brokers: ['kafka.local:9092']", "key 'brokers' item 1: 'kafka.local' is not an IP address"),
+    ("brokers: ['kafka_local:9092']", "key 'brokers' item 1: 'kafka_local' is neither an IP address nor a DNS name"),
     ("brokers: ['10.0.0.1']", "is not HOST:PORT"),
     ("brokers: ['10.0.0.1:0']", "port '0' is not a number from 1 to 65535"),
     ("listen_port: 'x'", "key 'listen_port' must be a whole number from 1 to 65535"),

@@ -168,6 +168,8 @@ EVENT_KINDS += ("upstream-reauth",)
 EVENT_KINDS += ("netns-listen", "netns-close")
 # A cgroup an enrolment pattern matches but that gets no identity (appliance.identity.containers).
 EVENT_KINDS += ("enroll-skipped",)
+# Brokers learned from the cluster's own answers, steered or refused (docs/operations.md, Clusters).
+EVENT_KINDS += ("broker-discovered", "discovery-refused", "broker-resolved")
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:

@@ -53,6 +53,7 @@ from appliance.broker.netns import exists as netns_exists
 from appliance.broker.netns import run_in
 from appliance.broker.properties import (
     APPLIANCE_USER,
+    ClusterMember,
     TOOLS_LOG4J2,
     BrokerFiles,
     client_addresses,
@@ -97,9 +98,13 @@ class BrokerStatus:
 class EmbeddedBroker:
     """One embedded Kafka node, identified by its data directory."""
 
-    def __init__(self, config: EmbeddedBrokerConfig, *, netns: str | None = None):
+    def __init__(self, config: EmbeddedBrokerConfig, *, netns: str | None = None,
+                 cluster: ClusterMember | None = None):
+        """`cluster`: this node is one of a multi-node cluster (properties.ClusterMember); its start() returns
+        once a quorum of the nodes runs, so start the nodes side by side."""
         self.config = config
         self.netns = netns
+        self.cluster = cluster
         self.files = BrokerFiles(Path(config.data_dir))
         self._child: subprocess.Popen | None = None
         self._log_offsets: dict[Path, int] = {}  # log sizes at our launch: a failure shows only this run's lines
@@ -160,13 +165,15 @@ class EmbeddedBroker:
                 self.files,
                 appliance=appliance,
                 intruder=intruder,
-                node_password=secrets.token_urlsafe(24),
+                node_password=secrets.token_urlsafe(24) if self.cluster is None else self.cluster.node_password,
+                cluster=self.cluster,
             ),
         )
         self.files.log4j2_config.write_text(log4j2_properties(self.files.server_log))
         self.files.tools_log4j2_config.write_text(TOOLS_LOG4J2)
         if not self.files.meta_properties.exists():
-            format_storage(self.files, java, self.jar_dir, (appliance, intruder), deadline - time.monotonic())
+            format_storage(self.files, java, self.jar_dir, (appliance, intruder), deadline - time.monotonic(),
+                           cluster=None if self.cluster is None else self.cluster.cluster_id)
         formatted = time.monotonic()
         pid = self._launch(java)
         try:
@@ -266,9 +273,10 @@ class EmbeddedBroker:
 
     def _check_ports_free(self) -> None:
         """Fail early, naming the address, rather than after format with Kafka's bind error in the log."""
+        node_host = "127.0.0.1" if self.cluster is None else self.config.host4
         wanted = [*listening_addresses(self.config), *tls_listeners(self.config).values(),
-                  BrokerAddress("127.0.0.1", self.config.controller_port),
-                  BrokerAddress("127.0.0.1", internal_port(self.config))]
+                  BrokerAddress(node_host, self.config.controller_port),
+                  BrokerAddress(node_host, internal_port(self.config))]
         where = f" in network namespace {self.netns}" if self.netns else ""
         for address in wanted:
             try:

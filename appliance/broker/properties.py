@@ -74,6 +74,26 @@ ALLOWED_URLS_PROPERTY = "org.apache.kafka.sasl.oauthbearer.allowed.urls"
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterMember:
+    """This node's place in a multi-node KRaft cluster, each node a broker and a controller (tests' clusters).
+
+    Every node lists the same `voters` ((node id, host4) of each; all listen for the controller on the same
+    `controller_port`), shares `cluster_id` (the storage format) and `node_password` (the `node` user of the
+    controller and inter-broker listeners, which then listen on host4 so the nodes reach each other), and
+    keeps internal topics at one replica per node. Without it the node is a cluster of one.
+    """
+
+    node_id: int
+    voters: tuple[tuple[int, str], ...]
+    cluster_id: str
+    node_password: str
+
+    @property
+    def replicas(self) -> int:
+        return len(self.voters)
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerFiles:
     """Where everything of one embedded broker lives, all below its data directory."""
 
@@ -233,10 +253,16 @@ def server_properties(
     appliance: UpstreamCredentials,
     intruder: UpstreamCredentials,
     node_password: str,
+    cluster: ClusterMember | None = None,
 ) -> str:
-    """The whole server.properties for the combined broker+controller node."""
-    ctrl = f"127.0.0.1:{config.controller_port}"
-    internal = f"127.0.0.1:{internal_port(config)}"
+    """The whole server.properties for the combined broker+controller node (one of `cluster`'s, when given)."""
+    node_host = "127.0.0.1" if cluster is None else config.host4
+    ctrl = f"{node_host}:{config.controller_port}"
+    internal = f"{node_host}:{internal_port(config)}"
+    node_id = NODE_ID if cluster is None else cluster.node_id
+    voters = (f"{NODE_ID}@{ctrl}" if cluster is None else
+              ",".join(f"{voter}@{host}:{config.controller_port}" for voter, host in cluster.voters))
+    replicas = 1 if cluster is None else cluster.replicas
     clients = client_addresses(config)
     client_names = ["CLIENT", "CLIENT6"][: len(clients)]
     oauth = config.oauth
@@ -254,10 +280,10 @@ def server_properties(
         "# Written by appliance.broker.embedded at every start; edits here are overwritten.",
         "# Holds passwords (PLAIN users in the JAAS lines): keep it mode 0600.",
         "process.roles=broker,controller",
-        f"node.id={NODE_ID}",
-        # A static one-voter quorum: it never changes, so the dynamic quorum's
-        # ability to add voters (and its --standalone bootstrap) buys nothing.
-        f"controller.quorum.voters={NODE_ID}@{ctrl}",
+        f"node.id={node_id}",
+        # A static quorum (one voter, or each node of a cluster): it never changes, so the dynamic
+        # quorum's ability to add voters (and its --standalone bootstrap) buys nothing.
+        f"controller.quorum.voters={voters}",
         "listeners=" + ",".join(client_listeners + [f"INTERNAL://{internal}", f"CONTROLLER://{ctrl}"]),
         # Each client listener advertises its own address, so a client that
         # bootstraps over IPv6 stays on IPv6.
@@ -310,14 +336,14 @@ def server_properties(
         + (f";User:{CERTIFICATE_PRINCIPAL}" if "CERT" in tls else ""),
         f"log.dirs={_escape(str(files.kafka_data))}",
         "num.partitions=1",
-        "default.replication.factor=1",
+        f"default.replication.factor={replicas}",
         "min.insync.replicas=1",
-        "offsets.topic.replication.factor=1",
+        f"offsets.topic.replication.factor={replicas}",
         "offsets.topic.num.partitions=1",
-        "transaction.state.log.replication.factor=1",
+        f"transaction.state.log.replication.factor={replicas}",
         "transaction.state.log.min.isr=1",
         "transaction.state.log.num.partitions=1",
-        "share.coordinator.state.topic.replication.factor=1",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
         "share.coordinator.state.topic.min.isr=1",
         "group.initial.rebalance.delay.ms=0",
         "auto.create.topics.enable=true",

@@ -98,15 +98,17 @@ def ensure_tls_files(files: BrokerFiles, config: EmbeddedBrokerConfig, now: date
 
 
 def format_storage(files: BrokerFiles, java: str, jars: Path, users: tuple[UpstreamCredentials, ...],
-                   timeout: float) -> None:
-    """`kafka.tools.StorageTool format`, creating each user's SCRAM credentials (KIP-900).
+                   timeout: float, cluster: str | None = None) -> None:
+    """`kafka.tools.StorageTool format`, creating each user's SCRAM credentials (KIP-900); `cluster`: the id
+    every node of a multi-node cluster shares (default: a new one).
 
     The passwords go in a java @argfile (mode 0600, deleted afterwards), not on
     the command line, where any local user could read them in /proc. The
     launcher expands an @argfile only before the main class, so the file holds
     the main class too.
     """
-    args = ["kafka.tools.StorageTool", "format", "--cluster-id", cluster_id(), "--config", str(files.server_properties)]
+    args = ["kafka.tools.StorageTool", "format", "--cluster-id", cluster or cluster_id(),
+            "--config", str(files.server_properties)]
     for user in users:
         for mechanism in SCRAM_MECHANISMS:
             args += ["--add-scram", f"{mechanism}=[name={user.username},password={user.password}]"]

@@ -103,6 +103,10 @@ def status(ctx, as_json: bool) -> None:
             click.echo("also listening in workload network namespaces: " + ", ".join(
                 f"{n['netns']} (cookie {n['netns_cookie']}, slot {n['slot']})" for n in inside))
         click.echo(f"steered brokers: {', '.join(snapshot['brokers'])}")
+        for name, addresses in (snapshot.get("broker_names") or {}).items():
+            click.echo(f"  {name} resolves to {', '.join(addresses) or 'nothing (yet)'}")
+        if snapshot.get("discovered_brokers"):
+            click.echo(f"discovered brokers (steered): {', '.join(snapshot['discovered_brokers'])}")
         pool = snapshot.get("upstream_pool") or {}
         click.echo("upstream pool: " + (", ".join(f"{address} {n} ready" for address, n in pool.items())
                                         or "empty (fills once a workload connects)"))

@@ -7,6 +7,7 @@ and `collect` puts them in a `checks.Facts`; `checks.evaluate` decides.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import gzip
 import os
@@ -174,7 +175,20 @@ def _probe_brokers(config: Config) -> tuple[BrokerProbeResult, ...]:
             cgroups.move_process(os.getpid(), cgroups.ensure(config.proxy_cgroup))
         except (OSError, cgroups.CgroupError):
             pass  # the cgroup2 check says why
-    return tuple(_broker_reachable(b, config.upstream_tls) for b in config.brokers)
+    results = []
+    for b in config.brokers:
+        if isinstance(b, BrokerAddress):
+            results.append(_broker_reachable(b, config.upstream_tls))
+            continue
+        try:  # a broker given by name: each address it resolves to, as serve steers them
+            addresses = list(dict.fromkeys(i[4][0] for i in socket.getaddrinfo(b.name, b.port, type=socket.SOCK_STREAM)))
+        except OSError as e:
+            results.append(BrokerProbeResult(str(b), False, f"does not resolve: {e.strerror or e}"))
+            continue
+        for host in addresses:
+            result = _broker_reachable(BrokerAddress(host, b.port), config.upstream_tls)
+            results.append(dataclasses.replace(result, address=f"{b} ({result.address})"))
+    return tuple(results)
 
 
 def _broker_reachable(broker: BrokerAddress, tls=None, timeout_s: float = BROKER_TIMEOUT_S) -> BrokerProbeResult:

@@ -55,4 +55,16 @@ class RefreshUpstreamToken:
     reason: str
 
 
-Command = SendToClient | SendToUpstream | CloseConnection | Audit | Log | VerifyToken | RefreshUpstreamToken
+@dataclass(frozen=True, slots=True)
+class SteerBrokers:
+    """Before any later `SendToClient` of this session reaches the workload: add `steer` to the kernel's
+    steered brokers, mark `outside` refused for enrolled workloads (when discovery says so), and resolve
+    `names` ((host name, port)), deciding each address through discovery; client bytes are held until
+    then. A failure answers with a `DiscoveryFailed` event, and what was held is never sent."""
+
+    steer: tuple[tuple[str, int], ...] = ()
+    outside: tuple[tuple[str, int], ...] = ()
+    names: tuple[tuple[str, int], ...] = ()
+
+
+Command = SendToClient | SendToUpstream | CloseConnection | Audit | Log | VerifyToken | RefreshUpstreamToken | SteerBrokers

@@ -75,4 +75,12 @@ class UpstreamReauthenticationDue:
         return f"UpstreamReauthenticationDue(<{type(self.secret).__name__}>)"
 
 
-Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed | TokenVerified | UpstreamReauthenticationDue
+@dataclass(frozen=True, slots=True)
+class DiscoveryFailed:
+    """A `SteerBrokers` could not be carried out (the kernel refused an endpoint, a name did not resolve in
+    time): the answer naming them was not delivered, and the session ends with this reason."""
+
+    reason: str
+
+
+Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed | TokenVerified | UpstreamReauthenticationDue | DiscoveryFailed

@@ -66,7 +66,8 @@ from appliance.policy.enforce import Enforcer
 from appliance.policy.model import Policy, Principal
 from appliance.proxy import events as ev
 from appliance.proxy.commands import (Audit, CloseConnection, Log, RefreshUpstreamToken, SendToClient,
-                                      SendToUpstream, VerifyToken)
+                                      SendToUpstream, SteerBrokers, VerifyToken)
+from appliance.proxy.discovery import Discovery, audit_events, describe
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy.audit_gate import AuditGate
 from appliance.proxy.limits import Clock, Limits, deadline_passed, may_read_client
@@ -185,6 +186,19 @@ class _Reading:
                 self.transport.resume_reading()
 
 
+class _HeldWrites:
+    """Stands in for the client's transport while the brokers an answer names are resolved and steered:
+    what the session sends meanwhile waits here, in order, and goes on only once they are steered."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+
 class _Connection:
     """Both sockets of one proxied connection and the session between them."""
 
@@ -205,7 +219,11 @@ class _Connection:
         self.session = Session(uuid.uuid4().hex, server.credentials.current(now), enforcer,
                                max_frame_bytes=server.max_frame_bytes,
                                now=now, workload_sasl=workload_sasl, enforcer_for=server.enforcer_for,
-                               max_renewal_held_bytes=server.limits.session_buffer_bytes + READ_CHUNK_BYTES)
+                               max_renewal_held_bytes=server.limits.session_buffer_bytes + READ_CHUNK_BYTES,
+                               discovery=server.discovery)
+        # Where SendToClient writes: the transport, or a _HeldWrites while named brokers are resolved.
+        self.client_out: asyncio.Transport | _HeldWrites = client
+        self.resolving: asyncio.Task | None = None
         self.verifying: asyncio.Task | None = None
         # Client requests get the tighter bound. Until Session takes its own
         # max_request_bytes, the shell sets the limit of its client splitter.
@@ -223,12 +241,13 @@ class _Connection:
     def dispatch(self, event: ev.Event, data: bool = False) -> None:
         """Carry out the session's commands for `event`; `data`: it is bytes read from either side."""
         now = time.time()
+        failed = None
         for command in self.session.handle(event, now):
             match command:
                 case SendToUpstream(data):
                     self.upstream.write(data)
                 case SendToClient(data):
-                    self.client.write(data)
+                    self.client_out.write(data)
                 case Audit(record):
                     self.server.audit(record)
                 case Log(level, message):
@@ -242,8 +261,48 @@ class _Connection:
                     self.verifying = asyncio.ensure_future(self._verify(token))
                 case RefreshUpstreamToken(reason):
                     self.server.pool.token_refresh.ask(reason)
+                case SteerBrokers(steer, outside, names):
+                    failed = failed or self._steer(steer, outside, names)
+        if failed is not None and not self.session.closed:
+            self.dispatch(ev.DiscoveryFailed(failed))
+            return
         if not self.gone:
             self._account(now, data)
+
+    def _steer(self, steer: tuple, outside: tuple, names: tuple) -> str | None:
+        """Carry out a SteerBrokers: the kernel is told now, names are resolved while the client's bytes wait.
+        A failure: what the session sends after it is never written (the session is told, and closes)."""
+        failed = self.server.steer_brokers(steer, outside)
+        if failed is not None:
+            self.client_out = _HeldWrites()  # dropped: the answer naming them must not reach the workload
+            return failed
+        if names:
+            if not isinstance(self.client_out, _HeldWrites):
+                self.client_out = _HeldWrites()
+                if self.upstream_reading is not None:  # what waits is bounded: the broker's answers stay unread
+                    self.upstream_reading.pause("resolving")
+            self.resolving = asyncio.ensure_future(self._resolve(names, self.resolving))
+        return None
+
+    async def _resolve(self, names: tuple, before: asyncio.Task | None) -> None:
+        if before is not None:
+            await asyncio.wait([before])
+        if self.gone:
+            return
+        failed = await self.server.resolve_brokers(names, self.session.session_id, self.info.identity)
+        if self.gone:
+            return
+        if failed is not None:
+            if not self.session.closed:
+                self.dispatch(ev.DiscoveryFailed(failed))
+            return
+        if self.resolving is asyncio.current_task():  # the last resolution this connection waits for
+            self.resolving = None
+            held, self.client_out = self.client_out, self.client
+            if isinstance(held, _HeldWrites) and held.chunks and not self.client.is_closing():
+                self.client.write(b"".join(held.chunks))
+            if self.upstream_reading is not None:
+                self.upstream_reading.resume("resolving")
 
     async def _verify(self, token: str) -> None:
         try:
@@ -670,7 +729,13 @@ class ProxyServer:
         policy: Callable[[], Policy], audit: Callable, max_frame_bytes: int, upstream_pool: int = 0,
         upstream_failed: Callable[[tuple[str, int]], None] = lambda address: None,
         workloads: WorkloadIdentity | None = None, upstream_tls: UpstreamTls | None = None,
+        discovery: Discovery | None = None,
+        steer: Callable[[tuple, tuple], None] | None = None,
     ) -> None:
+        # Brokers the cluster's answers name (proxy/discovery.py), and how the kernel is told of them:
+        # `steer(to_steer, outside)` raises on failure.
+        self.discovery = discovery
+        self.steer = steer
         # Told when a broker refuses a connect, so steering can refuse new connects to it at once.
         self.upstream_failed = upstream_failed
         self.policy = policy
@@ -882,6 +947,48 @@ class ProxyServer:
         log.warning("%s", message)
         self.audit(Event(at=now, kind="refused-session", message=message, **fields))
         transport.abort()
+
+    def steer_brokers(self, steer: tuple, outside: tuple) -> str | None:
+        """Tell the kernel of brokers discovery decided; None, or why it could not (they are forgotten)."""
+        if not steer and not outside:
+            return None
+        try:
+            self.steer(steer, outside)
+        except Exception as e:  # noqa: BLE001 - the kernel's refusal ends the session that needed it, nothing else
+            for endpoint in (*steer, *outside):
+                self.discovery.forget(endpoint)
+            what = ", ".join(describe(e_) for e_ in (*steer, *outside))
+            log.error("could not steer the brokers %s named in a broker's answer: %s", what, e)
+            return f"the brokers {what} named in the broker's answer could not be steered: {e}; it was not delivered"
+        return None
+
+    async def resolve_brokers(self, names: tuple, session_id: str, identity: str | None) -> str | None:
+        """Resolve host names an answer named and steer what they resolve to; None, or why not."""
+        loop = asyncio.get_running_loop()
+        timeout = self.discovery.config.resolve_timeout_s
+        for name in names:
+            host, port = name
+            try:
+                infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
+            except asyncio.TimeoutError:
+                return (f"broker {describe(name)} named in the broker's answer did not resolve within {timeout:g} s "
+                        "(discovery.resolve_timeout_s); the answer was not delivered")
+            except OSError as e:
+                return (f"broker {describe(name)} named in the broker's answer does not resolve: {e.strerror or e}; "
+                        "the answer was not delivered")
+            now = time.time()
+            learned = self.discovery.resolved(name, [info[4][0] for info in infos], now)
+            if learned.fault is not None:
+                return learned.fault
+            for level, event in audit_events(learned, f"answer naming {describe(name)}", now,
+                                             self.discovery.config.refuse_outside, session_id=session_id,
+                                             identity=identity):
+                log.log(_LOG_LEVELS[level], "session %s: %s", session_id, event.message)
+                self.audit(event)
+            failed = self.steer_brokers(learned.steer, learned.outside if self.discovery.config.refuse_outside else ())
+            if failed is not None:
+                return failed
+        return None
 
     def enforcer_for(self, principal: Principal):
         enforcer = Enforcer(principal, self.policy)

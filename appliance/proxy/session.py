@@ -19,6 +19,11 @@ flight are delivered, the proxy's own SaslHandshake and SaslAuthenticate go
 out on the same connection and their answers are consumed here, and then the
 held requests go on in order. The workload never sees any of it.
 
+With discovery (`discovery.py`), a Metadata, FindCoordinator or DescribeCluster
+answer (or a failed Produce v10+ naming new leaders) naming brokers not steered yet is preceded by a `SteerBrokers` command,
+so the shell tells the kernel before the answer's bytes reach the workload; an
+answer naming a hostile endpoint is not delivered and the session closes.
+
 `handle` is total: any fault closes this session with an audited reason that
 names what it was handling; nothing escapes to the shell or other sessions.
 The session's state is the handler `_on_client` / `_on_upstream` point to.
@@ -43,7 +48,9 @@ from appliance.kafka import apis, codec
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy import events as ev
 from appliance.proxy.commands import (Audit, CloseConnection, Command, Log, RefreshUpstreamToken, SendToClient,
-                                      SendToUpstream, VerifyToken as VerifyTokenCommand)
+                                      SendToUpstream, SteerBrokers, VerifyToken as VerifyTokenCommand)
+from appliance.proxy.discovery import (DISCOVERY_APIS, PRODUCE_NAMES_LEADERS, Discovery, TooMany, audit_events,
+                                       named_endpoints)
 from appliance.proxy.inflight import InFlight, InFlightQueue
 from appliance.proxy.upstream_auth import (UpstreamAuthenticator, UpstreamAuthError, UpstreamSecret, outlives,
                                            reauthentication_times)
@@ -151,13 +158,17 @@ class Session:
                  max_frame_bytes: int, now: float, max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
                  max_renewal_held_bytes: int | None = None,
                  workload_sasl: WorkloadSasl | None = None,
-                 enforcer_for: Callable[[Principal], Enforcer] | None = None) -> None:
+                 enforcer_for: Callable[[Principal], Enforcer] | None = None,
+                 discovery: Discovery | None = None) -> None:
         """`enforcer` decides for the enrolment's principal; None when the enrolment requires the workload to
         authenticate first, and `enforcer_for` makes one for whoever it proves to be (also when a proof
         adds groups). `max_renewal_held_bytes` (default `max_held_bytes`) bounds what is held while the
         upstream session is renewed; the shell sets it above its own per-session budget, past which it
         stops reading the workload, so a fast producer is slowed, not closed."""
         self.session_id = session_id
+        self.discovery = discovery  # shared by every session: the brokers the cluster's answers name
+        # The answers read for brokers they name: one set lookup per response, none without discovery.
+        self._names_brokers = DISCOVERY_APIS if discovery is not None else frozenset()
         if workload_sasl is None:
             workload_sasl = WorkloadSasl(Binding(enforcer.principal.identity, tuple(sorted(enforcer.principal.groups))))
         self.sasl = workload_sasl
@@ -260,7 +271,7 @@ class Session:
                     out.append(SendToUpstream(self._auth.start()))
                 case ev.ClientClosed(reason) | ev.UpstreamClosed(reason) | ev.Revoked(reason):
                     self._close(reason, now, out)
-                case ev.DeadlinePassed(reason):
+                case ev.DeadlinePassed(reason) | ev.DiscoveryFailed(reason):
                     self._close(reason, now, out, level="warning")
                 case ev.TokenVerified(result):
                     self._token_verified(result, now, out)
@@ -749,17 +760,53 @@ class Session:
                 frame, masked = self.enforcer.complete(frame, header, pending.verdict)
                 if masked:
                     pending.masked = (pending.masked or 0) + masked
+            if header.api_key in self._names_brokers:
+                fault = self._discover(frame, header, now, out)
+                if fault is not None:  # the answers before it go on; it does not
+                    self._send(send, out)
+                    self._close(fault, now, out, level="warning")
+                    return
             error = None
             if header.api_key == apis.PRODUCE and pending.verdict is not None and pending.verdict.merge is None:
                 error = codec.produce_response_error(frame, header.api_version, pending.facts)
             facts = codec.response_facts(frame, header.api_key, header.api_version) if error is None \
                 else codec.ResponseFacts(error)
+            if facts.error_code and header.api_key == apis.PRODUCE and header.api_version >= PRODUCE_NAMES_LEADERS \
+                    and self.discovery is not None:  # only a failed Produce may name the new leaders (KIP-951)
+                fault = self._discover(frame, header, now, out)
+                if fault is not None:
+                    self._send(send, out)
+                    self._close(fault, now, out, level="warning")
+                    return
             self._in_flight.popleft()
             outcome = _OUTCOMES.get(pending.verdict.outcome if pending.verdict is not None else "", "forwarded")
             out.append(Audit(self._operation(pending, now, len(frame), facts.error_code, outcome, facts)))
             send.append(frame)
             self._send_ready(now, send, out)
         self._send(send, out)
+
+    def _discover(self, frame: bytes, header: codec.RequestHeader, now: float, out: list[Command]) -> str | None:
+        """Steer the brokers this answer names before it goes on (`discovery.py`); a reason: it must not."""
+        what = f"{apis.api_name(header.api_key)} v{header.api_version} response"
+        limit = self.discovery.config.max_per_response
+        try:
+            named = named_endpoints(frame, header.api_key, header.api_version, limit)
+        except TooMany as e:
+            return (f"{what} {e}, more than the {limit} the appliance takes from one answer "
+                    "(discovery.max_per_response); it was not delivered")
+        learned = self.discovery.learn(named, now, what)
+        if not learned:
+            return None
+        if learned.fault is not None:
+            return learned.fault
+        identity = None if self.enforcer is None else self.enforcer.principal.identity
+        for level, event in audit_events(learned, what, now, self.discovery.config.refuse_outside,
+                                         session_id=self.session_id, identity=identity):
+            out.append(Log(level, f"session {self.session_id}: {event.message}"))
+            out.append(Audit(event))
+        refusing = self.discovery.config.refuse_outside
+        out.append(SteerBrokers(learned.steer, learned.outside if refusing else (), learned.names))
+        return None
 
     def _send(self, frames: list[bytes], out: list[Command]) -> None:
         if frames:

@@ -349,6 +349,17 @@ class Steering:
                 K.lib.bpf_delete_elem(fd, key)
         self._brokers = {key: (S.addr_host(a), a.port) for key, a in wanted.items()}
 
+    def add_brokers(self, addrs: Iterable[tuple[str, int]], state: BrokerState = BrokerState.UP) -> None:
+        """Add endpoints to the steered set (discovered brokers: UP) or mark them OUTSIDE (enrolled connects
+        refused); one already in the map keeps its state. Raises SteeringError when the map is full."""
+        fd, value = self._fd("brokers"), ct.c_uint32(BrokerState(state))
+        for host, port in addrs:
+            a = S.make_addr(host, port)
+            rc = K.lib.bpf_update_elem(fd, ct.byref(a), ct.byref(value), K.BPF_NOEXIST)
+            if rc != -errno.EEXIST:
+                K.check(rc, f"adding broker {host}:{port} (at most the map's max_entries brokers)")
+                self._brokers[bytes(a)] = (S.addr_host(a), a.port)
+
     def set_broker_state(self, host: str, port: int, state: BrokerState) -> None:
         """Mark a steered broker reachable or not; enrolled connects to a DOWN one are refused."""
         key, value = S.make_addr(host, port), ct.c_uint32(BrokerState(state))

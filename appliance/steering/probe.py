@@ -32,6 +32,12 @@ class BrokerProbe:
         self._mark = mark
         self.up: dict[Address, bool] = {b: True for b in self.brokers}  # the kernel starts with UP
 
+    def add(self, address: Address) -> None:
+        """Probe a broker learned while serving (discovery) too; the kernel added it UP."""
+        if address not in self.up:
+            self.brokers += (address,)
+            self.up[address] = True
+
     def observe(self, address: Address, reachable: bool) -> bool:
         """Record one observation; True if the broker's state changed (and the kernel was told)."""
         if address not in self.up or self.up[address] == reachable:

@@ -36,10 +36,11 @@ class CgroupKind(enum.IntEnum):
 
 
 class BrokerState(enum.IntEnum):
-    """Values of the `brokers` map (APPLIANCE_BROKER_UP, APPLIANCE_BROKER_DOWN)."""
+    """Values of the `brokers` map (APPLIANCE_BROKER_UP, _DOWN, _OUTSIDE)."""
 
     UP = 1
     DOWN = 2
+    OUTSIDE = 3  # named by a steered broker outside discovery.allowed_networks: enrolled connects refused
 
 
 class RefusalReason(enum.IntEnum):
@@ -50,6 +51,7 @@ class RefusalReason(enum.IntEnum):
     BROKER_DOWN = 3
     FOREIGN_NETNS = 4
     NO_RECORD = 5
+    OUTSIDE = 6
 
 
 # Slots of the `health` array (APPLIANCE_HEALTH_*), in order, by the names

@@ -249,14 +249,27 @@ def _check(out: list, s: Session, result: Outcome, seed: int, was_closed: bool) 
                 result.findings.append((seed, first))
 
 
+def _discovery():
+    import ipaddress
+
+    from appliance.config import BrokerAddress, DiscoveryConfig
+    from appliance.proxy.discovery import Discovery
+
+    return Discovery(DiscoveryConfig(allowed_networks=(ipaddress.ip_network("10.0.0.0/8"),), max_brokers=8,
+                                     max_per_response=4), (BrokerAddress("10.0.0.5", 9092),))
+
+
 def run_session(seed: int) -> Outcome:
     """One conversation through a fresh session; the findings it shows."""
     rnd = random.Random(seed)
     result = Outcome(inputs=1)
     policy = _policy(rnd.choice(tuple(_POLICIES)))
     enforcer = Enforcer(Principal("orders", frozenset({"team"})), lambda: policy)
+    # Half the sessions learn brokers from the random answers they relay (one Discovery per session, so a
+    # seed's outcome does not depend on the seeds before it).
+    discovery = _discovery() if rnd.random() < 0.5 else None
     s = Session(f"fuzz-{seed}", _PLAIN, enforcer, max_frame_bytes=1 << 20, now=0.0,
-                max_held_bytes=64 if rnd.random() < 0.05 else 1 << 20)
+                max_held_bytes=64 if rnd.random() < 0.05 else 1 << 20, discovery=discovery)
     now = 0.0
 
     def feed(event) -> list:
