@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from appliance.config import Config
+from appliance.identity.containers import ContainerRoots
 
 # What the install sets; everything else stays at the code's default.
 INSTALL_KEYS = ("state_dir", "run_dir", "bpffs_dir", "policy_file", "upstream_credentials", "brokers")
@@ -45,7 +46,9 @@ def _yaml_value(value) -> object:
         return str(value)
     if isinstance(value, tuple):
         return [_yaml_value(v) for v in value]
-    if dataclasses.is_dataclass(value):
+    if isinstance(value, ContainerRoots):  # a mapping setting
+        return {f.name: str(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if dataclasses.is_dataclass(value):  # BrokerAddress: HOST:PORT
         return str(value)
     return value
 
