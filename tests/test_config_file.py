@@ -37,7 +37,7 @@ def test_a_demo_install_keeps_the_embedded_brokers_data_under_state_dir_and_uses
 def test_each_commented_setting_loads_when_uncommented():
     text = production_config(etc_dir=Path("/etc/appliance"), state_dir=Path("/var/lib/appliance"))
     keys = tuple(f"# {f.name}:" for f in dataclasses.fields(Config))
-    uncommented = "\n".join(line[2:] if (line.startswith(keys) and "(not set" not in line) or line.startswith("# - ")
+    uncommented = "\n".join(line[2:] if (line.startswith(keys) and "(not set" not in line) or line.startswith(("# - ", "#   "))
                             else line for line in text.splitlines())
     data = yaml.safe_load(uncommented)
     assert "max_sessions" in data and "exempt_cgroups" in data
