@@ -166,6 +166,8 @@ EVENT_KINDS += ("revoke",)
 EVENT_KINDS += ("upstream-reauth",)
 # The proxy's listeners in workloads' network namespaces (docs/audit.md).
 EVENT_KINDS += ("netns-listen", "netns-close")
+# Workload TLS the proxy terminated (docs/tls.md).
+EVENT_KINDS += ("workload-tls",)
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:

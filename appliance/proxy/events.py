@@ -58,6 +58,13 @@ class DeadlinePassed:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTlsFailed:
+    """The workload's TLS, which the shell terminates, failed: in the handshake, or a bad record after it."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class TokenVerified:
     """The shell's answer to a `VerifyToken` command: a `ValidToken` or a `TokenRejected`."""
 
@@ -75,4 +82,4 @@ class UpstreamReauthenticationDue:
         return f"UpstreamReauthenticationDue(<{type(self.secret).__name__}>)"
 
 
-Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed | TokenVerified | UpstreamReauthenticationDue
+Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed | ClientTlsFailed | TokenVerified | UpstreamReauthenticationDue
