@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.broker.certificates import Authority, load_authority
@@ -74,22 +74,31 @@ def load_or_create(files: CaFiles, now: float, *, owner_uid: int | None = None) 
     """The workload CA from its files, made first if neither exists; (it, whether it was made now).
     Raises WorkloadCaError naming the file when either is missing alone, unreadable, loose, not PEM,
     not a CA, expired, or not a pair."""
-    owner = os.geteuid() if owner_uid is None else owner_uid
     with state_file.locked(files.key):
-        have_cert, have_key = files.cert.exists(), files.key.exists()
-        if not have_cert and not have_key:
-            authority = Authority.create(CA_NAME, _utc(now))
-            _write(files, authority)
-            return authority, True
-        if not have_key:
-            raise WorkloadCaError(f"{files.key}: the workload CA's key does not exist beside its certificate "
-                                  f"{files.cert}; restore it, or remove {files.cert} to make a new CA (every "
-                                  f"workload must then be given the new certificate)")
-        if not have_cert:
-            raise WorkloadCaError(f"{files.cert}: the workload CA's certificate does not exist beside its key "
-                                  f"{files.key}; restore it, or remove {files.key} to make a new CA (every "
-                                  f"workload must then be given the new certificate)")
-        return load(files, now, owner_uid=owner), False
+        authority = existing(files, now, owner_uid=owner_uid)
+        if authority is not None:
+            return authority, False
+        authority = Authority.create(CA_NAME, _utc(now))
+        _write(files, authority)
+        return authority, True
+
+
+def existing(files: CaFiles, now: float, *, owner_uid: int | None = None) -> Authority | None:
+    """The workload CA if its files exist (None if neither does: the first start makes it), as
+    `load_or_create` checks it; for `appliance doctor`, which makes nothing."""
+    owner = os.geteuid() if owner_uid is None else owner_uid
+    have_cert, have_key = files.cert.exists(), files.key.exists()
+    if not have_cert and not have_key:
+        return None
+    if not have_key:
+        raise WorkloadCaError(f"{files.key}: the workload CA's key does not exist beside its certificate "
+                              f"{files.cert}; restore it, or remove {files.cert} to make a new CA (every "
+                              f"workload must then be given the new certificate)")
+    if not have_cert:
+        raise WorkloadCaError(f"{files.cert}: the workload CA's certificate does not exist beside its key "
+                              f"{files.key}; restore it, or remove {files.key} to make a new CA (every "
+                              f"workload must then be given the new certificate)")
+    return load(files, now, owner_uid=owner)
 
 
 def load(files: CaFiles, now: float, *, owner_uid: int) -> Authority:
@@ -135,8 +144,6 @@ def _write(files: CaFiles, authority: Authority) -> None:
 def describe(authority: Authority, files: CaFiles) -> dict:
     """What `appliance workload-ca` shows: where the certificate is, and which one it is."""
     cert = authority.certificate
-    from cryptography.hazmat.primitives import hashes
-
     return {"certificate": str(files.cert), "key": str(files.key), "subject": cert.subject.rfc4514_string(),
             "sha256": cert.fingerprint(hashes.SHA256()).hex(":"),
             "not_after": f"{not_after(cert):%Y-%m-%dT%H:%M:%SZ}"}
