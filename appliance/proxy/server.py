@@ -31,7 +31,8 @@ Nothing is ever retried in plaintext. Plaintext connections take exactly the
 path they took before: TLS changes only the transport asyncio builds.
 
 A workload enrolled with `workload_tls: terminate` speaks TLS to its broker
-address: the shell answers the handshake (`loop.start_tls`, server side) with
+address: the shell answers the handshake (a TLS transport of its own on the
+accepted socket, `connect_accepted_socket`, server side) with
 a certificate for that address from the appliance's workload CA
 (`workload_tls`), before reading a byte of it, then hands the session the
 plain Kafka inside exactly as it hands it a plaintext connection's bytes. The
@@ -51,6 +52,7 @@ import ctypes
 import gc
 import json
 import logging
+import os
 import socket
 import ssl
 import time
@@ -361,20 +363,24 @@ class _Connection:
         if self.upstream is not None:
             self.upstream.close()
 
-    async def terminate_tls(self, protocol: _ClientProtocol) -> None:
-        """Answer the workload's TLS handshake, then give `protocol` the TLS transport and what came in it.
+    async def terminate_tls(self, protocol: _ClientProtocol, sock: socket.socket) -> None:
+        """Answer the workload's TLS handshake on `sock`, then give `protocol` the TLS transport and what
+        came in it.
 
-        start_tls may hand decrypted bytes (or the connection's end) to its
-        protocol before this coroutine resumes; `_Handshaking` keeps them and
-        passes them on after the swap, so none reaches the session while
-        `client` is still the raw socket's transport.
+        The accepted socket's own transport is closed before it reads a byte
+        (`_ClientProtocol.connection_made`), and a TLS transport is made on
+        the same connection (`connect_accepted_socket`, server side), so the
+        ClientHello is read by TLS alone. The TLS transport may hand decrypted
+        bytes (or the connection's end) to its protocol before this coroutine
+        resumes; `_Handshaking` keeps them and passes them on after the swap.
         """
         timeout = self.server.limits.connect_timeout_s
         handshake = _Handshaking()
         try:
-            tls = await asyncio.get_running_loop().start_tls(self.client, handshake, self.tls_context,
-                                                             server_side=True, ssl_handshake_timeout=timeout)
+            tls, _ = await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: handshake, sock, ssl=self.tls_context, ssl_handshake_timeout=timeout)
         except (OSError, EOFError) as e:  # ssl.SSLError, resets and the handshake deadline are OSErrors
+            sock.close()
             if not self.gone:
                 self.dispatch(ev.ClientTlsFailed(handshake_failure(e, self.origin.broker_address, timeout)))
                 self.close()
@@ -455,8 +461,14 @@ class _ClientProtocol(asyncio.Protocol):
         if self.conn is not None:
             if self.conn.tls_context is None:
                 self.conn.client_reading.pause("connecting")  # until upstream is open
-            else:  # start_tls reads the handshake itself; the session's reading starts after it
-                self.conn.handshaking = asyncio.get_running_loop().create_task(self.conn.terminate_tls(self))
+            else:  # TLS reads the handshake itself; the session's reading starts after it
+                # The connection moves to a TLS transport of its own before this one reads a byte (uvloop
+                # starts reading once connection_made returns, whatever it paused): a duplicate of the
+                # socket keeps it open while this transport closes without a word to the client.
+                sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+                transport.set_protocol(asyncio.Protocol())
+                transport.abort()
+                self.conn.handshaking = asyncio.get_running_loop().create_task(self.conn.terminate_tls(self, sock))
             self.conn.connecting = asyncio.get_running_loop().create_task(self.conn.connect_upstream())
 
     def data_received(self, data: bytes) -> None:

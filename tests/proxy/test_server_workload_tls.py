@@ -78,7 +78,25 @@ class Harness:
         raise AssertionError(f"no session close audited: {self.audited}")
 
 
+@pytest.fixture(params=["asyncio", "uvloop"], autouse=True)
+def loop_kind(request):
+    """serve runs on uvloop; each test runs on both loops."""
+    return request.param
+
+
+_LOOP = {"kind": "asyncio"}
+
+
+@pytest.fixture(autouse=True)
+def _remember(loop_kind):
+    _LOOP["kind"] = loop_kind
+
+
 def run(coro):
+    if _LOOP["kind"] == "uvloop":
+        import uvloop
+
+        return uvloop.run(asyncio.wait_for(coro, 20))
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
