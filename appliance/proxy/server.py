@@ -493,7 +493,7 @@ class _ClientProtocol(asyncio.Protocol):
 
 
 class _Handshaking(asyncio.Protocol):
-    """start_tls's protocol while the workload's handshake is answered: keeps what arrives before the
+    """The TLS transport's protocol while the workload's handshake is answered: keeps what arrives before the
     session's protocol takes the TLS transport over."""
 
     def __init__(self) -> None:
