@@ -27,9 +27,16 @@ install_debian_packages() {
 }
 
 # kernel_header_packages: linux-headers-<release> when Debian packages the running kernel,
-# else the generic linux-headers-amd64 that link_kernel_headers points the kernel at.
+# else the generic linux-headers-amd64 that link_kernel_headers points the kernel at. When the
+# exact headers are installed already (a gateway VM's box) it needs no package lists; otherwise a
+# fresh host may have none yet, and the exact headers are found only with them.
 kernel_header_packages() {
   local exact="linux-headers-$(uname -r)"
+  if dpkg-query -W -f='${Status}' "$exact" 2>/dev/null | grep -q 'install ok installed'; then
+    echo "$exact"
+    return
+  fi
+  ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq >&2
   if apt-cache show "$exact" >/dev/null 2>&1; then
     echo "$exact"
   else

@@ -7,9 +7,13 @@ VM's NAT network come from vagrant/libvirt-up, in the `appliance-vm` network
 namespace; Vagrant runs inside it, because that is where the VM's address is.
 
     vm = GatewayVm.create()
-    vm.ensure_box(); vm.up(); vm.provision()
+    vm.ensure_box(); vm.ensure_wheelhouse(); vm.up(); vm.provision()
     vm.ssh("systemctl is-system-running")
+    vm.write_file("/etc/appliance/policy.yaml", text)
     vm.destroy(); assert vm.leftovers() == []
+
+Commands reach the VM by plain `ssh` with the configuration `vagrant ssh-config` gives once:
+`vagrant ssh` starts Vagrant (Ruby, its plugins) for every command, seconds each on a busy host.
 
 Each phase's seconds land in `vm.timings`, for the test to print: under QEMU's
 TCG a boot is minutes, so a CI run boots once and the box build is cached.
@@ -17,6 +21,7 @@ TCG a boot is minutes, so a CI run boots once and the box build is cached.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -121,6 +126,11 @@ class GatewayVm:
         """Build the box unless cached (vagrant/build-box), and add it to this run's VAGRANT_HOME."""
         self._timed("box", lambda: _run("build-box", [str(VAGRANT_DIR / "build-box")], env=self.env, timeout=1800))
 
+    def ensure_wheelhouse(self) -> None:
+        """Build the dependencies' wheels on the host unless cached (vagrant/build-wheelhouse): `up` syncs them in."""
+        self._timed("wheelhouse", lambda: _run("build-wheelhouse", [str(VAGRANT_DIR / "build-wheelhouse")],
+                                               env=self.env, timeout=900))
+
     def up(self) -> None:
         """Boot and sync the tree; provisioning is its own phase, timed apart."""
         self._timed("up", lambda: self._vagrant("vagrant up", "up", "--no-provision", timeout=1500))
@@ -128,10 +138,22 @@ class GatewayVm:
     def provision(self) -> None:
         self._timed("provision", lambda: self._vagrant("vagrant provision", "provision", timeout=1800))
 
+    def _ssh_config(self) -> Path:
+        config = self.run_dir / "ssh_config"
+        if not config.exists():
+            config.write_text(self._vagrant("vagrant ssh-config", "ssh-config", timeout=120).stdout)
+        return config
+
     def ssh(self, command: str, *, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run a shell command in the VM as the vagrant user (prefix sudo for root)."""
-        return self._vagrant(f"vagrant ssh -c {command!r}", "ssh", "-c", command, "--", "-q",
-                             timeout=timeout, check=check)
+        return _run(f"ssh {command!r}", ["ip", "netns", "exec", NETNS, "ssh", "-q", "-F", str(self._ssh_config()),
+                                         "default", "--", command], timeout=timeout, check=check)
+
+    def write_file(self, path: str, text: str, *, mode: str = "0644") -> None:
+        """Write `text` to `path` in the VM, owned by root, with `mode` (and the directory if missing)."""
+        encoded = base64.b64encode(text.encode()).decode()
+        self.ssh(f"echo {encoded} | base64 -d > /tmp/.write-file && "
+                 f"sudo install -D -o root -g root -m {mode} /tmp/.write-file {path} && rm /tmp/.write-file")
 
     def domains(self) -> list[str]:
         names = virsh("list", "--all", "--name").stdout.split()

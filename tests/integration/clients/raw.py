@@ -1,12 +1,14 @@
 """Raw TCP probes of a broker address, as a workload would make them.
 
-Usage: raw.py MODE HOST PORT
+Usage: raw.py MODE HOST PORT [--source-port N]
   connect : connect, print the errno (0 on success) and getpeername()
   garbage : connect, send a frame size no Kafka peer sends, wait for the close
   ask     : connect, send one ApiVersions request, print its reply size and close (a
             connection the proxy has certainly taken: one closed at once may be gone,
             record and all, before the proxy accepts it)
   hold    : as ask, then wait for the other side to close and print how long that took
+--source-port N binds the socket to local port N first, so that its packets can be told apart
+where they arrive (NAT keeps a free source port).
 """
 
 import errno
@@ -21,6 +23,9 @@ mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 family = socket.AF_INET6 if ":" in host else socket.AF_INET
 sock = socket.socket(family, socket.SOCK_STREAM)
 sock.settimeout(10)
+if sys.argv[4:5] == ["--source-port"]:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", int(sys.argv[5])))
 result = {"pid": os.getpid()}
 try:
     sock.connect((host, port))
