@@ -315,10 +315,14 @@ class Appliance:
         tls = config.upstream_tls
 
         def names(broker: BrokerAddress) -> tuple[str, ...]:
-            return (tls.server_name(broker),) if tls is not None else ()
+            # The upstream SNI name, and each `brokers` DNS name that resolves to this address now.
+            found = [tls.server_name(broker)] if tls is not None else []
+            found += [n.name for n, addresses in self.names.addresses.items()
+                      if n.port == broker.port and broker.host in addresses]
+            return tuple(dict.fromkeys(found))
 
         workload_tls = WorkloadTls(authority, names=names)
-        for broker in config.brokers:
+        for broker in config.broker_addresses:  # a broker given by name gets its leaf at its first session
             workload_tls.context_for(broker, now)
         return workload_tls
 
