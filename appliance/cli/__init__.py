@@ -34,7 +34,7 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from appliance.cli import audit, broker, doctor, identity, idp, policy, revoke, serve, steering, workload_ca
+    from appliance.cli import audit, broker, doctor, identity, idp, policy, revoke, serve, steering
 
     main.add_command(serve.serve)
     main.add_command(serve.status)
@@ -43,7 +43,6 @@ def _register() -> None:
     main.add_command(identity.unenroll)
     main.add_command(identity.workloads)
     main.add_command(identity.run)
-    main.add_command(workload_ca.workload_ca)
     main.add_command(audit.audit)
     main.add_command(broker.broker)
     main.add_command(idp.idp)
