@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -11,7 +12,31 @@ import click
 from appliance.config import ConfigError, load_config
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Each command's module is imported only when that command runs: importing them all (the Kafka
+# message classes, sqlite-utils, rich) took over a second, and `appliance revoke` promises its
+# effect within one.
+_COMMANDS = {
+    "serve": "serve:serve", "status": "serve:status", "demo": "serve:demo",
+    "enroll": "identity:enroll", "unenroll": "identity:unenroll", "workloads": "identity:workloads",
+    "run": "identity:run", "audit": "audit:audit", "broker": "broker:broker", "idp": "idp:idp",
+    "policy": "policy:policy", "revoke": "revoke:revoke", "detach": "steering:detach", "doctor": "doctor:doctor",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = _COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attribute = target.split(":")
+        return getattr(importlib.import_module(f"appliance.cli.{module}"), attribute)
+
+
+@click.group(cls=_LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="APPLIANCE_CONFIG",
               help="YAML configuration file (default: the embedded defaults; env APPLIANCE_CONFIG).")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
@@ -32,24 +57,3 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
 
-
-def _register() -> None:
-    from appliance.cli import audit, broker, doctor, identity, idp, policy, revoke, serve, steering
-
-    main.add_command(serve.serve)
-    main.add_command(serve.status)
-    main.add_command(serve.demo)
-    main.add_command(identity.enroll)
-    main.add_command(identity.unenroll)
-    main.add_command(identity.workloads)
-    main.add_command(identity.run)
-    main.add_command(audit.audit)
-    main.add_command(broker.broker)
-    main.add_command(idp.idp)
-    main.add_command(policy.policy)
-    main.add_command(revoke.revoke)
-    main.add_command(steering.detach)
-    main.add_command(doctor.doctor)
-
-
-_register()

@@ -9,8 +9,6 @@ import time
 
 import click
 
-from appliance.audit import store
-from appliance.audit.records import Event
 from appliance.cli.output import parse_until
 from appliance.identity.revocations import RevocationError, RevocationStore
 
@@ -64,6 +62,11 @@ def revoke(ctx, subject, jti, identity, client_id, until, reason, withdraw) -> N
             message = record.describe()
     except RevocationError as e:
         raise click.ClickException(str(e)) from None
+    # Only now: the revocation is in force once its file is written, and sqlite-utils takes a
+    # noticeable part of the second the command promises to import.
+    from appliance.audit import store
+    from appliance.audit.records import Event
+
     store.record_event(ctx.obj.audit_db, Event(
         at=time.time(), kind="revoke", message=message, identity=value if kind == "identity" else None,
         detail=json.dumps({"kind": kind, "value": value, "by": by, "reason": reason, "until": until,
