@@ -176,3 +176,27 @@ def test_requests_held_during_a_renewal_pause_the_workload_at_the_budget_rather_
     assert conn.session.max_renewal_held_bytes == LIMITS.session_buffer_bytes + 256 * KiB
     conn.dispatch(ev.ClientData(b"\0" * (65 * KiB)))  # over the 64 KiB session budget, held
     assert not conn.gone and not conn.client.reading and conn in proxy.paused
+
+
+def test_heap_freed_by_the_sweeps_own_closes_is_handed_back_at_the_next_sweep(monkeypatch):
+    """A session the sweep closes is freed after the sweep (its transport's connection_lost), so trimming in
+    that same sweep handed nothing back and forgot the drop; the trim comes one sweep later."""
+    import time
+
+    from appliance.proxy import server as shell
+
+    monkeypatch.setattr(shell, "_TRIM_AFTER_BYTES", 32 * KiB)
+    releases = []
+    proxy = server([])
+    proxy.release_memory = lambda: releases.append(proxy.held_total)
+    conn = connection(proxy, 1)
+    conn.upstream = Transport()
+    conn.dispatch(ev.ClientData(b"\0" * (65 * KiB)))  # held: upstream authentication has not finished
+    assert proxy.held_total == proxy.held_peak == 65 * KiB
+    now = time.time() + LIMITS.connect_timeout_s + 1  # past the connect deadline: this sweep closes it
+    proxy.sweep(now)
+    assert conn.gone and proxy.held_total == 0 and releases == []
+    proxy.sweep(now + 1)
+    assert releases == [0] and proxy.held_peak == 0
+    proxy.sweep(now + 10)  # nothing more let go of: no further trim
+    assert releases == [0]
