@@ -228,6 +228,13 @@ class ApplianceProcess:
             return None
         return snapshot if self.proc is not None and snapshot.get("pid") == self.proc.pid else None
 
+    def fresh_status(self, timeout: float = 5.0) -> dict:
+        """The first snapshot written after this call: status is written once a second, so one read at once may
+        predate what the test just did."""
+        asked = time.time()
+        return eventually(lambda: (lambda s: s if s and s.get("written_at", 0) > asked else None)(self.status()),
+                          timeout=timeout, message="a status snapshot written after the request")
+
     def start(self) -> None:
         self.config.status_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen([PY, "-m", "appliance", "--config", str(self.config_path), "serve"],

@@ -329,7 +329,7 @@ def test_clients_reach_every_broker_through_the_appliance_and_follow_a_leader_th
     assert {s["pid"] for s in sessions} == pids
     # Every connect the kernel steered for this cgroup is an audited session (this test's clients were its only
     # processes), and none went to a broker directly: nothing else from the host held a broker connection.
-    steered = next(w["steered"] for w in app.status()["workloads"] if w["cgroup_id"] == cg.cgroup.id)
+    steered = next(w["steered"] for w in app.fresh_status()["workloads"] if w["cgroup_id"] == cg.cgroup.id)
     assert steered == len(sessions), (steered, len(sessions))
     assert {s["broker_address"] for s in sessions} == {f"{a}:{PORT}" for a in NODES.values()}
     produced = [o for o in audit(config_path, "operations", "--identity", "cluster-app", "--topic", TOPIC)
