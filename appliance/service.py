@@ -33,7 +33,7 @@ from appliance.audit.writer import AuditWriter
 from appliance.broker.credentials import ClientCertificateOnly, OAuthBearerCredentials, load_credentials
 from appliance.broker.oauth_token import TokenUnavailable
 from appliance.broker.token_source import TokenSource
-from appliance.config import Config, ConfigError
+from appliance.config import BrokerAddress, Config, ConfigError
 from appliance.identity import cgroups, containers
 from appliance.identity.enrollment import Enrollment, EnrollmentStore
 from appliance.identity.introspection import IntrospectionError
@@ -43,6 +43,7 @@ from appliance.identity.static_credentials import StaticCredentialsError, load_s
 from appliance.identity.workloads import WorkloadIdentity
 from appliance.masking.secret import load_or_create_secret
 from appliance.proxy.upstream_tls import TlsFileError, upstream_tls
+from appliance.proxy.workload_tls import CaFiles, WorkloadCaError, WorkloadTls, load_or_create
 from appliance.policy.model import Policy
 from appliance.policy.parser import PolicyError, load_policy
 from appliance.proxy.audit_gate import AUDIT_FAILING_ERROR
@@ -131,6 +132,7 @@ class Appliance:
             tls = upstream_tls(config.upstream_tls)
         except (TlsFileError, ssl.SSLError) as e:  # a file changed since the load checked it
             raise ConfigError(f"{config.source}: key 'upstream_tls': {e}") from None
+        workload_tls = self._workload_tls()  # a bad workload CA file stops the start, naming the file
         upstream = credentials
         if isinstance(credentials, OAuthBearerCredentials):
             self.token_source = upstream = TokenSource(credentials)
@@ -171,7 +173,7 @@ class Appliance:
                     audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
                     upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed,
                     workloads=self.workloads, upstream_tls=tls, discovery=self.discovery,
-                    steer=self._steer_discovered, **self._bounds(),
+                    steer=self._steer_discovered, workload_tls=workload_tls, **self._bounds(),
                 )
 
             self.server = make_server(config.listen_port)
@@ -297,6 +299,32 @@ class Appliance:
             pass
 
     # ---- the audit: unclean stops and failure; the proxy's bounds --------------
+
+    def _workload_tls(self) -> WorkloadTls:
+        """The workload CA (made on the first start) and a certificate for each configured broker, for
+        enrolments that terminate workload TLS; brokers learned later get theirs on first use."""
+        config, now = self.config, time.time()
+        files = CaFiles.under(config.state_dir)
+        try:
+            authority, made = load_or_create(files, now)
+        except WorkloadCaError as e:
+            raise ConfigError(f"workload CA: {e}") from None
+        if made:
+            log.info("made the workload CA %s (its key %s, root-only); workloads enrolled with --workload-tls "
+                     "terminate must trust it (docs/tls.md)", files.cert, files.key)
+        tls = config.upstream_tls
+
+        def names(broker: BrokerAddress) -> tuple[str, ...]:
+            # The upstream SNI name, and each `brokers` DNS name that resolves to this address now.
+            found = [tls.server_name(broker)] if tls is not None else []
+            found += [n.name for n, addresses in self.names.addresses.items()
+                      if n.port == broker.port and broker.host in addresses]
+            return tuple(dict.fromkeys(found))
+
+        workload_tls = WorkloadTls(authority, names=names)
+        for broker in config.broker_addresses:  # a broker given by name gets its leaf at its first session
+            workload_tls.context_for(broker, now)
+        return workload_tls
 
     def _bounds(self) -> dict:
         """The proxy's budgets, deadlines, session limits and audit-failure decision, from the config."""

@@ -126,3 +126,15 @@ def test_a_second_serve_on_the_same_audit_refuses_to_start(tmp_path):
         other.wait()
     assert service.Appliance(config)._claim_run_marker()["pid"] == other.pid  # gone now: an unclean stop
 
+
+def test_workload_tls_starts_beside_brokers_given_by_name_and_names_them_in_their_addresses_certificates(tmp_path):
+    from appliance.config import BrokerAddress, parse_config
+
+    config = parse_config({"state_dir": str(tmp_path),
+                           "brokers": ["10.0.0.5:9092", "kafka-bootstrap.example.com:9092"]})
+    app = service.Appliance(config)
+    workload_tls = app._workload_tls()  # a broker given by name has no address to certify before it resolves
+    app.names.resolved(config.broker_names[0], ["10.0.0.7"])
+    workload_tls.context_for(BrokerAddress("10.0.0.7", 9092), 0.0)
+    issued = workload_tls._leaves[BrokerAddress("10.0.0.7", 9092)]
+    assert issued.names == ("10.0.0.7", "kafka-bootstrap.example.com")

@@ -20,6 +20,7 @@ _COMMANDS = {
     "enroll": "identity:enroll", "unenroll": "identity:unenroll", "workloads": "identity:workloads",
     "run": "identity:run", "audit": "audit:audit", "broker": "broker:broker", "idp": "idp:idp",
     "policy": "policy:policy", "revoke": "revoke:revoke", "detach": "steering:detach", "doctor": "doctor:doctor",
+    "workload-ca": "workload_ca:workload_ca",
 }
 
 
@@ -56,4 +57,3 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
         ctx.obj = load_config(config_path)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
-

@@ -108,6 +108,8 @@ class Facts:
     policy_file: str
     policy_error: str | None
     config_source: str = "embedded defaults"
+    workload_ca: str = ""  # the workload CA certificate's path
+    workload_ca_state: str = "absent"  # absent (made at the first start) | ok | what serve would refuse
 
 
 def parse_mounts(text: str) -> tuple[Mount, ...]:
@@ -171,6 +173,7 @@ def evaluate(facts: Facts) -> list[Finding]:
         *_brokers(facts),
         _clock(facts),
         _policy(facts),
+        _workload_ca(facts),
     ]
 
 
@@ -360,3 +363,15 @@ def _policy(facts: Facts) -> Finding:
         return Finding("policy", Status.OK, f"{facts.policy_file} loads")
     return Finding("policy", Status.FAIL, facts.policy_error,
                    f"correct the policy (appliance policy check) or set policy_file in {_config(facts)}")
+
+
+def _workload_ca(facts: Facts) -> Finding:
+    if facts.workload_ca_state == "absent":
+        return Finding("workload CA", Status.OK, f"{facts.workload_ca} not made yet: serve makes it at its first "
+                       "start (or run appliance workload-ca)")
+    if facts.workload_ca_state == "ok":
+        return Finding("workload CA", Status.OK, f"{facts.workload_ca} and its root-only key load; workloads "
+                       "enrolled with --workload-tls terminate trust it")
+    return Finding("workload CA", Status.FAIL, f"serve would refuse to start: {facts.workload_ca_state}",
+                   "restore the file; or remove workload-ca.pem and workload-ca.key to make a new CA, and give its "
+                   "certificate to every workload enrolled with --workload-tls terminate (docs/tls.md)")

@@ -74,6 +74,8 @@ def collect(config: Config) -> Facts:
         policy_file=str(config.policy_file),
         policy_error=_policy_error(config.policy_file),
         config_source=config.source,
+        workload_ca=str(config.state_dir / "workload-ca.pem"),
+        workload_ca_state=_workload_ca_state(config.state_dir),
     )
 
 
@@ -228,6 +230,15 @@ def _clock() -> Clock:
     if state < 0:
         return Clock(synchronized)
     return Clock(synchronized, adjtimex_state=state, adjtimex_status=timex.status, max_error_us=timex.maxerror)
+
+
+def _workload_ca_state(state_dir: Path) -> str:
+    from appliance.proxy.workload_tls import CaFiles, WorkloadCaError, existing
+
+    try:
+        return "absent" if existing(CaFiles.under(state_dir), time.time()) is None else "ok"
+    except WorkloadCaError as e:
+        return str(e)
 
 
 def _policy_error(path: Path) -> str | None:

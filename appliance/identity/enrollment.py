@@ -38,6 +38,9 @@ class Enrollment:
     # is enrolled, as `identity` or, when identity_from is set, as what that says (unit, match, label:KEY).
     kind: str = "cgroup"
     identity_from: str = ""
+    # What the proxy does with a workload that speaks TLS to its broker address: refuse (a fatal alert and
+    # an audited reason) or terminate (answer the handshake with the appliance's workload CA; docs/tls.md).
+    workload_tls: str = "refuse"
 
     @property
     def is_pattern(self) -> bool:
@@ -80,6 +83,15 @@ def _accepts(values) -> list[str]:
 def _kind(value: str) -> str:
     if value not in ("cgroup", "glob"):
         raise EnrollmentError(f"kind {value!r} is not an enrolment kind: use cgroup or glob")
+    return value
+
+
+WORKLOAD_TLS_MODES = ("refuse", "terminate")
+
+
+def _workload_tls(value: str) -> str:
+    if value not in WORKLOAD_TLS_MODES:
+        raise EnrollmentError(f"workload_tls {value!r} is not a workload TLS mode: use refuse or terminate")
     return value
 
 
@@ -127,6 +139,7 @@ class EnrollmentStore:
                     accepts=tuple(_accepts(item.get("accepts", ()))),
                     kind=_kind(item.get("kind", "cgroup")),
                     identity_from=_identity_from(item.get("identity_from", "")),
+                    workload_tls=_workload_tls(item.get("workload_tls", "refuse")),
                 )
                 for item in raw["enrollments"]
             }
@@ -139,7 +152,7 @@ class EnrollmentStore:
 
     def enroll(self, *, identity: str, groups: tuple[str, ...], cgroup_path: str, cgroup_id: int,
                auth: str = "cgroup", accepts: tuple[str, ...] = (), kind: str = "cgroup",
-               identity_from: str = "") -> Enrollment:
+               identity_from: str = "", workload_tls: str = "refuse") -> Enrollment:
         if identity_from:
             if kind != "glob":
                 raise EnrollmentError("an identity taken from each cgroup (identity_from) needs a cgroup pattern")
@@ -149,7 +162,8 @@ class EnrollmentStore:
         for g in groups:
             validate_identity(g, what="group")
         record = Enrollment(identity, tuple(groups), cgroup_path, cgroup_id, time.time(), _auth_mode(auth),
-                            tuple(_accepts(accepts)), _kind(kind), _identity_from(identity_from))
+                            tuple(_accepts(accepts)), _kind(kind), _identity_from(identity_from),
+                            _workload_tls(workload_tls))
         with self._locked():
             current = self.load()
             current[cgroup_path] = record

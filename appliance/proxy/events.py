@@ -58,6 +58,13 @@ class DeadlinePassed:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTlsFailed:
+    """The workload's TLS, which the shell terminates, failed: in the handshake, or a bad record after it."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class TokenVerified:
     """The shell's answer to a `VerifyToken` command: a `ValidToken` or a `TokenRejected`."""
 
@@ -83,4 +90,4 @@ class DiscoveryFailed:
     reason: str
 
 
-Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed | TokenVerified | UpstreamReauthenticationDue | DiscoveryFailed
+Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed | ClientTlsFailed | TokenVerified | UpstreamReauthenticationDue | DiscoveryFailed

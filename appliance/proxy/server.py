@@ -30,6 +30,15 @@ naming the broker and the fault, and is logged once per broker and fault.
 Nothing is ever retried in plaintext. Plaintext connections take exactly the
 path they took before: TLS changes only the transport asyncio builds.
 
+A workload enrolled with `workload_tls: terminate` speaks TLS to its broker
+address: the shell answers the handshake (a TLS transport of its own on the
+accepted socket, `connect_accepted_socket`, server side) with
+a certificate for that address from the appliance's workload CA
+(`workload_tls`), before reading a byte of it, then hands the session the
+plain Kafka inside exactly as it hands it a plaintext connection's bytes. The
+choice is made once per connection, at accept: a plaintext session's reads
+take the path they always took.
+
 The sweep also tells each session whose own SASL session with the broker is
 due for renewal (KIP-368, `Session.upstream_reauthenticate_at`) with the
 credential source's current secret, and a `RefreshUpstreamToken` command asks
@@ -43,6 +52,7 @@ import ctypes
 import gc
 import json
 import logging
+import os
 import socket
 import ssl
 import time
@@ -75,6 +85,7 @@ from appliance.proxy.original_dst import Lookup, OriginalDestination
 from appliance.proxy.session import Session
 from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError, UpstreamCredentialSource
 from appliance.proxy.upstream_tls import UpstreamTls, describe_failure, is_tls_failure
+from appliance.proxy.workload_tls import WorkloadTls, handshake_failure, session_failure
 
 log = logging.getLogger("appliance.proxy")
 # A pooled connection is handed out only while younger than this, well inside
@@ -203,9 +214,13 @@ class _Connection:
     """Both sockets of one proxied connection and the session between them."""
 
     def __init__(self, server: ProxyServer, client: asyncio.Transport, origin: OriginalDestination,
-                 enrollment: Enrollment, command: str, now: float) -> None:
+                 enrollment: Enrollment, command: str, now: float, tls_context: ssl.SSLContext | None = None) -> None:
         self.server = server
         self.client = client
+        # Set: the workload's TLS is terminated with this context; `client` becomes the TLS transport once
+        # the handshake is done (`terminate_tls`), and nothing is written to the client before that.
+        self.tls_context = tls_context
+        self.handshaking: asyncio.Task | None = None
         self.client_reading = _Reading(client)
         self.upstream: asyncio.Transport | None = None
         self.upstream_reading: _Reading | None = None
@@ -399,11 +414,57 @@ class _Connection:
                 del server.per_workload[cgroup_id]
             if self.connecting is not None and not self.connecting.done():
                 self.connecting.cancel()
+            if self.handshaking is not None and not self.handshaking.done():
+                self.handshaking.cancel()
             if server.paused and server.held_total <= server.limits.buffer_budget_bytes:
                 server.recheck_paused()
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
+
+    async def terminate_tls(self, protocol: _ClientProtocol, sock: socket.socket) -> None:
+        """Answer the workload's TLS handshake on `sock`, then give `protocol` the TLS transport and what
+        came in it.
+
+        The accepted socket's own transport is closed before it reads a byte
+        (`_ClientProtocol.connection_made`), and a TLS transport is made on
+        the same connection (`connect_accepted_socket`, server side), so the
+        ClientHello is read by TLS alone. The TLS transport may hand decrypted
+        bytes (or the connection's end) to its protocol before this coroutine
+        resumes; `_Handshaking` keeps them and passes them on after the swap.
+        """
+        timeout = self.server.limits.connect_timeout_s
+        handshake = _Handshaking()
+        try:
+            tls, _ = await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: handshake, sock, ssl=self.tls_context, ssl_handshake_timeout=timeout)
+        except (OSError, EOFError) as e:  # ssl.SSLError, resets and the handshake deadline are OSErrors
+            sock.close()
+            if not self.gone:
+                self.dispatch(ev.ClientTlsFailed(handshake_failure(e, self.origin.broker_address, timeout)))
+                self.close()
+            return
+        if self.gone:
+            tls.close()
+            return
+        self.client = tls
+        if not isinstance(self.client_out, _HeldWrites):  # held answers go to `client` when released
+            self.client_out = tls
+        self.client_reading = _Reading(tls)
+        if self.upstream is None:
+            self.client_reading.pause("connecting")  # until upstream is open, as for a plaintext session
+        ssl_object = tls.get_extra_info("ssl_object")
+        version, cipher = ssl_object.version(), ssl_object.cipher()[0]
+        info = self.info
+        self.server.audit(Event(
+            at=time.time(), kind="workload-tls", session_id=info.session_id, identity=info.identity,
+            cgroup_id=self.origin.cgroup_id, pid=info.pid,
+            message=f"session {info.session_id}: {info.identity}'s TLS to {info.broker_address} terminated "
+                    f"by the appliance ({version}, {cipher})",
+            detail=json.dumps({"version": version, "cipher": cipher, "broker": info.broker_address,
+                               "names": list(self.server.workload_tls.names_for(_broker_of(self.origin)))})))
+        tls.set_protocol(protocol)
+        handshake.hand_over(protocol)
 
     def _upstream_open(self, transport: asyncio.Transport) -> None:
         self.upstream = transport
@@ -459,7 +520,16 @@ class _ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.conn = self.server.accept(transport)
         if self.conn is not None:
-            self.conn.client_reading.pause("connecting")  # until upstream is open
+            if self.conn.tls_context is None:
+                self.conn.client_reading.pause("connecting")  # until upstream is open
+            else:  # TLS reads the handshake itself; the session's reading starts after it
+                # The connection moves to a TLS transport of its own before this one reads a byte (uvloop
+                # starts reading once connection_made returns, whatever it paused): a duplicate of the
+                # socket keeps it open while this transport closes without a word to the client.
+                sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+                transport.set_protocol(asyncio.Protocol())
+                transport.abort()
+                self.conn.handshaking = asyncio.get_running_loop().create_task(self.conn.terminate_tls(self, sock))
             self.conn.connecting = asyncio.get_running_loop().create_task(self.conn.connect_upstream())
 
     def data_received(self, data: bytes) -> None:
@@ -468,7 +538,10 @@ class _ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
-            self.conn.dispatch(ev.ClientClosed(f"client closed the connection{f': {exc}' if exc else ''}"))
+            if isinstance(exc, ssl.SSLError):  # a terminated TLS connection's bad record (never a plaintext one)
+                self.conn.dispatch(ev.ClientTlsFailed(session_failure(exc)))
+            else:
+                self.conn.dispatch(ev.ClientClosed(f"client closed the connection{f': {exc}' if exc else ''}"))
             self.conn.close()
 
     def pause_writing(self) -> None:
@@ -478,6 +551,35 @@ class _ClientProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.conn is not None and self.conn.upstream_reading is not None:
             self.conn.upstream_reading.resume("client-busy")
+
+
+class _Handshaking(asyncio.Protocol):
+    """The TLS transport's protocol while the workload's handshake is answered: keeps what arrives before the
+    session's protocol takes the TLS transport over."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.lost: tuple[Exception | None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes, and connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = (exc,)
+
+    def hand_over(self, protocol: asyncio.Protocol) -> None:
+        data, self.data = self.data, []
+        for chunk in data:
+            protocol.data_received(chunk)
+        if self.lost is not None:
+            protocol.connection_lost(self.lost[0])
+
+
+def _broker_of(origin: OriginalDestination) -> BrokerAddress:
+    return BrokerAddress(origin.broker_host, origin.broker_port)
 
 
 class _UpstreamProtocol(asyncio.Protocol):
@@ -731,11 +833,14 @@ class ProxyServer:
         workloads: WorkloadIdentity | None = None, upstream_tls: UpstreamTls | None = None,
         discovery: Discovery | None = None,
         steer: Callable[[tuple, tuple], None] | None = None,
+        workload_tls: WorkloadTls | None = None,
     ) -> None:
         # Brokers the cluster's answers name (proxy/discovery.py), and how the kernel is told of them:
         # `steer(to_steer, outside)` raises on failure.
         self.discovery = discovery
         self.steer = steer
+        # The workload CA's contexts, for enrolments that terminate workload TLS; None: such sessions are refused.
+        self.workload_tls = workload_tls
         # Told when a broker refuses a connect, so steering can refuse new connects to it at once.
         self.upstream_failed = upstream_failed
         self.policy = policy
@@ -850,9 +955,21 @@ class ProxyServer:
             self._at_limit(transport, now, origin, enrollment, "max_sessions_per_workload",
                            self.max_sessions_per_workload)
             return None
+        tls_context = None
+        if enrollment.workload_tls == "terminate":
+            try:
+                if self.workload_tls is None:
+                    raise ValueError("the appliance has no workload CA")
+                tls_context = self.workload_tls.context_for(_broker_of(origin), now)
+            except (ValueError, OSError) as e:
+                self._refuse(transport, now, f"connection from {enrollment.identity} (pid {origin.tgid}) to "
+                             f"{origin.broker_address} refused: its enrolment terminates workload TLS, but no "
+                             f"certificate could be made for the broker ({e})", identity=enrollment.identity,
+                             cgroup_id=origin.cgroup_id, pid=origin.tgid)
+                return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         who = process.describe(origin.tgid, origin.cgroup_id, origin.comm, now)
-        conn = _Connection(self, transport, origin, enrollment, who.command, now)
+        conn = _Connection(self, transport, origin, enrollment, who.command, now, tls_context)
         self.audit(SessionOpened(
             session_id=conn.session.session_id, started_at=now,
             identity=None if conn.session.enforcer is None else enrollment.identity,

@@ -150,7 +150,8 @@ def _starts_tls_handshake(data: bytes, max_frame_bytes: int) -> bool:
 _TLS_HANDSHAKE_FAILURE_ALERT = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28))
 _TLS_REFUSED = ("workload started a TLS handshake: the appliance takes plaintext Kafka from workloads "
                 "(it holds the broker's credentials and speaks TLS to the broker itself); set the client's "
-                "security.protocol to PLAINTEXT, or SASL_PLAINTEXT to present a token or static credentials")
+                "security.protocol to PLAINTEXT, or SASL_PLAINTEXT to present a token or static credentials; or enrol "
+                "it with --workload-tls terminate for the appliance to answer its TLS (docs/tls.md)")
 
 
 class Session:
@@ -271,7 +272,7 @@ class Session:
                     out.append(SendToUpstream(self._auth.start()))
                 case ev.ClientClosed(reason) | ev.UpstreamClosed(reason) | ev.Revoked(reason):
                     self._close(reason, now, out)
-                case ev.DeadlinePassed(reason) | ev.DiscoveryFailed(reason):
+                case ev.DeadlinePassed(reason) | ev.DiscoveryFailed(reason) | ev.ClientTlsFailed(reason):
                     self._close(reason, now, out, level="warning")
                 case ev.TokenVerified(result):
                     self._token_verified(result, now, out)

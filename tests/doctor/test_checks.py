@@ -162,3 +162,16 @@ def test_settings_point_at_a_file_to_write_when_doctor_ran_on_the_embedded_defau
     down = (BrokerProbeResult("127.0.0.1:19092", False, "refused"),)
     f = finding(dataclasses.replace(HEALTHY, brokers=down, config_source="embedded defaults"), "broker 127.0.0.1:19092")
     assert "a configuration file (--config)" in f.fix
+
+
+def test_the_workload_ca_is_ok_absent_or_loaded_and_fails_with_what_serve_would_say():
+    absent = finding(dataclasses.replace(HEALTHY, workload_ca="/var/lib/appliance/workload-ca.pem"), "workload CA")
+    assert absent.status is Status.OK and "not made yet" in absent.detail
+    loaded = finding(dataclasses.replace(HEALTHY, workload_ca_state="ok"), "workload CA")
+    assert loaded.status is Status.OK
+    bad = finding(dataclasses.replace(HEALTHY, workload_ca_state="/var/lib/appliance/workload-ca.key: has mode "
+                                      "0644, which lets group or others read the CA's private key; run chmod 600"),
+                  "workload CA")
+    assert bad.status is Status.FAIL and bad.detail.startswith("serve would refuse to start: /var/lib/appliance/"
+                                                               "workload-ca.key: has mode 0644")
+    assert "--workload-tls terminate" in bad.fix

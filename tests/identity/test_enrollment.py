@@ -29,3 +29,34 @@ def test_damaged_file_is_named(tmp_path):
     (tmp_path / "e.json").write_text("{")
     with pytest.raises(EnrollmentError, match="e.json: enrolment file is damaged"):
         EnrollmentStore(tmp_path / "e.json").load()
+
+
+def test_workload_tls_is_kept_across_a_reload_and_defaults_to_refuse(tmp_path):
+    import json
+
+    store = EnrollmentStore(tmp_path / "e.json")
+    store.enroll(identity="payments", groups=(), cgroup_path="/payments", cgroup_id=8, workload_tls="terminate")
+    store.enroll(identity="orders", groups=(), cgroup_path="/orders", cgroup_id=7)
+    again = EnrollmentStore(tmp_path / "e.json").load()
+    assert again["/payments"].workload_tls == "terminate" and again["/orders"].workload_tls == "refuse"
+    # A file written before the field existed reads as refuse, the behaviour it had.
+    data = json.loads((tmp_path / "e.json").read_text())
+    for item in data["enrollments"]:
+        del item["workload_tls"]
+    (tmp_path / "e.json").write_text(json.dumps(data))
+    assert {r.workload_tls for r in store.load().values()} == {"refuse"}
+
+
+def test_an_unknown_workload_tls_mode_is_named_in_the_request_and_in_the_file(tmp_path):
+    import json
+
+    store = EnrollmentStore(tmp_path / "e.json")
+    with pytest.raises(EnrollmentError, match="workload_tls 'offload' is not a workload TLS mode: use refuse or "
+                                              "terminate"):
+        store.enroll(identity="x", groups=(), cgroup_path="/x", cgroup_id=1, workload_tls="offload")
+    store.enroll(identity="x", groups=(), cgroup_path="/x", cgroup_id=1)
+    data = json.loads((tmp_path / "e.json").read_text())
+    data["enrollments"][0]["workload_tls"] = "passthrough"
+    (tmp_path / "e.json").write_text(json.dumps(data))
+    with pytest.raises(EnrollmentError, match="e.json: enrolment file is damaged .*workload_tls 'passthrough'"):
+        store.load()

@@ -336,10 +336,11 @@ def enroll(appliance, config_path, make_cgroup):
     """Make a cgroup, enrol it with `appliance enroll`, and wait until the appliance applied it."""
     enrolled: list[Cgroup] = []
 
-    def do(identity: str, *groups: str, auth: str = "cgroup", accepts: tuple[str, ...] = ()) -> Cgroup:
+    def do(identity: str, *groups: str, auth: str = "cgroup", accepts: tuple[str, ...] = (),
+           workload_tls: str = "refuse") -> Cgroup:
         cg = make_cgroup(identity)
         cli(config_path, "enroll", cg.cgroup.path, "--identity", identity, *[f"--group={g}" for g in groups],
-            f"--auth={auth}", *[f"--accept={a}" for a in accepts])
+            f"--auth={auth}", *[f"--accept={a}" for a in accepts], f"--workload-tls={workload_tls}")
         eventually(lambda: any(w["cgroup_id"] == cg.cgroup.id for w in (appliance.status() or {}).get("workloads", [])),
                    timeout=5, message=f"enrolment of {identity} applied")
         enrolled.append(cg)

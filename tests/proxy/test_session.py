@@ -353,6 +353,19 @@ def test_a_workload_speaking_tls_gets_a_tls_failure_at_once_and_an_audited_reaso
         client.do_handshake()
 
 
+def test_the_refusal_names_termination_as_the_other_way_and_a_terminated_sessions_tls_fault_is_a_warned_close():
+    from appliance.proxy.commands import Log
+
+    s = new_session(PLAIN, "s1")
+    out = s.handle(ev.ClientData(client_hello()[0]), 0)
+    assert "--workload-tls terminate" in of(out, Audit)[-1].record.close_reason
+    s = authenticated_session()
+    out = s.handle(ev.ClientTlsFailed("workload's TLS connection failed: DECRYPTION_FAILED_OR_BAD_RECORD_MAC"), 0)
+    closed = of(out, Audit)[-1].record
+    assert isinstance(closed, SessionClosed) and closed.close_reason.startswith("workload's TLS connection failed")
+    assert of(out, CloseConnection) and any(log.level == "warning" for log in of(out, Log))
+
+
 def test_tls_looking_bytes_after_the_first_request_are_a_malformed_frame():
     s = authenticated_session()
     s.handle(ev.ClientData(metadata()), 0)

@@ -2,7 +2,7 @@
 
 Usage: confluent.py BOOTSTRAP TOPIC [--produce N] [--consume N] [--sasl MECH:USER:PASS] [--acks A]
                                      [--create] [--group G] [--timeout S]
-                                     [--oauth CLIENT_ID:SECRET@TOKEN_ENDPOINT] [--tls]
+                                     [--oauth CLIENT_ID:SECRET@TOKEN_ENDPOINT] [--tls [--ca FILE]]
 
 --oauth: OAUTHBEARER with librdkafka's own OIDC client (sasl.oauthbearer.method=oidc): it fetches
 its token from the endpoint by client_credentials.
@@ -29,7 +29,9 @@ p.add_argument("--create", action="store_true")
 p.add_argument("--group", default=None)
 p.add_argument("--timeout", type=float, default=20)
 p.add_argument("--oauth")
-p.add_argument("--tls", action="store_true", help="security.protocol=SSL (certificate checks off: the answer is the point)")
+p.add_argument("--tls", action="store_true", help="security.protocol=SSL, SASL_SSL with --sasl or --oauth (certificate "
+                                                  "checks off unless --ca is given)")
+p.add_argument("--ca", help="with --tls: the CA file to verify the broker's certificate with (ssl.ca.location)")
 args = p.parse_args()
 
 summary = {"pid": os.getpid(), "produced": 0, "consumed": 0, "values": [], "errors": [], "client_errors": []}
@@ -46,7 +48,8 @@ if args.oauth:
                    "sasl.oauthbearer.method": "oidc", "sasl.oauthbearer.client.id": client_id,
                    "sasl.oauthbearer.client.secret": secret, "sasl.oauthbearer.token.endpoint.url": endpoint})
 if args.tls:
-    common.update({"security.protocol": "SSL", "enable.ssl.certificate.verification": False})
+    common["security.protocol"] = "SASL_SSL" if args.sasl or args.oauth else "SSL"
+    common.update({"ssl.ca.location": args.ca} if args.ca else {"enable.ssl.certificate.verification": False})
 
 if args.create:
     admin = AdminClient(common)

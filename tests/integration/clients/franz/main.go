@@ -22,6 +22,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -54,6 +56,7 @@ func main() {
 	delivery := fs.Duration("delivery-timeout", 20*time.Second, "franz-go's RecordDeliveryTimeout")
 	timeout := fs.Duration("timeout", 30*time.Second, "stop after this long whatever happened")
 	auth := registerAuthFlags(fs)
+	tlsCA := fs.String("tls-ca", "", "speak TLS, trusting the CAs in this PEM file (hostname checked)")
 	_ = fs.Parse(os.Args[2:])
 	if *brokers == "" {
 		fail("-brokers is required")
@@ -65,6 +68,17 @@ func main() {
 		fail(err.Error())
 	}
 	seeds := append([]kgo.Opt{kgo.SeedBrokers(strings.Split(*brokers, ",")...)}, authOpts...)
+	if *tlsCA != "" {
+		pem, err := os.ReadFile(*tlsCA)
+		if err != nil {
+			fail(err.Error())
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			fail(*tlsCA + ": no PEM certificate in it")
+		}
+		seeds = append(seeds, kgo.DialTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	}
 	switch mode {
 	case "produce":
 		emit(produce(ctx, seeds, *topic, *n, *value, *interval, *delivery))
