@@ -20,7 +20,7 @@ from appliance.proxy.original_dst import OriginalDestination
 from appliance.proxy.server import ProxyServer
 from appliance.proxy.workload_tls import CaFiles, WorkloadTls, load_or_create
 from tests.proxy.test_server_budget import LIMITS
-from tests.proxy.test_session import ALLOW_ALL, metadata
+from tests.proxy.test_session import ALLOW_ALL, metadata, metadata_response
 
 
 class Harness:
@@ -30,14 +30,20 @@ class Harness:
         self.audited: list = []
         self.received = bytearray()
         self.mode = mode
+        self.answer_metadata = False
 
     async def __aenter__(self) -> Harness:
         loop = asyncio.get_running_loop()
         harness = self
 
         class Broker(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                self.transport = transport
+
             def data_received(self, data: bytes) -> None:
                 harness.received += data
+                if harness.answer_metadata and len(harness.received) >= 12:  # answer a Metadata by its correlation id
+                    self.transport.write(metadata_response(int.from_bytes(harness.received[8:12], "big")))
 
         self.broker = await loop.create_server(Broker, "127.0.0.1", 0)
         broker_port = self.broker.sockets[0].getsockname()[1]
@@ -120,6 +126,23 @@ def test_a_trusting_client_handshakes_and_its_kafka_reaches_the_broker_and_the_t
             assert "terminated by the appliance" in tls.message
             writer.close()
             assert (await h.closed())[0].startswith("client closed the connection")
+    run(main())
+
+
+def test_the_brokers_answer_reaches_the_terminated_client_inside_its_tls(tmp_path):
+    """The session's answers go to the TLS transport made at the handshake, not to the accepted socket's
+    plaintext one, which was closed before it read a byte."""
+    async def main():
+        async with Harness(tmp_path) as h:
+            h.answer_metadata = True
+            reader, writer = await asyncio.open_connection("127.0.0.1", h.port, ssl=h.trusting(),
+                                                           server_hostname="127.0.0.1")
+            writer.write(metadata(correlation_id=77))
+            await writer.drain()
+            size = int.from_bytes(await asyncio.wait_for(reader.readexactly(4), 5), "big")
+            answer = await asyncio.wait_for(reader.readexactly(size), 5)
+            assert answer[:4] == (77).to_bytes(4, "big")  # the Metadata answer, decrypted by the client
+            writer.close()
     run(main())
 
 
