@@ -18,7 +18,20 @@ from pathlib import Path
 
 from appliance.identity import state_file
 
-IDENTITY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}\Z")
+# A SPIFFE ID (the SPIFFE ID standard, section 2): `spiffe://`, a trust domain of lowercase letters,
+# digits, `.`, `-` and `_`, then path segments of letters, digits, `.`, `-` and `_`, none empty, `.` or `..`,
+# 2048 bytes at most. A JWT-SVID's `sub` is one, so a workload identity may be one; groups may not.
+SPIFFE_ID_PATTERN = re.compile(r"^spiffe://[a-z0-9._-]+(/(?!\.\.?(/|\Z))[A-Za-z0-9._-]+)*\Z")
+SPIFFE_ID_MAX_BYTES = 2048
+NAME_RULE = "1-128 letters, digits and . _ @ : - (starting with a letter or digit)"
+
+
+def is_identity_name(name: str) -> bool:
+    """A name an identity may have: a plain name, or a SPIFFE ID."""
+    if NAME_PATTERN.match(name):
+        return True
+    return len(name) <= SPIFFE_ID_MAX_BYTES and SPIFFE_ID_PATTERN.match(name) is not None
 
 
 class EnrollmentError(ValueError):
@@ -48,11 +61,20 @@ class Enrollment:
 
 
 def validate_identity(name: str, *, what: str = "identity") -> str:
-    if not IDENTITY_PATTERN.match(name or ""):
-        raise EnrollmentError(
-            f"{what} {name!r} is not valid: use 1-128 letters, digits and . _ @ : - (starting with a letter or digit)"
-        )
+    if not is_identity_name(name or ""):
+        raise EnrollmentError(f"{what} {_quoted(name)} is not valid: use {NAME_RULE}, or a SPIFFE ID "
+                              "(spiffe://trust-domain/path)")
     return name
+
+
+def validate_group(name: str, *, what: str = "group") -> str:
+    if not NAME_PATTERN.match(name or ""):
+        raise EnrollmentError(f"{what} {_quoted(name)} is not valid: use {NAME_RULE}")
+    return name
+
+
+def _quoted(name: str, limit: int = 160) -> str:
+    return repr(name if len(name or "") <= limit else name[:limit] + "...")
 
 
 def _auth_mode(value: str) -> str:
@@ -160,7 +182,7 @@ class EnrollmentStore:
         else:
             validate_identity(identity)
         for g in groups:
-            validate_identity(g, what="group")
+            validate_group(g)
         record = Enrollment(identity, tuple(groups), cgroup_path, cgroup_id, time.time(), _auth_mode(auth),
                             tuple(_accepts(accepts)), _kind(kind), _identity_from(identity_from),
                             _workload_tls(workload_tls))

@@ -43,7 +43,7 @@ import scramp
 import yaml
 from scramp.utils import ScramException, saslprep
 
-from appliance.identity.enrollment import EnrollmentError, validate_identity
+from appliance.identity.enrollment import NAME_RULE, EnrollmentError, validate_group, validate_identity
 from appliance.identity.private_file import read_private_file
 from appliance.identity.sasl import SCRAM_DIGESTS, ScramShape, StoredScram
 
@@ -229,12 +229,9 @@ def _parse_entry(raw: Any, where: str) -> tuple[str, str, StaticIdentity, Any]:
         raise StaticCredentialsError(f"{where}: key 'groups' must be a list of group names")
     for g in groups:
         try:
-            validate_identity(g if isinstance(g, str) else "", what="group")
+            validate_group(g if isinstance(g, str) else "")
         except EnrollmentError:
-            raise StaticCredentialsError(
-                f"{where}: key 'groups': {g!r} is not a valid group name "
-                "(1-128 letters, digits and . _ @ : -, starting with a letter or digit)"
-            ) from None
+            raise StaticCredentialsError(f"{where}: key 'groups': {g!r} is not a valid group name ({NAME_RULE})") from None
 
     if mechanism == "PLAIN":
         secret: Any = _text(raw, "password", where)

@@ -19,7 +19,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from appliance.identity.enrollment import IDENTITY_PATTERN
+from appliance.identity.enrollment import NAME_PATTERN, NAME_RULE, is_identity_name
 from appliance.policy.model import (
     RESERVED_RULE_NAMES,
     Effect,
@@ -368,11 +368,11 @@ class _Reader:
                 pattern = Pattern.parse(value)
             except PatternError as e:
                 raise self.error(item, key, f"item {i} {e}", rule) from None
-            if not _names_possible(pattern):
+            if not _names_possible(pattern, what):
                 star = ", or '*' for every identity" if allow_star else ""
+                spiffe = ", and identities may be SPIFFE IDs (spiffe://trust-domain/path)" if what == "identity" else ""
                 raise self.error(item, key, f"item {i} {value!r} is not a valid {what} name or pattern (so it could "
-                                            f"never match): names use 1-128 letters, digits and . _ @ : - starting "
-                                            f"with a letter or digit; write 'prefix:NAME' or 'glob:PATTERN' for "
+                                            f"never match): names use {NAME_RULE}{spiffe}; write 'prefix:NAME' or 'glob:PATTERN' for "
                                             f"more than one{star}", rule)
             result.append(pattern)
         return tuple(result)
@@ -414,18 +414,24 @@ class _Reader:
         return pattern
 
 
-_NAME_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
+# What a prefix of a SPIFFE ID can be: the scheme, the trust domain, then segments (the last may be cut short).
+_SPIFFE_PREFIX = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]*)*$")
 _NAME_GLOB = re.compile(r"^[A-Za-z0-9._@:*?\[\]!-]+$")
+_SPIFFE_GLOB = re.compile(r"^spiffe://[a-z0-9._*?\[\]!-]+(/[A-Za-z0-9._*?\[\]!-]*)*$")
 
 
-def _names_possible(pattern: Pattern) -> bool:
-    """Whether some valid identity or group name could match (a typo'd pattern would silently match none)."""
+def _names_possible(pattern: Pattern, what: str) -> bool:
+    """Whether some valid identity or group name could match (a typo'd pattern would silently match none).
+    Identities may be SPIFFE IDs; groups are plain names."""
+    spiffe = what == "identity"
     if pattern.kind == PatternKind.EXACT:
-        return IDENTITY_PATTERN.match(pattern.value) is not None
+        return is_identity_name(pattern.value) if spiffe else NAME_PATTERN.match(pattern.value) is not None
     if pattern.kind == PatternKind.PREFIX:
-        return _NAME_PREFIX.match(pattern.value) is not None
+        return (NAME_PATTERN.match(pattern.value) is not None
+                or spiffe and _SPIFFE_PREFIX.match(pattern.value) is not None)
     if pattern.kind == PatternKind.GLOB:
-        return _NAME_GLOB.match(pattern.value) is not None
+        return (_NAME_GLOB.match(pattern.value) is not None
+                or spiffe and _SPIFFE_GLOB.match(pattern.value) is not None)
     return True
 
 

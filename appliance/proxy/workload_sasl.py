@@ -31,7 +31,7 @@ from kio.schema.errors import ErrorCode
 
 from appliance.identity import sasl
 from appliance.identity.binding import Binding, Bound, Mismatch, Proof, bind
-from appliance.identity.enrollment import validate_identity
+from appliance.identity.enrollment import validate_group, validate_identity
 from appliance.policy.model import Principal
 
 # The mechanisms the proxy offers, in the order it prefers them.
@@ -261,7 +261,7 @@ def _proof_of_token(token) -> Proof:
     """A ValidToken as a proof: its identity claim (`TokenRules.subject_claim`) names the workload."""
     validate_identity(token.subject, what="the token's identity claim")
     for group in token.groups:
-        validate_identity(group, what="a group in the token's groups claim")
+        validate_group(group, what="a group in the token's groups claim")
     subject = token.claims.get("sub") if isinstance(token.claims.get("sub"), str) else token.subject
     return Proof("token", "OAUTHBEARER", token.subject, tuple(token.groups), subject=subject,
                  issuer=token.issuer, client_id=token.client_id, jti=token.jti, issued_at=token.issued_at,

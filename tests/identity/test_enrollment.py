@@ -60,3 +60,31 @@ def test_an_unknown_workload_tls_mode_is_named_in_the_request_and_in_the_file(tm
     (tmp_path / "e.json").write_text(json.dumps(data))
     with pytest.raises(EnrollmentError, match="e.json: enrolment file is damaged .*workload_tls 'passthrough'"):
         store.load()
+
+
+@pytest.mark.parametrize("name", [
+    "spiffe://example.org/ns/payments/sa/orders", "spiffe://example.org", "spiffe://td-1.example_x/a.b/c-d_e",
+    "spiffe://example.org/" + "a" * 2000,
+])
+def test_a_spiffe_id_is_an_identity_but_not_a_group(name):
+    from appliance.identity.enrollment import validate_group, validate_identity
+
+    assert validate_identity(name) == name
+    with pytest.raises(EnrollmentError, match="group .* is not valid: use 1-128 letters"):
+        validate_group(name)
+
+
+@pytest.mark.parametrize("name", [
+    "spiffe://Example.org/sa",  # a trust domain is lowercase
+    "spiffe://example.org/",  # no empty segment, no trailing "/"
+    "spiffe://example.org//sa", "spiffe://example.org/./sa", "spiffe://example.org/ns/..",
+    "spiffe://example.org/sa?x=1", "spiffe://example.org/sa#f", "spiffe://user@example.org/sa",
+    "spiffe://example.org:8443/sa", "spiffe:///sa", "SPIFFE://example.org/sa", "spiffe://example.org/s a",
+    "spiffe://example.org/sa\n", "orders\n",  # a trailing newline is not part of a valid name
+    "spiffe://example.org/" + "a" * 2100,  # over the standard's 2048 bytes
+])
+def test_what_is_not_a_spiffe_id_is_refused_as_an_identity_naming_both_forms(name):
+    from appliance.identity.enrollment import validate_identity
+
+    with pytest.raises(EnrollmentError, match=r"is not valid: use 1-128 letters.*or a SPIFFE ID \(spiffe://"):
+        validate_identity(name)

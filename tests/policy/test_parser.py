@@ -153,8 +153,15 @@ rules:
      "p.yaml line 8: key 'identities' of rule 'r' must be a list, e.g. identities: [orders, 'prefix:ci-']"),
     ("    identities: [ok, 'bad name']\n",
      "p.yaml line 8: key 'identities' of rule 'r' item 2 'bad name' is not a valid identity name or pattern (so it "
-     "could never match): names use 1-128 letters, digits and . _ @ : - starting with a letter or digit; write "
-     "'prefix:NAME' or 'glob:PATTERN' for more than one, or '*' for every identity"),
+     "could never match): names use 1-128 letters, digits and . _ @ : - (starting with a letter or digit), and "
+     "identities may be SPIFFE IDs (spiffe://trust-domain/path); write 'prefix:NAME' or 'glob:PATTERN' for more "
+     "than one, or '*' for every identity"),
+    ("    identities: ['spiffe://Example.org/sa']\n",  # a trust domain is lowercase
+     "p.yaml line 8: key 'identities' of rule 'r' item 1 'spiffe://Example.org/sa' is not a valid identity name"),
+    ("    groups: ['spiffe://example.org/sa']\n",  # groups are plain names
+     "p.yaml line 8: key 'groups' of rule 'r' item 1 'spiffe://example.org/sa' is not a valid group name or pattern "
+     "(so it could never match): names use 1-128 letters, digits and . _ @ : - (starting with a letter or digit); "
+     "write"),
     ("    identities: ['prefix:-x']\n",
      "p.yaml line 8: key 'identities' of rule 'r' item 1 'prefix:-x' is not a valid identity name or pattern"),
     ("    identities: ['regex:ci-.*']\n",
@@ -329,6 +336,27 @@ def test_explain_uses_the_configured_policy_file(tmp_path):
                                              "--operation", "consume", "--topic", "demo-orders"],
                                 obj=replace(config, policy_file=EXAMPLE))
     assert result.exit_code == 0 and result.output.startswith("ALLOW consume on topic 'demo-orders'")
+
+
+def test_spiffe_ids_are_identities_and_prefixes_of_them_cover_a_trust_domains_path():
+    policy = parse_policy("""
+version: 1
+rules:
+  - name: payments
+    identities: ['prefix:spiffe://example.org/ns/payments/', 'spiffe://example.org/ns/ops/sa/auditor',
+                 'glob:spiffe://example.org/ns/*/sa/ledger']
+    operations: [produce]
+    topics: [t]
+""", source="p.yaml")
+
+    def produce(who):
+        return policy.decide(Principal(who, frozenset()), Op.PRODUCE, R.TOPIC, "t").allowed
+
+    assert produce("spiffe://example.org/ns/payments/sa/orders")
+    assert produce("spiffe://example.org/ns/ops/sa/auditor") and not produce("spiffe://example.org/ns/ops/sa/other")
+    assert produce("spiffe://example.org/ns/billing/sa/ledger")
+    assert not produce("spiffe://evil.example/ns/payments/sa/orders")
+    assert not produce("spiffe://example.org/ns/payments")  # the prefix names the path below it, with its "/"
 
 
 def test_identity_and_group_patterns_match_as_topic_patterns_do():

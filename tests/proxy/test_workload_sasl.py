@@ -156,6 +156,29 @@ def test_token_mode_takes_the_tokens_identity_and_refuses_requests_before_authen
     assert s.enforcer.principal == Principal("ci-build-7", frozenset({"ci"}))
 
 
+def test_a_jwt_svid_names_its_spiffe_id_as_the_identity_and_binds_by_trust_domain_path():
+    """A SPIFFE JWT-SVID: `sub` is the SPIFFE ID, and it carries no groups claim."""
+    svid = "spiffe://example.org/ns/payments/sa/orders"
+    s = session(mode=AuthMode.TOKEN, identity="spire-pool")
+    login(s, token(sub=svid, groups=()))
+    assert s.enforcer.principal == Principal(svid, frozenset())
+    s = session(identity="orders", accepts=("prefix:spiffe://example.org/ns/payments/",))
+    [answer] = answers(login(s, token(sub=svid, groups=())), apis.SASL_AUTHENTICATE, 2)
+    assert answer.error_code == ErrorCode.none
+    s = session(identity="orders", accepts=("prefix:spiffe://example.org/ns/payments/",))
+    out = login(s, token(sub="spiffe://other.example/ns/payments/sa/orders", groups=()))
+    [answer] = answers(out, apis.SASL_AUTHENTICATE, 2)
+    assert answer.error_code == ErrorCode.sasl_authentication_failed and "identity mismatch" in answer.error_message
+
+
+def test_a_group_in_the_token_that_is_a_spiffe_id_is_refused():
+    s = session(mode=AuthMode.TOKEN, identity="spire-pool")
+    out = login(s, token(sub="svc", groups=("spiffe://example.org/ns/x",)))
+    [answer] = answers(out, apis.SASL_AUTHENTICATE, 2)
+    assert answer.error_code == ErrorCode.sasl_authentication_failed
+    assert "a group in the token's groups claim" in answer.error_message
+
+
 def test_requests_pipelined_behind_the_token_wait_for_its_verification():
     s = session(accepts=("orders-svc",))
     raw = token()
