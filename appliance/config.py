@@ -221,6 +221,11 @@ class DiscoveryConfig:
     steered unless the operator widens it. An endpoint outside is not steered, is audited once
     (`discovery-refused`) and, with `refuse_outside`, enrolled workloads' connects to it are refused in
     the kernel rather than going to the broker directly.
+
+    A discovered endpoint (steered or outside) is forgotten only on evidence that the cluster moved on:
+    for `forget_after_s` nothing named it or connected to it, a Metadata answer of its cluster that long
+    after its last naming listed the brokers without it, and no session uses it (proxy/discovery.py).
+    None: never.
     """
 
     enabled: bool = True
@@ -229,6 +234,7 @@ class DiscoveryConfig:
     max_brokers: int = 256  # endpoints discovered and steered in all (the kernel map holds 1024 with the configured)
     max_per_response: int = 128  # distinct endpoints one answer may name; more closes the session, unanswered
     resolve_timeout_s: float = 2.0  # a broker named by host name must resolve within this, or the session closes
+    forget_after_s: float | None = 3600.0  # None (YAML null or 0): discovered brokers are never forgotten
 
     def allowed(self, brokers: tuple[BrokerAddress, ...]) -> tuple[IpNetwork, ...]:
         # `brokers`: the configured addresses, and those the configured names resolve to.
@@ -536,6 +542,7 @@ def _parse_server_names(value: Any, where: str) -> tuple[tuple[BrokerAddress, st
 
 _DISCOVERY_KEYS = tuple(f.name for f in fields(DiscoveryConfig))
 _DISCOVERY_INTS = {"max_brokers": (1, 1000), "max_per_response": (1, 1000)}
+_FORGET_AFTER_MAX_S = 30 * 86400
 
 
 def _parse_discovery(value: Any, where: str) -> DiscoveryConfig:
@@ -559,6 +566,14 @@ def _parse_discovery(value: Any, where: str) -> DiscoveryConfig:
             if not isinstance(item, (int, float)) or isinstance(item, bool) or not 0.1 <= item <= 30:
                 raise ConfigError(f"{inner} must be a number of seconds from 0.1 to 30, got {item!r}")
             changes[key] = float(item)
+        elif key == "forget_after_s":
+            if item is None or (item == 0 and not isinstance(item, bool)):
+                changes[key] = None
+            elif not isinstance(item, (int, float)) or isinstance(item, bool) or not 1 <= item <= _FORGET_AFTER_MAX_S:
+                raise ConfigError(f"{inner} must be a number of seconds from 1 to {_FORGET_AFTER_MAX_S} (30 days), "
+                                  f"or null (or 0) to never forget a discovered broker, got {item!r}")
+            else:
+                changes[key] = float(item)
         elif key == "allowed_networks":
             if not isinstance(item, list) or not all(isinstance(n, str) for n in item):
                 raise ConfigError(f"{inner} must be a list of networks in CIDR form, e.g. [10.0.0.0/8, "

@@ -47,7 +47,7 @@ from appliance.proxy.workload_tls import CaFiles, WorkloadCaError, WorkloadTls, 
 from appliance.policy.model import Policy
 from appliance.policy.parser import PolicyError, load_policy
 from appliance.proxy.audit_gate import AUDIT_FAILING_ERROR
-from appliance.proxy.discovery import Discovery
+from appliance.proxy.discovery import Discovery, expiry_interval_s, forgotten_events, parse_snapshot
 from appliance.proxy.limits import Limits
 from appliance.proxy.original_dst import kernel_lookup
 from appliance.proxy.server import ProxyServer
@@ -111,6 +111,7 @@ class Appliance:
         self.probe: BrokerProbe | None = None
         # Brokers the cluster's answers name (proxy/discovery.py); None with discovery.enabled false.
         self.discovery = Discovery(config.discovery, config.broker_addresses) if config.discovery.enabled else None
+        self._discovery_seeded = False  # until then the file is the previous run's, and is not overwritten
         self.names = BrokerNames(config.broker_names)  # brokers given by DNS name, and what they resolve to
         self.token_source: TokenSource | None = None  # with OAUTHBEARER upstream credentials
         self._refusers: dict[int, None] = {}  # insertion-ordered, bounded
@@ -257,7 +258,8 @@ class Appliance:
             await asyncio.sleep(interval_s)
 
     async def _maintain(self) -> None:
-        last_status = 0.0
+        last_status = last_expiry = 0.0
+        expiry_every = None if self.discovery is None else expiry_interval_s(self.config.discovery)
         while not self._stopping.is_set():
             try:
                 await asyncio.wait_for(self._stopping.wait(), _SYNC_INTERVAL_S)
@@ -270,6 +272,9 @@ class Appliance:
                 self._drain_refusals()
                 await self.namespaces.step(self.enrolled_dirs.values(), time.monotonic())
                 self._watch_audit()
+                if expiry_every is not None and time.monotonic() - last_expiry >= expiry_every:
+                    last_expiry = time.monotonic()
+                    self._forget_discovered()
                 if time.monotonic() - last_status >= _STATUS_INTERVAL_S:
                     self.write_status()
                     last_status = time.monotonic()
@@ -278,6 +283,8 @@ class Appliance:
                 self._event("error", f"maintenance step failed: {e}")
 
     async def _shutdown(self) -> None:
+        if self._discovery_seeded:
+            self._save_discovered()  # the listings each endpoint was last named in, for the next start's seed
         if self.server is not None:
             await self.server.stop()
         if self.token_source is not None:
@@ -620,16 +627,16 @@ class Appliance:
         workloads that know those brokers reconnect to them without asking Metadata first."""
         if self.discovery is None:
             return
+        self._discovery_seeded = True
         try:
-            saved = json.loads(self.discovered_file.read_text())
-            endpoints = [(str(h), int(p)) for h, p in saved.get("steered", []) + saved.get("outside", [])]
+            endpoints, listings = parse_snapshot(json.loads(self.discovered_file.read_text()))
         except FileNotFoundError:
             return
-        except (OSError, ValueError, TypeError, AttributeError) as e:
+        except (OSError, ValueError) as e:
             log.error("%s is unreadable (%s); brokers are learned again from the cluster's answers",
                       self.discovered_file, e)
             return
-        learned = self.discovery.seed(endpoints, time.time())
+        learned = self.discovery.seed(endpoints, time.time(), listings)
         self._steer_discovered(learned.steer, learned.outside if self.config.discovery.refuse_outside else ())
         if learned.steer or learned.outside:
             log.info("steering %d broker(s) a previous run discovered; %d outside discovery.allowed_networks",
@@ -650,10 +657,30 @@ class Appliance:
         discovery = self.discovery
         tmp = self.discovered_file.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps({"steered": sorted(discovery.discovered), "outside": sorted(discovery.outside)}))
+            tmp.write_text(json.dumps(discovery.snapshot()))
             os.replace(tmp, self.discovered_file)
         except OSError as e:  # the kernel has them now; only a restart would need the file
             log.error("cannot write %s: %s; a restart learns these brokers again from Metadata", self.discovered_file, e)
+
+    def _forget_discovered(self) -> None:
+        """Un-steer (or stop refusing) the discovered brokers the cluster has moved on from (Discovery.expire
+        decides); each is one delete by key in the kernel, then the file and the audit follow."""
+        now = time.time()
+        forgotten = self.discovery.expire(now, self.server.brokers_in_use())
+        if not forgotten:
+            return
+        gone = [f.endpoint for f in forgotten]
+        for endpoint in gone:
+            self.probe.remove(endpoint)
+        try:
+            self.steering.remove_brokers(gone)
+        except Exception as e:  # noqa: BLE001 - they stay steered, the safe side; learned again when named
+            log.error("could not remove forgotten brokers from the kernel: %s; they stay steered", e)
+            self._event("error", f"forgotten brokers could not be removed from the kernel, and stay steered: {e}")
+        self._save_discovered()
+        for level, event in forgotten_events(forgotten, now, self.config.discovery.forget_after_s):
+            log.log(logging.INFO if level == "info" else logging.WARNING, "%s", event.message)
+            self.writer.submit(event)
 
     # ---- brokers' reachability ---------------------------------------------
 
@@ -682,6 +709,8 @@ class Appliance:
         for refusal in (r for rs in grouped.values() for r in rs if r.reason == RefusalReason.FOREIGN_NETNS):
             self.namespaces.refused(refusal.tgid)
         for (cgroup_id, dst, reason), refusals in grouped.items():
+            if self.discovery is not None:  # a process still holds that broker: it is not forgotten for a while
+                self.discovery.used(refusals[0].dst_host, refusals[0].dst_port, time.time())
             self._refusers.pop(cgroup_id, None)
             self._refusers[cgroup_id] = None
             if len(self._refusers) > _REFUSERS_KEPT:
@@ -717,6 +746,9 @@ class Appliance:
             "broker_names": self.names.status(),
             "discovered_brokers": ([] if self.discovery is None else
                                    [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sorted(self.discovery.discovered)]),
+            "outside_brokers": ([] if self.discovery is None else
+                                [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sorted(self.discovery.outside)]),
+            "forgotten_brokers": 0 if self.discovery is None else self.discovery.forgotten,
             "steering": self.steering.status(),
             "kernel_health": self.steering.health(),
             "broker_states": {(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"): s.name.lower() for (h, p), s in states.items()},

@@ -170,6 +170,8 @@ EVENT_KINDS += ("netns-listen", "netns-close")
 EVENT_KINDS += ("enroll-skipped",)
 # Brokers learned from the cluster's own answers, steered or refused (docs/operations.md, Clusters).
 EVENT_KINDS += ("broker-discovered", "discovery-refused", "broker-resolved")
+# A discovered broker the cluster stopped naming, un-steered (docs/operations.md, Clusters).
+EVENT_KINDS += ("broker-forgotten",)
 # Workload TLS the proxy terminated (docs/tls.md).
 EVENT_KINDS += ("workload-tls",)
 

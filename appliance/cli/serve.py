@@ -107,6 +107,11 @@ def status(ctx, as_json: bool) -> None:
             click.echo(f"  {name} resolves to {', '.join(addresses) or 'nothing (yet)'}")
         if snapshot.get("discovered_brokers"):
             click.echo(f"discovered brokers (steered): {', '.join(snapshot['discovered_brokers'])}")
+        if snapshot.get("outside_brokers"):
+            click.echo(f"discovered brokers outside discovery.allowed_networks: {', '.join(snapshot['outside_brokers'])}")
+        if snapshot.get("forgotten_brokers"):
+            click.echo(f"discovered brokers forgotten since start: {snapshot['forgotten_brokers']} "
+                       "(appliance audit events --kind broker-forgotten)")
         pool = snapshot.get("upstream_pool") or {}
         click.echo("upstream pool: " + (", ".join(f"{address} {n} ready" for address, n in pool.items())
                                         or "empty (fills once a workload connects)"))

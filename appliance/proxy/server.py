@@ -982,6 +982,8 @@ class ProxyServer:
                  origin.tgid, who.command[:60], origin.broker_address)
         self.live[conn.session.session_id] = conn
         self.per_workload[origin.enrolled_cgroup_id] = self.per_workload.get(origin.enrolled_cgroup_id, 0) + 1
+        if self.discovery is not None:  # a workload holds this broker: discovery does not forget it for a while
+            self.discovery.used(origin.broker_host, origin.broker_port, now)
         return conn
 
     def _at_limit(self, transport: asyncio.Transport, now: float, origin: OriginalDestination,
@@ -1141,6 +1143,10 @@ class ProxyServer:
 
     def sessions(self) -> list[LiveSession]:
         return [c.live_info() for c in self.live.values()]
+
+    def brokers_in_use(self) -> set[tuple[str, int]]:
+        """The broker endpoint of every live session, as the kernel recorded it (discovery keeps these)."""
+        return {(c.origin.broker_host, c.origin.broker_port) for c in self.live.values()}
 
     async def stop(self, reason: str = "appliance stopping") -> None:
         if self._sweeper is not None:

@@ -50,7 +50,7 @@ from appliance.proxy import events as ev
 from appliance.proxy.commands import (Audit, CloseConnection, Command, Log, RefreshUpstreamToken, SendToClient,
                                       SendToUpstream, SteerBrokers, VerifyToken as VerifyTokenCommand)
 from appliance.proxy.discovery import (DISCOVERY_APIS, PRODUCE_NAMES_LEADERS, Discovery, TooMany, audit_events,
-                                       named_endpoints)
+                                       read_named)
 from appliance.proxy.inflight import InFlight, InFlightQueue
 from appliance.proxy.upstream_auth import (UpstreamAuthenticator, UpstreamAuthError, UpstreamSecret, outlives,
                                            reauthentication_times)
@@ -791,11 +791,11 @@ class Session:
         what = f"{apis.api_name(header.api_key)} v{header.api_version} response"
         limit = self.discovery.config.max_per_response
         try:
-            named = named_endpoints(frame, header.api_key, header.api_version, limit)
+            named = read_named(frame, header.api_key, header.api_version, limit)
         except TooMany as e:
             return (f"{what} {e}, more than the {limit} the appliance takes from one answer "
                     "(discovery.max_per_response); it was not delivered")
-        learned = self.discovery.learn(named, now, what)
+        learned = self.discovery.learn(named.endpoints, now, what, listing=named.listing, cluster_id=named.cluster_id)
         if not learned:
             return None
         if learned.fault is not None:

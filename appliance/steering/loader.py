@@ -360,6 +360,17 @@ class Steering:
                 K.check(rc, f"adding broker {host}:{port} (at most the map's max_entries brokers)")
                 self._brokers[bytes(a)] = (S.addr_host(a), a.port)
 
+    def remove_brokers(self, addrs: Iterable[tuple[str, int]]) -> None:
+        """Take endpoints discovery forgot out of the steered (or refused) set: one delete by key each, no
+        walk. Connections already steered to them are not touched."""
+        fd = self._fd("brokers")
+        for host, port in addrs:
+            a = S.make_addr(host, port)
+            rc = K.lib.bpf_delete_elem(fd, ct.byref(a))
+            if rc < 0 and rc != -errno.ENOENT:
+                K.check(rc, f"removing broker {host}:{port} from brokers")
+            self._brokers.pop(bytes(a), None)
+
     def set_broker_state(self, host: str, port: int, state: BrokerState) -> None:
         """Mark a steered broker reachable or not; enrolled connects to a DOWN one are refused."""
         key, value = S.make_addr(host, port), ct.c_uint32(BrokerState(state))

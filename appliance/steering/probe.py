@@ -38,6 +38,11 @@ class BrokerProbe:
             self.brokers += (address,)
             self.up[address] = True
 
+    def remove(self, address: Address) -> None:
+        """Stop probing a broker discovery forgot (the kernel no longer holds it)."""
+        if self.up.pop(address, None) is not None:
+            self.brokers = tuple(b for b in self.brokers if b != address)
+
     def observe(self, address: Address, reachable: bool) -> bool:
         """Record one observation; True if the broker's state changed (and the kernel was told)."""
         if address not in self.up or self.up[address] == reachable:

@@ -14,7 +14,9 @@ kafka-python keep running while the configured bootstrap broker, leader of a par
 (SIGKILL) between their two phases, and must follow the new leaders through the appliance. Every session
 is audited, every broker connection from the host belongs to the appliance's proxy (nothing reached a
 broker unsteered), a broker named outside the allowed networks is refused to enrolled workloads, and a
-bootstrap broker given by DNS name (/etc/hosts) is followed when its name moves. Nothing here skips.
+bootstrap broker given by DNS name (/etc/hosts) is followed when its name moves, and a broker stopped for
+good is forgotten once the cluster's Metadata has left it out for `discovery.forget_after_s`, then learned
+again when it returns. Nothing here skips.
 """
 
 from __future__ import annotations
@@ -338,6 +340,16 @@ def test_clients_reach_every_broker_through_the_appliance_and_follow_a_leader_th
     assert set(new.values()) <= {2, 3}
 
 
+def _listed_brokers(cg, bootstrap: str) -> list[str]:
+    """The brokers a librdkafka Metadata answer lists, asked from `cg` through `bootstrap`."""
+    result = cg.run([PY, "-c", (
+        "import json\n"
+        "from confluent_kafka.admin import AdminClient\n"
+        f"md = AdminClient({{'bootstrap.servers': '{bootstrap}'}}).list_topics(timeout=15)\n"
+        "print(json.dumps(sorted(f'{b.host}:{b.port}' for b in md.brokers.values())))\n")])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_a_broker_named_outside_the_allowed_networks_is_refused_to_enrolled_workloads(
         cluster_appliance, brokers, workload, make_cgroup):
     """Restarted allowing node 1 and 2 only: node 3, named in every Metadata answer, is audited and refused."""
@@ -352,12 +364,7 @@ def test_a_broker_named_outside_the_allowed_networks_is_refused_to_enrolled_work
     outside = f"{NODES[3]}:{PORT}"
     asked = cg.client("raw.py", "ask", NODES[1], str(PORT))  # ApiVersions: no broker list yet
     assert asked["errno"] == 0
-    result = cg.run([PY, "-c", (
-        "import json,sys\n"
-        "from confluent_kafka.admin import AdminClient\n"
-        f"md = AdminClient({{'bootstrap.servers': '{BOOTSTRAP}'}}).list_topics(timeout=15)\n"
-        "print(json.dumps(sorted(f'{b.host}:{b.port}' for b in md.brokers.values())))\n")])
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == sorted(f"{a}:{PORT}" for a in NODES.values())
+    assert _listed_brokers(cg, BOOTSTRAP) == sorted(f"{a}:{PORT}" for a in NODES.values())
     refused = eventually(lambda: audit(app.config_path, "events", "--kind", "discovery-refused"),
                          message="the broker outside audited")
     assert [json.loads(e["detail"])["broker"] for e in refused] == [outside]
@@ -411,3 +418,92 @@ def test_a_broker_given_by_name_is_resolved_again_and_its_new_address_steered(cl
         assert f"{NODES[2]}:{PORT}" in {s["broker_address"] for s in sessions}
     finally:
         _hosts_entry(name, None)
+
+
+FORGET_AFTER_S = 8
+
+
+def _kernel_brokers() -> dict[str, int]:
+    """Every entry of this appliance's pinned `brokers` map, read from the kernel: "IP:PORT" -> its state."""
+    import ctypes
+
+    from appliance.steering import kernel as K
+    from appliance.steering import structs as S
+
+    found = K.pinned_map(Path(settings([])["bpffs_dir"]) / f"{K.PIN_PREFIX}brokers")
+    assert found is not None, "the appliance's brokers map is not pinned"
+    fd, info = found
+    try:
+        value, out = ctypes.create_string_buffer(info.value_size), {}
+        for key in K.map_keys(fd, info.key_size):
+            if K.lib.bpf_lookup_elem(fd, key, value) == 0:
+                a = S.Addr.from_buffer_copy(key)
+                out[f"{S.addr_host(a)}:{a.port}"] = int.from_bytes(value.raw[:4], "little")
+        return out
+    finally:
+        os.close(fd)
+
+
+def _events(app, kind: str, broker: str, after: float = 0.0) -> list[dict]:
+    return [e for e in audit(app.config_path, "events", "--kind", kind)
+            if json.loads(e["detail"])["broker"] == broker and e["at"] > after]
+
+
+def test_a_broker_gone_for_good_is_forgotten_and_learned_again_when_it_returns(cluster_appliance, brokers, workload):
+    """forget_after_s 8: node 3 stops for good while a workload's Metadata keeps flowing without it, and it is
+    forgotten (audit, status, kernel, the saved set); restarted, the next Metadata naming it steers it again
+    and a workload reaches it through the proxy."""
+    app = cluster_appliance
+    for broker in brokers.values():
+        broker.start(timeout=120)
+    assert app.stop() == 0
+    saved = STATE / "appliance" / "discovered-brokers.json"
+    saved.unlink(missing_ok=True)
+    app.config_path.write_text(yaml.safe_dump({**settings(["10.231.8.0/29"]), "discovery": {
+        "allowed_networks": ["10.231.8.0/29"], "forget_after_s": FORGET_AFTER_S}}))
+    app.start()
+    gone = f"{NODES[3]}:{PORT}"
+    cg = workload()
+    loop = cg.popen([PY, str(CLIENTS / "metadata_loop.py"), NODES[1], str(PORT), "0.5"], stdin=subprocess.PIPE)
+    try:
+        eventually(lambda: gone in ((app.status() or {}).get("discovered_brokers") or []), timeout=15,
+                   message="node 3 discovered from the workload's Metadata")
+        assert _kernel_brokers()[gone] == 1  # steered, UP
+        stopped = time.time()
+        brokers[3].stop()
+        [forgotten] = eventually(lambda: _events(app, "broker-forgotten", gone), timeout=FORGET_AFTER_S + 45,
+                                 interval=0.5, message="node 3 forgotten")
+        detail = json.loads(forgotten["detail"])
+        assert detail["was"] == "steered" and detail["forget_after_s"] == FORGET_AFTER_S, detail
+        assert detail["listed_with"] in {f"{NODES[1]}:{PORT}", f"{NODES[2]}:{PORT}"}, detail
+        assert detail["left_out_at"] - detail["last_named_at"] >= FORGET_AFTER_S, detail
+        # Not merely quiet: the workload's Metadata (every 0.5 s) named it until it stopped, the window ran from
+        # there, and only a Metadata answer a whole window later that still left it out counted.
+        assert detail["last_named_at"] >= stopped - 1 and forgotten["at"] - detail["last_named_at"] >= FORGET_AFTER_S
+        status = app.fresh_status()
+        assert gone not in status["discovered_brokers"] and gone not in status["broker_states"], status
+        assert status["discovered_brokers"] == [f"{NODES[2]}:{PORT}"] and status["forgotten_brokers"] == 1
+        assert gone not in _kernel_brokers()
+        assert [NODES[3], PORT] not in json.loads(saved.read_text())["steered"]
+
+        brokers[3].start(timeout=120)
+        [learned] = eventually(lambda: _events(app, "broker-discovered", gone, after=forgotten["at"]), timeout=60,
+                               interval=0.5, message="node 3 learned again from the workload's Metadata")
+        assert json.loads(learned["detail"])["named_in"] == "Metadata v12 response"
+        assert _kernel_brokers()[gone] == 1
+        assert gone in app.fresh_status()["discovered_brokers"]
+        assert _listed_brokers(cg, gone) == sorted(f"{a}:{PORT}" for a in NODES.values())
+        sessions = eventually(lambda: [s for s in audit(app.config_path, "sessions", "--identity", "cluster-app")
+                                       if s["broker_address"] == gone and s["started_at"] > learned["at"]
+                                       and s["enrolled_cgroup_id"] == cg.cgroup.id and s["requests"]],
+                              message="the session to node 3 audited")
+        assert sessions
+        assert {pid for _, pid in _broker_connections()} <= {app.proc.pid}
+    finally:
+        out, err = loop.communicate("", timeout=30)
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert lines[-1]["errors"] == [] and lines[-1]["answers"] > 2 * FORGET_AFTER_S, (lines, err[-2000:])
+    seen = [line["brokers"] for line in lines[:-1]]
+    everyone = sorted(f"{a}:{PORT}" for a in NODES.values())
+    assert seen[0] == everyone and seen[-1] == everyone, seen
+    assert sorted(f"{a}:{PORT}" for a in (NODES[1], NODES[2])) in seen, seen

@@ -23,7 +23,8 @@ from appliance.audit.records import Event, Operation, SessionClosed
 from appliance.config import BrokerAddress, ConfigError, DiscoveryConfig, parse_config
 from appliance.proxy import events as ev
 from appliance.proxy.commands import Audit, CloseConnection, SendToClient, SendToUpstream, SteerBrokers
-from appliance.proxy.discovery import Discovery, named_endpoints, parse_endpoint
+from appliance.proxy.discovery import (NOTHING, Discovery, expiry_interval_s, forgotten_events, named_endpoints,
+                                       parse_endpoint, parse_snapshot)
 from appliance.proxy.session import Session
 from appliance.policy.enforce import Enforcer
 from appliance.policy.model import Principal
@@ -293,3 +294,180 @@ def test_a_failed_produce_naming_a_new_leader_steers_it_before_it_is_delivered()
     out = s.handle(ev.UpstreamData(answer), 1.1)
     assert [type(c) for c in out if isinstance(c, (SteerBrokers, SendToClient))] == [SteerBrokers, SendToClient]
     assert of(out, SteerBrokers)[0].steer == (("10.0.0.7", 9092),)
+
+
+# ---- forgetting -----------------------------------------------------------------------------
+# A discovered endpoint leaves the set only on evidence that the cluster moved on (proxy/discovery.py):
+# nothing named it or connected to it for forget_after_s, a Metadata answer of its cluster and listener that
+# long after its last naming listed the brokers without it, and no live session uses it.
+
+HOUR = 3600.0
+FORGETFUL = DiscoveryConfig(allowed_networks=(ipaddress.ip_network("10.0.0.0/24"),), forget_after_s=HOUR)
+C, E, F = ("10.0.0.5", 9092), ("10.0.0.6", 9092), ("10.0.0.7", 9092)
+
+
+def listed(d: Discovery, brokers, at: float, cluster_id: str | None = "c"):
+    return d.learn(list(brokers), at, "Metadata v12 response", listing=True, cluster_id=cluster_id)
+
+
+def test_a_quiet_cluster_forgets_nothing():
+    d = discovery(FORGETFUL)
+    assert set(listed(d, [C, E, F], 0.0).steer) == {E, F}
+    # No Metadata at all for ten hours (a FindCoordinator naming F is no listing of the cluster's brokers).
+    d.learn([F], 5 * HOUR, "FindCoordinator v4 response")
+    assert d.expire(10 * HOUR, ()) == ()
+    assert set(d.discovered) == {E, F}
+
+
+def test_an_endpoint_the_cluster_stops_naming_is_forgotten_only_a_full_window_after_its_last_naming():
+    d = discovery(FORGETFUL)
+    listed(d, [C, E, F], 0.0)
+    listed(d, [C, F], 100.0)  # E fenced: left out since
+    listed(d, [C, F], HOUR - 1)
+    assert d.expire(HOUR + 10, ()) == ()  # no answer a whole window after its last naming left it out yet
+    listed(d, [C, F], HOUR + 20)
+    forgotten = d.expire(HOUR + 21, ())
+    assert [(f.endpoint, f.outside, f.last_named, f.left_out_at) for f in forgotten] == [(E, False, 0.0, HOUR + 20)]
+    assert forgotten[0].listed_with in {C, F}
+    assert E not in d.steered and F in d.steered and d.forgotten == 1
+    [(level, event)] = forgotten_events(forgotten, HOUR + 21, HOUR)
+    assert event.kind == "broker-forgotten" and "no longer steered" in event.message
+    assert json.loads(event.detail)["broker"] == "10.0.0.6:9092" and json.loads(event.detail)["was"] == "steered"
+    assert d.expire(HOUR + 22, ()) == ()  # forgotten once
+
+
+def test_an_endpoint_named_in_any_answer_in_the_window_is_kept():
+    d = discovery(FORGETFUL)
+    listed(d, [C, E, F], 0.0)
+    d.learn([E], HOUR / 2, "FindCoordinator v4 response")  # the group coordinator: named, so held by clients
+    listed(d, [C, F], HOUR + 1)
+    assert d.expire(HOUR + 2, ()) == ()
+    listed(d, [C, F], HOUR / 2 + HOUR)
+    assert [f.endpoint for f in d.expire(HOUR / 2 + HOUR + 1, ())] == [E]
+
+
+def test_an_endpoint_a_live_session_uses_is_not_forgotten():
+    d = discovery(FORGETFUL)
+    listed(d, [C, E], 0.0)
+    listed(d, [C], 2 * HOUR)
+    assert d.expire(2 * HOUR + 1, [("10.0.0.6", 9092)]) == ()
+    assert d.expire(2 * HOUR + 1, [("::ffff:10.0.0.6", 9092)]) == ()  # however the kernel spelled it
+    assert [f.endpoint for f in d.expire(2 * HOUR + 2, [("10.0.0.5", 9092)])] == [E]
+
+
+def test_a_connect_to_it_restarts_the_window():
+    d = discovery(FORGETFUL)
+    listed(d, [C, E], 0.0)
+    d.used("10.0.0.6", 9092, HOUR)  # a session opened, or the kernel refused a connect, to it
+    listed(d, [C], HOUR + 10)
+    assert d.expire(HOUR + 11, ()) == ()
+    listed(d, [C], 2 * HOUR)
+    assert [f.endpoint for f in d.expire(2 * HOUR + 1, ())] == [E]
+
+
+def test_a_listing_of_another_listener_or_another_cluster_is_no_evidence():
+    d = discovery(DiscoveryConfig(allowed_networks=(ipaddress.ip_network("10.0.0.0/24"),), forget_after_s=HOUR))
+    listed(d, [C, E], 0.0, cluster_id="x")
+    listed(d, [("10.0.0.5", 9093)], 2 * HOUR, cluster_id="x")  # the same cluster, another listener: E not its
+    listed(d, [C], 2 * HOUR, cluster_id="y")  # C's address now answers for another cluster
+    assert d.expire(2 * HOUR + 1, ()) == ()
+    listed(d, [C], 3 * HOUR, cluster_id="x")
+    assert [f.endpoint for f in d.expire(3 * HOUR + 1, ())] == [E]
+
+
+def test_a_forgotten_endpoint_named_again_is_learned_again():
+    d = discovery(FORGETFUL)
+    listed(d, [C, E], 0.0)
+    listed(d, [C], 2 * HOUR)
+    assert [f.endpoint for f in d.expire(2 * HOUR + 1, ())] == [E]
+    learned = listed(d, [C, E], 3 * HOUR)  # not hidden by the known spellings
+    assert learned.steer == (E,) and E in d.steered
+    assert d.expire(3 * HOUR + 10, ()) == ()
+
+
+def test_endpoints_outside_the_allowed_networks_expire_too_and_free_the_room():
+    d = discovery(DiscoveryConfig(allowed_networks=(ipaddress.ip_network("10.0.0.0/24"),), forget_after_s=HOUR,
+                                  max_brokers=1))
+    outside = ("192.0.2.1", 9092)
+    assert listed(d, [C, outside], 0.0).outside == (outside,)
+    assert "discovery.max_brokers (1)" in listed(d, [C, E], HOUR).fault  # full
+    listed(d, [C], 2 * HOUR)
+    [forgotten] = d.expire(2 * HOUR + 1, ())
+    assert forgotten.endpoint == outside and forgotten.outside
+    assert "no longer refused" in forgotten_events([forgotten], 2 * HOUR + 1, HOUR)[0][1].message
+    assert listed(d, [C, E], 2 * HOUR + 2).steer == (E,)
+
+
+def test_without_forget_after_s_nothing_is_forgotten():
+    d = discovery(DiscoveryConfig(allowed_networks=(ipaddress.ip_network("10.0.0.0/24"),), forget_after_s=None))
+    listed(d, [C, E], 0.0)
+    listed(d, [C], 100 * HOUR)
+    assert d.expire(100 * HOUR + 1, ()) == () and E in d.steered
+    assert expiry_interval_s(d.config) is None and expiry_interval_s(FORGETFUL) == 60.0
+
+
+def test_an_answer_whose_endpoints_are_all_known_parses_nothing(monkeypatch):
+    d = discovery(FORGETFUL)
+    listed(d, [C, E, F], 0.0)
+    d.learn([E], 0.0, "FindCoordinator v4 response")
+
+    def no_parsing(*_):
+        raise AssertionError("a known endpoint was parsed again")
+
+    monkeypatch.setattr("appliance.proxy.discovery.parse_endpoint", no_parsing)
+    assert listed(d, [C, E, F], 1.0) is NOTHING
+    assert d.learn([E, F], 2.0, "FindCoordinator v4 response") is NOTHING
+
+
+def test_what_is_saved_lets_the_next_run_forget_a_broker_that_never_comes_back():
+    d = discovery(FORGETFUL)
+    listed(d, [C, E, F], 0.0)
+    saved = json.loads(json.dumps(d.snapshot()))  # as the file holds it
+    endpoints, listings = parse_snapshot(saved)
+    assert sorted(endpoints) == [E, F] and listings[E] == ("c", [C, E, F])
+    restarted = discovery(FORGETFUL)
+    assert set(restarted.seed(endpoints, 10.0, listings).steer) == {E, F}
+    listed(restarted, [C, F], HOUR + 5)  # seeded counts as named at the start: a full window from there
+    assert restarted.expire(HOUR + 6, ()) == ()
+    listed(restarted, [C, F], HOUR + 10)
+    assert [f.endpoint for f in restarted.expire(HOUR + 11, ())] == [E]
+    # A file of an earlier version names no listings: what it seeds is kept until a listing names it.
+    old = discovery(FORGETFUL)
+    endpoints, listings = parse_snapshot({"steered": [list(E)], "outside": []})
+    old.seed(endpoints, 0.0, listings)
+    listed(old, [C], 2 * HOUR)
+    assert old.expire(2 * HOUR + 1, ()) == () and E in old.steered
+    with pytest.raises(ValueError, match="not what discovery saves"):
+        parse_snapshot({"steered": [["10.0.0.6"]]})
+
+
+def test_an_endpoint_whose_steering_failed_is_decided_afresh():
+    d = discovery(FORGETFUL)
+    assert listed(d, [C, E], 0.0).steer == (E,)
+    d.forget(E)  # the kernel would not take it
+    assert listed(d, [C, E], 1.0).steer == (E,)
+
+
+def test_the_session_reads_a_metadata_answer_as_a_listing_of_its_cluster():
+    d = discovery(FORGETFUL)
+    s = session(d)
+    s.handle(ev.ClientData(metadata()), 1.0)
+    s.handle(ev.UpstreamData(metadata_answer([C, E])), 1.1)
+    s.handle(ev.ClientData(metadata(correlation_id=6)), 2 * HOUR)
+    out = s.handle(ev.UpstreamData(metadata_answer([C], correlation_id=6)), 2 * HOUR)
+    assert len(of(out, SendToClient)) == 1
+    [forgotten] = d.expire(2 * HOUR + 1, ())
+    assert forgotten.endpoint == E and forgotten.listed_with == C
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), (0, None), (30, 30.0), (7200.5, 7200.5)])
+def test_forget_after_s_is_seconds_or_null(value, expected):
+    assert parse_config({"discovery": {"forget_after_s": value}}).discovery.forget_after_s == expected
+    assert DiscoveryConfig().forget_after_s == 3600.0
+
+
+@pytest.mark.parametrize("value", ["an hour", -5, 0.5, True, 31 * 86400, [60]])
+def test_a_bad_forget_after_s_is_refused_naming_the_key(value):
+    with pytest.raises(ConfigError, match=r"key 'discovery': key 'forget_after_s' must be a number of seconds from 1 "
+                                          r"to 2592000 \(30 days\), or null \(or 0\) to never forget"):
+        parse_config({"discovery": {"forget_after_s": value}})

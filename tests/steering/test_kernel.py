@@ -614,6 +614,22 @@ FLOOD = textwrap.dedent("""
 """)
 
 
+def test_a_forgotten_broker_is_no_longer_steered_or_refused(steering, net, cgroup):
+    """remove_brokers, for an endpoint discovery forgot: deleted by key, and connects to it are left alone."""
+    enrolled = cgroup("orders")
+    steering.set_cgroup(enrolled.id, CgroupKind.ENROLLED)
+    other = ("127.0.0.1", net.port(net.other4))
+    steering.add_brokers([other], BrokerState.OUTSIDE)
+    assert connect_from(enrolled, *other).get("errno") == errno.ECONNREFUSED
+
+    steering.remove_brokers([other, ("10.9.9.9", 9092)])  # one that was never there is no error
+    assert other not in steering.broker_states()
+    seen = connect_from(enrolled, *other)
+    assert seen["peer"] == list(other) and accepted(net.other4) is not None
+    assert nothing_on(net.proxy4)
+    assert ("127.0.0.1", net.port(net.broker4)) in steering.broker_states()  # the others stay
+
+
 def test_lost_refusal_events_are_counted(steering, net, cgroup):
     stranger = cgroup("flood")
     n = 8000  # the ring buffer holds about 3,600 events

@@ -22,6 +22,17 @@ def test_only_changes_reach_the_kernel_and_unknown_brokers_are_ignored():
     assert probe.timeout_s == 1.0 and BrokerProbe([], print, interval_s=0.2).timeout_s == 0.2
 
 
+def test_a_broker_discovery_forgot_is_probed_no_more():
+    told = []
+    probe = BrokerProbe([A], lambda address, up: told.append((address, up)), interval_s=1.0)
+    probe.add(B)
+    probe.remove(B)
+    probe.remove(("10.0.0.9", 1))  # never probed: nothing to do
+    assert probe.brokers == (A,) and not probe.observe(B, False)  # a round already under way tells nothing
+    probe.failed(B)
+    assert told == []
+
+
 def test_a_round_marks_a_listening_broker_up_and_a_closed_port_down():
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
