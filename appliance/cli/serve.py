@@ -112,6 +112,9 @@ def status(ctx, as_json: bool) -> None:
         if snapshot.get("forgotten_brokers"):
             click.echo(f"discovered brokers forgotten since start: {snapshot['forgotten_brokers']} "
                        "(appliance audit events --kind broker-forgotten)")
+        upstream = snapshot.get("upstream_auth")
+        if upstream:  # the appliance's own OAUTHBEARER token for the brokers
+            click.echo(_upstream_auth_line(upstream))
         pool = snapshot.get("upstream_pool") or {}
         click.echo("upstream pool: " + (", ".join(f"{address} {n} ready" for address, n in pool.items())
                                         or "empty (fills once a workload connects)"))
@@ -315,6 +318,18 @@ class _DemoIdp:
     def stop(self) -> None:
         self.started.wait(120)  # a start under way would leave Keycloak running behind the demo
         self.server.stop()
+
+
+def _upstream_auth_line(upstream: dict) -> str:
+    """One line on the token the appliance presents to the brokers: whose, until when, and what went wrong."""
+    line = f"upstream auth: {upstream.get('mechanism')} as client {upstream.get('client_id')!r}, "
+    if upstream.get("token_valid"):
+        line += f"token valid until {when(upstream['token_expires_at'])}, next refresh in {upstream['next_refresh_in_s']} s"
+    else:
+        line += "NO VALID TOKEN: new broker connections cannot authenticate"
+    if upstream.get("consecutive_failures"):
+        line += f"; {upstream['consecutive_failures']} failed fetch(es) in a row, last: {upstream.get('last_error')}"
+    return line
 
 
 def _demo_config(config, idp: _DemoIdp) -> Path:

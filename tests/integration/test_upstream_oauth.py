@@ -324,6 +324,10 @@ def test_appliance_serve_with_oauthbearer_upstream_credentials_carries_a_real_pr
         status = eventually(lambda: (app.status() or {}).get("upstream_auth"), message="upstream auth status")
         assert status["mechanism"] == "OAUTHBEARER" and status["token_valid"], status
         assert keycloak.secret("appliance-upstream") not in json.dumps(app.status())
+        from tests.integration.fixtures import cli
+        shown = cli(app.config_path, "status").stdout
+        assert "upstream auth: OAUTHBEARER as client 'appliance-upstream', token valid until " in shown, shown
+        assert keycloak.secret("appliance-upstream") not in shown
         workload = enroll_in(app, make_cgroup, "kcat-job")
         topic = f"oauth-upstream-{int(time.time() * 1000)}"
         workload.run(["kcat", "-b", address, "-t", topic, "-P"], input="one\ntwo\nthree\n")
