@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.identity import cgroups
+from appliance.identity.command_line import redacted
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -20,7 +21,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
     pid: int
-    command: str  # command line if the pid is verified, else the kernel's comm
+    command: str  # command line (its secrets as ***) if the pid is verified, else the kernel's comm
     cgroup_path: str | None
     verified: bool
 
@@ -47,8 +48,9 @@ def describe(pid: int, cgroup_id: int, comm: str, accepted_at: float) -> Process
         same_cgroup = cgroups.path_of_id(cgroup_id, hint=path) == path
         started_before = _start_time(pid) <= accepted_at + 1.0  # /proc start times have tick resolution
         if same_cgroup and started_before:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
-            return ProcessInfo(pid, cmdline.decode("utf-8", "replace") or comm, path, True)
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            command = redacted([a.decode("utf-8", "replace") for a in argv]).strip()
+            return ProcessInfo(pid, command or comm, path, True)
     except (OSError, cgroups.CgroupError, ValueError):
         pass
     return ProcessInfo(pid, comm, cgroups.path_of_id(cgroup_id), False)

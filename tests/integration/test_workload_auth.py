@@ -63,6 +63,10 @@ def test_a_token_authenticated_produce_and_consume_under_the_tokens_group(applia
                           message="token sessions audited")
     sub = service_account_id("appliance", "ledger")
     assert {(s["identity"], s["auth_method"], s["subject"]) for s in sessions} == {("ledger", "token", sub)}
+    # The client was started with its client secret on the command line; the audit keeps the command without it.
+    secret = keycloak.secret("ledger")
+    assert all("--oauth ledger:***@" in s["command"] and secret not in s["command"] for s in sessions), sessions
+    assert secret not in cli(config_path, "status", "--json").stdout
     auths = authentications_of(config_path, sessions)
     assert auths and all(a["outcome"] == "ok" and a["mechanism"] == "OAUTHBEARER" for a in auths), auths
     first = auths[-1]
