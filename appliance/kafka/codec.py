@@ -70,6 +70,28 @@ class ResponseFacts:
     error_code: int | None = None  # None: the response was not decoded
     records: int | None = None
     record_bytes: int | None = None
+    # Fetch: the topic-partitions the response answers for. In a fetch session (KIP-227) an incremental
+    # request names none, and the broker answers for those that have data: the response says what was read.
+    topics: tuple[TopicPartitions, ...] = ()
+
+
+def merged_topics(named: tuple[TopicPartitions, ...],
+                  answered: tuple[TopicPartitions, ...]) -> tuple[TopicPartitions, ...]:
+    """What a request named, in its order, with every topic-partition its response answered for and it did not
+    name added after (the audit's topics of a Fetch in a fetch session)."""
+    if not answered:
+        return named
+    merged: dict[str, list[int]] = {t.topic: list(t.partitions) for t in named}
+    seen: dict[str, set[int]] = {topic: set(partitions) for topic, partitions in merged.items()}
+    for t in answered:
+        partitions, known = merged.setdefault(t.topic, []), seen.setdefault(t.topic, set())
+        for p in t.partitions:
+            if p not in known:
+                known.add(p)
+                partitions.append(p)
+    if len(merged) == len(named) and all(len(merged[t.topic]) == len(t.partitions) for t in named):
+        return named  # the usual answer: just what was asked for
+    return tuple(TopicPartitions(topic, tuple(partitions)) for topic, partitions in merged.items())
 
 
 def _read_uvarint(data: bytes, offset: int) -> tuple[int, int]:
@@ -312,11 +334,13 @@ def response_facts(frame: bytes, api_key: int, api_version: int) -> ResponseFact
     entity = decode_response(frame, api_key, api_version)
     if api_key == apis.FETCH:
         records = nbytes = 0
+        answered = []
         for topic in entity.responses:
             for p in topic.partitions:
                 records += count_records(p.records)
                 nbytes += len(p.records or b"")
-        return ResponseFacts(_first_error(entity), records, nbytes)
+            answered.append(TopicPartitions(str(topic.topic), tuple(int(p.partition_index) for p in topic.partitions)))
+        return ResponseFacts(_first_error(entity), records, nbytes, tuple(answered))
     return ResponseFacts(_first_error(entity))
 
 

@@ -823,7 +823,8 @@ class Session:
         outcome: str, response: codec.ResponseFacts | None = None,
     ) -> Operation:
         header, facts, verdict = pending.header, pending.facts, pending.verdict
-        topics = _topics_json(facts.topics) if facts.topics else None
+        named = facts.topics if response is None else codec.merged_topics(facts.topics, response.topics)
+        topics = _topics_json(named) if named else None
         records, record_bytes = facts.records, facts.record_bytes
         if response is not None and response.records is not None:
             records, record_bytes = response.records, response.record_bytes

@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -197,6 +198,46 @@ def cli(config_path: Path, *args: str, check: bool = True, timeout: float = 60) 
 
 def audit(config_path: Path, table: str, *args: str) -> list[dict]:
     return json.loads(cli(config_path, "audit", table, "--json", "--limit", "10000", *args).stdout)
+
+
+def enrol_cgroup(appliance: ApplianceProcess, config_path: Path, name: str, identity: str) -> Cgroup:
+    """A cgroup WORKLOAD_PARENT/<name>, enrolled as `identity` with `appliance enroll`, once `appliance` applied it.
+    For fixtures wider than a test (the `enroll` fixture's cgroups go with their test); the caller unenrols it."""
+    cg = Cgroup(cgroups.ensure(f"{WORKLOAD_PARENT}/{name}"))
+    cli(config_path, "enroll", cg.cgroup.path, "--identity", identity)
+    eventually(lambda: any(w["cgroup_id"] == cg.cgroup.id for w in (appliance.status() or {}).get("workloads", [])),
+               timeout=5, message=f"enrolment of {cg.cgroup.path} as {identity} applied")
+    return cg
+
+
+def traffic_of(config_path: Path, cg: Cgroup, topic: str | None = None) -> dict[str, int]:
+    """Records per API over every session from `cg`, as the audit counts them (Produce: in the requests; Fetch:
+    in the responses); with `topic`, over the operations whose audited topics name it."""
+    quoted = None if topic is None else topic.replace("'", "''")
+    names = "" if topic is None else f"AND EXISTS (SELECT 1 FROM json_each(o.topics) WHERE json_each.key = '{quoted}') "
+    rows = json.loads(cli(config_path, "audit", "sql", "SELECT o.api_name AS api, COALESCE(SUM(o.records), 0) AS n "
+                          "FROM operations o JOIN sessions s ON s.session_id = o.session_id "
+                          f"WHERE s.cgroup_id = {int(cg.cgroup.id)} {names}GROUP BY o.api_name", "--json").stdout)
+    return {row["api"]: row["n"] for row in rows}
+
+
+def traffic_until(config_path: Path, cg: Cgroup, done: Callable[[dict[str, int]], bool], what: str,
+                  timeout: float = 10.0, topic: str | None = None) -> dict[str, int]:
+    """traffic_of(cg, topic) once `done` holds of it (the audit is written in batches); fails naming what it
+    counted."""
+    seen: dict[str, int] = {}
+
+    def check() -> bool:
+        seen.clear()
+        seen.update(traffic_of(config_path, cg, topic))
+        return done(seen)
+
+    try:
+        eventually(check, timeout=timeout, interval=0.5, message=what)
+    except AssertionError:
+        raise AssertionError(f"{what} did not hold within {timeout}s; the audit counts, per API, from "
+                             f"{cg.cgroup.path}{'' if topic is None else f' naming {topic}'}: {seen}") from None
+    return dict(seen)
 
 
 def eventually(check, timeout: float = 10.0, interval: float = 0.1, message: str = "condition"):

@@ -6,6 +6,12 @@ The host routes it to the remote broker (tests/integration/fixtures.py
 `remote_broker`, itself in a namespace behind a veth), so a process in the
 container could reach the broker directly if steering let it: every refusal
 here is steering's doing, which the exempt cgroup's direct connect proves.
+
+Every client family (tests/integration/clients/families.py, and the Java admin client) makes a round
+trip from inside the container, each in a cgroup of its own enrolled as `container-family`: its sessions
+must be attributed to that identity, that cgroup, the container's namespace and the broker, and the
+audit must count what it produced and fetched. An unenrolled franz-go in the same namespace is refused,
+audited, and produces nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ from pathlib import Path
 import pytest
 from pyroute2 import NetNS
 
+from tests.integration.clients.families import (ADMIN_REQUESTS, FAMILIES, admin_failure, java_admin, run_parallel,
+                                                tail_round_trip)
 from tests.integration.conftest import (BROKER_NETNS, CLIENTS, NETNS, NETNS_HOST, NETNS_PEER, PY, VETH_HOST, Cgroup,
-                                        audit, cli, eventually, make_veth_netns, remove_veth_netns)
+                                        audit, cli, enrol_cgroup, eventually, make_veth_netns, remove_veth_netns,
+                                        traffic_until)
 
 CONTAINER = "appliance-test-ctr"
 CTR_HOST, CTR_PEER, CTR_NET = "10.231.1.1", "10.231.1.2", "10.231.1.0"
@@ -47,6 +56,18 @@ print(json.dumps({"received": got}), flush=True)
 
 
 @dataclass(frozen=True)
+class InContainer:
+    """A cgroup whose processes start inside the container's namespace, for the families' clients
+    (they start their processes with `popen`; the command they print leaves out the `ip netns exec`)."""
+
+    cgroup: Cgroup
+    container: "Container"
+
+    def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        return self.cgroup.popen(self.container.argv(*argv), **kwargs)
+
+
+@dataclass(frozen=True)
 class Container:
     name: str
     inode: int
@@ -57,6 +78,9 @@ class Container:
 
     def argv(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
+
+    def inside(self, cgroup: Cgroup) -> InContainer:
+        return InContainer(cgroup, self)
 
     def client(self, cgroup: Cgroup, script: str, *args: str, timeout: float = 60) -> dict:
         """Run one of tests/integration/clients/ inside this namespace AND `cgroup`; the JSON it prints last."""
@@ -191,3 +215,107 @@ def test_with_the_appliance_down_nothing_in_the_container_reaches_the_broker_or_
         assert gone["errno"] == errno.ECONNREFUSED, gone
     finally:
         appliance.start()
+
+
+# --- every client family from inside the container ------------------------------------------------------
+
+FAMILY_IDENTITY = "container-family"
+SUFFIX = secrets.token_hex(3)
+N = 5
+CELLS = [*FAMILIES, "java-admin"]
+TOPICS = {**{cell: f"ctr-{cell}-{SUFFIX}" for cell in CELLS}, "attacked": f"ctr-attacked-{SUFFIX}"}
+END_OFFSET = """
+import json, sys
+from confluent_kafka import Consumer, TopicPartition
+mech, user, password = sys.argv[2].split(":", 2)
+consumer = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "end-offset", "security.protocol": "SASL_PLAINTEXT",
+                     "sasl.mechanism": mech, "sasl.username": user, "sasl.password": password})
+print(json.dumps({"end": consumer.get_watermark_offsets(TopicPartition(sys.argv[3], 0), timeout=10)[1]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def family_workloads(appliance, config_path, container, direct, sasl_args):
+    """A cgroup per cell, enrolled as container-family, and the module's topics on the remote broker; an
+    enrolled process holds the container's namespace, so the appliance listens there before any client
+    starts (aiokafka gives up at once when its first bootstrap connect is refused)."""
+    eventually(lambda: broker_up(appliance), message="remote broker seen as reachable")
+    direct.run([PY, str(CLIENTS / "create_topics.py"), BROKER_NETNS, sasl_args[1], *TOPICS.values()], timeout=90)
+    cgs = {cell: enrol_cgroup(appliance, config_path, f"ctr-{cell}-{SUFFIX}", FAMILY_IDENTITY) for cell in CELLS}
+    cgs["java-admin"].popen(container.argv("sleep", "600"))
+    eventually(lambda: listening_in(appliance, container), message="the appliance listening in the container")
+    yield cgs
+    for cg in cgs.values():
+        cli(config_path, "unenroll", cg.cgroup.path, check=False)
+        cg.cleanup()
+
+
+@pytest.fixture(scope="module")
+def container_trips(family_workloads, container):
+    """Every family's round trip from inside the container at once; then the Java admin's calls (which describe
+    the java-classic consumer's group)."""
+    def trip(name: str):
+        return tail_round_trip(FAMILIES[name], container.inside(family_workloads[name]), BROKER_NETNS, TOPICS[name],
+                               f"ctr-g-{name}-{SUFFIX}", n=N, fmt=f"{name}-ctr-{{i}}")
+
+    def admin():
+        return java_admin(container.inside(family_workloads["java-admin"]), BROKER_NETNS, timeout=8,
+                          allowed=TOPICS["java-admin"], denied=f"ctr-absent-{SUFFIX}", new_topic=f"ctr-new-{SUFFIX}",
+                          new_denied=f"ctr-new2-{SUFFIX}", group=f"ctr-g-java-classic-{SUFFIX}",
+                          denied_group=f"ctr-absent-{SUFFIX}").finish()
+
+    trips = run_parallel({name: (lambda name=name: trip(name)) for name in FAMILIES})
+    return {**trips, "java-admin": admin()}
+
+
+def attributed_sessions(appliance, config_path, container, cg: Cgroup) -> list[dict]:
+    """The sessions from `cg`; each must be container-family's, from that cgroup in the container's namespace
+    (the cookie of the appliance's listener there), to the remote broker."""
+    sessions = [s for s in audit(config_path, "sessions", "--identity", FAMILY_IDENTITY)
+                if s["cgroup_id"] == cg.cgroup.id]
+    (listener,) = [n for n in appliance.status()["netns_listeners"] if n["netns"] == container.netns]
+    assert sessions, f"no sessions audited from {cg.cgroup.path}"
+    assert {(s["cgroup_path"], s["netns"], s["netns_cookie"], s["broker_address"]) for s in sessions} == {
+        (cg.cgroup.path, container.netns, listener["netns_cookie"], BROKER_NETNS)}, sessions
+    return sessions
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_in_the_container_produces_and_consumes_attributed_and_audited(
+        family, container_trips, family_workloads, appliance, config_path, container):
+    failure = container_trips[family].failure()
+    if failure:
+        pytest.fail(failure)
+    cg = family_workloads[family]
+    attributed_sessions(appliance, config_path, container, cg)
+    # the audit counts every record produced (in the Produce requests) and fetched (in the responses), in
+    # operations that name the topic (a fetch session's incremental requests name none; the responses do)
+    traffic_until(config_path, cg, lambda t: t.get("Produce") == N and t.get("Fetch", 0) >= N,
+                  f"{family}'s {N} records produced and fetched in the audit", topic=TOPICS[family])
+
+
+def test_the_java_admin_client_in_the_container_is_answered_attributed_and_audited(
+        container_trips, family_workloads, appliance, config_path, container):
+    failure = admin_failure(container_trips["java-admin"], TOPICS["java-admin"])
+    if failure:
+        pytest.fail(failure)
+    cg = family_workloads["java-admin"]
+    attributed_sessions(appliance, config_path, container, cg)
+    traffic_until(config_path, cg, lambda t: ADMIN_REQUESTS <= set(t), "the admin's requests in the audit")
+
+
+@pytest.mark.parametrize("family", ["franz-go"])
+def test_an_unenrolled_client_in_the_container_is_refused_audited_and_produces_nothing(
+        family, family_workloads, appliance, config_path, container, make_cgroup, direct, sasl_args):
+    attacker = make_cgroup("ctr-attacker")
+    started = time.time()
+    client = FAMILIES[family].produce(container.inside(attacker), BROKER_NETNS, TOPICS["attacked"], n=3,
+                                      fmt="stolen-{i}", timeout=8)
+    result = client.finish()
+    assert result.summary["acked"] == 0 and result.summary["errors"], result
+    refusals = eventually(lambda: [e for e in events_since(config_path, "refused-connect", started)
+                                   if e["cgroup_path"] == attacker.cgroup.path], message="the refusals audited")
+    assert {(json.loads(e["detail"])["reason"], e["pid"]) for e in refusals} == {("unenrolled", client.proc.pid)}
+    assert [s for s in audit(config_path, "sessions") if s["cgroup_id"] == attacker.cgroup.id] == []
+    end = json.loads(direct.run([PY, "-c", END_OFFSET, BROKER_NETNS, sasl_args[1], TOPICS["attacked"]]).stdout)
+    assert end == {"end": 0}, f"the unenrolled client's records reached the broker: {end}"

@@ -17,6 +17,9 @@ is restarted with four configurations:
 
 Real clients (confluent-kafka and kcat) in enrolled cgroups produce and consume; every failure must be
 an audited session close naming the broker and the fault, logged once, with nothing sent in plaintext.
+Every client family (tests/integration/clients/families.py: consumers tailing their topic, the Java
+consumers and franz-go in incremental fetch sessions) and the Java admin client make their round trip
+through the SASL_SSL listener under configuration A, each in a cgroup of its own, checked against the audit.
 Nothing here skips: no root, Java, jars or kcat fails the run.
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import datetime
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -37,7 +41,10 @@ from appliance.broker.certificates import Authority
 from appliance.broker.embedded import EmbeddedBroker
 from appliance.config import EmbeddedBrokerConfig, EmbeddedTlsConfig, load_config
 from appliance.identity import cgroups
-from tests.integration.conftest import ApplianceProcess, audit, cli, eventually
+from tests.integration.clients.families import (ADMIN_REQUESTS, FAMILIES, admin_failure, java_admin, run_parallel,
+                                                tail_round_trip)
+from tests.integration.conftest import (CLIENTS, PY, ApplianceProcess, audit, cli, enrol_cgroup, eventually,
+                                        traffic_until)
 
 DATA = Path("/var/lib/appliance-test/upstream-tls-broker")
 STATE = Path("/var/lib/appliance-test-tls")
@@ -254,6 +261,67 @@ def test_confluent_kafka_and_kcat_produce_and_consume_over_sasl_ssl(appliances, 
                 if o["api_name"] == "Produce"]
     assert sum(o["records"] or 0 for o in produced) == 22
     assert sessions_to(appliances.config_path, TLS6, cg), "kcat's sessions over IPv6"
+
+
+FAMILY_N = 5
+SUFFIX = f"{int(time.time() * 1000)}"
+FAMILY_TOPICS = {cell: f"tls-{cell}-{SUFFIX}" for cell in [*FAMILIES, "java-admin"]}
+
+
+@pytest.fixture(scope="module")
+def family_trips(appliances, tls_broker):
+    """Under configuration A, every family's round trip through the SASL_SSL listener at once, then the Java
+    admin's calls; each cell in a cgroup of its own, enrolled as tls-app. Yields (cgroups, results) by cell."""
+    app = appliances.use("A")
+    creds = tls_broker.credentials
+    login = f"{creds.mechanism}:{creds.username}:{creds.password}"
+    subprocess.run([PY, str(CLIENTS / "create_topics.py"), PLAIN, login, *FAMILY_TOPICS.values()], check=True,
+                   timeout=90)
+    cgs = {cell: enrol_cgroup(app, appliances.config_path, f"tls-{cell}-{SUFFIX}", IDENTITY) for cell in FAMILY_TOPICS}
+    trips = run_parallel({name: (lambda fam=fam: tail_round_trip(fam, cgs[fam.name], TLS4, FAMILY_TOPICS[fam.name],
+                                                                 f"tls-g-{fam.name}-{SUFFIX}", n=FAMILY_N,
+                                                                 fmt=f"{fam.name}-tls-{{i}}"))
+                          for name, fam in FAMILIES.items()})
+    trips["java-admin"] = java_admin(cgs["java-admin"], TLS4, timeout=8, allowed=FAMILY_TOPICS["java-admin"],
+                                     denied=f"tls-absent-{SUFFIX}", new_topic=f"tls-new-{SUFFIX}",
+                                     new_denied=f"tls-new2-{SUFFIX}", group=f"tls-g-java-classic-{SUFFIX}",
+                                     denied_group=f"tls-absent-{SUFFIX}").finish()
+    yield cgs, trips
+    for cg in cgs.values():
+        cli(appliances.config_path, "unenroll", cg.cgroup.path, check=False)
+        cg.cleanup()
+
+
+def tls_sessions_of(appliances: Appliances, cg) -> list[dict]:
+    """The sessions from `cg`: all tls-app's, to the SASL_SSL listener, none closed for a TLS fault."""
+    sessions = [s for s in audit(appliances.config_path, "sessions", "--identity", IDENTITY)
+                if s["cgroup_id"] == cg.cgroup.id]
+    assert sessions, f"no sessions audited from {cg.cgroup.path}"
+    assert {(s["cgroup_path"], s["broker_address"]) for s in sessions} == {(cg.cgroup.path, TLS4)}, sessions
+    assert not [s for s in sessions if (s["close_reason"] or "").startswith("TLS")], sessions
+    return sessions
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_produces_and_consumes_over_sasl_ssl(family, family_trips, appliances):
+    cgs, trips = family_trips
+    failure = trips[family].failure()
+    if failure:
+        pytest.fail(failure)
+    tls_sessions_of(appliances, cgs[family])
+    traffic_until(appliances.config_path, cgs[family], lambda t: t.get("Produce") == FAMILY_N and
+                  t.get("Fetch", 0) >= FAMILY_N, f"{family}'s {FAMILY_N} records produced and fetched in the audit",
+                  topic=FAMILY_TOPICS[family])
+
+
+def test_the_java_admin_client_is_answered_over_sasl_ssl(family_trips, appliances):
+    cgs, trips = family_trips
+    failure = admin_failure(trips["java-admin"], FAMILY_TOPICS["java-admin"])
+    if failure:
+        pytest.fail(failure)
+    tls_sessions_of(appliances, cgs["java-admin"])
+    traffic_until(appliances.config_path, cgs["java-admin"], lambda t: ADMIN_REQUESTS <= set(t),
+                  "the admin's requests in the audit")
 
 
 def test_an_expired_broker_certificate_closes_the_session_naming_broker_and_fault(appliances, workload, tls_broker):

@@ -95,3 +95,35 @@ def test_first_error_found_in_nested_partitions():
         throttle_time=__import__("datetime").timedelta(0))
     f = response_frame(resp, correlation_id=1, flexible_header=True)
     assert codec.response_facts(f, apis.PRODUCE, 9).error_code == 29
+
+
+def test_fetch_response_facts_name_the_topic_partitions_it_answers_for():
+    import datetime
+
+    from kio.schema.fetch.v12.response import FetchableTopicResponse, FetchResponse, PartitionData
+
+    from appliance.kafka.synth import default_entity
+
+    def answer(topic, *partitions):
+        return FetchableTopicResponse(topic=topic, partitions=tuple(
+            default_entity(PartitionData, ErrorCode.none, records=batch(2), partition_index=p) for p in partitions))
+
+    resp = FetchResponse(throttle_time=datetime.timedelta(0), error_code=ErrorCode.none, session_id=9,
+                         responses=(answer("orders", 0, 3), answer("payments", 1)))
+    facts = codec.response_facts(response_frame(resp, correlation_id=1, flexible_header=True), apis.FETCH, 12)
+    assert facts.topics == (codec.TopicPartitions("orders", (0, 3)), codec.TopicPartitions("payments", (1,)))
+    assert (facts.records, facts.error_code) == (6, 0)
+
+
+@pytest.mark.parametrize("named, answered, merged", [
+    ((), (), ()),
+    ((("orders", (0, 1)),), (), (("orders", (0, 1)),)),
+    ((), (("orders", (2,)),), (("orders", (2,)),)),
+    ((("orders", (1, 0)),), (("orders", (0,)), ("payments", (4,))), (("orders", (1, 0)), ("payments", (4,)))),
+    ((("orders", (0,)),), (("orders", (0, 5)),), (("orders", (0, 5)),)),
+])
+def test_merged_topics_keeps_what_the_request_named_and_adds_what_the_response_answered(named, answered, merged):
+    def tps(pairs):
+        return tuple(codec.TopicPartitions(topic, partitions) for topic, partitions in pairs)
+
+    assert codec.merged_topics(tps(named), tps(answered)) == tps(merged)

@@ -214,23 +214,46 @@ def test_garbage_held_during_authentication_is_blamed_on_the_client():
     assert of(out, CloseConnection)[0].reason.startswith("malformed frame from client: frame size 2147483647")
 
 
-def fetch_request(correlation_id=30):
+def fetch_request(correlation_id=30, incremental=False):
+    """Fetch v12 of orders/0 outside a fetch session; `incremental`: the next request of an established fetch
+    session (KIP-227), which names no partitions at all."""
     from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
+    topics = () if incremental else (FetchTopic(topic="orders", partitions=(FetchPartition(
+        partition=0, current_leader_epoch=-1, fetch_offset=0, last_fetched_epoch=-1, log_start_offset=-1,
+        partition_max_bytes=1 << 20),)),)
     return request_frame(FetchRequest(
         cluster_id=None, replica_id=-1, max_wait=datetime.timedelta(milliseconds=500), min_bytes=1,
-        max_bytes=1 << 20, isolation_level=0, session_id=0, session_epoch=-1,
-        topics=(FetchTopic(topic="orders", partitions=(FetchPartition(
-            partition=0, current_leader_epoch=-1, fetch_offset=0, last_fetched_epoch=-1, log_start_offset=-1,
-            partition_max_bytes=1 << 20),)),), forgotten_topics_data=(), rack_id=""), correlation_id=correlation_id)
+        max_bytes=1 << 20, isolation_level=0, session_id=77 if incremental else 0,
+        session_epoch=1 if incremental else -1, topics=topics, forgotten_topics_data=(), rack_id=""),
+        correlation_id=correlation_id)
 
 
-def fetch_response(records: bytes, correlation_id=30):
+def fetch_response(records: bytes, correlation_id=30, topics=(("orders", 0),)):
     from kio.schema.fetch.v12.response import FetchResponse, FetchableTopicResponse, PartitionData
     from appliance.kafka.synth import default_entity
-    partition = default_entity(PartitionData, ErrorCode.none, records=records, partition_index=0)
+    answered = tuple(FetchableTopicResponse(topic=topic, partitions=(
+        default_entity(PartitionData, ErrorCode.none, records=records, partition_index=partition),))
+        for topic, partition in topics)
     return response_frame(FetchResponse(throttle_time=datetime.timedelta(0), error_code=ErrorCode.none, session_id=0,
-                                        responses=(FetchableTopicResponse(topic="orders", partitions=(partition,)),)),
-                          correlation_id=correlation_id, flexible_header=True)
+                                        responses=answered), correlation_id=correlation_id, flexible_header=True)
+
+
+@pytest.mark.parametrize("incremental, answered, audited", [
+    (False, (("orders", 0),), {"orders": [0]}),
+    # KIP-227: the Java consumer and franz-go name no partitions once their fetch session is set up; the
+    # broker answers for the partitions that have data, and those are what the workload read
+    (True, (("orders", 0),), {"orders": [0]}),
+    (True, (("orders", 0), ("payments", 2)), {"orders": [0], "payments": [2]}),
+    (False, (("orders", 0), ("payments", 2)), {"orders": [0], "payments": [2]}),
+])
+def test_a_fetch_is_audited_with_the_topics_its_response_carries(incremental, answered, audited):
+    import json
+
+    s = authenticated_session()
+    s.handle(ev.ClientData(fetch_request(incremental=incremental)), 0)
+    out = s.handle(ev.UpstreamData(fetch_response(batch(3), topics=answered)), 1)
+    fetched = [c.record for c in of(out, Audit) if isinstance(c.record, Operation)]
+    assert [(f.api_name, json.loads(f.topics), f.records) for f in fetched] == [("Fetch", audited, 3 * len(answered))]
 
 
 def test_a_large_fetch_response_is_passed_through_as_it_arrives_and_audited_whole():

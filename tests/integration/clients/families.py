@@ -6,6 +6,11 @@
     fam.produce(cg, BROKER4, topic, n=10, fmt="v-{i}").finish()
     consumer.finish().summary        # {"values": [...], "errors": [...]}
 
+    # the same in one call; every family at once, each cell's result under its name
+    trips = run_parallel({name: lambda fam=fam: tail_round_trip(fam, cg, BROKER4, f"t-{fam.name}", f"g-{fam.name}",
+                                                               n=5, fmt="v-{i}") for name, fam in FAMILIES.items()})
+    trips["aiokafka"].failure()      # None, or which step failed and what the clients printed
+
 Each family's own tool or client program does the work (kcat; pyfamily.py for confluent-kafka,
 kafka-python and aiokafka; franz/ for franz-go; java/FamilyClient.java for the Kafka 4.x Java clients);
 this module only starts them and puts their outputs in one shape:
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
@@ -490,5 +496,66 @@ def java_admin(cg, bootstrap: str, *, timeout: float = 10, auth: Auth = None, **
     return Client(cg, argv, timeout=timeout * 13, parse=last_json, secrets=_secrets(auth))
 
 
+# The Java admin's calls an identity allowed to create and describe `allowed` and its group gets answers to,
+# and requests of theirs that the appliance's audit names (as Kafka names the API).
+ADMIN_CALLS_OF_A_DESCRIBER = ("createTopics", "describeTopics", "listTopics", "describeCluster",
+                              "describeConsumerGroups")
+ADMIN_REQUESTS = frozenset({"CreateTopics", "DescribeCluster", "Metadata"})
+
+
+def admin_failure(result: Result, allowed: str) -> str | None:
+    """None when java_admin's calls for an identity that may create and describe topics (and `allowed`, a topic
+    of one partition) succeeded, and no call went unanswered; otherwise which calls failed, and the output."""
+    calls = result.summary.get("calls") or {}
+    failed = [name for name in ADMIN_CALLS_OF_A_DESCRIBER if not (calls.get(name) or {}).get("ok")]
+    hung = [name for name, call in calls.items() if call.get("error") == "java.util.concurrent.TimeoutException"]
+    if failed or hung:
+        return f"admin calls failed: {failed}, never answered: {hung}{result}"
+    if calls["describeTopics"]["value"] != {"partitions": 1} or allowed not in calls["listTopics"]["value"]:
+        return f"the admin did not see {allowed} as it is (one partition){result}"
+    return None
+
+
 def authorization_error_in(family: Family, errors: list[str]) -> bool:
     return any(re.search(family.authorization_error, e) for e in errors)
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """What one family did in a tail round trip: was its consumer ready, what its producer and consumer said."""
+
+    family: str
+    ready: bool
+    produced: Result
+    consumed: Result
+    expected: tuple[str, ...]
+
+    def failure(self) -> str | None:
+        """None when every value produced was delivered and read back, once; otherwise which step failed,
+        with everything that client printed."""
+        made, read = self.produced.summary, self.consumed.summary
+        if made.get("acked") != len(self.expected) or made.get("failed") or made.get("errors"):
+            return f"{self.family}: the producer did not deliver {len(self.expected)} values{self.produced}"
+        if not self.ready:
+            return f"{self.family}: the consumer never became ready{self.consumed}"
+        if sorted(read.get("values", [])) != sorted(self.expected) or read.get("errors"):
+            return f"{self.family}: the consumer did not read back exactly what was produced{self.consumed}"
+        return None
+
+
+def tail_round_trip(family: Family, cg, bootstrap: str, topic: str, group: str, *, n: int, fmt: str,
+                    timeout: float = 45) -> RoundTrip:
+    """A consumer of `group` tails `topic` first (ready: assigned, and for franz-go and Java fetching in an
+    incremental fetch session), then `n` values fmt.format(i=...) are produced to it: the consumer reads
+    them the way a service reads new records."""
+    consumer = family.consume(cg, bootstrap, topic, group, n=n, timeout=timeout)
+    ready = consumer.wait_ready(timeout - 5)
+    produced = family.produce(cg, bootstrap, topic, n=n, fmt=fmt).finish()
+    return RoundTrip(family.name, ready, produced, consumer.finish(), tuple(fmt.format(i=i) for i in range(n)))
+
+
+def run_parallel(jobs: dict, workers: int = 4) -> dict:
+    """Each job's result under its key, `workers` jobs at a time: the cells of a matrix run at once."""
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {key: pool.submit(job) for key, job in jobs.items()}
+        return {key: f.result() for key, f in futures.items()}
