@@ -69,13 +69,14 @@ def read_named(frame: bytes, api_key: int, api_version: int, limit: int | None =
         if count > limit:
             raise TooMany(f"declares {count} brokers")
     entity = codec.decode_response(frame, api_key, api_version)
+    # A hostile broker may send a null array where the schema has none (kio reads it as None): it names nothing.
     if api_key == PRODUCE:
-        return Named([(e.host, int(e.port)) for e in entity.node_endpoints])
+        return Named([(e.host, int(e.port)) for e in entity.node_endpoints or ()])
     if api_key == FIND_COORDINATOR:
         if api_version < 4:
             return Named([(entity.host, int(entity.port))] if int(entity.error_code) == 0 else [])
-        return Named([(c.host, int(c.port)) for c in entity.coordinators if int(c.error_code) == 0])
-    endpoints = [(b.host, int(b.port)) for b in entity.brokers]
+        return Named([(c.host, int(c.port)) for c in entity.coordinators or () if int(c.error_code) == 0])
+    endpoints = [(b.host, int(b.port)) for b in entity.brokers or ()]
     if api_key == METADATA:
         return Named(endpoints, listing=True, cluster_id=getattr(entity, "cluster_id", None))
     return Named(endpoints)

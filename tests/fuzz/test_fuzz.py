@@ -31,3 +31,13 @@ def test_a_fixed_stretch_of_seeds_and_memory_stays_flat():
     assert not warm.findings and not again.findings, (warm.findings + again.findings)[:5]
     assert again.closes == 3000 and again.forwarded > 1000
     assert grown < 16 * 1024, f"RSS grew by {grown} KiB over 3000 sessions"
+
+
+# Seeds of the long run that once reached the session's error boundary, replayed for good.
+# 270684, 661413, 796084: a Produce v10/v12 answer whose node_endpoints (KIP-951) was a null array.
+FOUND_BY_THE_LONG_RUN = (270684, 661413, 796084)
+
+
+def test_the_seeds_the_long_run_found_faults_with_stay_clean():
+    for seed in FOUND_BY_THE_LONG_RUN:
+        assert not harness.run_session(seed).findings, seed
