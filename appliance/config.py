@@ -99,18 +99,21 @@ class UpstreamTlsConfig:
     enabled: bool = True
     ca_file: Path | None = None  # PEM CA bundle; None: the system store
     verify_hostname: bool = True
-    # The name a broker's certificate carries, per broker address; absent: its IP literal (an IP SAN).
+    # The name a broker's certificate carries, per broker address; absent: the DNS name the address was reached
+    # through (a name in `brokers`, or one a cluster's answer gave), else its IP literal (an IP SAN).
     server_names: tuple[tuple[BrokerAddress, str], ...] = ()
     client_cert: Path | None = None  # mutual TLS: a PEM certificate (chain), with client_key
     client_key: Path | None = None  # its PEM private key, a root-only file
     min_version: str = "TLSv1.2"
 
-    def server_name(self, broker: BrokerAddress) -> str:
-        """What the handshake names (SNI) and verifies the certificate against for `broker`."""
+    def server_name(self, broker: BrokerAddress, learned: str | None = None) -> str:
+        """What the handshake names (SNI) and verifies the certificate against for `broker`: the operator's
+        `server_names` entry, else the DNS name the address was reached through (`learned`: a broker given
+        by name in `brokers`, or named so in a cluster's answer), else its IP literal."""
         for address, name in self.server_names:
             if address == broker:
                 return name
-        return broker.host
+        return learned or broker.host
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,7 +167,7 @@ class Appliance:
             # Listen before steering anything; the kernel hands steered
             # connections to these sockets alone, once admitted below.
             def make_server(port: int) -> ProxyServer:
-                return ProxyServer(
+                server = ProxyServer(
                     hosts=(config.listen_host4, config.listen_host6), port=port,
                     lookup=kernel_lookup(self.steering, max_age_s=config.handoff_max_age_ms / 1000),
                     identity_of=self.by_cgroup_id.get, credentials=upstream, policy=lambda: self.policy,
@@ -176,6 +176,9 @@ class Appliance:
                     workloads=self.workloads, upstream_tls=tls, discovery=self.discovery,
                     steer=self._steer_discovered, workload_tls=workload_tls, **self._bounds(),
                 )
+                for name, addresses in self.names.addresses.items():  # resolved at start: certified by name
+                    server.tls.named([(a, name.port) for a in addresses], name.name)
+                return server
 
             self.server = make_server(config.listen_port)
             try:
@@ -601,6 +604,8 @@ class Appliance:
                 self._event("error", message, detail={"broker": str(name)})
                 continue
             new = self.names.resolved(name, [info[4][0] for info in infos])
+            if self.server is not None:  # the brokers' certificates carry the name, not the addresses
+                self.server.tls.named([(a, name.port) for a in self.names.addresses[name]], name.name)
             if not new:
                 continue
             self.steering.add_brokers(new, BrokerState.UP)

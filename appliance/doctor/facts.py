@@ -188,19 +188,20 @@ def _probe_brokers(config: Config) -> tuple[BrokerProbeResult, ...]:
             results.append(BrokerProbeResult(str(b), False, f"does not resolve: {e.strerror or e}"))
             continue
         for host in addresses:
-            result = _broker_reachable(BrokerAddress(host, b.port), config.upstream_tls)
+            result = _broker_reachable(BrokerAddress(host, b.port), config.upstream_tls, name=b.name)
             results.append(dataclasses.replace(result, address=f"{b} ({result.address})"))
     return tuple(results)
 
 
-def _broker_reachable(broker: BrokerAddress, tls=None, timeout_s: float = BROKER_TIMEOUT_S) -> BrokerProbeResult:
+def _broker_reachable(broker: BrokerAddress, tls=None, timeout_s: float = BROKER_TIMEOUT_S,
+                      name: str | None = None) -> BrokerProbeResult:
     """One TCP connect to the broker, named in the result; with `upstream_tls` (`tls`), one TLS handshake as
     the proxy makes it instead, so doctor and serve name the same fault."""
     started = time.monotonic()
     if tls is not None and tls.enabled:
         from appliance.proxy.upstream_tls import probe
 
-        fault = probe(tls, broker, timeout_s=timeout_s)
+        fault = probe(tls, broker, timeout_s=timeout_s, name=name)
         if fault is not None:
             return BrokerProbeResult(str(broker), False, fault)
         return BrokerProbeResult(str(broker), True, f"TLS handshake in {(time.monotonic() - started) * 1000:.0f} ms")

@@ -77,7 +77,7 @@ from appliance.policy.model import Policy, Principal
 from appliance.proxy import events as ev
 from appliance.proxy.commands import (Audit, CloseConnection, Log, RefreshUpstreamToken, SendToClient,
                                       SendToUpstream, SteerBrokers, VerifyToken)
-from appliance.proxy.discovery import Discovery, audit_events, describe
+from appliance.proxy.discovery import Discovery, audit_events, describe, parse_endpoint
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy.audit_gate import AuditGate
 from appliance.proxy.limits import Clock, Limits, deadline_passed, may_read_client
@@ -139,6 +139,7 @@ class _TokenRefresh:
 
 
 _TLS_FAULT_RELOG_S = 600.0
+_TLS_NAMES_KEPT = 4096  # broker addresses with the DNS name they were reached through (discovery steers at most 1024)
 # What a connect raises beyond ssl's own errors when the broker ends the TLS handshake, or it takes too long.
 _HANDSHAKE_ENDINGS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
@@ -156,11 +157,22 @@ class _TlsFaults:
         self.tls = tls
         self.connect_timeout_s = connect_timeout_s
         self._logged: dict[tuple[str, int], tuple[str, float]] = {}  # the fault last logged, and when (monotonic)
+        # The DNS name each broker address was reached through, which its certificate carries (a real
+        # cluster's brokers are certified by name): insertion-ordered, the latest naming wins, bounded.
+        self.names: dict[tuple[str, int], str] = {}
+
+    def named(self, endpoints, name: str) -> None:
+        """`endpoints` (IP literal, port) are what the DNS name `name` resolves to now."""
+        for endpoint in endpoints:
+            self.names.pop(endpoint, None)
+            self.names[endpoint] = name.rstrip(".").lower()
+        while len(self.names) > _TLS_NAMES_KEPT:
+            del self.names[next(iter(self.names))]
 
     def connect_arguments(self, address: tuple[str, int]) -> dict:
         if self.tls is None:
             return {}
-        return self.tls.connect_arguments(BrokerAddress(*address), self.connect_timeout_s)
+        return self.tls.connect_arguments(BrokerAddress(*address), self.connect_timeout_s, self.names.get(address))
 
     def failure(self, address: tuple[str, int], error: BaseException, *, handshake: bool = False) -> str | None:
         """The audit reason if `error` ended a TLS connection to `address` (logged once), else None.
@@ -576,6 +588,11 @@ class _Handshaking(asyncio.Protocol):
             protocol.data_received(chunk)
         if self.lost is not None:
             protocol.connection_lost(self.lost[0])
+
+
+def _endpoints_of(addresses, port: int) -> list[tuple[str, int]]:
+    """Resolved addresses as the kernel reports a connect's destination (canonical IP literals)."""
+    return [value for kind, value in (parse_endpoint(a, port) for a in addresses) if kind == "ip"]
 
 
 def _broker_of(origin: OriginalDestination) -> BrokerAddress:
@@ -1101,9 +1118,11 @@ class ProxyServer:
                 return (f"broker {describe(name)} named in the broker's answer does not resolve: {e.strerror or e}; "
                         "the answer was not delivered")
             now = time.time()
-            learned = self.discovery.resolved(name, [info[4][0] for info in infos], now)
+            addresses = [info[4][0] for info in infos]
+            learned = self.discovery.resolved(name, addresses, now)
             if learned.fault is not None:
                 return learned.fault
+            self.tls.named(_endpoints_of(addresses, port), host)  # its certificate carries the name, not the IPs
             for level, event in audit_events(learned, f"answer naming {describe(name)}", now,
                                              self.discovery.config.refuse_outside, session_id=session_id,
                                              identity=identity):

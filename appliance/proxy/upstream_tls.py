@@ -8,8 +8,10 @@
 
 The context verifies the broker's chain against `ca_file` (or the system
 store) and, unless `verify_hostname` is off, that the certificate is valid for
-the broker's server name: the one `server_names` gives, else its IP literal,
-which must then be an IP SAN. The client key is read through the root-only
+the broker's server name: the one `server_names` gives, else the DNS name
+its address was reached through (a broker given by name in `brokers`, or
+named by host name in a cluster's answer), else its IP literal, which must
+then be an IP SAN. The client key is read through the root-only
 reader and handed to OpenSSL from memory, so what was checked is what is
 loaded. Nothing here retries in plaintext: a failed handshake is the end of
 that connection.
@@ -182,9 +184,10 @@ class UpstreamTls:
     def from_config(cls, tls: UpstreamTlsConfig) -> UpstreamTls:
         return cls(tls, build_context(tls))
 
-    def connect_arguments(self, broker: BrokerAddress, timeout_s: float) -> dict:
-        """`create_connection` keywords for a TLS connection to `broker`."""
-        return {"ssl": self.context, "server_hostname": self.config.server_name(broker),
+    def connect_arguments(self, broker: BrokerAddress, timeout_s: float, name: str | None = None) -> dict:
+        """`create_connection` keywords for a TLS connection to `broker`; `name`: the DNS name its address
+        was reached through, if any (`UpstreamTlsConfig.server_name`)."""
+        return {"ssl": self.context, "server_hostname": self.config.server_name(broker, name),
                 "ssl_handshake_timeout": timeout_s}
 
     @property
@@ -268,8 +271,10 @@ def _name_in(message: str) -> str:
 # ---- a health check ----------------------------------------------------------------------------------------
 
 
-def probe(tls: UpstreamTls | UpstreamTlsConfig, broker: BrokerAddress, *, timeout_s: float = 5.0) -> str | None:
+def probe(tls: UpstreamTls | UpstreamTlsConfig, broker: BrokerAddress, *, timeout_s: float = 5.0,
+          name: str | None = None) -> str | None:
     """One TLS handshake with `broker` as the proxy makes it: None if it succeeds, else the fault in plain words.
+    `name`: the DNS name the address was reached through (a broker given by name), verified as serve does.
 
     `tls` is the context serve built, or the configuration's `upstream_tls` (a health check outside serve
     builds the same context from it). A TLS 1.3 broker refuses a missing client certificate only after the
@@ -285,7 +290,7 @@ def probe(tls: UpstreamTls | UpstreamTlsConfig, broker: BrokerAddress, *, timeou
     except OSError as e:
         return f"cannot reach broker {broker}: {e.strerror or e}"
     try:
-        with tls.context.wrap_socket(raw, server_hostname=tls.config.server_name(broker)) as conn:
+        with tls.context.wrap_socket(raw, server_hostname=tls.config.server_name(broker, name)) as conn:
             conn.settimeout(min(timeout_s, 1.0))
             try:
                 conn.recv(1)  # a Kafka broker says nothing unasked: silence is success

@@ -37,6 +37,7 @@ def pki(tmp_path_factory):
     files = {"ca": ca.cert_pem, "other-ca": other.cert_pem}
     for name, issued in {
         "server": ca.issue("broker", NOW, hosts=("127.0.0.1", "kafka.test")),
+        "by-name": ca.issue("broker", NOW, hosts=("kafka-1.cluster.test",)),  # as real clusters certify brokers
         "expired": ca.issue("broker", NOW, hosts=("127.0.0.1",), days=1, not_before=NOW - datetime.timedelta(days=10)),
         "client": ca.issue("appliance", NOW, client=True),
         "client-expired": ca.issue("appliance", NOW, client=True, days=1, not_before=NOW - datetime.timedelta(days=5)),
@@ -129,6 +130,42 @@ def test_the_server_name_replaces_the_ip_for_sni_and_verification(pki, serve):
                      "set upstream_tls.server_names for this broker to a name it carries)")
     # verify_hostname off: the chain still counts, the name does not
     assert probe(UpstreamTls.from_config(replace(wrong, verify_hostname=False)), server.broker) is None
+
+
+def test_a_broker_reached_by_a_dns_name_is_verified_against_that_name(pki, serve):
+    """A cluster's brokers are certified by the names they are reached by (a name in `brokers`, or the
+    advertised host names in Metadata), not by IP: the shell verifies each address against the name it
+    resolved from, and the operator's server_names still come first."""
+    server = serve("by-name")
+    address = (server.broker.host, server.broker.port)
+    faults = _TlsFaults(UpstreamTls.from_config(tls_config(pki)), 5.0)
+
+    async def handshake(faults) -> None:
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, *address, **faults.connect_arguments(address))
+        transport.close()
+
+    with pytest.raises(ssl.SSLCertVerificationError, match="IP address mismatch"):
+        asyncio.run(handshake(faults))  # by its IP literal: the certificate does not carry it
+    faults.named([address, ("10.0.0.9", 9093)], "Kafka-1.Cluster.Test.")
+    assert faults.connect_arguments(address)["server_hostname"] == "kafka-1.cluster.test"
+    asyncio.run(handshake(faults))  # by the name it was reached through
+    assert probe(tls_config(pki), server.broker, name="kafka-1.cluster.test") is None  # doctor does the same
+    faults.named([address], "kafka-9.cluster.test")  # the latest naming of an address wins
+    with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+        asyncio.run(handshake(faults))
+    explicit = _TlsFaults(UpstreamTls.from_config(tls_config(pki, server_names=((server.broker, "kafka-1.cluster.test"),))),
+                          5.0)
+    explicit.named([address], "kafka-9.cluster.test")
+    asyncio.run(handshake(explicit))  # server_names, the operator's word, over what an answer named
+
+
+def test_the_names_kept_for_broker_addresses_are_bounded():
+    from appliance.proxy import server as shell
+
+    faults = _TlsFaults(None, 5.0)
+    faults.named([(f"10.0.{i // 250}.{i % 250}", 9093) for i in range(shell._TLS_NAMES_KEPT + 10)], "kafka.test")
+    assert len(faults.names) == shell._TLS_NAMES_KEPT and ("10.0.0.0", 9093) not in faults.names
 
 
 def test_a_certificate_from_another_ca_is_refused_naming_the_trust(pki, serve):
@@ -336,3 +373,29 @@ def test_embedded_broker_tls_listener_ports_are_checked(tmp_path):
         parse_config({"embedded_broker": {"tls": {"port6": 0}}})
     with pytest.raises(ConfigError, match=r"key 'tls' expired_port 19099 is also 'tls' mtls_port"):
         parse_config({"embedded_broker": {"tls": {"expired_port": 19099}}})
+
+
+def test_a_host_name_in_a_clusters_answer_names_the_addresses_it_resolves_to_for_tls(pki):
+    """Resolving a host name a relayed answer gave (discovery) records that name for each address, so the
+    connect to that broker verifies the name its certificate carries."""
+    import ipaddress
+
+    from appliance.config import DiscoveryConfig
+    from appliance.proxy.discovery import Discovery
+    from appliance.proxy.server import ProxyServer
+    from tests.proxy.test_server_budget import LIMITS
+    from tests.proxy.test_session import ALLOW_ALL
+
+    steered = []
+    discovery = Discovery(DiscoveryConfig(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
+                          [BrokerAddress("127.0.0.1", 9092)])
+    server = ProxyServer(hosts=("127.0.0.1",), port=0, lookup=None, identity_of=lambda cgroup_id: None,
+                         credentials=UpstreamCredentials("PLAIN", "appliance", "pw"), policy=lambda: ALLOW_ALL,
+                         audit=[].append, max_frame_bytes=1 << 20, limits=LIMITS, max_request_bytes=1 << 20,
+                         max_sessions=10, max_sessions_per_workload=10, release_memory=lambda: None,
+                         upstream_tls=UpstreamTls.from_config(tls_config(pki)), discovery=discovery,
+                         steer=lambda steer, outside: steered.extend(steer))
+    assert asyncio.run(server.resolve_brokers((("localhost", 9093),), "s1", "orders")) is None
+    assert ("127.0.0.1", 9093) in steered
+    assert server.tls.connect_arguments(("127.0.0.1", 9093))["server_hostname"] == "localhost"
+    assert server.tls.connect_arguments(("127.0.0.1", 9092))["server_hostname"] == "127.0.0.1"
