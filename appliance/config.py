@@ -146,7 +146,8 @@ class EmbeddedTlsConfig:
     `port`: SASL_SSL with SCRAM and PLAIN, like the plaintext listeners. `mtls_port`: the same, and it
     demands a client certificate signed by the broker's CA (0: none). `cert_port`: SSL without SASL,
     demanding a client certificate, whose subject is the principal (0: none). `expired_port`: SASL_SSL
-    with a certificate that has already expired, to see the appliance refuse it (0: none). The CA, the
+    with a certificate that has already expired, to see the appliance refuse it (0: none). `named_port`:
+    SASL_SSL with a certificate that names the broker by DNS name only, as real clusters' do (0: none). The CA, the
     certificates and the appliance's client certificate are under `<data_dir>/tls/` (docs/tls.md).
     """
 
@@ -155,6 +156,7 @@ class EmbeddedTlsConfig:
     mtls_port: int = 19099
     cert_port: int = 19100
     expired_port: int = 0
+    named_port: int = 0  # SASL_SSL with a certificate carrying only the broker's DNS names (no IP SAN) (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,7 +654,8 @@ def _parse_embedded_broker(value: Any, where: str) -> EmbeddedBrokerConfig:
         extra["'oauth' port"] = broker.oauth.port
     if broker.tls is not None:
         extra.update({"'tls' port": broker.tls.port, "'tls' mtls_port": broker.tls.mtls_port,
-                      "'tls' cert_port": broker.tls.cert_port, "'tls' expired_port": broker.tls.expired_port})
+                      "'tls' cert_port": broker.tls.cert_port, "'tls' expired_port": broker.tls.expired_port,
+                      "'tls' named_port": broker.tls.named_port})
         if broker.host6:
             extra["'tls' port6"] = broker.tls.port6
     for name, port in extra.items():
@@ -679,7 +682,7 @@ def _parse_embedded_tls(value: Any, where: str) -> EmbeddedTlsConfig:
         if key not in _EMBEDDED_TLS_KEYS:
             raise ConfigError(f"{where}: key {key!r} is not a TLS listener setting; valid: "
                               f"{', '.join(_EMBEDDED_TLS_KEYS)}")
-        low = 0 if key in ("mtls_port", "cert_port", "expired_port") else 1
+        low = 0 if key in ("mtls_port", "cert_port", "expired_port", "named_port") else 1
         if not isinstance(item, int) or isinstance(item, bool) or not low <= item < 65536:
             raise ConfigError(f"{where}: key {key!r} must be a port from {low} to 65535"
                               f"{' (0: no such listener)' if low == 0 else ''}, got {item!r}")

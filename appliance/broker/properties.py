@@ -16,6 +16,8 @@ Listeners and why each exists:
     MTLS       host4:tls.mtls_port  SASL_SSL        as TLS, and demands a client certificate from the CA
     CERT       host4:tls.cert_port  SSL             no SASL: the client certificate (from the CA) is the principal
     EXPIRED    host4:tls.expired_port SASL_SSL      as TLS, with a certificate that has expired
+    NAMED      host4:tls.named_port SASL_SSL        as TLS, with a certificate that carries DNS names only
+                                                    (as real clusters' brokers have): reached by name
 
 The TLS listeners' certificates are PEM files under `<data_dir>/tls/`
 (certificates.py makes them, embedded.py writes them): Kafka reads PEM
@@ -176,6 +178,10 @@ class BrokerFiles:
         return self.tls_dir / "broker-expired.pem"
 
     @property
+    def named_keystore(self) -> Path:
+        return self.tls_dir / "broker-named.pem"
+
+    @property
     def client_cert(self) -> Path:
         """The appliance's client certificate for the MTLS listener (`upstream_tls.client_cert`)."""
         return self.tls_dir / "appliance-client.pem"
@@ -204,7 +210,7 @@ def oauth_address(config: EmbeddedBrokerConfig) -> BrokerAddress | None:
 
 
 def tls_listeners(config: EmbeddedBrokerConfig) -> dict[str, BrokerAddress]:
-    """The TLS listeners by name (TLS, TLS6, MTLS, CERT, EXPIRED), those configured; none without `tls`."""
+    """The TLS listeners by name (TLS, TLS6, MTLS, CERT, EXPIRED, NAMED), those configured; none without `tls`."""
     tls = config.tls
     if tls is None:
         return {}
@@ -217,6 +223,8 @@ def tls_listeners(config: EmbeddedBrokerConfig) -> dict[str, BrokerAddress]:
         listeners["CERT"] = BrokerAddress(config.host4, tls.cert_port)
     if tls.expired_port:
         listeners["EXPIRED"] = BrokerAddress(config.host4, tls.expired_port)
+    if tls.named_port:
+        listeners["NAMED"] = BrokerAddress(config.host4, tls.named_port)
     return listeners
 
 
@@ -362,7 +370,7 @@ def _protocol(name: str, tls: dict[str, BrokerAddress]) -> str:
 def _tls_listener_lines(prefix: str, name: str, files: BrokerFiles) -> list[str]:
     """One TLS listener's keystore (PEM: certificate chain and unencrypted PKCS#8 key in one file) and, for
     MTLS, the truststore its client certificates must chain to."""
-    keystore = files.expired_keystore if name == "EXPIRED" else files.server_keystore
+    keystore = {"EXPIRED": files.expired_keystore, "NAMED": files.named_keystore}.get(name, files.server_keystore)
     lines = [
         f"{prefix}.ssl.keystore.type=PEM",
         f"{prefix}.ssl.keystore.location={_escape(str(keystore))}",

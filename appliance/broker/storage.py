@@ -92,6 +92,8 @@ def ensure_tls_files(files: BrokerFiles, config: EmbeddedBrokerConfig, now: date
     expired = authority.issue("embedded broker (expired)", now, hosts=hosts, days=1,
                               not_before=now - datetime.timedelta(days=10))
     write_private(files.expired_keystore, expired.chain_pem.decode())
+    named = authority.issue("embedded broker (by name)", now, hosts=BROKER_DNS_NAMES)
+    write_private(files.named_keystore, named.chain_pem.decode())
     client = authority.issue(CLIENT_CERTIFICATE_CN, now, client=True)
     files.client_cert.write_bytes(client.cert_pem)
     write_private(files.client_key, client.key_pem.decode())

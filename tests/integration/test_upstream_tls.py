@@ -2,8 +2,9 @@
 
 A broker and an appliance of this module's own (not the session's): the embedded broker with its TLS
 listeners on 26097 (SASL_SSL), [::1]:26098 (SASL_SSL), 26099 (SASL_SSL demanding a client certificate),
-26102 (SSL: the client certificate is the principal, no SASL) and 26100 (SASL_SSL with an expired
-certificate), its plaintext listener on 26092 for the test's own
+26102 (SSL: the client certificate is the principal, no SASL), 26100 (SASL_SSL with an expired
+certificate) and 26103 (SASL_SSL with a certificate for its DNS names only, given to the appliance as
+`localhost:26103`), its plaintext listener on 26092 for the test's own
 topic set-up, data under /var/lib/appliance-test/upstream-tls-broker and cgroup
 appliance-test-tls-broker. The appliance (`appliance serve` on 26190, its own state, bpffs and cgroups)
 is restarted with four configurations:
@@ -52,6 +53,9 @@ BROKER_CGROUP = "appliance-test-tls-broker"
 PLAIN = "127.0.0.1:26092"
 TLS4, TLS6, MTLS, EXPIRED, CATCHER, CERT = ("127.0.0.1:26097", "[::1]:26098", "127.0.0.1:26099", "127.0.0.1:26100",
                                             "127.0.0.1:26101", "127.0.0.1:26102")
+# The listener whose certificate carries only DNS names (as a real cluster's brokers have), given to the appliance
+# by name; workloads reach it at the address the name resolves to, which is also what Metadata advertises.
+NAMED_BY_NAME, NAMED = "localhost:26103", "127.0.0.1:26103"
 IDENTITY = "tls-app"
 POLICY = """\
 version: 1
@@ -106,7 +110,7 @@ def tls_broker(prerequisites):
     config = EmbeddedBrokerConfig(port4=26092, port6=26093, controller_port=26094, data_dir=DATA,
                                   cgroup=BROKER_CGROUP, heap="384m",
                                   tls=EmbeddedTlsConfig(port=26097, port6=26098, mtls_port=26099, cert_port=26102,
-                                                        expired_port=26100))
+                                                        expired_port=26100, named_port=26103))
     broker = EmbeddedBroker(config)
     broker.stop()  # a broker left by an interrupted run
     broker.start()
@@ -144,7 +148,8 @@ class Appliances:
             tls["ca_file"] = str(self.other_ca)
         return {
             "state_dir": str(STATE), "run_dir": "/run/appliance-test-tls", "listen_port": 26190,
-            "brokers": [TLS4, TLS6, MTLS, EXPIRED, CATCHER, CERT], "bpffs_dir": "/sys/fs/bpf/appliance-test-tls",
+            "brokers": [TLS4, TLS6, MTLS, EXPIRED, CATCHER, CERT, NAMED_BY_NAME],
+            "bpffs_dir": "/sys/fs/bpf/appliance-test-tls",
             "proxy_cgroup": "appliance-test-tls-proxy", "exempt_cgroups": [BROKER_CGROUP],
             "upstream_credentials": None if name == "D" else str(files.appliance_credentials),
             "policy_file": str(STATE / "policy.yaml"),
@@ -322,6 +327,19 @@ def test_the_java_admin_client_is_answered_over_sasl_ssl(family_trips, appliance
     tls_sessions_of(appliances, cgs["java-admin"])
     traffic_until(appliances.config_path, cgs["java-admin"], lambda t: ADMIN_REQUESTS <= set(t),
                   "the admin's requests in the audit")
+
+
+def test_a_broker_given_by_dns_name_is_verified_against_that_name_not_its_address(appliances, workload, tls_broker):
+    """Real clusters certify brokers by name. The NAMED listener's certificate carries `localhost` and no IP:
+    given in `brokers` as localhost:26103, the proxy's handshake with 127.0.0.1:26103 (what the name resolves
+    to, and what the workload connects to) asks for and verifies `localhost`."""
+    app = appliances.use("A")
+    cg = workload(app)
+    topic = create_topic(tls_broker, f"tls-named-{int(time.time() * 1000)}")
+    round_trip(cg, NAMED, topic, 3)
+    sessions = [s for s in sessions_to(appliances.config_path, NAMED, cg) if s["close_reason"]]
+    assert sessions and all(s["close_reason"] == "client closed the connection" for s in sessions), sessions
+    assert "IP address mismatch" not in app.log.read_text()
 
 
 def test_an_expired_broker_certificate_closes_the_session_naming_broker_and_fault(appliances, workload, tls_broker):
