@@ -173,18 +173,24 @@ def test_a_client_that_does_not_trust_the_ca_fails_verification_and_the_refusal_
     run(main())
 
 
-def _tls_then(port: int, cafile: str, after: bytes) -> bytes:
-    """Handshake over a blocking socket through memory BIOs, then write `after` raw; what the proxy sent back."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+def _handshake(sock: socket.socket, context: ssl.SSLContext) -> tuple[ssl.SSLObject, ssl.MemoryBIO]:
+    """A client handshake over a connected blocking socket through memory BIOs; the TLS object and what it
+    still has to send (the handshake's last flight), for the caller to write raw, as it likes."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ssl.create_default_context(cafile=cafile).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
     while True:
         try:
             tls.do_handshake()
-            break
+            return tls, outgoing
         except ssl.SSLWantReadError:
             sock.sendall(outgoing.read())
             incoming.write(sock.recv(65536))
+
+
+def _tls_then(port: int, cafile: str, after: bytes) -> bytes:
+    """Handshake over a blocking socket through memory BIOs, then write `after` raw; what the proxy sent back."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    _, outgoing = _handshake(sock, ssl.create_default_context(cafile=cafile))
     sock.sendall(outgoing.read() + after)
     got = b""
     try:
@@ -254,23 +260,15 @@ def _key_update_flood(port: int, cafile: str, limit_bytes: int) -> tuple[int, so
     import ctypes
 
     libssl = ctypes.CDLL("libssl.so.3")
-    libssl.SSL_key_update.argtypes = libssl.SSL_do_handshake.argtypes = libssl.SSL_version.argtypes = [ctypes.c_void_p]
+    libssl.SSL_do_handshake.argtypes = libssl.SSL_version.argtypes = [ctypes.c_void_p]
     libssl.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # what the proxy writes backs up at once
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     context = ssl.create_default_context(cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
-    while True:
-        try:
-            tls.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            sock.sendall(outgoing.read())
-            incoming.write(sock.recv(65536))
+    tls, outgoing = _handshake(sock, context)
     sock.sendall(outgoing.read())
     ssl_ptr = ctypes.c_void_p.from_address(id(tls._sslobj) + 2 * ctypes.sizeof(ctypes.c_void_p) + 8).value
     assert libssl.SSL_version(ssl_ptr) == 0x0304, "not the SSL* of a TLS 1.3 connection"
