@@ -6,7 +6,9 @@ once and audited. Otherwise the shell connects to the original broker address
 (the appliance's own cgroup is exempt from steering, so this connect is never
 redirected) and feeds the session every byte and closure as events, carrying
 out the commands it returns. Flow control: when one side's socket buffer
-fills, reading from the other side pauses.
+fills, reading from the other side pauses; when the client's fills, reading
+the client pauses too, so what the proxy writes it unasked by the broker (its
+own refusals, a terminated TLS connection's KeyUpdate answers) stays bounded.
 
 Resource bounds (decided in `limits`, kept here): after every read the shell
 looks at what the session holds and pauses reading its client while that is
@@ -556,13 +558,23 @@ class _ClientProtocol(asyncio.Protocol):
                 self.conn.dispatch(ev.ClientClosed(f"client closed the connection{f': {exc}' if exc else ''}"))
             self.conn.close()
 
+    # A workload not reading what is written to it: the broker's answers stop being read, and so does the
+    # workload. What the proxy writes without the broker (its own answers to refused requests, and a
+    # terminated TLS connection's answers to KeyUpdate requests) would otherwise pile up unbounded in
+    # the transport's write buffer, written for a client that sends and never reads.
     def pause_writing(self) -> None:
-        if self.conn is not None and self.conn.upstream_reading is not None:
-            self.conn.upstream_reading.pause("client-busy")
+        conn = self.conn
+        if conn is not None:
+            conn.client_reading.pause("client-busy")
+            if conn.upstream_reading is not None:
+                conn.upstream_reading.pause("client-busy")
 
     def resume_writing(self) -> None:
-        if self.conn is not None and self.conn.upstream_reading is not None:
-            self.conn.upstream_reading.resume("client-busy")
+        conn = self.conn
+        if conn is not None:
+            conn.client_reading.resume("client-busy")
+            if conn.upstream_reading is not None:
+                conn.upstream_reading.resume("client-busy")
 
 
 class _Handshaking(asyncio.Protocol):

@@ -176,6 +176,7 @@ class Session:
         self.enforcer = enforcer
         self._enforcer_for = enforcer_for
         self.bytes_from_client = 0
+        self._first_bytes = b""  # the client's first four bytes, to tell a ClientHello from a frame
         self.bytes_to_client = 0
         self.requests = 0
         self.closed = False
@@ -254,9 +255,13 @@ class Session:
         try:
             match event:
                 case ev.ClientData(data):
-                    first = self.bytes_from_client == 0
+                    # The first four bytes decide, however many reads bring them: a ClientHello written in
+                    # pieces is TLS too (fewer than four bytes are never a frame, so nothing went on yet).
+                    opening = self.bytes_from_client < 4
                     self.bytes_from_client += len(data)
-                    if first and _starts_tls_handshake(data, self._client_frames.max_frame_bytes):
+                    if opening:
+                        self._first_bytes = (self._first_bytes + data)[:4]
+                    if opening and _starts_tls_handshake(self._first_bytes, self._client_frames.max_frame_bytes):
                         self._refuse_tls(now, out)
                     else:
                         self._on_client(data, now, out)

@@ -173,18 +173,24 @@ def test_a_client_that_does_not_trust_the_ca_fails_verification_and_the_refusal_
     run(main())
 
 
-def _tls_then(port: int, cafile: str, after: bytes) -> bytes:
-    """Handshake over a blocking socket through memory BIOs, then write `after` raw; what the proxy sent back."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+def _handshake(sock: socket.socket, context: ssl.SSLContext) -> tuple[ssl.SSLObject, ssl.MemoryBIO]:
+    """A client handshake over a connected blocking socket through memory BIOs; the TLS object and what it
+    still has to send (the handshake's last flight), for the caller to write raw, as it likes."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ssl.create_default_context(cafile=cafile).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
     while True:
         try:
             tls.do_handshake()
-            break
+            return tls, outgoing
         except ssl.SSLWantReadError:
             sock.sendall(outgoing.read())
             incoming.write(sock.recv(65536))
+
+
+def _tls_then(port: int, cafile: str, after: bytes) -> bytes:
+    """Handshake over a blocking socket through memory BIOs, then write `after` raw; what the proxy sent back."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    _, outgoing = _handshake(sock, ssl.create_default_context(cafile=cafile))
     sock.sendall(outgoing.read() + after)
     got = b""
     try:
@@ -241,4 +247,60 @@ def test_a_refuse_enrolment_keeps_the_plaintext_path_and_refuses_tls_as_before(t
             reason = (await h.closed())[0]
             assert reason.startswith("workload started a TLS handshake") and "--workload-tls terminate" in reason
             assert not [r for r in h.audited if isinstance(r, Event) and r.kind == "workload-tls"]
+    run(main())
+
+
+def _key_update_flood(port: int, cafile: str, limit_bytes: int) -> tuple[int, socket.socket]:
+    """A TLS 1.3 client that asks for a KeyUpdate over and over (each obliges the server to answer with its
+    own) and never reads; how many bytes it got written before its writes stalled (or `limit_bytes`), and
+    its socket, still open.
+
+    Python's ssl has no KeyUpdate call: the client's SSL* is taken from the SSLObject (CPython keeps it right
+    after the socket weakref) and driven through libssl, checked to be a TLS 1.3 connection first."""
+    import ctypes
+
+    libssl = ctypes.CDLL("libssl.so.3")
+    libssl.SSL_do_handshake.argtypes = libssl.SSL_version.argtypes = [ctypes.c_void_p]
+    libssl.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # what the proxy writes backs up at once
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    tls, outgoing = _handshake(sock, context)
+    sock.sendall(outgoing.read())
+    ssl_ptr = ctypes.c_void_p.from_address(id(tls._sslobj) + 2 * ctypes.sizeof(ctypes.c_void_p) + 8).value
+    assert libssl.SSL_version(ssl_ptr) == 0x0304, "not the SSL* of a TLS 1.3 connection"
+    sock.settimeout(1.0)
+    sent = 0
+    try:
+        while sent < limit_bytes:
+            for _ in range(200):
+                assert libssl.SSL_key_update(ssl_ptr, 1) == 1  # SSL_KEY_UPDATE_REQUESTED
+                libssl.SSL_do_handshake(ssl_ptr)
+            batch = outgoing.read()
+            sock.sendall(batch)
+            sent += len(batch)
+    except TimeoutError:  # the proxy stopped reading
+        pass
+    return sent, sock
+
+
+def test_a_client_flooding_key_update_requests_without_reading_is_stopped_being_read_not_buffered(tmp_path):
+    """Each KeyUpdate(update_requested) makes the proxy's TLS write one back, without the session seeing a
+    byte: a client that sends them and never reads grew the proxy's write buffer to it without bound (23 MB
+    for 27 MB sent), outside every session budget. Reading it now stops while it does not read."""
+    async def main():
+        async with Harness(tmp_path) as h:
+            loop = asyncio.get_running_loop()
+            for listening in h.proxy.listening_sockets():  # accepted sockets inherit it: little kernel buffering
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sent, sock = await loop.run_in_executor(None, _key_update_flood, h.port, str(h.files.cert), 8 << 20)
+            await asyncio.sleep(0.5)  # whatever the proxy still reads of it
+            (conn,) = h.proxy.live.values()
+            held = conn.client.get_write_buffer_size()
+            sock.close()
+            assert held < 2 << 20, f"{held} bytes held for the client after it sent {sent}"
+            assert "client-busy" in conn.client_reading.reasons
     run(main())

@@ -376,6 +376,24 @@ def test_a_workload_speaking_tls_gets_a_tls_failure_at_once_and_an_audited_reaso
         client.do_handshake()
 
 
+@pytest.mark.parametrize("first", [1, 2, 3])
+@pytest.mark.parametrize("when", ["before upstream authentication", "after it"])
+def test_a_client_hello_arriving_in_pieces_is_refused_as_tls_not_as_a_malformed_frame(when, first):
+    """A ClientHello whose first read is shorter than a size prefix (a client writing it byte by byte, or a
+    segment split by the network) was read as a 369 MB Kafka frame: an unexplained close, no alert."""
+    s = authenticated_session() if when == "after it" else new_session(PLAIN, "s1")
+    hello, client, incoming = client_hello()
+    out = s.handle(ev.ClientData(hello[:first]), 0)
+    assert not of(out, CloseConnection) and not of(out, SendToUpstream)
+    out += s.handle(ev.ClientData(hello[first:first + 1]), 0) + s.handle(ev.ClientData(hello[first + 1:]), 0)
+    assert not of(out, SendToUpstream)
+    closed = of(out, Audit)[-1].record
+    assert isinstance(closed, SessionClosed) and closed.close_reason.startswith("workload started a TLS handshake")
+    incoming.write(b"".join(c.data for c in of(out, SendToClient)))
+    with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+        client.do_handshake()
+
+
 def test_the_refusal_names_termination_as_the_other_way_and_a_terminated_sessions_tls_fault_is_a_warned_close():
     from appliance.proxy.commands import Log
 
