@@ -319,29 +319,3 @@ def test_an_unenrolled_client_in_the_container_is_refused_audited_and_produces_n
     assert [s for s in audit(config_path, "sessions") if s["cgroup_id"] == attacker.cgroup.id] == []
     end = json.loads(direct.run([PY, "-c", END_OFFSET, BROKER_NETNS, sasl_args[1], TOPICS["attacked"]]).stdout)
     assert end == {"end": 0}, f"the unenrolled client's records reached the broker: {end}"
-
-
-# An unprivileged process makes a network namespace of its own (a user namespace owns it) and brings its
-# loopback up: no capability on the host is needed.
-OWN_NETNS = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-             "unshare", "--user", "--map-root-user", "--net", "sh", "-c", "ip link set lo up && exec sleep 120"]
-
-
-@pytest.mark.xfail(strict=True, reason="finding (attack 11): any enrolled workload takes every namespace slot "
-                   "(APPLIANCE_MAX_NETNS 32) with namespaces of its own; no per-enrolment bound")
-def test_a_workload_making_namespaces_of_its_own_does_not_take_the_containers_slot(appliance, config_path,
-                                                                                    container, enroll):
-    eventually(lambda: broker_up(appliance), message="remote broker seen as reachable")
-    hoarder = enroll("ns-hoarder")
-    for _ in range(34):
-        hoarder.popen(OWN_NETNS)
-    eventually(lambda: len((appliance.status() or {}).get("netns_listeners", [])) >= 32 or
-               [e for e in audit(config_path, "events", "--kind", "error") if "stay refused" in e["message"]],
-               timeout=20, message="the hoarder's namespaces seen")
-    workload = enroll("container-after-hoarder")
-    workload.popen(container.argv("sleep", "60"))
-    deadline = time.monotonic() + 10
-    while not listening_in(appliance, container) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    refused = [e["message"] for e in audit(config_path, "events", "--kind", "error") if container.netns in e["message"]]
-    assert listening_in(appliance, container), refused
