@@ -47,7 +47,7 @@ from appliance.proxy.workload_tls import CaFiles, WorkloadCaError, WorkloadTls, 
 from appliance.policy.model import Policy
 from appliance.policy.parser import PolicyError, load_policy
 from appliance.proxy.audit_gate import AUDIT_FAILING_ERROR
-from appliance.proxy.discovery import Discovery, expiry_interval_s, forgotten_events, parse_snapshot
+from appliance.proxy.discovery import Discovery, describe, expiry_interval_s, forgotten_events, parse_snapshot
 from appliance.proxy.limits import Limits
 from appliance.proxy.original_dst import kernel_lookup
 from appliance.proxy.server import ProxyServer
@@ -167,7 +167,7 @@ class Appliance:
             # Listen before steering anything; the kernel hands steered
             # connections to these sockets alone, once admitted below.
             def make_server(port: int) -> ProxyServer:
-                server = ProxyServer(
+                return ProxyServer(
                     hosts=(config.listen_host4, config.listen_host6), port=port,
                     lookup=kernel_lookup(self.steering, max_age_s=config.handoff_max_age_ms / 1000),
                     identity_of=self.by_cgroup_id.get, credentials=upstream, policy=lambda: self.policy,
@@ -176,9 +176,6 @@ class Appliance:
                     workloads=self.workloads, upstream_tls=tls, discovery=self.discovery,
                     steer=self._steer_discovered, workload_tls=workload_tls, **self._bounds(),
                 )
-                for name, addresses in self.names.addresses.items():  # resolved at start: certified by name
-                    server.tls.named([(a, name.port) for a in addresses], name.name)
-                return server
 
             self.server = make_server(config.listen_port)
             try:
@@ -616,7 +613,7 @@ class Appliance:
                         self.steering.set_broker_state(*endpoint, BrokerState.UP)
                     self.discovery.add_configured(endpoint)
                 self.probe.add(endpoint)
-                where = f"[{endpoint[0]}]:{endpoint[1]}" if ":" in endpoint[0] else f"{endpoint[0]}:{endpoint[1]}"
+                where = describe(endpoint)
                 message = f"broker {name} resolves to {where}{' at start' if start else ''}; connects to it are steered"
                 log.info("%s", message)
                 self._event("broker-resolved", message, detail={"broker": str(name), "address": where})
@@ -750,13 +747,13 @@ class Appliance:
             "brokers": [str(b) for b in self.config.brokers],
             "broker_names": self.names.status(),
             "discovered_brokers": ([] if self.discovery is None else
-                                   [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sorted(self.discovery.discovered)]),
+                                   [describe(e) for e in sorted(self.discovery.discovered)]),
             "outside_brokers": ([] if self.discovery is None else
-                                [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sorted(self.discovery.outside)]),
+                                [describe(e) for e in sorted(self.discovery.outside)]),
             "forgotten_brokers": 0 if self.discovery is None else self.discovery.forgotten,
             "steering": self.steering.status(),
             "kernel_health": self.steering.health(),
-            "broker_states": {(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"): s.name.lower() for (h, p), s in states.items()},
+            "broker_states": {describe(e): s.name.lower() for e, s in states.items()},
             "workloads": [
                 {"identity": r.identity, "groups": ",".join(r.groups), "cgroup_path": r.cgroup_path, "cgroup_id": cid,
                  **_counts(counters, cid)}
