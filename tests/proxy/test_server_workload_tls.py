@@ -83,6 +83,14 @@ class Harness:
             await asyncio.sleep(0.02)
         raise AssertionError(f"no session close audited: {self.audited}")
 
+    async def forwarded(self, count: int) -> bytes:
+        """What the stand-in broker has received, once it is at least `count` bytes (or after 4 s)."""
+        for _ in range(200):
+            if len(self.received) >= count:
+                break
+            await asyncio.sleep(0.02)
+        return bytes(self.received)
+
 
 @pytest.fixture(params=["asyncio", "uvloop"], autouse=True)
 def loop_kind(request):
@@ -114,11 +122,7 @@ def test_a_trusting_client_handshakes_and_its_kafka_reaches_the_broker_and_the_t
             request = metadata()
             writer.write(request)
             await writer.drain()
-            for _ in range(200):
-                if len(h.received) >= 6:
-                    break
-                await asyncio.sleep(0.02)
-            assert bytes(h.received[4:6]) == b"\x00\x03"  # a Metadata request, in plaintext to the broker
+            assert (await h.forwarded(6))[4:6] == b"\x00\x03"  # a Metadata request, in plaintext to the broker
             (tls,) = [r for r in h.audited if isinstance(r, Event) and r.kind == "workload-tls"]
             detail = json.loads(tls.detail)
             assert detail["version"] in ("TLSv1.2", "TLSv1.3") and detail["cipher"]
@@ -230,11 +234,7 @@ def test_garbage_after_the_handshake_and_a_huge_handshake_record_close_that_sess
             request = metadata()
             writer.write(request)
             await writer.drain()
-            for _ in range(200):
-                if len(h.received) >= 6:
-                    break
-                await asyncio.sleep(0.02)
-            assert len(h.received) >= 6
+            assert len(await h.forwarded(6)) >= 6
             writer.close()
     run(main())
 
