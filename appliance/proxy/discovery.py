@@ -294,6 +294,11 @@ class Discovery:
         self._named_at.update(dict.fromkeys(endpoints, now))
         return learned
 
+    def resolved_to(self, name: Endpoint) -> tuple[Endpoint, ...]:
+        """The endpoints (canonical IP literal, port) the host name `name` last resolved to, if it is known."""
+        entry = self._names.get(name)
+        return () if entry is None else entry[1]
+
     def used(self, host: str, port: int, now: float) -> None:
         """A session was opened to this endpoint, or the kernel refused a connect to it: something on the host
         still holds it, so it is not forgotten for forget_after_s from now. Not per request: once per session

@@ -79,7 +79,7 @@ from appliance.policy.model import Policy, Principal
 from appliance.proxy import events as ev
 from appliance.proxy.commands import (Audit, CloseConnection, Log, RefreshUpstreamToken, SendToClient,
                                       SendToUpstream, SteerBrokers, VerifyToken)
-from appliance.proxy.discovery import Discovery, audit_events, describe, parse_endpoint
+from appliance.proxy.discovery import Discovery, audit_events, describe
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy.audit_gate import AuditGate
 from appliance.proxy.limits import Clock, Limits, deadline_passed, may_read_client
@@ -600,11 +600,6 @@ class _Handshaking(asyncio.Protocol):
             protocol.data_received(chunk)
         if self.lost is not None:
             protocol.connection_lost(self.lost[0])
-
-
-def _endpoints_of(addresses, port: int) -> list[tuple[str, int]]:
-    """Resolved addresses as the kernel reports a connect's destination (canonical IP literals)."""
-    return [value for kind, value in (parse_endpoint(a, port) for a in addresses) if kind == "ip"]
 
 
 def _broker_of(origin: OriginalDestination) -> BrokerAddress:
@@ -1130,11 +1125,10 @@ class ProxyServer:
                 return (f"broker {describe(name)} named in the broker's answer does not resolve: {e.strerror or e}; "
                         "the answer was not delivered")
             now = time.time()
-            addresses = [info[4][0] for info in infos]
-            learned = self.discovery.resolved(name, addresses, now)
+            learned = self.discovery.resolved(name, [info[4][0] for info in infos], now)
             if learned.fault is not None:
                 return learned.fault
-            self.tls.named(_endpoints_of(addresses, port), host)  # its certificate carries the name, not the IPs
+            self.tls.named(self.discovery.resolved_to(name), host)  # its certificate carries the name, not the IPs
             for level, event in audit_events(learned, f"answer naming {describe(name)}", now,
                                              self.discovery.config.refuse_outside, session_id=session_id,
                                              identity=identity):
