@@ -282,6 +282,9 @@ class Config:
     buffer_budget_bytes: int = 128 * 1024 * 1024
     max_sessions: int = 1024
     max_sessions_per_workload: int = 512
+    # An enrolled process can make network namespaces of its own with no capability (a user
+    # namespace owns them); the kernel programs have APPLIANCE_MAX_NETNS (32) slots in all.
+    max_netns_per_workload: int = 4
     connect_timeout_s: float = 10.0
     sasl_timeout_s: float = 10.0
     idle_timeout_s: float = 600.0
@@ -353,7 +356,8 @@ _INT_KEYS = {"listen_port": (1, 65535), "max_frame_bytes": (1024, 1 << 31), "aud
 # Resource bounds (kept apart from the table above, which other settings extend).
 _BOUND_INT_KEYS = {"max_request_bytes": (1024, 100 << 20), "session_buffer_bytes": (64 << 10, 1 << 32),
                    "buffer_budget_bytes": (1 << 20, 1 << 40), "max_sessions": (1, 65536),
-                   "max_sessions_per_workload": (1, 65536), "audit_queue_max": (1000, 10_000_000)}
+                   "max_sessions_per_workload": (1, 65536), "max_netns_per_workload": (1, 32),
+                   "audit_queue_max": (1000, 10_000_000)}
 _SECONDS_KEYS = {"connect_timeout_s": (0.1, 600), "sasl_timeout_s": (0.1, 600), "idle_timeout_s": (1, 86400),
                  "request_timeout_s": (1, 86400), "frame_timeout_s": (1, 3600),
                  "broker_resolve_interval_s": (1, 86400)}

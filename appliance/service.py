@@ -211,7 +211,8 @@ class Appliance:
             # Ready: only now does the kernel hand steered connections to the
             # listeners; until here (and during a restart) they are refused.
             self.steering.admit(self.server.listening_sockets())
-            self.namespaces = WorkloadNamespaces(self.server, self.steering, self._event)
+            self.namespaces = WorkloadNamespaces(self.server, self.steering, self._event,
+                                                 per_workload=config.max_netns_per_workload)
             await self.namespaces.step(self.enrolled_dirs.values(), time.monotonic())
             self._event("start", f"appliance serving on port {config.listen_port}, steering "
                         f"{', '.join(map(str, config.brokers))}", detail={"config": config.source,
@@ -773,6 +774,7 @@ class Appliance:
                       "audit_failure": self.config.audit_failure},
             "limits": self.server.limits_status(),
             "netns_listeners": self.namespaces.status() if self.namespaces is not None else [],
+            "netns_beyond_limit": self.namespaces.beyond_status() if self.namespaces is not None else {},
         }
         tmp = self.config.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(snapshot, indent=2, default=str))

@@ -165,7 +165,7 @@ EVENT_KINDS += ("revoke",)
 # The appliance's own broker connections renewing their SASL session (KIP-368, docs/identity.md).
 EVENT_KINDS += ("upstream-reauth",)
 # The proxy's listeners in workloads' network namespaces (docs/audit.md).
-EVENT_KINDS += ("netns-listen", "netns-close")
+EVENT_KINDS += ("netns-listen", "netns-close", "netns-limit")
 # A cgroup an enrolment pattern matches but that gets no identity (appliance.identity.containers).
 EVENT_KINDS += ("enroll-skipped",)
 # Brokers learned from the cluster's own answers, steered or refused (docs/operations.md, Clusters).

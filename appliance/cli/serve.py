@@ -102,6 +102,9 @@ def status(ctx, as_json: bool) -> None:
         if inside:
             click.echo("also listening in workload network namespaces: " + ", ".join(
                 f"{n['netns']} (cookie {n['netns_cookie']}, slot {n['slot']})" for n in inside))
+        for path, count in (snapshot.get("netns_beyond_limit") or {}).items():
+            click.echo(f"  not listening in {count} more network namespace(s) of {path}: beyond its "
+                       "max_netns_per_workload, so its connects from those are refused")
         click.echo(f"steered brokers: {', '.join(snapshot['brokers'])}")
         for name, addresses in (snapshot.get("broker_names") or {}).items():
             click.echo(f"  {name} resolves to {', '.join(addresses) or 'nothing (yet)'}")

@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Collection, Iterable, Iterator
 
 log = logging.getLogger("appliance.netns")
 CLONE_NEWNET = 0x40000000
@@ -56,10 +56,12 @@ def inode_of(pid: int) -> int | None:
         return None
 
 
-def pids_below(directories: Iterable[Path]) -> Iterator[int]:
-    """Every process in each cgroup directory and its descendants (cgroup.procs)."""
+def pids_below(directories: Iterable[Path], *, skip: Collection[Path] = ()) -> Iterator[int]:
+    """Every process in each cgroup directory and its descendants (cgroup.procs), but those in `skip` and below."""
     for top in directories:
-        for dirpath, _, files in os.walk(top):
+        for dirpath, subdirs, files in os.walk(top):
+            if skip:
+                subdirs[:] = [d for d in subdirs if Path(dirpath, d) not in skip]
             if "cgroup.procs" not in files:
                 continue
             try:

@@ -217,6 +217,89 @@ def test_with_the_appliance_down_nothing_in_the_container_reaches_the_broker_or_
         appliance.start()
 
 
+# --- a workload making namespaces of its own --------------------------------------------------------------
+
+# Any uid makes a network namespace of its own (a user namespace owns it) and brings its loopback up: no
+# capability on the host is needed. `unshare` execs the shell and the shell execs sleep, so the process the
+# test started is the one in the namespace.
+OWN_NETNS = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+             "unshare", "--user", "--map-root-user", "--net", "sh", "-c", "ip link set lo up && exec sleep 120"]
+HOARDED = 34  # beyond the kernel programs' 32 slots
+LIMIT = 4  # max_netns_per_workload's default
+LATER = "appliance-test-later"
+
+
+@pytest.fixture
+def later_netns():
+    """A namespace of a container started after the hoarder: loopback up, no route anywhere."""
+    subprocess.run(["ip", "netns", "add", LATER], check=True)
+    subprocess.run(["ip", "-n", LATER, "link", "set", "lo", "up"], check=True)
+    yield Container(LATER, Path(f"/run/netns/{LATER}").stat().st_ino)
+    subprocess.run(["ip", "netns", "del", LATER], check=False)
+
+
+def test_a_workload_making_namespaces_of_its_own_keeps_to_its_bound_and_a_later_container_is_listened_in(
+        appliance, config_path, remote_broker, enroll, later_netns):
+    eventually(lambda: broker_up(appliance), message="remote broker seen as reachable")
+    host_netns = Path("/proc/self/ns/net").stat().st_ino
+    hoarder = enroll("ns-hoarder")
+    procs = [hoarder.popen(OWN_NETNS) for _ in range(HOARDED)]
+
+    def namespaces() -> dict[int, int]:  # pid -> its namespace, once every one is in its own
+        inodes = {p.pid: Path(f"/proc/{p.pid}/ns/net").stat().st_ino for p in procs if p.poll() is None}
+        return inodes if len(set(inodes.values()) - {host_netns}) == HOARDED else {}
+
+    hoarded = eventually(namespaces, timeout=20, message=f"{HOARDED} namespaces of the hoarder's own")
+
+    def hoarders_listeners(status: dict | None = None) -> list[dict]:
+        status = status or appliance.status() or {}
+        return [n for n in status.get("netns_listeners", []) if n["cgroup_path"] == hoarder.cgroup.path]
+
+    def settled() -> bool:  # every namespace seen: LIMIT listened in, the rest counted beyond the bound
+        status = appliance.status() or {}
+        beyond = status.get("netns_beyond_limit", {}).get(hoarder.cgroup.path)
+        return beyond == HOARDED - LIMIT and len(hoarders_listeners(status)) == LIMIT
+
+    eventually(settled, timeout=20, message="the hoarder held to its bound")
+    listened = {int(n["netns"][5:-1]) for n in hoarders_listeners()}
+    assert listened <= set(hoarded.values())
+    limits = [e for e in audit(config_path, "events", "--kind", "netns-limit")
+              if json.loads(e["detail"])["cgroup_path"] == hoarder.cgroup.path]
+    assert limits and len(limits) <= 6, limits  # a handful of events, not one a namespace
+    detail = json.loads(limits[-1]["detail"])
+    assert detail["limit"] == LIMIT and detail["beyond"] <= HOARDED - LIMIT
+    assert f"beyond its max_netns_per_workload ({LIMIT})" in limits[-1]["message"]
+    assert "more network namespace(s) of " + hoarder.cgroup.path in cli(config_path, "status").stdout
+
+    # The hoarder's connect from a namespace beyond its bound is refused in the kernel, and audited.
+    outside_pid = next(pid for pid, inode in hoarded.items() if inode not in listened)
+    refused = hoarder.run(["nsenter", f"--net=/proc/{outside_pid}/ns/net", PY, str(CLIENTS / "raw.py"), "connect",
+                           NETNS_PEER, "39092"])
+    refused = json.loads(refused.stdout.strip().splitlines()[-1])
+    assert refused["error"] == "ECONNREFUSED", refused
+    eventually(lambda: [e for e in audit(config_path, "events", "--kind", "refused-connect")
+                        if e["pid"] == refused["pid"] and json.loads(e["detail"])["reason"] == "foreign_netns"],
+               message="the hoarder's refusal audited")
+    assert len(hoarders_listeners(appliance.fresh_status())) == LIMIT  # the refusal opened none beyond the bound
+
+    # A container enrolled after the hoarder gets its listener, and its workload a session through the proxy.
+    workload = enroll("container-after-hoarder")
+    workload.popen(later_netns.argv("sleep", "60"))
+    eventually(lambda: listening_in(appliance, later_netns), timeout=10, message="listening in the later container")
+    asked = later_netns.client(workload, "raw.py", "ask", NETNS_PEER, "39092")
+    assert asked["errno"] == 0 and asked["reply_bytes"] > 0, asked
+    eventually(lambda: [s for s in audit(config_path, "sessions", "--identity", "container-after-hoarder")
+                        if s["netns"] == later_netns.netns], message="the later container's session")
+
+    # When the hoarder leaves a namespace the proxy listens in, one of the others takes its place.
+    (gone,) = [p for p in procs if hoarded[p.pid] == min(listened)]
+    gone.kill()
+    gone.wait()
+    eventually(lambda: len(hoarders_listeners()) == LIMIT and min(listened) not in
+               {int(n["netns"][5:-1]) for n in hoarders_listeners()}, timeout=10,
+               message="a namespace beyond the bound listened in once there was room")
+
+
 # --- every client family from inside the container ------------------------------------------------------
 
 FAMILY_IDENTITY = "container-family"
