@@ -334,6 +334,11 @@ class Config:
         return self.state_dir / "enrollments.json"
 
     @property
+    def approvals_db(self) -> Path:
+        """Approval requests and grants (docs/approvals.md), shared by `serve` and `appliance approvals`; root-only."""
+        return self.state_dir / "approvals.db"
+
+    @property
     def masking_secret(self) -> Path:
         """The key of masking's `hash` action (HMAC-SHA256); created on first start, root-only."""
         return self.state_dir / "masking-secret"

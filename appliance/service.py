@@ -57,6 +57,8 @@ from appliance.steering.names import BrokerNames
 from appliance.steering.probe import BrokerProbe
 from appliance.steering.structs import RefusalReason
 from appliance.workload_netns import WorkloadNamespaces
+from appliance.approvals.desk import Desk
+from appliance.approvals.store import ApprovalStore
 
 log = logging.getLogger("appliance")
 # How long start-up waits for the first upstream OAuth token before serving anyway: sessions
@@ -94,6 +96,7 @@ class Appliance:
         self.by_cgroup_id: dict[int, Enrollment] = {}
         self.enrolled_dirs: dict[int, Path] = {}  # cgroup id -> its directory, where its processes are listed
         self.namespaces: WorkloadNamespaces | None = None
+        self.desk: Desk | None = None
         self.exempt: dict[int, str] = {}
         self._store_stamp: float | None = None
         self._last_full_sync = 0.0
@@ -174,9 +177,10 @@ class Appliance:
                     audit=self.writer.submit, max_frame_bytes=config.max_frame_bytes,
                     upstream_pool=config.upstream_pool, upstream_failed=self.probe.failed,
                     workloads=self.workloads, upstream_tls=tls, discovery=self.discovery,
-                    steer=self._steer_discovered, workload_tls=workload_tls, **self._bounds(),
+                    steer=self._steer_discovered, workload_tls=workload_tls, desk=self.desk, **self._bounds(),
                 )
 
+            self.desk = Desk(ApprovalStore(config.approvals_db), lambda: self.policy, self._event)
             self.server = make_server(config.listen_port)
             try:
                 await self.server.start()
@@ -271,6 +275,7 @@ class Appliance:
                 self.reload_revocations_if_changed()
                 self.reload_policy_if_changed()
                 self._drain_refusals()
+                self.desk.step()
                 await self.namespaces.step(self.enrolled_dirs.values(), time.monotonic())
                 self._watch_audit()
                 if expiry_every is not None and time.monotonic() - last_expiry >= expiry_every:
@@ -774,6 +779,7 @@ class Appliance:
                       "audit_failure": self.config.audit_failure},
             "limits": self.server.limits_status(),
             "netns_listeners": self.namespaces.status() if self.namespaces is not None else [],
+            "approvals_holding": self.desk.holding if self.desk is not None else 0,
             "netns_beyond_limit": self.namespaces.beyond_status() if self.namespaces is not None else {},
         }
         tmp = self.config.status_file.with_suffix(".tmp")

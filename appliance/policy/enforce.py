@@ -17,6 +17,7 @@ and never forwarded. A filter's `Close` is raised as `FilterClosed`, a
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,9 @@ from appliance.policy.filters.results import Answer, Check, Close, Forward, Rewr
 from appliance.policy.filters.table import Merge, TableFilter
 from appliance.policy.model import Policy, Principal, ResourceType
 from appliance.policy.permissions import permission_for
+
+if typing.TYPE_CHECKING:
+    from appliance.approvals.gate import Gate
 
 __all__ = ["Check", "Enforcer", "FilterClosed", "Merge", "Verdict"]
 
@@ -50,6 +54,10 @@ class Verdict:
     then: Then | None = None  # what must be done to the broker's response
     masked: int = 0  # values masked in the request (Produce)
     facts: codec.RequestFacts | None = None  # what the audit records, when known without a decode
+    # What `effect: approve` rules need a person to approve before the request may go on (outcome "held"):
+    # nothing is forwarded or answered now; the session holds it and decides it again once they are decided.
+    held: tuple = ()
+    granted: tuple = ()  # the approvals' grants it went on under (approvals.model.Grant)
 
     @property
     def merge(self) -> Merge | None:
@@ -67,21 +75,37 @@ class Enforcer:
     """Decides requests for one principal, on one connection, against whatever `policy()` returns now."""
 
     def __init__(self, principal: Principal, policy: typing.Callable[[], Policy], *,
-                 topic_ids: TopicIds | None = None, max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
+                 topic_ids: TopicIds | None = None, max_batch_bytes: int = MAX_BATCH_BYTES,
+                 gate: Gate | None = None) -> None:
         self.principal = principal
         self.policy = policy
-        ctx = Context(principal, policy, max_batch_bytes=max_batch_bytes)
+        self.gate = gate
+        ctx = Context(principal, policy, max_batch_bytes=max_batch_bytes, gate=gate)
         if topic_ids is not None:
             ctx.topic_ids = topic_ids
         self._filters = filters.build(ctx)
         self._produce = self._filters[apis.PRODUCE]
         self._table = TableFilter(ctx)
 
-    def check(self, frame: bytes, header: codec.RequestHeader) -> Verdict:
-        if header.api_key == apis.PRODUCE:  # the hot path: a shape already decided, no decode, no dispatch
+    def check(self, frame: bytes, header: codec.RequestHeader, *, refusal: str | None = None) -> Verdict:
+        """Decide one request. `refusal`: the request was held for approval and is decided again now; what
+        is still not granted is refused with this reason instead of held again."""
+        if header.api_key == apis.PRODUCE and refusal is None:  # the hot path: a shape decided, no decode
             known = self._produce.by_shape(frame, header, self.policy())
             if known is not None:
                 return Verdict("allowed", known[0], None, frame, None, None, 0, known[1])
+        gate = self.gate
+        if gate is None:
+            return self._check(frame, header)
+        gate.begin(refusal)
+        verdict = self._check(frame, header)
+        if gate.needed:
+            return Verdict("held", verdict.checks, verdict.request, None, held=tuple(dict.fromkeys(gate.needed)))
+        if gate.used:
+            return dataclasses.replace(verdict, granted=tuple(dict.fromkeys(gate.used)))
+        return verdict
+
+    def _check(self, frame: bytes, header: codec.RequestHeader) -> Verdict:
         permission = permission_for(header.api_key, header.api_version)
         if permission is None:
             return self._unmapped(header)

@@ -13,8 +13,12 @@ The order of evaluation, also described in docs/policy.md:
    deny (`immutable-topics`), whatever the rules say;
 2. a matching rule with `effect: deny`: deny, like a Kafka DENY ACL, wherever
    it sits in the file;
-3. the first matching allow rule, in file order: allow;
-4. otherwise deny (`default-deny`).
+3. the first matching rule with `effect: approve`, in file order: a person must
+   approve (docs/approvals.md); the decision names the rule and carries its
+   `Approval`, and the approvals gate of the connection (`approvals.gate`)
+   turns it into an allow under a grant, or holds the request;
+4. the first matching allow rule, in file order: allow;
+5. otherwise deny (`default-deny`).
 """
 
 from __future__ import annotations
@@ -64,6 +68,35 @@ class ResourceType(StrEnum):
 class Effect(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
+    APPROVE = "approve"  # allowed once a person approves (docs/approvals.md)
+
+
+class GrantScope(StrEnum):
+    """What an approval grants: the resources the request named, or everything the rule's patterns match."""
+
+    REQUESTED = "requested"
+    RULE = "rule"
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """What an `effect: approve` rule asks for (docs/approvals.md).
+
+    The requester never approves its own request; an approver is a person in
+    one of `approver_groups` (the console) or the local root operator (the
+    CLI), and `approvals` distinct approvers are needed. The request is held
+    `hold_s` seconds, below the clients' 30 s request timeout; undecided then,
+    it is answered with how to approve it and stays pending `pending_s`
+    seconds. An approval makes a grant for `grant_ttl_s` seconds.
+    """
+
+    approver_groups: tuple[str, ...]
+    approvals: int = 1
+    hold_s: float = 20.0
+    pending_s: float = 3600.0
+    grant_ttl_s: float = 3600.0
+    grant_scope: GrantScope = GrantScope.REQUESTED
+    webhook: str | None = None
 
 
 # What immutable topics refuse to everyone.
@@ -202,6 +235,7 @@ class Decision:
     allowed: bool
     rule: str
     reason: str
+    approval: "Rule | None" = None  # the `effect: approve` rule that decided: a person must approve
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +258,11 @@ class Rule:
     transactional_ids: tuple[Pattern, ...] = ()
     cluster: bool = False
     line: int = field(default=0, compare=False)  # where the rule starts in its file; 0 when built in code
+    approval: Approval | None = None  # with effect approve: who approves, the hold, the grant
 
     def __post_init__(self) -> None:
+        if (self.effect == Effect.APPROVE) != (self.approval is not None):
+            raise ValueError(f"rule {self.name!r}: effect approve and an approval go together")
         # Names given in code (a set of strings) are patterns too; the parser gives patterns already.
         for key in ("identities", "groups"):
             value = getattr(self, key)
@@ -312,6 +349,7 @@ class Policy:
     # Identities that may not authenticate with a static (migration) credential, only with a token.
     static_credentials_denied: tuple[Pattern, ...] = ()
     _index: dict = field(init=False, repr=False)
+    _approving: dict = field(init=False, repr=False)
     _decide_cached: object = field(init=False, repr=False)
     _allows_any_cached: object = field(init=False, repr=False)
 
@@ -321,6 +359,7 @@ class Policy:
         if duplicates:
             raise ValueError(f"{self.source}: rule names must be unique; repeated: {', '.join(duplicates)}")
         index: dict[tuple[Operation, ResourceType], tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
+        approving: dict[tuple[Operation, ResourceType], tuple[Rule, ...]] = {}
         for operation in Operation:
             for resource_type in ResourceType:
                 relevant = [r for r in self.rules if operation in r.operations and r.has_resources(resource_type)]
@@ -329,6 +368,10 @@ class Policy:
                         tuple(r for r in relevant if r.effect == Effect.DENY),
                         tuple(r for r in relevant if r.effect == Effect.ALLOW),
                     )
+                    approvals = tuple(r for r in relevant if r.effect == Effect.APPROVE)
+                    if approvals:
+                        approving[(operation, resource_type)] = approvals
+        object.__setattr__(self, "_approving", approving)
         object.__setattr__(self, "_index", index)
         # Per-instance caches (not lru_cache on the method, which would be shared
         # across policies and keep replaced ones alive).
@@ -374,7 +417,7 @@ class Policy:
         look at what a Fetch response carries); immutable topics do not restrict produce, consume or unmask.
         """
         denies, allows = self._index.get((operation, resource_type), _NOTHING)
-        if any(rule.covers(principal) for rule in denies):
+        if any(rule.covers(principal) for rule in denies + self._approving.get((operation, resource_type), ())):
             return False
         if resource_type == ResourceType.TOPIC and operation in IMMUTABLE_OPERATIONS and self.immutable_topics:
             return False
@@ -398,6 +441,11 @@ class Policy:
                 return Decision(False, rule.name,
                                 f"{rule.why_covers(principal)} and {_why_matches(resource_type, name, matched)}; "
                                 f"an explicit deny beats any allow")
+        for rule in self._approving.get((operation, resource_type), ()):
+            if rule.covers(principal) and (matched := rule.match(resource_type, name)) is not None:
+                return Decision(False, rule.name,
+                                f"{rule.why_covers(principal)} and {_why_matches(resource_type, name, matched)}; "
+                                f"{what} needs a person's approval", approval=rule)
         for rule in allows:
             if rule.covers(principal) and (matched := rule.match(resource_type, name)) is not None:
                 return Decision(True, rule.name,

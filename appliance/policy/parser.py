@@ -22,7 +22,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from appliance.identity.enrollment import NAME_PATTERN, NAME_RULE, is_identity_name
 from appliance.policy.model import (
     RESERVED_RULE_NAMES,
+    Approval,
     Effect,
+    GrantScope,
     Operation,
     Pattern,
     PatternError,
@@ -34,7 +36,14 @@ from appliance.policy.model import (
 FORMAT_VERSION = 1
 TOP_LEVEL_KEYS = ("version", "immutable_topics", "deny_static_credentials", "rules", "masking")
 RULE_KEYS = ("name", "effect", "identities", "groups", "operations", "topics", "consumer_groups",
-             "transactional_ids", "cluster")
+             "transactional_ids", "cluster", "approval")
+APPROVAL_KEYS = ("approvers", "approvals", "hold_s", "pending_s", "grant", "webhook")
+GRANT_KEYS = ("ttl_s", "scope")
+# Bounds of an approval's times, in seconds. The hold stays below what clients wait for an answer (Kafka's
+# request.timeout.ms is 30 s by default; the proxy's own request_timeout_s bounds it too).
+HOLD_S_RANGE = (1, 300)
+PENDING_S_RANGE = (1, 7 * 86400)
+GRANT_TTL_S_RANGE = (1, 30 * 86400)
 RESOURCE_KEYS = ("topics", "consumer_groups", "transactional_ids", "cluster")
 MASK_RULE_KEYS = ("name", "topics", "on", "fields", "detectors", "headers", "action", "invalid", "binary")
 MASK_ACTIONS = ("redact", "hash", "remove", "keep_last")
@@ -205,10 +214,19 @@ class _Reader:
         effect = Effect.ALLOW
         if "effect" in keys:
             node_ = keys["effect"][1]
-            value = self.text(node_, "effect", what="allow or deny", rule=label)
+            value = self.text(node_, "effect", what="allow, deny or approve", rule=label)
             if value not in tuple(Effect):
-                raise self.error(node_, "effect", f"must be allow or deny, not {value!r}", rule=label)
+                raise self.error(node_, "effect", f"must be allow, deny or approve, not {value!r}", rule=label)
             effect = Effect(value)
+        approval = None
+        if effect == Effect.APPROVE:
+            if "approval" not in keys:
+                raise PolicyError(f"{self.source} line {line}: {label} has effect approve but no key 'approval': "
+                                  f"say who approves, e.g. approval: {{approvers: [kafka-admins]}}")
+            approval = self.approval(keys["approval"][1], label)
+        elif "approval" in keys:
+            raise self.error(keys["approval"][0], "approval", f"is only for rules with effect approve; this rule's "
+                                                              f"effect is {effect}", label)
 
         identities = self.names(keys, "identities", label, what="identity", allow_star=True)
         groups = self.names(keys, "groups", label, what="group", allow_star=False)
@@ -229,7 +247,69 @@ class _Reader:
                               f"topics, consumer_groups, transactional_ids (non-empty) or 'cluster: true'")
         return Rule(name=name, effect=effect, identities=identities, groups=groups, operations=operations,
                     topics=topics, consumer_groups=consumer_groups, transactional_ids=transactional_ids,
-                    cluster=cluster, line=line)
+                    cluster=cluster, line=line, approval=approval)
+
+    def approval(self, node: Node, rule: str) -> Approval:
+        """An approve rule's `approval:` mapping (docs/approvals.md)."""
+        if not isinstance(node, MappingNode):
+            raise self.error(node, "approval", "must be a mapping, e.g. approval: {approvers: [kafka-admins], "
+                                               "approvals: 1, hold_s: 20, grant: {ttl_s: 3600}}", rule)
+        keys = self.mapping(node, APPROVAL_KEYS, what="an approval setting", rule=rule)
+        if "approvers" not in keys:
+            raise self.error(node, "approval", "has no key 'approvers': name the groups whose people may approve, "
+                                               "e.g. approvers: [kafka-admins]", rule)
+        approvers = self.names(keys, "approvers", rule, what="group", allow_star=False)
+        if not approvers:
+            raise self.error(keys["approvers"][1], "approvers", "is empty: name at least one group", rule)
+        if any(p.kind != PatternKind.EXACT for p in approvers):
+            raise self.error(keys["approvers"][1], "approvers", "must name groups exactly (no 'prefix:' or 'glob:'): "
+                                                                "who may approve is spelled out", rule)
+        approvals = self.whole_number(keys, "approvals", rule, 1, (1, 10))
+        hold_s = self.seconds(keys, "hold_s", rule, 20.0, HOLD_S_RANGE)
+        pending_s = self.seconds(keys, "pending_s", rule, 3600.0, PENDING_S_RANGE)
+        if pending_s < hold_s:
+            raise self.error(keys["pending_s"][1], "pending_s", f"({pending_s:g}) is shorter than hold_s "
+                                                                f"({hold_s:g}): a request stays pending at least "
+                                                                f"as long as it is held", rule)
+        ttl_s, scope = 3600.0, GrantScope.REQUESTED
+        if "grant" in keys:
+            grant_node = keys["grant"][1]
+            if not isinstance(grant_node, MappingNode):
+                raise self.error(grant_node, "grant", "must be a mapping, e.g. grant: {ttl_s: 3600, scope: "
+                                                      "requested}", rule)
+            grant = self.mapping(grant_node, GRANT_KEYS, what="a grant setting", rule=rule)
+            ttl_s = self.seconds(grant, "ttl_s", rule, ttl_s, GRANT_TTL_S_RANGE)
+            if "scope" in grant:
+                scope = GrantScope(self.choice(grant["scope"][1], "scope", rule, tuple(GrantScope)))
+        webhook = None
+        if "webhook" in keys:
+            webhook = self.text(keys["webhook"][1], "webhook", what="an http(s) URL", rule=rule)
+            if not re.match(r"^https?://[^\s/]+(/\S*)?$", webhook):
+                raise self.error(keys["webhook"][1], "webhook", f"must be an http:// or https:// URL, not "
+                                                                f"{webhook!r}", rule)
+        return Approval(approver_groups=tuple(str(p) for p in approvers), approvals=approvals, hold_s=hold_s,
+                        pending_s=pending_s, grant_ttl_s=ttl_s, grant_scope=scope, webhook=webhook)
+
+    def number(self, keys: dict[str, tuple[Node, Node]], key: str, rule: str, default: float,
+               bounds: tuple[float, float], *, whole: bool) -> float:
+        if key not in keys:
+            return default
+        node = keys[key][1]
+        low, high = bounds
+        kind = "a whole number" if whole else "a number of seconds"
+        value = None
+        if isinstance(node, ScalarNode) and node.tag in (_INT_TAG, "tag:yaml.org,2002:float"):
+            value = self.constructor.construct_object(node)
+        if value is None or (whole and not isinstance(value, int)) or not low <= value <= high:
+            shown = node.value if isinstance(node, ScalarNode) else "a list or mapping"
+            raise self.error(node, key, f"must be {kind} from {low:g} to {high:g}, not {shown!r}", rule)
+        return value
+
+    def whole_number(self, keys, key: str, rule: str, default: int, bounds: tuple[int, int]) -> int:
+        return int(self.number(keys, key, rule, default, bounds, whole=True))
+
+    def seconds(self, keys, key: str, rule: str, default: float, bounds: tuple[float, float]) -> float:
+        return float(self.number(keys, key, rule, default, bounds, whole=False))
 
     # --- masking (docs/masking.md) --------------------------------------------------
 

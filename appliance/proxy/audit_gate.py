@@ -44,7 +44,7 @@ def _message(reason: str) -> str:
     return f"the appliance cannot write its audit ({reason}); requests are refused until it can (audit_failure: refuse)"
 
 
-def refusal(frame: bytes, header: codec.RequestHeader, reason: str) -> Verdict:
+def _refused(frame: bytes, header: codec.RequestHeader, reason: str) -> Verdict:
     """Answer one request with AUDIT_FAILING_ERROR everywhere its response has an error code."""
     message = _message(reason)
     check = Check("audit", None, apis.api_name(header.api_key), False, "audit-unavailable")
@@ -74,11 +74,11 @@ class AuditGate:
         self.failing = failing
         self.complete = enforcer.complete  # asked of every response: bound once, not looked up each time
 
-    def check(self, frame: bytes, header: codec.RequestHeader) -> Verdict:
+    def check(self, frame: bytes, header: codec.RequestHeader, *, refusal: str | None = None) -> Verdict:
         reason = self.failing()
         if reason is not None and header.api_key not in _PASSES:
-            return refusal(frame, header, reason)
-        return self.enforcer.check(frame, header)
+            return _refused(frame, header, reason)
+        return self.enforcer.check(frame, header, refusal=refusal)
 
     def __getattr__(self, name: str):  # policy, principal: the enforcer's own
         return getattr(self.enforcer, name)

@@ -68,3 +68,20 @@ class SteerBrokers:
 
 
 Command = SendToClient | SendToUpstream | CloseConnection | Audit | Log | VerifyToken | RefreshUpstreamToken | SteerBrokers
+
+
+@dataclass(frozen=True, slots=True)
+class HoldForApproval:
+    """A request `effect: approve` rules hold: file (or join) the approval requests for `needs` and answer the
+    session with `ApprovalDecided` once they are decided or the hold runs out. Until then the session
+    sends nothing more upstream for the workload: its later requests wait behind this one."""
+
+    needs: tuple  # approvals.model.Need
+    api: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantsUsed:
+    """A request went on under these approvals' grants: the shell audits each grant's first use per session."""
+
+    grants: tuple

@@ -91,3 +91,12 @@ class DiscoveryFailed:
 
 
 Event = UpstreamConnected | ClientData | UpstreamData | ClientClosed | UpstreamClosed | Revoked | DeadlinePassed | ClientTlsFailed | TokenVerified | UpstreamReauthenticationDue | DiscoveryFailed
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalDecided:
+    """The shell's answer to `HoldForApproval`. `refusal`: None when every need was approved (the request is
+    decided again and goes on under its grants); otherwise the reason what is not granted is refused with
+    (denied, by whom and why; or still pending, with the request's id and how to approve it)."""
+
+    refusal: str | None

@@ -78,9 +78,10 @@ from appliance.policy.enforce import Enforcer
 from appliance.policy.model import Policy, Principal
 from appliance.proxy import events as ev
 from appliance.proxy.commands import (Audit, CloseConnection, Log, RefreshUpstreamToken, SendToClient,
-                                      SendToUpstream, SteerBrokers, VerifyToken)
+                                      SendToUpstream, SteerBrokers, VerifyToken, HoldForApproval, GrantsUsed)
 from appliance.proxy.discovery import Discovery, audit_events, describe
 from appliance.kafka.framing import FrameError, FrameSplitter
+from appliance.approvals.desk import Desk
 from appliance.proxy.audit_gate import AuditGate
 from appliance.proxy.limits import Clock, Limits, deadline_passed, may_read_client
 from appliance.proxy.original_dst import Lookup, OriginalDestination
@@ -239,6 +240,7 @@ class _Connection:
         self.upstream: asyncio.Transport | None = None
         self.upstream_reading: _Reading | None = None
         self.origin = origin
+        self.cgroup_path = enrollment.cgroup_path
         binding = binding_of(enrollment)
         workload_sasl = server.workloads.sasl_for(binding)
         enforcer = None if binding.mode.requires_proof else server.enforcer_for(binding.principal)
@@ -292,11 +294,24 @@ class _Connection:
                     self.server.pool.token_refresh.ask(reason)
                 case SteerBrokers(steer, outside, names):
                     failed = failed or self._steer(steer, outside, names)
+                case HoldForApproval(needs, api):
+                    self._hold(needs, api)
+                case GrantsUsed(grants) if self.server.desk is not None:
+                    self.server.desk.used(grants, self.session.session_id, self.session.enforcer.principal.identity)
         if failed is not None and not self.session.closed:
             self.dispatch(ev.DiscoveryFailed(failed))
             return
         if not self.gone:
             self._account(now, data)
+
+    def _hold(self, needs: tuple, api: str) -> None:
+        """File the approvals a held request needs; the desk answers from its next step, never from here."""
+        desk = self.server.desk
+        if desk is None:  # no gate makes a held verdict without a desk; should one appear, it is refused
+            asyncio.get_running_loop().call_soon(
+                lambda: None if self.gone else self.dispatch(ev.ApprovalDecided("approvals are not configured")))
+            return
+        desk.hold(self, self.session.enforcer.principal, needs, api, self.session.session_id, self.cgroup_path)
 
     def _steer(self, steer: tuple, outside: tuple, names: tuple) -> str | None:
         """Carry out a SteerBrokers: the kernel is told now, names are resolved while the client's bytes wait.
@@ -858,7 +873,9 @@ class ProxyServer:
         discovery: Discovery | None = None,
         steer: Callable[[tuple, tuple], None] | None = None,
         workload_tls: WorkloadTls | None = None,
+        desk: Desk | None = None,
     ) -> None:
+        self.desk = desk  # approvals: held requests filed and answered, grants in force (approvals/desk.py)
         # Brokers the cluster's answers name (proxy/discovery.py), and how the kernel is told of them:
         # `steer(to_steer, outside)` raises on failure.
         self.discovery = discovery
@@ -1140,7 +1157,7 @@ class ProxyServer:
         return None
 
     def enforcer_for(self, principal: Principal):
-        enforcer = Enforcer(principal, self.policy)
+        enforcer = Enforcer(principal, self.policy, gate=None if self.desk is None else self.desk.gate_for(principal))
         return enforcer if self.audit_failing is None else AuditGate(enforcer, self.audit_failing)
 
     def revoke_credentials(self, now: float) -> int:

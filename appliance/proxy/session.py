@@ -47,8 +47,9 @@ from appliance.broker.oauth_token import BearerToken
 from appliance.kafka import apis, codec
 from appliance.kafka.framing import FrameError, FrameSplitter
 from appliance.proxy import events as ev
-from appliance.proxy.commands import (Audit, CloseConnection, Command, Log, RefreshUpstreamToken, SendToClient,
-                                      SendToUpstream, SteerBrokers, VerifyToken as VerifyTokenCommand)
+from appliance.proxy.commands import (Audit, CloseConnection, Command, GrantsUsed, HoldForApproval, Log,
+                                      RefreshUpstreamToken, SendToClient, SendToUpstream, SteerBrokers,
+                                      VerifyToken as VerifyTokenCommand)
 from appliance.proxy.discovery import (DISCOVERY_APIS, PRODUCE_NAMES_LEADERS, Discovery, TooMany, audit_events,
                                        read_named)
 from appliance.proxy.inflight import InFlight, InFlightQueue
@@ -202,6 +203,10 @@ class Session:
         self._parked: list[bytes] = []
         self._parked_bytes = 0
         self._close_when_answered: str | None = None  # a failed authentication: close once its answer is sent
+        # A request held for approval (docs/approvals.md): its frame and header; what the client sends after it
+        # is parked. `_recheck`: the reason the next decision refuses what is still not granted, once decided.
+        self._awaiting: tuple[bytes, codec.RequestHeader] | None = None
+        self._recheck: str | None = None
         self._last_now = now
         self._upstream = _UpstreamSession()
 
@@ -285,6 +290,8 @@ class Session:
                         self._maybe_reauthenticate(now, out)
                 case ev.UpstreamReauthenticationDue(secret):
                     self._reauthentication_due(secret, now, out)
+                case ev.ApprovalDecided(refusal):
+                    self._approval_decided(refusal, now, out)
         except _BadInput as e:
             self._close(str(e), now, out, level="warning")
         except UpstreamAuthError as e:
@@ -447,7 +454,7 @@ class Session:
     # ---- relay: the workload's requests ------------------------------------------
 
     def _relay_client(self, data: bytes, now: float, out: list[Command]) -> None:
-        if self._verifying is not None or self._close_when_answered is not None:
+        if self._verifying is not None or self._close_when_answered is not None or self._awaiting is not None:
             self._park(data)
             return
         try:
@@ -462,7 +469,8 @@ class Session:
             return  # authentication failed: nothing more is read from this workload
         self._parked_bytes += len(data)
         if self._parked_bytes > self.max_held_bytes:
-            raise _BadInput(f"workload sent {self._parked_bytes} bytes while its token was being verified, more "
+            waiting = "its token was being verified" if self._awaiting is None else "a request waited for approval"
+            raise _BadInput(f"workload sent {self._parked_bytes} bytes while {waiting}, more "
                             f"than the {self.max_held_bytes} the proxy holds")
         self._parked.append(data)
 
@@ -509,9 +517,22 @@ class Session:
                     return
                 continue
             if self.enforcer is not None:
-                verdict = self.enforcer.check(frame, header)
+                if self._recheck is None:
+                    verdict = self.enforcer.check(frame, header)
+                else:  # the request that was held, decided again now that its approvals are
+                    refusal, self._recheck = self._recheck, None
+                    verdict = self.enforcer.check(frame, header, refusal=refusal)
             else:  # ApiVersions before authentication: open to every workload, no principal needed
                 verdict = Verdict("allowed", (), None, frame)
+            if verdict.granted:
+                out.append(GrantsUsed(verdict.granted))
+            if verdict.held:
+                flush()
+                self._awaiting = (frame, header)
+                out.append(HoldForApproval(verdict.held, apis.api_name(header.api_key)))
+                self._parked_frames = frames[i + 1:]
+                self._parked_bytes += sum(map(len, self._parked_frames))
+                return
             facts = verdict.facts or codec.facts_of(header.api_key, verdict.request)
             pending = InFlight(header, facts, now, len(frame), verdict, verdict.masked or None)
             if verdict.answer is not None:
@@ -622,7 +643,23 @@ class Session:
         self._sasl_answer(pending, self.sasl.token_verified(result, now), now, out)
         if self.closed or self._close_when_answered is not None:
             return
-        frames, self._parked_frames = self._parked_frames, []
+        self._resume([], now, out)
+
+    def _approval_decided(self, refusal: str | None, now: float, out: list[Command]) -> None:
+        awaiting, self._awaiting = self._awaiting, None
+        if awaiting is None:
+            return  # nothing held (a late or repeated answer)
+        frame, header = awaiting
+        self._context = (header, "request")
+        self.requests -= 1  # counted again as it is decided again
+        # Approved: decided again under the grants; should they have ended meanwhile, refused, not held again.
+        self._recheck = refusal or ("it was approved, but the approval's grant no longer covers it (ended or "
+                                    "revoked before the request went on)")
+        self._resume([frame], now, out)
+
+    def _resume(self, first: list[bytes], now: float, out: list[Command]) -> None:
+        """Go on with what the client sent while the session waited (a token's verification, an approval)."""
+        frames, self._parked_frames = first + self._parked_frames, []
         parked, self._parked, self._parked_bytes = b"".join(self._parked), [], 0
         try:
             if frames:

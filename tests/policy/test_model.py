@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from appliance.policy.model import (
     DECISION_CACHE_SIZE,
+    Approval,
     Effect,
     Operation as Op,
     Pattern,
@@ -251,7 +252,7 @@ rules_strategy = st.lists(
             name=f"r{i}", effect=effect, identities=frozenset(ids), groups=frozenset(groups),
             operations=frozenset(ops), topics=tuple(map(Pattern.parse, topics)),
             consumer_groups=tuple(map(Pattern.parse, cgroups)), transactional_ids=tuple(map(Pattern.parse, txids)),
-            cluster=cluster),
+            cluster=cluster, approval=Approval(("approvers",)) if effect == Effect.APPROVE else None),
         st.integers(),
         st.sampled_from(tuple(Effect)),
         st.sets(st.sampled_from(IDS + ("*",) + NAME_PATTERNS), max_size=2),
@@ -293,6 +294,9 @@ def reference_decide(rules, immutable_topics, principal, op, rtype, name):
 
     for rule in rules:
         if rule.effect == Effect.DENY and matches(rule):
+            return (False, rule.name)
+    for rule in rules:  # a person's approval first: not allowed until then
+        if rule.effect == Effect.APPROVE and matches(rule):
             return (False, rule.name)
     for rule in rules:
         if rule.effect == Effect.ALLOW and matches(rule):

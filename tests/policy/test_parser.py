@@ -147,7 +147,7 @@ rules:
      "p.yaml line 9: key 'identities' of rule 'r' appears twice (first at line 8)"),
     # effect
     ("    effect: permit\n    identities: [a]\n    operations: [produce]\n    topics: [t]\n",
-     "p.yaml line 8: key 'effect' of rule 'r' must be allow or deny, not 'permit'"),
+     "p.yaml line 8: key 'effect' of rule 'r' must be allow, deny or approve, not 'permit'"),
     # principals
     ("    identities: orders\n",
      "p.yaml line 8: key 'identities' of rule 'r' must be a list, e.g. identities: [orders, 'prefix:ci-']"),

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from appliance.masking.decompress import MAX_BATCH_BYTES
 from appliance.policy.model import Decision, Operation, Policy, Principal, ResourceType
 
+if typing.TYPE_CHECKING:
+    from appliance.approvals.gate import Gate
+
 # Ids remembered; a cluster with more topics than this resolves the older ones again from the next Metadata.
 TOPIC_IDS_KEPT = 100_000
 _NULL_ID = uuid.UUID(int=0)
@@ -55,11 +58,16 @@ class Context:
     policy: typing.Callable[[], Policy]
     topic_ids: TopicIds = field(default_factory=lambda: SHARED_TOPIC_IDS)
     max_batch_bytes: int = MAX_BATCH_BYTES  # decompressed size of a batch read for masking, at most
+    # Grants of approvals and the requests to hold (appliance.approvals.gate); None: an approve decision stays a deny.
+    gate: Gate | None = None
 
     def decide(self, operation: Operation, resource: ResourceType, name: str | None,
                policy: Policy | None = None) -> Decision:
-        return (policy or self.policy()).decide(self.principal, operation, resource,
-                                                None if name is None else str(name))
+        decision = (policy or self.policy()).decide(self.principal, operation, resource,
+                                                    None if name is None else str(name))
+        if decision.approval is not None and self.gate is not None:
+            return self.gate.decide(decision, operation, resource, None if name is None else str(name))
+        return decision
 
     def check(self, checks: list[Check], operation: Operation, resource: ResourceType, name: str | None,
               policy: Policy | None = None) -> Decision:

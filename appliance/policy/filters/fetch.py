@@ -87,8 +87,10 @@ class FetchFilter:
         self._fresh(policy)
         known = self._clear.get(topic)
         if known is None:
-            known = (self.ctx.decide(Operation.CONSUME, ResourceType.TOPIC, topic, policy).allowed
-                     and masker_for(self.ctx, policy, topic) is None)
+            decision = self.ctx.decide(Operation.CONSUME, ResourceType.TOPIC, topic, policy)
+            known = decision.allowed and masker_for(self.ctx, policy, topic) is None
+            if decision.approval is not None:
+                return known  # under a grant that ends: decided afresh each time
             if len(self._clear) >= _CLEAR_CACHE:
                 self._clear.clear()
             self._clear[topic] = known

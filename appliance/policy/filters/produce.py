@@ -61,6 +61,8 @@ class ProduceFilter:
 
     def _remember(self, frame: bytes, header: codec.RequestHeader, request: Any, policy: Policy,
                   result: Forward) -> None:
+        if self.ctx.gate is not None and self.ctx.gate.used:
+            return  # allowed under an approval's grant, which ends: decided afresh each time
         if policy.masking and any(policy.masking.for_topic(str(t.name), "produce") is not None
                                   for t in request.topic_data):
             return  # its records are read for masking, each time

@@ -1,0 +1,163 @@
+"""The serving process's side of approvals: files held requests, answers them, keeps the grants in force.
+
+`hold` is called from a session's `HoldForApproval`: for each rule among the
+needs it joins the pending request of that identity for exactly those needs
+(a client's retry) or files a new one, audited `approval-requested`. `step`
+(every maintenance step, 250 ms) reloads the grants when the store changed
+(a vote from the CLI or the console), expires the requests nobody decided,
+and answers each held session: approved (decided again under the grants),
+denied (refused with who denied and why), or its hold ran out (refused with
+the request's id and how to approve it, so the client's retry passes).
+
+The desk never dispatches into a session from inside that session's own
+commands: `hold` only records; answers go out from `step`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from appliance.approvals.gate import Gate, Grants
+from appliance.approvals.model import ApprovalRequest, Need, State, file_request
+from appliance.approvals.store import ApprovalStore
+from appliance.policy.model import Policy, Principal
+from appliance.proxy import events as ev
+
+log = logging.getLogger("appliance")
+
+
+class HeldConnection(Protocol):
+    gone: bool
+
+    def dispatch(self, event: ev.Event) -> None: ...
+
+
+@dataclass(slots=True)
+class _Hold:
+    request_ids: tuple[str, ...]
+    until: float
+    refusal: str | None = None  # known at once (a rule gone from the policy): answered at the next step
+
+
+class Desk:
+    def __init__(self, store: ApprovalStore, policy: Callable[[], Policy], event: Callable[..., None], *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.policy = policy
+        self.event = event  # (kind, message, identity=..., session_id=..., detail=...) into the audit
+        self.clock = clock
+        self.grants = Grants()
+        self._holds: dict[HeldConnection, _Hold] = {}
+        self._used: set[tuple[str, str]] = set()  # (grant id, session id) already audited as used
+        self.reload()
+
+    def gate_for(self, principal: Principal) -> Gate:
+        return Gate(principal, self.grants, self.clock)
+
+    def reload(self) -> None:
+        self.grants.replace(self.store.grants(active_at=self.clock()))
+
+    @property
+    def holding(self) -> int:
+        return len(self._holds)
+
+    # ---- from sessions ------------------------------------------------------------
+
+    def hold(self, conn: HeldConnection, principal: Principal, needs: tuple[Need, ...], api: str, session_id: str,
+             cgroup_path: str | None) -> None:
+        now = self.clock()
+        policy = self.policy()
+        by_rule: dict[str, list[Need]] = {}
+        for need in needs:
+            by_rule.setdefault(need.rule, []).append(need)
+        ids, until = [], None
+        for rule_name, rule_needs in sorted(by_rule.items()):
+            rule = policy.rule_named(rule_name)
+            if rule is None or rule.approval is None:  # the policy changed between the decision and now
+                self._holds[conn] = _Hold((), now, f"rule {rule_name} no longer asks for approval; try again")
+                return
+            request = self.store.pending_for(principal.identity, rule_name, tuple(sorted(rule_needs)), now)
+            if request is None:
+                request = file_request(rule=rule_name, approval=rule.approval, identity=principal.identity,
+                                       groups=tuple(principal.groups), needs=tuple(rule_needs), api=api,
+                                       session_id=session_id, cgroup_path=cgroup_path, now=now)
+                self.store.file(request)
+                self._audit_requested(request)
+            ids.append(request.id)
+            hold_until = now + rule.approval.hold_s
+            until = hold_until if until is None else min(until, hold_until)
+        self._holds[conn] = _Hold(tuple(ids), until if until is not None else now)
+
+    def used(self, grants, session_id: str, identity: str) -> None:
+        """Audit a grant's first use on a session (`grant-used`), not every request under it."""
+        for grant in grants:
+            key = (grant.id, session_id)
+            if key in self._used:
+                continue
+            if len(self._used) > 100_000:
+                self._used.clear()
+            self._used.add(key)
+            self.event("grant-used", f"grant {grant.id} (request {grant.request_id}, approved by "
+                                     f"{', '.join(grant.approvers)}) let {identity} go on", identity=identity,
+                       session_id=session_id, detail={"grant": grant.id, "request": grant.request_id})
+
+    # ---- every maintenance step -----------------------------------------------------
+
+    def step(self) -> None:
+        now = self.clock()
+        if self.store.changed():
+            self.reload()
+        for request in self.store.expire_due(now):
+            self.event("approval-expired", f"approval request {request.id} ({request.describe()}) expired "
+                                           "undecided", identity=request.identity, session_id=request.session_id,
+                       detail={"request": request.id, "rule": request.rule})
+        for conn, hold in list(self._holds.items()):
+            if conn.gone:
+                del self._holds[conn]
+                continue
+            answer = self._answer(hold, now)
+            if answer is _WAIT:
+                continue
+            del self._holds[conn]
+            if answer is None:
+                self.reload()  # the grant the session is decided again under, even if written this instant
+            conn.dispatch(ev.ApprovalDecided(answer))
+
+    def _answer(self, hold: _Hold, now: float):
+        if hold.refusal is not None:
+            return hold.refusal
+        requests = [self.store.get(i) for i in hold.request_ids]
+        for request in requests:
+            if request.state == State.DENIED:
+                denial = next(v for v in reversed(request.votes) if not v.approve)
+                return f"denied by {denial.approver}: {denial.reason} (approval request {request.id})"
+            if request.state == State.EXPIRED:
+                return f"approval request {request.id} expired undecided; the next attempt files a new one"
+        if all(r.state == State.APPROVED for r in requests):
+            return None
+        if now < hold.until:
+            return _WAIT
+        waiting = [r for r in requests if r.state == State.PENDING]
+        return "; ".join(_pending_message(r) for r in waiting)
+
+    def _audit_requested(self, request: ApprovalRequest) -> None:
+        approval = request.approval
+        self.event("approval-requested",
+                   f"approval request {request.id}: {request.describe()} held for up to {approval.hold_s:g} s; "
+                   f"{approval.approvals} approval(s) from {', '.join(approval.approver_groups)} needed",
+                   identity=request.identity, session_id=request.session_id,
+                   detail={"request": request.id, "rule": request.rule, "api": request.api,
+                           "needs": [[n.operation, n.resource, n.name] for n in request.needs],
+                           "expires_at": request.expires_at})
+
+
+_WAIT = object()
+
+
+def _pending_message(request: ApprovalRequest) -> str:
+    return (f"held for approval as request {request.id} ({request.approval.hold_s:g} s); approve it with "
+            f"`appliance approvals approve {request.id} --reason ...` or in the console, then retry; it can be "
+            f"approved until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(request.expires_at))}")

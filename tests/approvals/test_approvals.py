@@ -1,0 +1,283 @@
+"""Approvals: votes and grants (pure), their store (a real SQLite file), and a session holding a request."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+
+import pytest
+from kio.schema.create_topics.v7.request import CreatableTopic, CreateTopicsRequest
+from kio.schema.create_topics.v7.response import CreateTopicsResponse
+from kio.schema.errors import ErrorCode
+from kio.serial import entity_reader
+
+from appliance.approvals.gate import Gate, Grants
+from appliance.approvals.model import (OPERATOR, ApprovalError, Approver, Need, State, file_request, vote)
+from appliance.approvals.store import ApprovalStore
+from appliance.kafka import codec
+from appliance.policy.enforce import Enforcer
+from appliance.policy.model import Approval, GrantScope, Operation, Principal, ResourceType
+from appliance.policy.parser import PolicyError, parse_policy
+from appliance.proxy import events as ev
+from appliance.proxy.commands import HoldForApproval, SendToClient, SendToUpstream
+from appliance.proxy.session import Session
+from tests.kafka.builders import request_frame
+from tests.proxy.test_session import PLAIN, handshake_ok, authenticate, metadata, of
+
+POLICY = parse_policy("""
+version: 1
+rules:
+  - name: new-topics-need-approval
+    effect: approve
+    identities: [ops-bot]
+    operations: [create]
+    topics: ["*"]
+    approval: {approvers: [kafka-admins], approvals: 2, hold_s: 5, pending_s: 600, grant: {ttl_s: 60}}
+  - name: ops-bot-describes
+    identities: [ops-bot]
+    operations: [describe]
+    topics: ["*"]
+""", source="test-policy")
+RULE = POLICY.rule_named("new-topics-need-approval")
+BOT = Principal("ops-bot", frozenset({"bots"}))
+NEED = Need(RULE.name, "create", "topic", "payments-v2")
+ALICE = Approver("alice", ("kafka-admins",))
+BOB = Approver("bob", ("kafka-admins",))
+
+
+def request(now=100.0, approval=RULE.approval, needs=(NEED,)):
+    return file_request(rule=RULE.name, approval=approval, identity="ops-bot", groups=("bots",), needs=needs,
+                        api="CreateTopics", session_id="s1", cgroup_path="/ops", now=now)
+
+
+# ---- the policy --------------------------------------------------------------------------------------
+
+def test_an_approve_rule_decides_before_allow_rules_and_names_itself():
+    decision = POLICY.decide(BOT, Operation.CREATE, ResourceType.TOPIC, "payments-v2")
+    assert not decision.allowed and decision.rule == RULE.name and decision.approval is RULE
+    assert "needs a person's approval" in decision.reason
+    assert RULE.approval == Approval(("kafka-admins",), approvals=2, hold_s=5, pending_s=600, grant_ttl_s=60)
+
+
+@pytest.mark.parametrize("approval, message", [
+    ("", "has effect approve but no key 'approval'"),
+    ("    approval: {approvals: 1}\n", "has no key 'approvers'"),
+    ("    approval: {approvers: []}\n", "is empty"),
+    ("    approval: {approvers: ['prefix:adm']}\n", "must name groups exactly"),
+    ("    approval: {approvers: [a], hold_s: 0}\n", "must be a number of seconds from 1 to 300"),
+    ("    approval: {approvers: [a], approvals: 1.5}\n", "must be a whole number from 1 to 10"),
+    ("    approval: {approvers: [a], hold_s: 30, pending_s: 10}\n", "is shorter than hold_s"),
+    ("    approval: {approvers: [a], grant: {scope: everything}}\n", "must be requested or rule"),
+    ("    approval: {approvers: [a], webhook: 'ftp://x'}\n", "must be an http:// or https:// URL"),
+    ("    approval: {approvers: [a], holds: 3}\n", "is not an approval setting"),
+])
+def test_a_bad_approval_is_refused_naming_the_key(approval, message):
+    text = ("version: 1\nrules:\n  - name: r\n    effect: approve\n    identities: [a]\n    operations: [create]\n"
+            "    topics: ['*']\n" + approval)
+    with pytest.raises(PolicyError, match=message):
+        parse_policy(text, source="p.yaml")
+
+
+def test_an_approval_on_an_allow_rule_is_refused():
+    with pytest.raises(PolicyError, match="is only for rules with effect approve"):
+        parse_policy("version: 1\nrules:\n  - name: r\n    identities: [a]\n    operations: [create]\n"
+                     "    topics: ['*']\n    approval: {approvers: [a]}\n", source="p.yaml")
+
+
+# ---- votes -------------------------------------------------------------------------------------------
+
+def test_two_approvers_make_a_grant_for_what_was_asked_until_its_ttl():
+    r, grant = vote(request(), ALICE, True, "ticket OPS-1", 101.0)
+    assert grant is None and r.state == State.PENDING
+    r, grant = vote(r, BOB, True, "looks fine", 102.0)
+    assert r.state == State.APPROVED and grant.approvers == ("alice", "bob") and grant.expires_at == 162.0
+    assert grant.covers("ops-bot", NEED, 161.9) and not grant.covers("ops-bot", NEED, 162.0)
+    assert not grant.covers("ops-bot", Need(RULE.name, "create", "topic", "other"), 110)
+    assert not grant.covers("someone-else", NEED, 110)
+
+
+def test_a_rule_scoped_grant_covers_the_rules_operation_on_any_name():
+    approval = Approval(("kafka-admins",), grant_scope=GrantScope.RULE)
+    _, grant = vote(request(approval=approval), ALICE, True, "ok", 101.0)
+    assert grant.covers("ops-bot", Need(RULE.name, "create", "topic", "another"), 102)
+    assert not grant.covers("ops-bot", Need(RULE.name, "delete", "topic", "another"), 102)
+
+
+@pytest.mark.parametrize("approver, message", [
+    (Approver("ops-bot", ("kafka-admins",)), "cannot approve or deny their own request"),
+    (Approver("mallory", ("bots",)), "is in none of rule new-topics-need-approval's approver groups"),
+])
+def test_votes_that_may_not_be_taken_are_refused(approver, message):
+    with pytest.raises(ApprovalError, match=message):
+        vote(request(), approver, True, "because", 101.0)
+
+
+def test_one_denial_decides_and_nobody_votes_twice_or_after_the_decision():
+    r, _ = vote(request(), ALICE, True, "ok", 101.0)
+    with pytest.raises(ApprovalError, match="has already voted"):
+        vote(r, ALICE, True, "again", 101.5)
+    r, grant = vote(r, BOB, False, "not in the freeze", 102.0)
+    assert grant is None and r.state == State.DENIED
+    with pytest.raises(ApprovalError, match="is already denied"):
+        vote(r, Approver(OPERATOR), True, "override", 103.0)
+
+
+def test_an_expired_request_and_an_empty_reason_are_refused():
+    with pytest.raises(ApprovalError, match="expired"):
+        vote(request(now=0.0), ALICE, True, "late", 601.0)
+    with pytest.raises(ApprovalError, match="a reason is required"):
+        vote(request(), ALICE, True, "   ", 101.0)
+
+
+def test_the_operator_needs_no_group_but_counts_once():
+    r, grant = vote(request(), Approver(OPERATOR), True, "cli", 101.0)
+    assert grant is None and r.approvals == (OPERATOR,)
+
+
+# ---- the store ---------------------------------------------------------------------------------------
+
+def test_the_store_keeps_requests_votes_and_grants_across_connections(tmp_path):
+    path = tmp_path / "approvals.db"
+    serving, cli = ApprovalStore(path), ApprovalStore(path)
+    filed = request()
+    serving.file(filed)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert serving.pending_for("ops-bot", RULE.name, (NEED,), 101.0).id == filed.id  # a retry joins it
+    assert serving.pending_for("ops-bot", RULE.name, (NEED,), 700.0) is None  # not once it expired
+    serving.changed()
+    cli.vote(filed.id, ALICE, True, "one", 101.0)
+    _, grant = cli.vote(filed.id, BOB, True, "two", 102.0)
+    assert serving.changed() and not serving.changed()
+    assert [g.id for g in serving.grants(active_at=110.0)] == [grant.id]
+    assert serving.get(filed.id).state == State.APPROVED
+    revoked = cli.revoke(grant.id, OPERATOR, "done", 120.0)
+    assert revoked.revoked_by == OPERATOR and serving.grants(active_at=121.0) == []
+    with pytest.raises(ApprovalError, match="already revoked"):
+        cli.revoke(grant.id, OPERATOR, "again", 121.0)
+    with pytest.raises(ApprovalError, match="no approval request 'apr-nothing'"):
+        cli.get("apr-nothing")
+
+
+def test_expiry_marks_only_undecided_requests_past_their_time(tmp_path):
+    store = ApprovalStore(tmp_path / "approvals.db")
+    old, fresh = request(now=0.0), request(now=500.0)
+    store.file(old), store.file(fresh)
+    assert [r.id for r in store.expire_due(650.0)] == [old.id]
+    assert store.get(old.id).state == State.EXPIRED and store.get(fresh.id).state == State.PENDING
+    with pytest.raises(ApprovalError, match="is already expired"):
+        store.vote(old.id, ALICE, True, "late", 651.0)
+
+
+def test_concurrent_votes_from_two_processes_never_lose_one(tmp_path):
+    path = tmp_path / "approvals.db"
+    approval = Approval(("kafka-admins",), approvals=8)
+    filed = request(approval=approval)
+    ApprovalStore(path).file(filed)
+    errors = []
+
+    def cast(n):
+        try:
+            ApprovalStore(path).vote(filed.id, Approver(f"person-{n}", ("kafka-admins",)), True, "yes", 101.0 + n)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=cast, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    decided = ApprovalStore(path).get(filed.id)
+    assert errors == [] and decided.state == State.APPROVED and len(decided.votes) == 8
+    assert len(ApprovalStore(path).grants()) == 1
+
+
+# ---- the gate and the session ------------------------------------------------------------------------
+
+def create_topics(name="payments-v2", correlation_id=7):
+    return request_frame(CreateTopicsRequest(topics=(CreatableTopic(name=name, num_partitions=1, replication_factor=1,
+                                                                     assignments=(), configs=()),),
+                                             timeout=datetime.timedelta(seconds=30), validate_only=False),
+                         correlation_id=correlation_id)
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def relaying_session(grants: Grants, clock: Clock) -> Session:
+    enforcer = Enforcer(BOT, lambda: POLICY, gate=Gate(BOT, grants, clock))
+    s = Session("s1", PLAIN, enforcer, max_frame_bytes=1 << 20, now=0.0)
+    s.handle(ev.UpstreamConnected(), 0.0)
+    s.handle(ev.UpstreamData(handshake_ok()), 0.0)
+    s.handle(ev.UpstreamData(authenticate()), 0.0)
+    return s
+
+
+def created(command: SendToClient):
+    data = command.data
+    return entity_reader(CreateTopicsResponse)(data, 4 + 4 + 1)[0]
+
+
+def test_a_held_request_holds_later_ones_and_goes_on_in_order_once_approved():
+    grants, clock = Grants(), Clock()
+    s = relaying_session(grants, clock)
+    later = metadata(correlation_id=8, topic="payments-v2")
+    out = s.handle(ev.ClientData(create_topics() + later), 1.0)
+    (hold,) = of(out, HoldForApproval)
+    assert hold.needs == (NEED,) and hold.api == "CreateTopics"
+    assert of(out, SendToUpstream) == [] and of(out, SendToClient) == []  # nothing forwarded, nothing answered
+    assert s.handle(ev.ClientData(metadata(correlation_id=9)), 1.5) == []  # parked behind the held one
+    _, grant = vote(vote(request(), ALICE, True, "a", 101.0)[0], BOB, True, "b", 102.0)
+    grants.replace([grant])
+    out = s.handle(ev.ApprovalDecided(None), 2.0)
+    sent = b"".join(c.data for c in of(out, SendToUpstream))
+    assert sent == create_topics() + later + metadata(correlation_id=9)  # in order, once each
+
+
+def test_a_denied_request_is_refused_with_who_and_why_and_the_session_goes_on():
+    s = relaying_session(Grants(), Clock())
+    s.handle(ev.ClientData(create_topics() + metadata(correlation_id=8)), 1.0)
+    out = s.handle(ev.ApprovalDecided("denied by alice: not in the freeze (approval request apr-1)"), 2.0)
+    (answer,) = of(out, SendToClient)
+    topic = created(answer).topics[0]
+    assert topic.error_code == ErrorCode.topic_authorization_failed
+    assert "denied by alice: not in the freeze" in topic.error_message
+    assert of(out, SendToUpstream)[0].data == metadata(correlation_id=8)  # the next one goes on
+
+
+def test_approved_but_the_grant_gone_is_refused_not_held_again():
+    s = relaying_session(Grants(), Clock())
+    s.handle(ev.ClientData(create_topics()), 1.0)
+    out = s.handle(ev.ApprovalDecided(None), 2.0)
+    assert of(out, HoldForApproval) == []
+    assert "no longer covers it" in created(of(out, SendToClient)[0]).topics[0].error_message
+
+
+def test_a_grant_ends_and_the_next_request_is_held_again():
+    grants, clock = Grants(), Clock()
+    _, grant = vote(vote(request(), ALICE, True, "a", 101.0)[0], BOB, True, "b", 102.0)
+    grants.replace([grant])
+    s = relaying_session(grants, clock)
+    out = s.handle(ev.ClientData(create_topics(correlation_id=7)), 1.0)
+    assert of(out, SendToUpstream)[0].data == create_topics(correlation_id=7)
+    clock.now = grant.expires_at
+    out = s.handle(ev.ClientData(create_topics(correlation_id=10)), 2.0)
+    assert of(out, HoldForApproval) and not of(out, SendToUpstream)
+
+
+def test_a_workload_cannot_pile_up_bytes_behind_a_held_request():
+    s = relaying_session(Grants(), Clock())
+    s.handle(ev.ClientData(create_topics()), 1.0)
+    s.max_held_bytes = 1000
+    out = s.handle(ev.ClientData(b"\0" * 2000), 1.5)
+    assert s.closed and "while a request waited for approval" in repr(out)
+
+
+def test_without_a_gate_an_approve_decision_is_a_refusal():
+    enforcer = Enforcer(BOT, lambda: POLICY)
+    frame = create_topics()
+    verdict = enforcer.check(frame, codec.parse_request_header(frame))
+    assert verdict.held == () and verdict.answer is not None and verdict.outcome == "refused"
