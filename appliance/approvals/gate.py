@@ -56,7 +56,8 @@ class Gate:
         """A new request is being decided; `refusal`: it was held, and what is still not granted is refused so."""
         self.needed, self.used, self.refusal = [], [], refusal
 
-    def decide(self, decision: Decision, operation: Operation, resource: ResourceType, name: str | None) -> Decision:
+    def decide(self, decision: Decision, operation: Operation, resource: ResourceType, name: str | None, *,
+               hold: bool = True) -> Decision:
         need = Need(decision.rule, str(operation), str(resource), name)
         grant = self.grants.covering(self.principal.identity, need, self.clock())
         if grant is not None:
@@ -66,5 +67,7 @@ class Gate:
                             approval=decision.approval)
         if self.refusal is not None:
             return Decision(False, decision.rule, self.refusal, approval=decision.approval)
+        if not hold:
+            return Decision(False, decision.rule, f"{decision.reason}; not held for it here", approval=decision.approval)
         self.needed.append(need)
         return Decision(False, decision.rule, f"{decision.reason}; held for approval", approval=decision.approval)

@@ -62,19 +62,21 @@ class Context:
     gate: Gate | None = None
 
     def decide(self, operation: Operation, resource: ResourceType, name: str | None,
-               policy: Policy | None = None) -> Decision:
+               policy: Policy | None = None, *, hold: bool = True) -> Decision:
+        """The policy's decision, through the approvals gate. `hold` False: what an approval would allow and
+        no grant covers is refused, not held (a Metadata's incidental auto-creation is dropped instead)."""
         decision = (policy or self.policy()).decide(self.principal, operation, resource,
                                                     None if name is None else str(name))
         if decision.approval is not None and self.gate is not None:
-            return self.gate.decide(decision, operation, resource, None if name is None else str(name))
+            return self.gate.decide(decision, operation, resource, None if name is None else str(name), hold=hold)
         return decision
 
     def check(self, checks: list[Check], operation: Operation, resource: ResourceType, name: str | None,
-              policy: Policy | None = None) -> Decision:
+              policy: Policy | None = None, *, hold: bool = True) -> Decision:
         """Decide and record the decision for the audit."""
         from appliance.policy.filters.results import Check
 
-        decision = self.decide(operation, resource, name, policy)
+        decision = self.decide(operation, resource, name, policy, hold=hold)
         checks.append(Check(resource, None if name is None else str(name), operation, decision.allowed,
                             decision.rule))
         return decision

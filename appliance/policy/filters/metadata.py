@@ -139,7 +139,7 @@ class MetadataFilter:
             # v0 cannot ask for none (empty means all): the answer is filtered down to the kept names.
             rewritten = dataclasses.replace(request, topics=tuple(kept))
         if getattr(request, "allow_auto_topic_creation", False) and not all(
-                self.ctx.check(checks, Operation.CREATE, ResourceType.TOPIC, str(t.name), policy).allowed
+                self.ctx.check(checks, Operation.CREATE, ResourceType.TOPIC, str(t.name), policy, hold=False).allowed
                 for t in kept if t.name is not None):
             rewritten = dataclasses.replace(rewritten, allow_auto_topic_creation=False)
         wanted = frozenset(str(t.name) for t in kept if t.name is not None)

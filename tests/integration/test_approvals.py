@@ -1,0 +1,143 @@
+"""Approvals with the real broker and real clients: a held CreateTopics approved, denied, or left pending.
+
+The integration policy (policy.yaml) makes `approval-bot`'s topic creations under apr- and its first writes to
+apr-vault- topics wait for a person. The operator decides with `appliance approvals` while the client waits.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+
+from tests.integration.conftest import BROKER4, PY, audit, cli, eventually
+
+ADMIN = """
+import json, sys
+from confluent_kafka.admin import AdminClient, NewTopic
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+future = admin.create_topics([NewTopic(sys.argv[2], num_partitions=1, replication_factor=1)],
+                             request_timeout=40)[sys.argv[2]]
+try:
+    future.result(45)
+    print(json.dumps({"ok": True}))
+except Exception as e:
+    err = e.args[0] if e.args else e
+    print(json.dumps({"ok": False, "code": getattr(err, "name", lambda: str(err))(),
+                      "message": getattr(err, "str", lambda: str(err))()}))
+"""
+IDEMPOTENT = """
+import json, sys
+from confluent_kafka import Consumer, Producer
+bootstrap, topic, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
+                     "message.timeout.ms": 40000})
+failed = []
+for i in range(n):
+    producer.produce(topic, f"record-{i}".encode(), on_delivery=lambda err, msg: err and failed.append(str(err)))
+left = producer.flush(45)
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"apr-{topic}", "auto.offset.reset": "earliest"})
+consumer.subscribe([topic])
+values, deadline = [], __import__("time").monotonic() + 20
+while len(values) < n + 1 and __import__("time").monotonic() < deadline:
+    m = consumer.poll(0.5)
+    if m is not None and not m.error():
+        values.append(m.value().decode())
+consumer.close()
+print(json.dumps({"failed": failed, "left": left, "values": values}))
+"""
+
+
+def approvals(config_path, *args: str, check: bool = True):
+    return cli(config_path, "approvals", *args, check=check)
+
+
+def pending_for(config_path, topic: str) -> dict | None:
+    rows = json.loads(approvals(config_path, "list", "--json").stdout)
+    return next((r for r in rows if f"'{topic}'" in r["needs"]), None)
+
+
+def admin_create(workload, topic: str) -> subprocess.Popen:
+    return workload.popen([PY, "-c", ADMIN, BROKER4, topic])
+
+
+def result_of(proc: subprocess.Popen, timeout: float = 60) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert out.strip(), err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def events(config_path, kind: str) -> list[dict]:
+    return audit(config_path, "events", "--kind", kind)
+
+
+def test_a_held_create_topics_goes_on_when_the_operator_approves_it_while_the_client_waits(appliance, config_path,
+                                                                                          enroll):
+    bot = enroll("approval-bot")
+    topic = f"apr-{secrets.token_hex(3)}"
+    started = time.monotonic()
+    client = admin_create(bot, topic)
+    request = eventually(lambda: pending_for(config_path, topic), timeout=15, message="the request filed")
+    assert request["identity"] == "approval-bot" and request["rule"] == "integration-apr-create"
+    assert client.poll() is None  # the client is still waiting for its answer
+    approved = approvals(config_path, "approve", request["id"], "--reason", "ticket OPS-1")
+    assert "approved by operator:root" in approved.stdout
+    assert result_of(client) == {"ok": True}
+    assert time.monotonic() - started < 8  # answered on approval, not at the end of the hold
+    metadata = json.loads(cli(config_path, "audit", "operations", "--identity", "approval-bot", "--json").stdout)
+    creates = [o for o in metadata if o["api_name"] == "CreateTopics" and topic in (o["topics"] or "")]
+    assert creates and creates[0]["decision"] == "allowed" and creates[0]["error_code"] == 0, creates
+    (requested,) = [e for e in events(config_path, "approval-requested") if request["id"] in e["message"]]
+    assert requested["identity"] == "approval-bot"
+    assert [e for e in events(config_path, "approval-approved") if request["id"] in e["message"]]
+    grants = json.loads(approvals(config_path, "grants", "--json").stdout)
+    assert [g for g in grants if g["request"] == request["id"] and g["state"] == "active"]
+
+
+def test_a_denied_create_topics_is_refused_with_who_denied_it_and_why(appliance, config_path, enroll):
+    bot = enroll("approval-bot")
+    topic = f"apr-{secrets.token_hex(3)}"
+    client = admin_create(bot, topic)
+    request = eventually(lambda: pending_for(config_path, topic), timeout=15, message="the request filed")
+    approvals(config_path, "deny", request["id"], "--reason", "not during the freeze")
+    result = result_of(client)
+    assert result["ok"] is False and result["code"] == "TOPIC_AUTHORIZATION_FAILED", result
+    assert "denied by operator:root" in result["message"] and "not during the freeze" in result["message"]
+    assert [e for e in events(config_path, "approval-denied") if request["id"] in e["message"]]
+    again = approvals(config_path, "approve", request["id"], "--reason", "changed my mind", check=False)
+    assert again.returncode != 0 and "already denied" in again.stderr
+    assert [e for e in events(config_path, "approval-refused") if request["id"] in e["message"]]
+
+
+def test_a_request_left_pending_is_answered_with_its_id_and_the_retry_after_approval_passes(appliance, config_path,
+                                                                                           enroll):
+    bot = enroll("approval-bot")
+    topic = f"apr-{secrets.token_hex(3)}"
+    started = time.monotonic()
+    result = result_of(admin_create(bot, topic))
+    waited = time.monotonic() - started
+    assert result["ok"] is False and result["code"] == "TOPIC_AUTHORIZATION_FAILED", result
+    request = pending_for(config_path, topic)
+    assert request is not None and f"held for approval as request {request['id']}" in result["message"]
+    assert f"appliance approvals approve {request['id']}" in result["message"]
+    assert 8 <= waited < 20, waited  # the rule's hold_s, then the answer
+    approvals(config_path, "approve", request["id"], "--reason", "after the fact")
+    assert result_of(admin_create(bot, topic)) == {"ok": True}  # the retry passes under the grant at once
+    assert [e for e in events(config_path, "grant-used") if request["id"] in e["message"]]
+
+
+def test_an_idempotent_producers_held_first_write_loses_and_duplicates_nothing(appliance, config_path, enroll,
+                                                                               direct, sasl_args):
+    topic = f"apr-vault-{secrets.token_hex(3)}"
+    assert direct.client("confluent.py", BROKER4, topic, "--create", *sasl_args)["errors"] == []
+    bot = enroll("approval-bot")
+    producer = bot.popen([PY, "-c", IDEMPOTENT, BROKER4, topic, "20"])
+    request = eventually(lambda: pending_for(config_path, topic), timeout=15, message="the write held")
+    time.sleep(1)  # the producer keeps sending meanwhile: everything after the held request waits behind it
+    approvals(config_path, "approve", request["id"], "--reason", "first write to the vault")
+    result = result_of(producer, timeout=90)
+    assert result["failed"] == [] and result["left"] == 0, result
+    requested = [e for e in events(config_path, "approval-requested") if topic in e["message"]]
+    assert [json.loads(e["detail"])["api"] for e in requested] == ["Produce"]  # metadata's auto-create is not held
+    assert sorted(result["values"]) == sorted(f"record-{i}" for i in range(20)), result  # each once, none lost
