@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import time
 
+from tests.integration.clients.families import FAMILIES, java_admin
 from tests.integration.conftest import BROKER4, PY, audit, cli, eventually
 
 ADMIN = """
@@ -46,6 +47,30 @@ while len(values) < n + 1 and __import__("time").monotonic() < deadline:
         values.append(m.value().decode())
 consumer.close()
 print(json.dumps({"failed": failed, "left": left, "values": values}))
+"""
+
+
+TRANSACTIONAL = """
+import json, sys, time
+from confluent_kafka import Consumer, Producer
+bootstrap, topic, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"apr-tx-{topic}",
+                     "transaction.timeout.ms": 60000, "message.timeout.ms": 40000})
+producer.init_transactions(30)
+producer.begin_transaction()
+for i in range(n):
+    producer.produce(topic, f"record-{i}".encode())
+producer.commit_transaction(45)
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"apr-{topic}", "auto.offset.reset": "earliest",
+                     "isolation.level": "read_committed"})
+consumer.subscribe([topic])
+values, deadline = [], time.monotonic() + 20
+while len(values) < n + 1 and time.monotonic() < deadline:
+    m = consumer.poll(0.5)
+    if m is not None and not m.error():
+        values.append(m.value().decode())
+consumer.close()
+print(json.dumps({"values": values}))
 """
 
 
@@ -141,3 +166,49 @@ def test_an_idempotent_producers_held_first_write_loses_and_duplicates_nothing(a
     requested = [e for e in events(config_path, "approval-requested") if topic in e["message"]]
     assert [json.loads(e["detail"])["api"] for e in requested] == ["Produce"]  # metadata's auto-create is not held
     assert sorted(result["values"]) == sorted(f"record-{i}" for i in range(20)), result  # each once, none lost
+
+
+def vault_topic(direct, sasl_args) -> str:
+    topic = f"apr-vault-{secrets.token_hex(3)}"
+    assert direct.client("confluent.py", BROKER4, topic, "--create", *sasl_args)["errors"] == []
+    return topic
+
+
+def test_a_transactional_producers_held_write_commits_each_record_once(appliance, config_path, enroll, direct,
+                                                                       sasl_args):
+    topic = vault_topic(direct, sasl_args)
+    bot = enroll("approval-bot")
+    producer = bot.popen([PY, "-c", TRANSACTIONAL, BROKER4, topic, "15"])
+    request = eventually(lambda: pending_for(config_path, topic), timeout=20, message="the transaction's write held")
+    approvals(config_path, "approve", request["id"], "--reason", "the vault's first transaction")
+    result = result_of(producer, timeout=90)
+    assert sorted(result["values"]) == sorted(f"record-{i}" for i in range(15)), result
+
+
+def test_the_java_admins_held_create_topics_is_approved_while_it_waits(appliance, config_path, enroll):
+    bot = enroll("approval-bot")
+    topic = f"apr-{secrets.token_hex(3)}"
+    client = java_admin(bot, BROKER4, timeout=25, new_topic=topic, new_denied=f"other-{topic}", allowed=topic,
+                        denied="nothing", group="apr-g", denied_group="nothing")
+    request = eventually(lambda: pending_for(config_path, topic), timeout=40, message="the Java admin's request filed")
+    assert request["api"] == "CreateTopics"
+    approvals(config_path, "approve", request["id"], "--reason", "java admin")
+    calls = client.finish().summary["calls"]
+    assert calls["createTopics"]["ok"] is True, calls["createTopics"]
+    assert calls["describeTopics"]["value"] == {"partitions": 1}, calls["describeTopics"]
+
+
+def test_franz_gos_held_first_write_goes_on_once_approved(appliance, config_path, enroll, direct, sasl_args):
+    topic = vault_topic(direct, sasl_args)
+    bot = enroll("approval-bot")
+    franz = FAMILIES["franz-go"]
+    proc = bot.popen(franz.produce_argv(BROKER4, topic, 12, "franz-{i}", 40, None))
+    try:
+        request = eventually(lambda: pending_for(config_path, topic), timeout=20, message="franz-go's write held")
+    except AssertionError:
+        proc.kill()
+        raise AssertionError(proc.communicate()) from None
+    approvals(config_path, "approve", request["id"], "--reason", "franz-go")
+    out, err = proc.communicate(timeout=90)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["acked"] == 12 and summary["failed"] == 0, (summary, err[-2000:])
