@@ -236,7 +236,9 @@ def _namespaces_by_workload(enrolled: list[Path], own: int) -> dict[int, tuple[i
     nested = set(enrolled)
     found: dict[int, tuple[int, set[Path]]] = {}
     for workload in nested:
-        for inode, pid in netns.namespaces_of(netns.pids_below([workload], skip=nested - {workload}), own).items():
+        # `nested` as it is: a walk from `workload` never meets `workload` itself as a subdirectory, and a
+        # copy without it for each workload made a scan quadratic in the enrolled cgroups.
+        for inode, pid in netns.namespaces_of(netns.pids_below([workload], skip=nested), own).items():
             found.setdefault(inode, (pid, set()))[1].add(workload)
     return {inode: (pid, frozenset(workloads)) for inode, (pid, workloads) in found.items()}
 
@@ -246,13 +248,15 @@ def _namespaces_of_pending(pids: Iterable[int], enrolled: list[Path],
     """The namespaces of processes the kernel refused, each with the enrolled cgroup its process is in."""
     found: dict[int, tuple[int, frozenset[Path]]] = {}
     root = cgroups.cgroup2_root()
+    known = set(enrolled)
     for pid in pids:
         try:
             where = root / cgroups.of_process(pid).lstrip("/")
         except cgroups.CgroupError:
             continue  # gone
-        workload = max((w for w in enrolled if where == w or w in where.parents), key=lambda w: len(w.parts),
-                       default=None)
+        # The deepest enrolled cgroup at or above it: a walk up its own path (a few set lookups), not a scan
+        # of every enrolled cgroup for each pid, which let a workload's refusals stall the event loop.
+        workload = next((d for d in (where, *where.parents) if d in known), None)
         inode = netns.inode_of(pid)
         if workload is None or inode is None or inode == own:
             continue  # moved out of its enrolled cgroup, or gone, since the kernel refused it
