@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import fields
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from appliance.audit import checkpoint as checkpoints
 from appliance.audit.chain import Encoders, Link, canonical_json, normalise, read_head
@@ -100,8 +101,7 @@ class Appender:
             elif isinstance(record, Gap):
                 gaps.append(record)
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             link = Link(conn, self.encoders)
             if opened:
                 link.rows("session_changes", [self._change(r[0], OPEN, _SESSION_COLUMNS, r) for r in opened])
@@ -123,13 +123,6 @@ class Appender:
             if gaps:
                 link.rows("gaps", gaps, _GETTERS["gaps"])
             link.finish()
-            conn.execute("COMMIT")
-        except BaseException:
-            # On SQLITE_FULL and I/O errors SQLite has already rolled the transaction
-            # back; a ROLLBACK then would raise and hide the real reason.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def close_orphan_sessions(self, reason: str) -> int:
         """End every session row that has no end, at the last time the audit saw it; returns how many.
@@ -139,8 +132,7 @@ class Appender:
         the end itself was never recorded, and the reason says so.
         """
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             ends = conn.execute(
                 "SELECT session_id, coalesce((SELECT max(o.at) FROM operations o"
                 " WHERE o.session_id = sessions.session_id), started_at) FROM sessions WHERE ended_at IS NULL"
@@ -151,11 +143,6 @@ class Appender:
             conn.executemany("UPDATE sessions SET ended_at = ?, close_reason = ? WHERE session_id = ?",
                              [(end, reason, sid) for sid, end in ends])
             link.finish()
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return len(ends)
 
     def checkpoint(self, key: checkpoints.SigningKey, directory: Path | None,
@@ -170,13 +157,27 @@ class Appender:
         if head.seq == 0 or (last is not None and head.seq <= last):
             return None
         checkpoint, note = checkpoints.make(head.seq, head.hash, key, at)
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with _immediate(conn):
             conn.execute("INSERT OR IGNORE INTO checkpoints (tree_size, root_hash, at, note) VALUES (?, ?, ?, ?)",
                          (checkpoint.size, checkpoint.root_hash, checkpoint.at, note))
         if directory is not None:
             write_note(Path(directory), checkpoint.size, note)
         return checkpoint
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One BEGIN IMMEDIATE transaction: the chain head cannot move under it; committed, or rolled back on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        # On SQLITE_FULL and I/O errors SQLite has already rolled the transaction
+        # back; a ROLLBACK then would raise and hide the real reason.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def write_note(directory: Path, size: int, note: str) -> Path:

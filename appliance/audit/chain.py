@@ -113,7 +113,7 @@ def normalise(value: Any, column_affinity: str) -> Any:
         if isinstance(value, str):
             return value
     if column_affinity == "REAL":
-        return float(value)
+        return float(value) or 0.0  # SQLite stores -0.0 in a REAL column as the integer 0, read back as 0.0
     if isinstance(value, float):
         return _integral(value)
     return value
@@ -158,7 +158,8 @@ class TableEncoder:
             clean = self._is_clean(types)
         if clean:
             text = _encode_json(row)
-            if "NaN" not in text:  # a NaN float is stored as NULL (and a string holding "NaN" takes the slow way)
+            # A NaN float is stored as NULL and -0.0 as 0 (a string holding either takes the slow way too).
+            if "NaN" not in text and "-0.0" not in text:
                 return (self._prefix + text[1:]).encode(), row
         if len(row) != len(self.affinities):
             raise ValueError(f"a row of {self.table} has {len(row)} values for its {len(self.affinities)} columns "
