@@ -296,6 +296,8 @@ class Config:
     # ---- end of resource bounds ----
     max_frame_bytes: int = 64 * 1024 * 1024
     audit_flush_ms: int = 200
+    # The serving process signs a checkpoint of the audit chain this often (and at a clean stop).
+    audit_checkpoint_interval_s: float = 60.0
     upstream_pool: int = 2
     policy_file: Path = EMBEDDED_POLICY
     # How often the appliance checks that each steered broker accepts TCP connects;
@@ -344,6 +346,16 @@ class Config:
         return self.state_dir / "masking-secret"
 
     @property
+    def audit_signing_key(self) -> Path:
+        """The Ed25519 key audit checkpoints are signed with; created on first start, root-only."""
+        return self.state_dir / "audit-signing.key"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where each signed audit checkpoint is also written, as <tree size>.txt."""
+        return self.state_dir / "checkpoints"
+
+    @property
     def status_file(self) -> Path:
         return self.run_dir / "status.json"
 
@@ -365,7 +377,7 @@ _BOUND_INT_KEYS = {"max_request_bytes": (1024, 100 << 20), "session_buffer_bytes
                    "audit_queue_max": (1000, 10_000_000)}
 _SECONDS_KEYS = {"connect_timeout_s": (0.1, 600), "sasl_timeout_s": (0.1, 600), "idle_timeout_s": (1, 86400),
                  "request_timeout_s": (1, 86400), "frame_timeout_s": (1, 3600),
-                 "broker_resolve_interval_s": (1, 86400)}
+                 "broker_resolve_interval_s": (1, 86400), "audit_checkpoint_interval_s": (1, 86400)}
 AUDIT_FAILURE_MODES = ("refuse", "forward")
 
 

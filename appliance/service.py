@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from appliance.audit import store
+from appliance.audit.checkpoint import load_or_create_signing_key
 from appliance.audit.records import Event
 from appliance.audit.writer import AuditWriter
 from appliance.broker.credentials import ClientCertificateOnly, OAuthBearerCredentials, load_credentials
@@ -142,6 +143,7 @@ class Appliance:
             self.token_source = upstream = TokenSource(credentials)
             self.token_source.start()  # the first fetch runs while the rest starts
         self._secret = load_or_create_secret(config.masking_secret)
+        signing_key = load_or_create_signing_key(config.audit_signing_key)
         self.policy = self._load_policy()  # a bad policy at start stops here, naming the fault
         self._policy_stamp = _mtime(config.policy_file)
         self.workloads = self._workload_identity()  # so does a bad migration file or revocation file
@@ -150,7 +152,8 @@ class Appliance:
         cgroups.move_process(os.getpid(), own)
         previous_run = self._claim_run_marker()
         closed = self._close_orphan_sessions(previous_run)
-        self.writer = AuditWriter(config.audit_db, flush_ms=config.audit_flush_ms, queue_max=config.audit_queue_max)
+        self.writer = AuditWriter(config.audit_db, flush_ms=config.audit_flush_ms, queue_max=config.audit_queue_max,
+                                  signing_key=signing_key, checkpoint_dir=config.checkpoint_dir)
         self._record_unclean_stop(previous_run, closed)
         if self.token_source is not None:
             first = await self.token_source.first_token(_FIRST_TOKEN_WAIT_S)
@@ -264,6 +267,7 @@ class Appliance:
 
     async def _maintain(self) -> None:
         last_status = last_expiry = 0.0
+        last_checkpoint = time.monotonic()
         expiry_every = None if self.discovery is None else expiry_interval_s(self.config.discovery)
         while not self._stopping.is_set():
             try:
@@ -278,6 +282,9 @@ class Appliance:
                 self.desk.step()
                 await self.namespaces.step(self.enrolled_dirs.values(), time.monotonic())
                 self._watch_audit()
+                if time.monotonic() - last_checkpoint >= self.config.audit_checkpoint_interval_s:
+                    last_checkpoint = time.monotonic()
+                    self.writer.checkpoint()  # signed in the writer thread, after what is queued
                 if expiry_every is not None and time.monotonic() - last_expiry >= expiry_every:
                     last_expiry = time.monotonic()
                     self._forget_discovered()

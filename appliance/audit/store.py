@@ -7,19 +7,16 @@ of the appliance; only batches still queued in the writer are lost (see
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
-from dataclasses import fields
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable
 
 import sqlite_utils
 
-from appliance.audit.records import (AuditRecord, Authentication, Event, Gap, Operation, SessionClosed,
-                                     SessionOpened)
+from appliance.audit.append import Appender
+from appliance.audit.records import AuditRecord, Event
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -152,6 +149,49 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE sessions ADD COLUMN netns TEXT;
         """,
     ),
+    (
+        # The hash chain (appliance/audit/chain.py; docs/audit.md, Tamper evidence). Rows already
+        # here keep NULL chain columns: verify counts them as written before the chain began.
+        "0007_audit_chain",
+        """
+        ALTER TABLE operations ADD COLUMN chain_seq INTEGER;
+        ALTER TABLE operations ADD COLUMN chain_hash BLOB;
+        CREATE UNIQUE INDEX operations_chain_seq ON operations(chain_seq);
+        ALTER TABLE events ADD COLUMN chain_seq INTEGER;
+        ALTER TABLE events ADD COLUMN chain_hash BLOB;
+        CREATE UNIQUE INDEX events_chain_seq ON events(chain_seq);
+        ALTER TABLE authentications ADD COLUMN chain_seq INTEGER;
+        ALTER TABLE authentications ADD COLUMN chain_hash BLOB;
+        CREATE UNIQUE INDEX authentications_chain_seq ON authentications(chain_seq);
+        ALTER TABLE gaps ADD COLUMN chain_seq INTEGER;
+        ALTER TABLE gaps ADD COLUMN chain_hash BLOB;
+        CREATE UNIQUE INDEX gaps_chain_seq ON gaps(chain_seq);
+        CREATE TABLE session_changes (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            changes TEXT,
+            chain_seq INTEGER,
+            chain_hash BLOB
+        );
+        CREATE UNIQUE INDEX session_changes_chain_seq ON session_changes(chain_seq);
+        CREATE INDEX session_changes_session ON session_changes(session_id);
+        INSERT INTO session_changes (session_id, kind) SELECT session_id, 'pre-chain' FROM sessions ORDER BY rowid;
+        CREATE TABLE chain_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL,
+            hash BLOB NOT NULL
+        );
+        INSERT INTO chain_head VALUES (1, 0, zeroblob(32));
+        CREATE TABLE checkpoints (
+            id INTEGER PRIMARY KEY,
+            tree_size INTEGER NOT NULL UNIQUE,
+            root_hash BLOB NOT NULL,
+            at REAL NOT NULL,
+            note TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 
@@ -225,75 +265,9 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
-def _insert_sql(table: str, cls: type, verb: str = "INSERT") -> tuple[str, Any]:
-    names = [f.name for f in fields(cls)]
-    sql = f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-    return sql, attrgetter(*names)
-
-
-# Rows are built straight from the frozen records with attrgetter and written
-# with executemany: the writer thread shares the GIL with the proxy's event
-# loop, and sqlite-utils' insert_all (type sniffing, dicts) cost several times
-# more per row on this path. sqlite-utils still owns the schema and queries.
-_OPERATION_INSERT = _insert_sql("operations", Operation)
-_EVENT_INSERT = _insert_sql("events", Event)
-_GAP_INSERT = _insert_sql("gaps", Gap)
-_AUTHENTICATION_INSERT = _insert_sql("authentications", Authentication)
-# A completed authentication names the session's identity from then on (a token's, in auth token mode).
-_SESSION_AUTHENTICATED = (
-    "UPDATE sessions SET identity=?, groups=?, auth_method=?, subject=?, issuer=?, token_client_id=?, jti=?,"
-    " token_issued_at=?, token_expires_at=?, reauthentications=reauthentications + ? WHERE session_id=?")
-_SESSION_INSERT = _insert_sql("sessions", SessionOpened, "INSERT OR REPLACE")
-_SESSION_CLOSE = ("UPDATE sessions SET ended_at=?, bytes_from_client=?, bytes_to_client=?, requests=?, close_reason=?"
-                  " WHERE session_id=?")
-
-
 def write_batch(db: sqlite_utils.Database, records: Iterable[AuditRecord]) -> None:
-    """Write records in one transaction; the writer thread and short-lived CLI processes call this."""
-    opened, closed, operations, events, gaps, authentications, authenticated = [], [], [], [], [], [], []
-    for record in records:
-        if isinstance(record, Operation):
-            operations.append(_OPERATION_INSERT[1](record))
-        elif isinstance(record, Authentication):
-            authentications.append(_AUTHENTICATION_INSERT[1](record))
-            if record.outcome == "ok":
-                authenticated.append((record.identity, record.groups, record.method, record.subject, record.issuer,
-                                      record.client_id, record.jti, record.issued_at, record.expires_at,
-                                      int(record.kind == "reauth"), record.session_id))
-        elif isinstance(record, SessionOpened):
-            row = list(_SESSION_INSERT[1](record))
-            row[3] = json.dumps(list(record.groups))  # groups, the fourth field
-            opened.append(row)
-        elif isinstance(record, SessionClosed):
-            closed.append((record.ended_at, record.bytes_from_client, record.bytes_to_client, record.requests,
-                           record.close_reason, record.session_id))
-        elif isinstance(record, Event):
-            events.append(_EVENT_INSERT[1](record))
-        elif isinstance(record, Gap):
-            gaps.append(_GAP_INSERT[1](record))
-    conn = db.conn
-    conn.execute("BEGIN")
-    try:
-        if opened:
-            conn.executemany(_SESSION_INSERT[0], opened)
-        if authentications:
-            conn.executemany(_AUTHENTICATION_INSERT[0], authentications)
-            conn.executemany(_SESSION_AUTHENTICATED, authenticated)
-        if operations:
-            conn.executemany(_OPERATION_INSERT[0], operations)
-        if events:
-            conn.executemany(_EVENT_INSERT[0], events)
-        if closed:
-            conn.executemany(_SESSION_CLOSE, closed)
-        if gaps:
-            conn.executemany(_GAP_INSERT[0], gaps)
-        conn.execute("COMMIT")
-    except BaseException:
-        # On SQLITE_FULL and I/O errors SQLite has already rolled the transaction
-        # back; a ROLLBACK then would raise and hide the real reason.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    """Write records in one chained transaction (`append.Appender.write_batch`); for callers that write once."""
+    Appender(db.conn).write_batch(records)
 
 
 def record_event(path: Path, event: Event) -> None:
@@ -306,25 +280,8 @@ def record_event(path: Path, event: Event) -> None:
 
 
 def close_orphan_sessions(db: sqlite_utils.Database, reason: str) -> int:
-    """End every session row that has no end, at the last time the audit saw it; returns how many.
-
-    Called at start, before anything is served, so no live session is among
-    them. `ended_at` becomes the session's last operation's time (or its start):
-    the end itself was never recorded, and the reason says so.
-    """
-    conn = db.conn
-    conn.execute("BEGIN")
-    try:
-        cursor = conn.execute(
-            "UPDATE sessions SET close_reason = ?, ended_at = coalesce("
-            "(SELECT max(o.at) FROM operations o WHERE o.session_id = sessions.session_id), started_at)"
-            " WHERE ended_at IS NULL", (reason,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return cursor.rowcount
+    """End every session row that has no end (`append.Appender.close_orphan_sessions`); returns how many."""
+    return Appender(db.conn).close_orphan_sessions(reason)
 
 
 # ---- queries --------------------------------------------------------------------

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from pathlib import Path
 
 import click
 
+from appliance.audit import checkpoint as checkpoints
 from appliance.audit import store
+from appliance.audit.append import Appender, write_note
+from appliance.audit.verify import verify as verify_chain
 from appliance.cli.output import emit, parse_since
 
 _SESSION_COLUMNS = ("started_at", "session_id", "identity", "auth_method", "subject", "cgroup_path", "pid", "uid",
@@ -147,7 +152,8 @@ def gaps(ctx, since, limit, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects keyed by column name.")
 @click.pass_context
 def sql(ctx, query, as_json) -> None:
-    """Run a read-only SQL query (tables: sessions, operations, events, gaps, migrations).
+    """Run a read-only SQL query (tables: sessions, operations, events, gaps, authentications, session_changes,
+    checkpoints, chain_head, migrations).
 
     \b
     Example:
@@ -159,3 +165,152 @@ def sql(ctx, query, as_json) -> None:
     except sqlite3.Error as e:
         raise click.ClickException(f"query failed: {e}") from None
     emit(rows, as_json=as_json, columns=list(rows[0]) if rows else [], title="result")
+
+
+class BadInput(click.ClickException):
+    """A checkpoint file or verifier key that cannot be used: exit status 2, apart from a broken chain's 1."""
+
+    exit_code = 2
+
+
+def _verifier(ctx: click.Context, key: str | None) -> checkpoints.Verifier | None:
+    """The key given (a verifier key, or a file holding one), else the one beside the appliance's signing key."""
+    if key is None:
+        path = checkpoints.vkey_path(ctx.obj.audit_signing_key)
+        if not path.exists():
+            return None
+        key = str(path)
+    where = "--key"
+    if Path(key).is_file():
+        where = key
+        try:
+            key = Path(key).read_text()
+        except OSError as e:
+            raise BadInput(f"{where}: cannot read the verifier key: {e.strerror}") from None
+    try:
+        return checkpoints.Verifier.parse(key, where)
+    except checkpoints.CheckpointError as e:
+        raise BadInput(str(e)) from None
+
+
+def _read_checkpoint(path: Path, verifier: checkpoints.Verifier | None) -> checkpoints.Checkpoint:
+    try:
+        note = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"{path}: cannot read the checkpoint: {getattr(e, 'strerror', None) or e}") from None
+    if verifier is None:
+        raise BadInput(f"{path}: no verifier key to check its signature with: give --key (the published "
+                       "name+hash+key, or a file holding it)")
+    try:
+        return checkpoints.verify(note, verifier, str(path))
+    except checkpoints.CheckpointError as e:
+        raise BadInput(str(e)) from None
+
+
+@audit.command()
+@click.option("--checkpoint", "checkpoint_files", multiple=True, type=click.Path(path_type=Path),
+              help="A checkpoint exported earlier (repeatable): the chain must still have its root hash at its size.")
+@click.option("--key", help="The verifier key to check signatures with (name+hash+key, or a file holding it); "
+              "default: audit-signing.vkey beside the appliance's signing key.")
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@click.pass_context
+def verify(ctx, checkpoint_files, key, as_json) -> None:
+    """Recompute the audit's hash chain and check it: every row, the chain head, every stored checkpoint's
+    signature and root hash, every session against its recorded changes. Names the first bad row and exits 1
+    when anything is wrong (2 for an unusable checkpoint file or key).
+
+    A checkpoint exported earlier (`audit checkpoint --export`) also catches rows deleted from the tail and a
+    chain recomputed after an edit, which the database alone cannot show.
+
+    \b
+    Example:
+      appliance audit verify
+      appliance audit verify --checkpoint /mnt/published/4711.txt --key vm/appliance-audit+5cf61737+AdaH...
+    """
+    verifier = _verifier(ctx, key)
+    given = [(str(path), _read_checkpoint(path, verifier)) for path in checkpoint_files]
+    path = ctx.obj.audit_db
+    if not path.exists():
+        raise click.ClickException(f"no audit database at {path} yet (it is created when `appliance serve` starts)")
+    db = store.open_db(path)  # applies a pending migration, so an old database gets its (empty) chain
+    try:
+        db.conn.execute("BEGIN")  # one snapshot: the writer's appends meanwhile are not half seen
+        report = verify_chain(db.conn, verifier, given)
+        db.conn.execute("ROLLBACK")
+    finally:
+        db.conn.close()
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        counts = ", ".join(f"{t} {n:,}" for t, n in report.rows.items())
+        click.echo(f"chain: {report.size:,} entries ({counts}); head {report.head_hash.hex()}")
+        pre = {t: n for t, n in report.pre_chain.items() if n}
+        if pre:
+            click.echo("written before the chain began (not covered): "
+                       + ", ".join(f"{t} {n:,}" for t, n in pre.items()))
+        good = sum(1 for c in report.checkpoints if c["ok"])
+        click.echo(f"checkpoints: {good} of {len(report.checkpoints)} verify"
+                   + ("" if verifier else " (no verifier key: signatures not checked)"))
+        click.echo(f"sessions: {report.sessions:,} checked against session_changes"
+                   + (f" ({report.pre_chain_sessions:,} opened before the chain)" if report.pre_chain_sessions else ""))
+        click.echo(f"verified in {report.seconds:.2f} s")
+        for fault in report.faults:
+            click.echo(f"FAULT {fault}", err=True)
+        if report.more_faults:
+            click.echo(f"... and {report.more_faults} more", err=True)
+    if not report.ok:
+        ctx.exit(1)
+
+
+@audit.command()
+@click.option("--now", is_flag=True, help="First sign a new checkpoint of the chain's current head (root; "
+              "makes the signing key if there is none).")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write the checkpoint as DIR/<size>.txt and the verifier key as DIR/audit-signing.vkey.")
+@click.option("--json", "as_json", is_flag=True, help="The checkpoint and verifier key as one JSON object.")
+@click.pass_context
+def checkpoint(ctx, now, export_dir, as_json) -> None:
+    """Print the latest signed checkpoint of the audit chain and the verifier key, to publish elsewhere (a
+    C2SP tlog-checkpoint note; the root hash is the hash chain's head). Kept outside the gateway, they let
+    `audit verify --checkpoint` show that history up to them was not rewritten.
+
+    \b
+    Example:
+      appliance audit checkpoint
+      appliance audit checkpoint --now --export /mnt/published
+    """
+    config = ctx.obj
+    if now:
+        try:
+            key = checkpoints.load_or_create_signing_key(config.audit_signing_key)
+        except (ValueError, OSError) as e:
+            raise BadInput(str(e)) from None
+        db = store.open_db(config.audit_db)
+        try:
+            Appender(db.conn).checkpoint(key, config.checkpoint_dir)
+        finally:
+            db.conn.close()
+    db = _db(ctx)
+    try:
+        row = db.execute("SELECT tree_size, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1").fetchone()
+    except sqlite3.Error:
+        row = None
+    finally:
+        db.conn.close()
+    if row is None:
+        raise click.ClickException(f"{config.audit_db} has no checkpoint yet (`appliance serve` signs one every "
+                                   "audit_checkpoint_interval_s; `--now` signs one)")
+    size, note = row
+    verifier = _verifier(ctx, None)
+    if export_dir is not None:
+        write_note(export_dir, size, note)
+        if verifier is not None:
+            (export_dir / "audit-signing.vkey").write_text(verifier.vkey + "\n")
+    if as_json:
+        click.echo(json.dumps({"tree_size": size, "note": note, "verifier_key": verifier.vkey if verifier else None},
+                              indent=2))
+        return
+    click.echo(note, nl=False)
+    click.echo(f"\nverifier key: {verifier.vkey if verifier else '(none: no audit-signing.vkey)'}")
+    if export_dir is not None:
+        click.echo(f"exported to {export_dir}/{size}.txt" + (" and audit-signing.vkey" if verifier else ""))
