@@ -18,8 +18,8 @@ without the bound one workload could take every slot the kernel programs have
 namespaces beyond its bound stay refused, audited once per workload
 (`netns-limit`), and are tried once it has room again.
 
-A namespace where the listeners cannot be opened (no loopback address, no
-free slot) stays refused, logged and audited once, and is tried again on each
+A namespace where the listeners cannot be opened (no free slot, an address
+the namespace lacks) stays refused, logged and audited once, and is tried again on each
 scan. The proxy's upstream connections are never made from these namespaces:
 only the listening sockets are made inside, and the thread goes straight back.
 """
@@ -132,8 +132,8 @@ class WorkloadNamespaces:
             known = found.get(inode)
             found[inode] = (known[0], known[1] | workloads) if known else (pid, workloads)
         if not found:
-            if rescanned:
-                self.left_out = {}
+            if rescanned:  # nothing beyond any bound: the next time beyond is reported afresh
+                self.left_out, self._beyond = {}, {}
             return
         charges = charge({inode: workloads for inode, (_, workloads) in found.items()}, self._charged,
                          self.per_workload)

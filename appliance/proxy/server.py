@@ -936,8 +936,9 @@ class ProxyServer:
         like the main listeners. They are bound to free ports: the namespace's
         sk_lookup program hands them every SYN to the proxy's address, so a
         workload that bound the proxy's port in its own namespace takes
-        nothing and blocks nothing. Raises OSError if the namespace has no
-        IPv4 loopback (lo down); IPv6 is served where ::1 exists.
+        nothing and blocks nothing. Raises OSError if 127.0.0.1 cannot be
+        bound there; IPv6 is served where ::1 exists (a namespace whose lo is
+        down still binds 127.0.0.1 on 6.18, and its workloads get ENETUNREACH).
         """
         sockets = []
         with netns.entered(f"/proc/{pid}/ns/net", inode):
