@@ -93,8 +93,9 @@ def prerequisites():
 @pytest.fixture(scope="session")
 def config_path(prerequisites) -> Path:
     for leftover in ("audit.db", "audit.db-wal", "audit.db-shm", "enrollments.json", "serve.log",
-                     "revocations.json"):
+                     "revocations.json", "approvals.db", "approvals.db-wal", "approvals.db-shm"):
         (STATE / leftover).unlink(missing_ok=True)
+    shutil.rmtree(STATE / "checkpoints", ignore_errors=True)
     STATE.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(__file__).with_name("policy.yaml"), POLICY)
     STATIC_CREDENTIALS_FILE.write_text(yaml.safe_dump({"credentials": [
@@ -114,6 +115,7 @@ def config_path(prerequisites) -> Path:
         "exempt_cgroups": ["appliance-test-broker", "appliance-test-direct", "appliance-test-notify-proxy",
                            "appliance-test-doctor-proxy"],
         "audit_flush_ms": 50,
+        "audit_checkpoint_interval_s": 2,  # tests/integration/test_audit_chain.py waits for scheduled ones
         "policy_file": str(POLICY),
         # Container runtimes' state, where test_containers writes the labels a runtime would.
         "container_roots": {runtime: str(CONTAINER_STATE / runtime) for runtime in ("docker", "podman", "containerd", "crio")},
