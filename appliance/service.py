@@ -60,6 +60,8 @@ from appliance.steering.structs import RefusalReason
 from appliance.workload_netns import WorkloadNamespaces
 from appliance.approvals.desk import Desk
 from appliance.approvals.store import ApprovalStore
+from appliance.approvals.webhook import Webhooks
+from appliance.identity.provider_http import ProviderHttp
 
 log = logging.getLogger("appliance")
 # How long start-up waits for the first upstream OAuth token before serving anyway: sessions
@@ -98,6 +100,7 @@ class Appliance:
         self.enrolled_dirs: dict[int, Path] = {}  # cgroup id -> its directory, where its processes are listed
         self.namespaces: WorkloadNamespaces | None = None
         self.desk: Desk | None = None
+        self.webhooks: Webhooks | None = None
         self.exempt: dict[int, str] = {}
         self._store_stamp: float | None = None
         self._last_full_sync = 0.0
@@ -183,7 +186,9 @@ class Appliance:
                     steer=self._steer_discovered, workload_tls=workload_tls, desk=self.desk, **self._bounds(),
                 )
 
-            self.desk = Desk(ApprovalStore(config.approvals_db), lambda: self.policy, self._event)
+            self.webhooks = Webhooks(ProviderHttp(), self._event)
+            self.desk = Desk(ApprovalStore(config.approvals_db), lambda: self.policy, self._event,
+                             notify=self.webhooks.notify)
             self.server = make_server(config.listen_port)
             try:
                 await self.server.start()
@@ -296,6 +301,8 @@ class Appliance:
                 self._event("error", f"maintenance step failed: {e}")
 
     async def _shutdown(self) -> None:
+        if self.desk is not None:
+            await self.webhooks.close()
         if self._discovery_seeded:
             self._save_discovered()  # the listings each endpoint was last named in, for the next start's seed
         if self.server is not None:

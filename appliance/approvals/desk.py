@@ -2,7 +2,8 @@
 
 `hold` is called from a session's `HoldForApproval`: for each rule among the
 needs it joins the pending request of that identity for exactly those needs
-(a client's retry) or files a new one, audited `approval-requested`. `step`
+(a client's retry) or files a new one, audited `approval-requested`, and posted to the rule's webhook; an identity has at
+most MAX_PENDING_PER_IDENTITY pending at once. `step`
 (every maintenance step, 250 ms) reloads the grants when the store changed
 (a vote from the CLI or the console), expires the requests nobody decided,
 and answers each held session: approved (decided again under the grants),
@@ -27,6 +28,9 @@ from appliance.policy.model import Policy, Principal
 from appliance.proxy import events as ev
 
 log = logging.getLogger("appliance")
+# Pending requests one identity may have at once: a workload naming a new resource each time cannot fill the
+# store, the audit and the approvers' queue; beyond it, what needs approval is refused at once and says why.
+MAX_PENDING_PER_IDENTITY = 20
 
 
 class HeldConnection(Protocol):
@@ -44,11 +48,13 @@ class _Hold:
 
 class Desk:
     def __init__(self, store: ApprovalStore, policy: Callable[[], Policy], event: Callable[..., None], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 notify: Callable[[ApprovalRequest], None] = lambda request: None) -> None:
         self.store = store
         self.policy = policy
         self.event = event  # (kind, message, identity=..., session_id=..., detail=...) into the audit
         self.clock = clock
+        self.notify = notify  # the rule's webhook (approvals/webhook.py)
         self.grants = Grants()
         self._holds: dict[HeldConnection, _Hold] = {}
         self._used: set[tuple[str, str]] = set()  # (grant id, session id) already audited as used
@@ -80,12 +86,17 @@ class Desk:
                 self._holds[conn] = _Hold((), now, f"rule {rule_name} no longer asks for approval; try again")
                 return
             request = self.store.pending_for(principal.identity, rule_name, tuple(sorted(rule_needs)), now)
+            if request is None and self.store.pending_count(principal.identity, now) >= MAX_PENDING_PER_IDENTITY:
+                self._holds[conn] = _Hold((), now, f"{principal.identity} already has {MAX_PENDING_PER_IDENTITY} "
+                                                   "approval requests pending; decide or let those expire first")
+                return
             if request is None:
                 request = file_request(rule=rule_name, approval=rule.approval, identity=principal.identity,
                                        groups=tuple(principal.groups), needs=tuple(rule_needs), api=api,
                                        session_id=session_id, cgroup_path=cgroup_path, now=now)
                 self.store.file(request)
                 self._audit_requested(request)
+                self.notify(request)
             ids.append(request.id)
             hold_until = now + rule.approval.hold_s
             until = hold_until if until is None else min(until, hold_until)

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS requests (
     votes TEXT NOT NULL, decided_at REAL
 );
 CREATE INDEX IF NOT EXISTS requests_state ON requests(state, created_at);
+CREATE INDEX IF NOT EXISTS requests_pending ON requests(identity, state, expires_at);
 CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY, request_id TEXT NOT NULL, identity TEXT NOT NULL, rule TEXT NOT NULL, scope TEXT NOT NULL,
     needs TEXT NOT NULL, approvers TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL,
@@ -76,6 +77,10 @@ class ApprovalStore:
                                      (identity, rule, wanted, now)):
             return _request(row)
         return None
+
+    def pending_count(self, identity: str, now: float) -> int:
+        return self.conn.execute("SELECT count(*) FROM requests WHERE state = 'pending' AND identity = ? "
+                                 "AND expires_at > ?", (identity, now)).fetchone()[0]
 
     def file(self, request: ApprovalRequest) -> None:
         with self._immediate():

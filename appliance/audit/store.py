@@ -215,7 +215,7 @@ EVENT_KINDS += ("broker-forgotten",)
 # Workload TLS the proxy terminated (docs/tls.md).
 EVENT_KINDS += ("workload-tls",)
 # Approvals: requests held for a person, their decisions, the grants they made (docs/approvals.md).
-EVENT_KINDS += ("approval-requested", "approval-vote", "approval-approved", "approval-denied", "approval-expired",
+EVENT_KINDS += ("approval-requested", "approval-notified", "approval-vote", "approval-approved", "approval-denied", "approval-expired",
                 "approval-refused", "grant-used", "grant-revoked")
 
 

@@ -150,6 +150,14 @@ class ProviderHttp:
             form["scope"] = scope
         return self.post_form_json(token_endpoint, form, what, basic=(client_id, client_secret))
 
+    def post_json(self, url: str, document: Any, what: str) -> bytes:
+        """POST a JSON document; the answer's body as it came (a webhook answers `ok`, not JSON)."""
+        import json
+
+        request = self._request(url, what, data=json.dumps(document).encode(),
+                                headers={"Content-Type": "application/json"})
+        return self._exchange(request, what)
+
     # -- the exchange ------------------------------------------------------------------------
 
     def _request(self, url: str, what: str, *, data: bytes | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 
 import pytest
@@ -281,3 +282,108 @@ def test_without_a_gate_an_approve_decision_is_a_refusal():
     frame = create_topics()
     verdict = enforcer.check(frame, codec.parse_request_header(frame))
     assert verdict.held == () and verdict.answer is not None and verdict.outcome == "refused"
+
+
+# ---- the webhook, against a local HTTP receiver ------------------------------------------------------
+
+class Receiver:
+    """A real HTTP server on loopback that fails the first `failures` posts with 500, then answers ok."""
+
+    def __init__(self, failures: int) -> None:
+        import http.server
+
+        self.bodies: list[dict] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers["Content-Length"])
+                receiver.bodies.append({"type": self.headers["Content-Type"],
+                                        "body": json.loads(self.rfile.read(length))})
+                status = 500 if len(receiver.bodies) <= failures else 200
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(b"ok" if status == 200 else b"try later")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/approvals"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def notify_once(url: str) -> tuple[list, list[float]]:
+    import asyncio
+
+    from appliance.approvals.webhook import Webhooks
+    from appliance.identity.provider_http import ProviderHttp
+
+    events, waits = [], []
+
+    async def sleep(s):
+        waits.append(s)
+
+    async def run():
+        notifier = Webhooks(ProviderHttp(timeout_s=2), lambda kind, message, **f: events.append((kind, message, f)),
+                            sleep=sleep)
+        notifier.notify(request(approval=Approval(("kafka-admins",), webhook=url)))
+        while notifier._tasks:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    return events, waits
+
+
+def test_the_webhook_posts_a_slack_message_and_retries_with_backoff_until_it_is_taken():
+    receiver = Receiver(failures=2)
+    try:
+        events, waits = notify_once(receiver.url)
+    finally:
+        receiver.close()
+    assert len(receiver.bodies) == 3 and waits == [1.0, 2.0]
+    posted = receiver.bodies[-1]
+    assert posted["type"] == "application/json"
+    assert "ops-bot asks for create on topic 'payments-v2'" in posted["body"]["text"]
+    assert any("appliance approvals approve apr-" in json.dumps(b) for b in posted["body"]["blocks"])
+    ((kind, message, fields),) = events
+    assert kind == "approval-notified" and "(attempt 3)" in message and fields["detail"]["attempt"] == 3
+
+
+def test_a_webhook_that_never_takes_it_is_an_error_naming_the_url_and_the_fault():
+    receiver = Receiver(failures=99)
+    try:
+        events, waits = notify_once(receiver.url)
+    finally:
+        receiver.close()
+    assert len(receiver.bodies) == 5 and waits == [1.0, 2.0, 4.0, 8.0]
+    ((kind, message, _),) = events
+    assert kind == "error" and receiver.url in message and "HTTP 500" in message
+
+
+def test_one_identity_cannot_file_more_than_its_share_of_pending_requests(tmp_path):
+    from appliance.approvals.desk import MAX_PENDING_PER_IDENTITY, Desk
+
+    clock = Clock()
+    desk = Desk(ApprovalStore(tmp_path / "approvals.db"), lambda: POLICY, lambda *a, **k: None, clock=clock)
+
+    class Conn:
+        gone = False
+
+        def __init__(self):
+            self.answers = []
+
+        def dispatch(self, event):
+            self.answers.append(event)
+
+    conns = [Conn() for _ in range(MAX_PENDING_PER_IDENTITY + 1)]
+    for n, conn in enumerate(conns):
+        desk.hold(conn, BOT, (Need(RULE.name, "create", "topic", f"t-{n}"),), "CreateTopics", f"s{n}", None)
+    desk.step()
+    assert len(desk.store.requests(state=State.PENDING)) == MAX_PENDING_PER_IDENTITY
+    (answer,) = conns[-1].answers
+    assert f"already has {MAX_PENDING_PER_IDENTITY} approval requests pending" in answer.refusal
+    assert all(c.answers == [] for c in conns[:-1])  # still held
