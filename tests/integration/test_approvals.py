@@ -97,8 +97,43 @@ def events(config_path, kind: str) -> list[dict]:
     return audit(config_path, "events", "--kind", kind)
 
 
+class Webhook:
+    """The rule's webhook (policy.yaml): a real HTTP receiver on 127.0.0.1:39880, keeping what is posted."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        posted = self.posted = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 39880), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_a_held_create_topics_goes_on_when_the_operator_approves_it_while_the_client_waits(appliance, config_path,
                                                                                           enroll):
+    webhook = Webhook()
+    try:
+        _approved_while_waiting(config_path, enroll, webhook)
+    finally:
+        webhook.close()
+
+
+def _approved_while_waiting(config_path, enroll, webhook) -> None:
     bot = enroll("approval-bot")
     topic = f"apr-{secrets.token_hex(3)}"
     started = time.monotonic()
@@ -118,6 +153,9 @@ def test_a_held_create_topics_goes_on_when_the_operator_approves_it_while_the_cl
     assert [e for e in events(config_path, "approval-approved") if request["id"] in e["message"]]
     grants = json.loads(approvals(config_path, "grants", "--json").stdout)
     assert [g for g in grants if g["request"] == request["id"] and g["state"] == "active"]
+    (posted,) = [p for p in webhook.posted if request["id"] in p["text"]]  # the approvers were told, once
+    assert f"approval-bot asks for create on topic '{topic}'" in posted["text"]
+    assert eventually(lambda: [e for e in events(config_path, "approval-notified") if request["id"] in e["message"]])
 
 
 def test_a_denied_create_topics_is_refused_with_who_denied_it_and_why(appliance, config_path, enroll):
