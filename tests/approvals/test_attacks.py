@@ -260,3 +260,58 @@ def test_one_sessions_fault_in_its_answer_does_not_stop_the_desk_answering_the_o
     except RuntimeError:
         pass
     assert good.answers, "the healthy held session was not answered in this step"
+
+
+# ---- caches: the produce fast path never keeps a decision made under a grant --------------------------
+
+
+def test_the_produce_fast_path_does_not_keep_a_grants_decision_after_it_ends():
+    import datetime
+
+    from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
+
+    from appliance.policy.model import GrantScope, Principal
+    from appliance.policy.parser import parse_policy
+    from tests.kafka.builders import request_frame
+    from tests.proxy.test_session import batch
+
+    policy = parse_policy("""
+version: 1
+rules:
+  - name: vault-writes
+    effect: approve
+    identities: [ops-bot]
+    operations: [produce]
+    topics: ["prefix:vault-"]
+    approval: {approvers: [kafka-admins], hold_s: 5, grant: {ttl_s: 60, scope: rule}}
+  - name: ops-bot-writes
+    identities: [ops-bot]
+    operations: [produce]
+    topics: ["*"]
+""", source="p")
+    rule = policy.rule_named("vault-writes")
+
+    def write(cid):
+        return request_frame(ProduceRequest(transactional_id=None, acks=-1, timeout=datetime.timedelta(seconds=1),
+                                            topic_data=(TopicProduceData(name="vault-a", partition_data=(
+                                                PartitionProduceData(index=0, records=batch(3)),)),)),
+                             correlation_id=cid)
+
+    filed = request(approval=rule.approval, needs=(Need(rule.name, "produce", "topic", "vault-a"),))
+    filed = type(filed)(**{**{f: getattr(filed, f) for f in filed.__dataclass_fields__}, "rule": rule.name})
+    _, grant = vote(filed, ALICE, True, "ok", 101.0)
+    assert grant.scope == GrantScope.RULE
+    grants, clock = Grants(), Clock()
+    grants.replace([grant])
+    bot = Principal("ops-bot", frozenset())
+    s = Session("s1", PLAIN, Enforcer(bot, lambda: policy, gate=Gate(bot, grants, clock)), max_frame_bytes=1 << 20,
+                now=0.0)
+    from tests.proxy.test_session import authenticate, handshake_ok
+    s.handle(ev.UpstreamConnected(), 0.0)
+    s.handle(ev.UpstreamData(handshake_ok()), 0.0)
+    s.handle(ev.UpstreamData(authenticate()), 0.0)
+    for cid in (1, 2, 3):  # the same shape again and again, under the grant
+        assert of(s.handle(ev.ClientData(write(cid)), 1.0), SendToUpstream)
+    grants.replace([])  # revoked
+    out = s.handle(ev.ClientData(write(4)), 2.0)
+    assert of(out, HoldForApproval) and not of(out, SendToUpstream)
