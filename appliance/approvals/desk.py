@@ -64,7 +64,7 @@ class Desk:
         return Gate(principal, self.grants, self.clock)
 
     def reload(self) -> None:
-        self.grants.replace(self.store.grants(active_at=self.clock()))
+        self.grants.replace(self.store.grants(active_at=self.clock(), limit=-1))  # every grant in force, not 1000
 
     @property
     def holding(self) -> int:
@@ -135,7 +135,13 @@ class Desk:
             del self._holds[conn]
             if answer is None:
                 self.reload()  # the grant the session is decided again under, even if written this instant
-            conn.dispatch(ev.ApprovalDecided(answer))
+            try:
+                conn.dispatch(ev.ApprovalDecided(answer))
+            except Exception:  # one session's fault must not stop the answers to the others
+                log.exception("a held session failed on its approval's answer")
+                close = getattr(conn, "close", None)
+                if close is not None:
+                    close()
 
     def _answer(self, hold: _Hold, now: float):
         if hold.refusal is not None:
