@@ -187,7 +187,7 @@ class Appliance:
                 )
 
             self.webhooks = Webhooks(ProviderHttp(), self._event)
-            self.desk = Desk(ApprovalStore(config.approvals_db), lambda: self.policy, self._event,
+            self.desk = Desk(ApprovalStore(config.approvals_db, busy_timeout_ms=200), lambda: self.policy, self._event,
                              notify=self.webhooks.notify)
             self.server = make_server(config.listen_port)
             try:

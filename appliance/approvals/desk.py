@@ -17,6 +17,7 @@ commands: `hold` only records; answers go out from `step`.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -31,6 +32,9 @@ log = logging.getLogger("appliance")
 # Pending requests one identity may have at once: a workload naming a new resource each time cannot fill the
 # store, the audit and the approvers' queue; beyond it, what needs approval is refused at once and says why.
 MAX_PENDING_PER_IDENTITY = 20
+# Resources one held request may name for approval: a CreateTopics of thousands of topics is not one decision a
+# person can take, and would make every message and every look at the request that large.
+MAX_NEEDS_PER_REQUEST = 100
 
 
 class HeldConnection(Protocol):
@@ -44,6 +48,7 @@ class _Hold:
     request_ids: tuple[str, ...]
     until: float
     refusal: str | None = None  # known at once (a rule gone from the policy): answered at the next step
+    fresh: bool = True  # not looked at yet: a request joined may have been decided already
 
 
 class Desk:
@@ -74,7 +79,19 @@ class Desk:
 
     def hold(self, conn: HeldConnection, principal: Principal, needs: tuple[Need, ...], api: str, session_id: str,
              cgroup_path: str | None) -> None:
+        try:
+            self._hold(conn, principal, needs, api, session_id, cgroup_path)
+        except sqlite3.OperationalError as e:
+            log.warning("approvals store %s: %s; a held request is refused", self.store.path, e)
+            self._holds[conn] = _Hold((), self.clock(), f"the appliance's approvals store is busy ({e}); try again")
+
+    def _hold(self, conn: HeldConnection, principal: Principal, needs: tuple[Need, ...], api: str, session_id: str,
+              cgroup_path: str | None) -> None:
         now = self.clock()
+        if len(needs) > MAX_NEEDS_PER_REQUEST:
+            self._holds[conn] = _Hold((), now, f"the request names {len(needs)} resources that need approval; at "
+                                               f"most {MAX_NEEDS_PER_REQUEST} are asked for at once: send fewer")
+            return
         policy = self.policy()
         by_rule: dict[str, list[Need]] = {}
         for need in needs:
@@ -118,10 +135,21 @@ class Desk:
     # ---- every maintenance step -----------------------------------------------------
 
     def step(self) -> None:
+        try:
+            self._step()
+        except sqlite3.OperationalError as e:  # locked by another process: the next step tries again
+            log.warning("approvals store %s: %s; held requests are looked at again at the next step",
+                        self.store.path, e)
+
+    def _step(self) -> None:
         now = self.clock()
-        if self.store.changed():
+        # Votes come from other processes (the CLI, the console): the held requests are looked at again only
+        # when the store changed, when this step expired some, or when a hold runs out.
+        changed = self.store.changed()
+        if changed:
             self.reload()
         for request in self.store.expire_due(now):
+            changed = True
             self.event("approval-expired", f"approval request {request.id} ({request.describe()}) expired "
                                            "undecided", identity=request.identity, session_id=request.session_id,
                        detail={"request": request.id, "rule": request.rule})
@@ -129,6 +157,9 @@ class Desk:
             if conn.gone:
                 del self._holds[conn]
                 continue
+            if not (changed or hold.fresh or hold.refusal is not None or now >= hold.until):
+                continue
+            hold.fresh = False
             answer = self._answer(hold, now)
             if answer is _WAIT:
                 continue

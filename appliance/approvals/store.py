@@ -39,14 +39,16 @@ CREATE INDEX IF NOT EXISTS grants_expires ON grants(expires_at);
 
 
 class ApprovalStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
         os.chmod(self.path, 0o600)
         self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA busy_timeout = 5000")
+        # The serving process asks with a short timeout: it asks from the event loop, and a store another
+        # process holds locked is tried again at the next step rather than waited for.
+        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.executescript(_SCHEMA)
         self._version = self._data_version()

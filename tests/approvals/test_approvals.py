@@ -387,3 +387,28 @@ def test_one_identity_cannot_file_more_than_its_share_of_pending_requests(tmp_pa
     (answer,) = conns[-1].answers
     assert f"already has {MAX_PENDING_PER_IDENTITY} approval requests pending" in answer.refusal
     assert all(c.answers == [] for c in conns[:-1])  # still held
+
+
+def test_a_store_locked_by_another_process_is_tried_again_at_the_next_step_not_waited_for(tmp_path):
+    import sqlite3
+
+    from appliance.approvals.desk import Desk
+
+    path = tmp_path / "approvals.db"
+    desk = Desk(ApprovalStore(path, busy_timeout_ms=50), lambda: POLICY, lambda *a, **k: None, clock=Clock())
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # an operator's sqlite3 shell holding the file
+
+    class Conn:
+        gone = False
+        answers: list = []
+
+        def dispatch(self, event):
+            self.answers.append(event)
+
+    conn = Conn()
+    desk.hold(conn, BOT, (NEED,), "CreateTopics", "s1", None)
+    desk.step()  # neither raises nor waits the default 5 s
+    holder.execute("ROLLBACK")
+    desk.step()
+    assert "approvals store is busy" in conn.answers[0].refusal
