@@ -1,6 +1,6 @@
 """Attacks on approvals (pure: the model, the store, the desk, the session; no broker).
 
-Tests marked DEFECT fail on the code as it is and say what is wrong; the others prove a defence holds.
+Each either proves a defence holds or was a defect, fixed, that its docstring names.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def test_a_denial_does_not_stick_each_pipelined_retry_files_a_new_request(tmp_pa
 # ---- floods ------------------------------------------------------------------------------------------
 
 def test_one_workload_cannot_file_approval_requests_without_a_bound(tmp_path):
-    """DEFECT: nothing bounds the approval requests one identity keeps pending. A workload that matches an
+    """Was a DEFECT: nothing bounded the approval requests one identity keeps pending. A workload that matches an
     approve rule (and has no other right) opens connections, sends a CreateTopics for a fresh name on each and
     closes it: every one files a pending request (pending_s, up to an hour), a row in approvals.db that is
     never deleted, and an `approval-requested` event; `appliance approvals list` shows only the newest 100,

@@ -1,6 +1,6 @@
 """Attacks on approvals with the real broker: raw frames behind a held request, a mixed request, a flood.
 
-Tests marked DEFECT fail on a real defect and say what is wrong; the others prove a defence holds.
+Each either proves a defence holds or was a defect, fixed, that its docstring names.
 """
 
 from __future__ import annotations
@@ -121,11 +121,11 @@ def test_a_mixed_create_goes_on_only_for_what_was_approved(appliance, config_pat
     assert result_of(proc) == {other: 29}
 
 
-def test_DEFECT_a_workload_floods_the_operator_with_approval_requests(appliance, config_path, enroll):
-    """DEFECT: a workload whose only right is an approve rule opens 200 connections in a few seconds, each
-    sending a CreateTopics for a fresh apr- name and closing: 200 pending approval requests (each pending
-    10 minutes here, up to an hour), 200 `approval-requested` events, and `appliance approvals list` full of
-    them. Nothing bounds what one identity keeps pending. Expected: a cap per identity and rule."""
+def test_a_workload_cannot_flood_the_operator_with_approval_requests(appliance, config_path, enroll):
+    """Was a DEFECT: a workload whose only right is an approve rule opened 200 connections in a few seconds,
+    each sending a CreateTopics for a fresh apr- name and closing: 200 pending approval requests, 200
+    `approval-requested` events, and `appliance approvals list` full of them. Now one identity has at most
+    MAX_PENDING_PER_IDENTITY (20) pending; beyond that the request is refused at once, unfiled."""
     bot = enroll("approval-bot")
     tag = secrets.token_hex(2)
     names = [f"apr-flood-{tag}-{n}" for n in range(200)]
