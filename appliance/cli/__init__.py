@@ -20,7 +20,7 @@ _COMMANDS = {
     "enroll": "identity:enroll", "unenroll": "identity:unenroll", "workloads": "identity:workloads",
     "run": "identity:run", "audit": "audit:audit", "broker": "broker:broker", "idp": "idp:idp",
     "policy": "policy:policy", "revoke": "revoke:revoke", "detach": "steering:detach", "doctor": "doctor:doctor",
-    "workload-ca": "workload_ca:workload_ca", "approvals": "approvals:approvals",
+    "workload-ca": "workload_ca:workload_ca", "approvals": "approvals:approvals", "replay": "replay:replay",
 }
 
 

@@ -314,3 +314,42 @@ def checkpoint(ctx, now, export_dir, as_json) -> None:
     click.echo(f"\nverifier key: {verifier.vkey if verifier else '(none: no audit-signing.vkey)'}")
     if export_dir is not None:
         click.echo(f"exported to {export_dir}/{size}.txt" + (" and audit-signing.vkey" if verifier else ""))
+
+
+@audit.command()
+@click.option("--since", help="Rows from this long ago (30s, 10m, 2h, 1d) or an ISO-8601 time on; default: all.")
+@click.option("--until", "until_", help="Rows before this ISO-8601 time (or this long ago); default: now.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True,
+              help="One JSON object a line, schema appliance.audit.export/1 (docs/recording.md).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file (created root-only) instead of standard output.")
+@click.pass_context
+def export(ctx, since, until_, fmt, output) -> None:
+    """Every audit row in a span, one JSON object a line, for a SIEM: sessions, their changes,
+    authentications, operations, events and gaps, chained rows in chain order.
+
+    \b
+    Example:
+      appliance audit export --since 1d > audit-today.jsonl
+      appliance audit export --since 2026-12-01T00:00:00 --until 2026-12-02T00:00:00 --output dec1.jsonl
+    """
+    from appliance.audit.replay import export_rows
+
+    db = _db(ctx)
+    start, end = parse_since(since), parse_since(until_)
+    if start is not None and end is not None and end <= start:
+        raise click.UsageError(f"--until ({until_}) is not after --since ({since})")
+    rows = export_rows(db.conn, start, end)
+    if output is None:
+        for row in rows:
+            click.echo(json.dumps(row, separators=(",", ":"), default=str))
+        return
+    import os
+
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    count = 0
+    with os.fdopen(fd, "w") as out:
+        for row in rows:
+            out.write(json.dumps(row, separators=(",", ":"), default=str) + "\n")
+            count += 1
+    click.echo(f"{count} rows written to {output}", err=True)
