@@ -62,6 +62,12 @@ def find_session(db: sqlite3.Connection, session_id: str) -> dict[str, Any]:
     return found[0]
 
 
+def _one_line(command: str | None, limit: int = 160) -> str:
+    """A command line as one short line for the timeline (the JSON entry keeps it whole)."""
+    text = " ".join((command or "").split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _decided(checks: str | None) -> str:
     if not checks:
         return ""
@@ -98,7 +104,7 @@ def timeline(db: sqlite3.Connection, session_id: str, *, after: float | None = N
     entries = [Entry(s["started_at"], "connect",
                      f"{s['identity'] or '(not yet authenticated)'} connected from {s['client_address']} "
                      f"(pid {s['pid']}, uid {s['uid']}, cgroup {s['cgroup_path']}) to {s['broker_address']}"
-                     + (f", in {s['netns']}" if s.get("netns") else "") + f": {s['command']}",
+                     + (f", in {s['netns']}" if s.get("netns") else "") + f": {_one_line(s['command'])}",
                      {"identity": s["identity"], "cgroup_path": s["cgroup_path"], "pid": s["pid"],
                       "broker": s["broker_address"], "command": s["command"]})]
     for a in _rows(db, "SELECT * FROM authentications WHERE session_id = ? ORDER BY at, id", (sid,)):

@@ -62,6 +62,8 @@ def test_a_session_replays_as_a_timeline_in_order(db):
     assert "refused by vault-needs-approval" in entries[4].text and "error 29" in entries[4].text
     assert entries[3].text == "[approval-requested] approval request apr-1 held"
     assert entries[-1].text.startswith("closed: client closed the connection (2 requests")
+    assert entries[0].text.endswith(": python producer.py --password ***")
+    assert entries[0].detail["command"] == "python producer.py --password ***"
     _, later = timeline(database.conn, SID, after=100.3)
     assert [e.kind for e in later] == ["request", "close"]
 
