@@ -37,6 +37,38 @@ consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "client.
                      "auto.offset.reset": "earliest", **auth})
 consumer.subscribe([topic])
 seen = open(sys.argv[sys.argv.index("--seen") + 1], "w") if "--seen" in sys.argv else None
+archive_state = option("--archive")  # where to say how creating demo-orders-archive went, for the demo's screen
+
+
+def create_archive() -> None:
+    """Ask for demo-orders-archive, which the embedded policy holds for a person's approval; ask again each
+    time the hold runs out unanswered (the retry joins the same pending request), until it is decided."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": "demo-orders-admin"})
+    while True:
+        future = admin.create_topics([NewTopic("demo-orders-archive", num_partitions=1, replication_factor=1)],
+                                     request_timeout=30)["demo-orders-archive"]
+        try:
+            future.result(40)
+            state = "created, after a person approved it"
+        except KafkaException as e:
+            error = e.args[0]
+            state = f"{error.name()}: {error.str()}"
+            if "held for approval" in error.str():
+                state = "waiting for approval"
+        if archive_state:
+            with open(archive_state, "w") as out:
+                out.write(state + "\n")
+        if state != "waiting for approval":
+            return
+        time.sleep(1)
+
+
+if archive_state and not once and not auth:
+    import threading
+
+    threading.Thread(target=create_archive, daemon=True).start()
 n = 0
 while True:
     order = {"order": n, "amount": 10 + n % 7, "email": f"buyer{n}@example.com", "card": "4111 1111 1111 1111"}

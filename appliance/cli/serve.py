@@ -180,7 +180,9 @@ def demo(ctx, seconds: float | None) -> None:
     `demo-secrets`, stores its card numbers as their last four digits and
     masks e-mail addresses when it reads them back; a few seconds in, a
     process in an unenrolled cgroup tries the broker and is refused in the
-    kernel. Beside it, once the local identity provider (Keycloak, as
+    kernel. The workload also asks to create demo-orders-archive, which the
+    policy holds for a person's approval: the screen shows the request and
+    the `appliance approvals approve` command that lets it on. Beside it, once the local identity provider (Keycloak, as
     `appliance idp start` runs it) is up, a token-authenticated workload
     (identity `ledger`, enrolled auth cgroup+token) fetches its own OIDC
     token and writes demo-ledger over SASL/OAUTHBEARER. Ctrl-C stops
@@ -228,9 +230,10 @@ def demo(ctx, seconds: float | None) -> None:
         _wait_for(lambda: any(w["cgroup_id"] == demo_cg.id for w in json.loads(config.status_file.read_text())["workloads"]),
                   5, "the enrolment did not reach the appliance", server)
         seen = config.state_dir / "demo-last-read.json"
+        archive = config.state_dir / "demo-archive.txt"
         workload = _in_cgroup(demo_cg, [sys.executable, str(_DEMO_WORKLOAD),
                                         f"{config.embedded_broker.host4}:{config.embedded_broker.port4}",
-                                        "--seen", str(seen)])
+                                        "--seen", str(seen), "--archive", str(archive)])
         started = time.monotonic()
         token_cg = cgroups.ensure("appliance-demo/ledger")
         with Live(refresh_per_second=2, screen=False) as live:
@@ -240,7 +243,7 @@ def demo(ctx, seconds: float | None) -> None:
                                           f"{config.embedded_broker.host4}:{config.embedded_broker.port4}"])
                 if token_workload is None and idp.ready:
                     token_workload = _start_token_workload(config, args, idp, token_cg)
-                live.update(Group(*_live_tables(config), _last_read(seen), idp.line()))
+                live.update(Group(*_live_tables(config), _last_read(seen), _held(config, archive), idp.line()))
                 if server.poll() is not None:
                     raise click.ClickException(f"the appliance exited ({server.returncode}); see {log_path}")
                 time.sleep(0.5)
@@ -360,6 +363,31 @@ def _start_token_workload(config, args: list[str], idp: _DemoIdp, cg) -> subproc
                            f"{config.embedded_broker.host4}:{config.embedded_broker.port4}",
                            "--oauth", f"{_DEMO_TOKEN_CLIENT}:{secret}@{idp.server.endpoints.token}",
                            "--topic", "demo-ledger", "--group", "payments-ledger"])
+
+
+def _held(config, archive: Path):
+    """The demo's held operation: what waits for approval, and how to approve it (docs/approvals.md)."""
+    from rich.text import Text
+
+    from appliance.approvals.model import State
+    from appliance.approvals.store import ApprovalStore
+
+    try:
+        state = archive.read_text().strip()
+    except OSError:
+        state = "not asked for yet"
+    pending = []
+    if config.approvals_db.exists():
+        store = ApprovalStore(config.approvals_db, busy_timeout_ms=100)
+        try:
+            pending = store.requests(state=State.PENDING, limit=5)
+        finally:
+            store.close()
+    text = Text.assemble(("held for approval: ", "bold"), f"creating demo-orders-archive: {state}")
+    for request in pending:
+        text.append(f"\n  {request.id}: {request.describe()}; approve it in another terminal with: ", "yellow")
+        text.append(f"appliance approvals approve {request.id} --reason \"looks fine\"", "bold yellow")
+    return text
 
 
 def _last_read(path: Path):

@@ -412,3 +412,16 @@ def test_a_store_locked_by_another_process_is_tried_again_at_the_next_step_not_w
     holder.execute("ROLLBACK")
     desk.step()
     assert "approvals store is busy" in conn.answers[0].refusal
+
+
+def test_the_demo_screen_names_the_held_request_and_the_command_that_approves_it(tmp_path):
+    from appliance.cli.serve import _held
+    from appliance.config import parse_config
+
+    config = parse_config({"state_dir": str(tmp_path)})
+    filed = request()
+    ApprovalStore(config.approvals_db).file(filed)
+    (tmp_path / "demo-archive.txt").write_text("waiting for approval\n")
+    shown = _held(config, tmp_path / "demo-archive.txt").plain
+    assert "creating demo-orders-archive: waiting for approval" in shown
+    assert f'appliance approvals approve {filed.id} --reason "looks fine"' in shown

@@ -1,10 +1,12 @@
-"""`make run` runs `appliance demo`: it must start everything, show traffic and a refusal, and stop cleanly."""
+"""`make run` runs `appliance demo`: it must start everything, show traffic, a refusal and a held operation the
+newcomer approves, and stop cleanly."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -28,9 +30,30 @@ def test_demo_runs_and_leaves_nothing_behind(prerequisites, appliance):
     }))
     # Long enough for the local identity provider's first start (about a minute here) and the token
     # workload's first records after it.
-    done = subprocess.run([PY, "-m", "appliance", "--config", str(config), "demo", "--seconds", "90"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    demo = subprocess.Popen([PY, "-m", "appliance", "--config", str(config), "demo", "--seconds", "90"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The newcomer's part: the workload's request to create demo-orders-archive is held; approve it.
+    deadline, request = time.monotonic() + 60, None
+    while request is None and time.monotonic() < deadline and demo.poll() is None:
+        listed = subprocess.run([PY, "-m", "appliance", "--config", str(config), "approvals", "list", "--json"],
+                                capture_output=True, text=True)
+        pending = json.loads(listed.stdout) if listed.returncode == 0 else []
+        request = next((r for r in pending if "demo-orders-archive" in r["needs"]), None)
+        time.sleep(0.5)
+    approved = None
+    if request is not None:
+        approved = subprocess.run([PY, "-m", "appliance", "--config", str(config), "approvals", "approve",
+                                   request["id"], "--reason", "the demo's newcomer"], capture_output=True, text=True)
+    out, err = demo.communicate(timeout=300)
+    assert demo.returncode == 0, out[-3000:] + err[-3000:]
+    done = subprocess.CompletedProcess(demo.args, demo.returncode, out, err)
+    assert request is not None, "the demo's held operation was never filed for approval"
+    assert approved.returncode == 0, approved.stderr
+    assert "held for approval: creating demo-orders-archive" in out  # the screen's line for it (its last render)
+    assert (DEMO_STATE / "demo-archive.txt").read_text().startswith("created"), out[-2000:]
+    archived = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "operations", "--json",
+                               "--topic", "demo-orders-archive"], capture_output=True, text=True, check=True).stdout
+    assert '"api_name": "CreateTopics"' in archived and '"decision": "allowed"' in archived
     assert "none of this appliance's programs attached" in done.stdout
     sessions = subprocess.run([PY, "-m", "appliance", "--config", str(config), "audit", "sql", "--json",
                                "SELECT identity, count(*) AS n FROM sessions GROUP BY identity"],

@@ -276,7 +276,7 @@ def test_every_policy_command_has_help_with_an_example():
 def test_check(tmp_path):
     result = invoke(["check", str(EXAMPLE)], tmp_path)
     assert result.exit_code == 0, result.output
-    assert result.output == f"{EXAMPLE}: 9 rules, 1 immutable topic patterns: OK\n"
+    assert result.output == f"{EXAMPLE}: 10 rules, 1 immutable topic patterns: OK\n"
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nrules:\n  - name: a\n    identities: [a]\n    operations: [fly]\n")
     result = invoke(["check", str(bad)], tmp_path)
