@@ -12,7 +12,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -623,15 +623,20 @@ def _parse_bytes(value: Any, where: str) -> int:
     return number
 
 
-def _parse_audit_retention(value: Any, where: str) -> AuditRetention:
+def _settings(value: Any, where: str, keys: tuple[str, ...], what: str) -> Iterator[tuple[str, Any, str]]:
+    """(key, value, "<where>: key 'k'") of a mapping of `what` settings, each key one of `keys`."""
     if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping of retention settings ({', '.join(_RETENTION_KEYS)}), "
-                          f"got {value!r}")
-    changes: dict[str, Any] = {}
+        raise ConfigError(f"{where} must be a mapping of {what} settings ({', '.join(keys)}), got {value!r}")
     for key, item in value.items():
         inner = f"{where}: key {key!r}"
-        if key not in _RETENTION_KEYS:
-            raise ConfigError(f"{inner} is not a retention setting; valid: {', '.join(_RETENTION_KEYS)}")
+        if key not in keys:
+            raise ConfigError(f"{inner} is not a {what} setting; valid: {', '.join(keys)}")
+        yield key, item, inner
+
+
+def _parse_audit_retention(value: Any, where: str) -> AuditRetention:
+    changes: dict[str, Any] = {}
+    for key, item, inner in _settings(value, where, _RETENTION_KEYS, "retention"):
         if key == "max_age_days":
             if item is not None and (not isinstance(item, (int, float)) or isinstance(item, bool)
                                      or not 0 < item <= _MAX_AGE_DAYS):

@@ -55,7 +55,7 @@ from appliance.audit.chain import CHAINED_TABLES, GENESIS, Link, TableEncoder, c
 from appliance.audit.records import Event
 
 BATCH = 5000
-VACUUM_PAGES = 2048  # 8 MiB of 4 KiB pages per incremental_vacuum step
+VACUUM_PAGES = 1024  # 4 MiB of 4 KiB pages per incremental_vacuum step (about 25 ms measured)
 # A prune by size takes the database down to this fraction of max_bytes, so it is not
 # run again for every few rows written.
 LOW_WATER = 0.9
@@ -190,7 +190,8 @@ class Pruner:
             return False
         self._last_free = free
         started = time.monotonic()
-        self.conn.execute(f"PRAGMA incremental_vacuum({int(self.vacuum_pages)})").fetchall()
+        # executescript steps the pragma to its end: execute() steps it once, and each step frees one page.
+        self.conn.executescript(f"PRAGMA incremental_vacuum({int(self.vacuum_pages)})")
         self.longest_vacuum_s = max(self.longest_vacuum_s, time.monotonic() - started)
         self.vacuum_steps += 1
         return True
