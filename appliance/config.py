@@ -12,7 +12,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -250,6 +250,32 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditRetention:
+    """How much of the audit the serving process keeps (docs/recording.md, Retention); None: no limit.
+
+    Nothing is deleted by default: the audit is the evidence of who did what, how long it must be kept
+    is a matter of each site's rules (a year, seven years), and a default that deleted it would be a
+    surprise no one asked for.
+    """
+
+    max_age_days: float | None = None
+    max_bytes: int | None = None
+    interval_s: float = 300.0  # how often the serving process checks
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_age_days is not None or self.max_bytes is not None
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_age_days is not None:
+            parts.append(f"{self.max_age_days:g} days")
+        if self.max_bytes is not None:
+            parts.append(f"{self.max_bytes:,} bytes")
+        return " and ".join(parts) if parts else "keep everything"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything `appliance serve` needs; see docs/configuration.md for each key."""
 
@@ -298,6 +324,7 @@ class Config:
     audit_flush_ms: int = 200
     # The serving process signs a checkpoint of the audit chain this often (and at a clean stop).
     audit_checkpoint_interval_s: float = 60.0
+    audit_retention: AuditRetention = field(default_factory=AuditRetention)
     upstream_pool: int = 2
     policy_file: Path = EMBEDDED_POLICY
     # How often the appliance checks that each steered broker accepts TCP connects;
@@ -466,6 +493,8 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
             changes[key] = None if value is None else _parse_upstream_tls(value, where)
         elif key == "discovery":
             changes[key] = _parse_discovery(value, where)
+        elif key == "audit_retention":
+            changes[key] = _parse_audit_retention(value, where)
         elif key in ("listen_host4", "listen_host6", "proxy_cgroup"):
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where} must be a non-empty string")
@@ -569,6 +598,58 @@ def _parse_server_names(value: Any, where: str) -> tuple[tuple[BrokerAddress, st
 _DISCOVERY_KEYS = tuple(f.name for f in fields(DiscoveryConfig))
 _DISCOVERY_INTS = {"max_brokers": (1, 1000), "max_per_response": (1, 1000)}
 _FORGET_AFTER_MAX_S = 30 * 86400
+
+
+_RETENTION_KEYS = tuple(f.name for f in fields(AuditRetention))
+_MAX_AGE_DAYS = 36500
+_MIN_AUDIT_BYTES = 1 << 20
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+_BYTES_TEXT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+
+
+def _parse_bytes(value: Any, where: str) -> int:
+    """A size: a whole number of bytes, or text such as "10 GiB" or "500MB"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        match = _BYTES_TEXT.fullmatch(value) if isinstance(value, str) else None
+        if match is None or match.group(2).upper() not in _BYTE_UNITS:
+            raise ConfigError(f"{where} must be a size in bytes: a whole number or a number with a unit "
+                              f"(KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 10GiB; got {value!r}")
+        number = int(float(match.group(1)) * _BYTE_UNITS[match.group(2).upper()])
+    if not _MIN_AUDIT_BYTES <= number <= 1 << 50:
+        raise ConfigError(f"{where} must be from 1 MiB ({_MIN_AUDIT_BYTES}) to 1 PiB, got {value!r}")
+    return number
+
+
+def _settings(value: Any, where: str, keys: tuple[str, ...], what: str) -> Iterator[tuple[str, Any, str]]:
+    """(key, value, "<where>: key 'k'") of a mapping of `what` settings, each key one of `keys`."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of {what} settings ({', '.join(keys)}), got {value!r}")
+    for key, item in value.items():
+        inner = f"{where}: key {key!r}"
+        if key not in keys:
+            raise ConfigError(f"{inner} is not a {what} setting; valid: {', '.join(keys)}")
+        yield key, item, inner
+
+
+def _parse_audit_retention(value: Any, where: str) -> AuditRetention:
+    changes: dict[str, Any] = {}
+    for key, item, inner in _settings(value, where, _RETENTION_KEYS, "retention"):
+        if key == "max_age_days":
+            if item is not None and (not isinstance(item, (int, float)) or isinstance(item, bool)
+                                     or not 0 < item <= _MAX_AGE_DAYS):
+                raise ConfigError(f"{inner} must be a number of days above 0 and at most {_MAX_AGE_DAYS} "
+                                  f"(fractions allowed: 0.5 is 12 hours), or null to keep rows of any age; got {item!r}")
+            changes[key] = None if item is None else float(item)
+        elif key == "max_bytes":
+            changes[key] = None if item is None else _parse_bytes(item, inner)
+        elif key == "interval_s":
+            if not isinstance(item, (int, float)) or isinstance(item, bool) or not 1 <= item <= 86400:
+                raise ConfigError(f"{inner} must be a number of seconds from 1 to 86400, got {item!r}")
+            changes[key] = float(item)
+    return AuditRetention(**changes)
 
 
 def _parse_discovery(value: Any, where: str) -> DiscoveryConfig:

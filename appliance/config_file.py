@@ -20,7 +20,7 @@ from appliance.identity.containers import ContainerRoots
 
 # What the install sets; everything else stays at the code's default.
 INSTALL_KEYS = ("state_dir", "run_dir", "bpffs_dir", "policy_file", "upstream_credentials", "brokers")
-NESTED = ("embedded_broker", "identity", "discovery")
+NESTED = ("embedded_broker", "identity", "discovery", "audit_retention")
 _HEADER = """\
 # The appliance's configuration (`appliance --config {path} ...`; appliance.service uses it).
 # Every setting and its meaning: docs/configuration.md. Settings commented out are at the
@@ -33,11 +33,13 @@ _BROKERS_NOTE = """\
 # defaults are the embedded broker's (scripts/install --with-broker runs it).
 """
 _NESTED_NOTE = """\
-# Three mappings beside these: embedded_broker, the demo broker's ports, data_dir and heap
+# Four mappings beside these: embedded_broker, the demo broker's ports, data_dir and heap
 # (docs/embedded-broker.md); identity, OIDC token providers and static migration
-# credentials (docs/identity.md); and discovery, the networks where brokers a steered
+# credentials (docs/identity.md); discovery, the networks where brokers a steered
 # broker names in Metadata are steered too (docs/operations.md, Clusters; by default only
-# the hosts in brokers).
+# the hosts in brokers); and audit_retention, how long and how much of the audit to keep
+# (docs/recording.md, Retention; by default everything), such as
+# {max_age_days: 90, max_bytes: 20GiB}.
 """
 
 

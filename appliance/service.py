@@ -156,7 +156,9 @@ class Appliance:
         previous_run = self._claim_run_marker()
         closed = self._close_orphan_sessions(previous_run)
         self.writer = AuditWriter(config.audit_db, flush_ms=config.audit_flush_ms, queue_max=config.audit_queue_max,
-                                  signing_key=signing_key, checkpoint_dir=config.checkpoint_dir)
+                                  signing_key=signing_key, checkpoint_dir=config.checkpoint_dir,
+                                  max_age_days=config.audit_retention.max_age_days,
+                                  max_bytes=config.audit_retention.max_bytes)
         self._record_unclean_stop(previous_run, closed)
         if self.token_source is not None:
             first = await self.token_source.first_token(_FIRST_TOKEN_WAIT_S)
@@ -271,8 +273,9 @@ class Appliance:
             await asyncio.sleep(interval_s)
 
     async def _maintain(self) -> None:
-        last_status = last_expiry = 0.0
+        last_status = last_expiry = last_retention = 0.0
         last_checkpoint = time.monotonic()
+        retention = self.config.audit_retention
         expiry_every = None if self.discovery is None else expiry_interval_s(self.config.discovery)
         while not self._stopping.is_set():
             try:
@@ -290,6 +293,9 @@ class Appliance:
                 if time.monotonic() - last_checkpoint >= self.config.audit_checkpoint_interval_s:
                     last_checkpoint = time.monotonic()
                     self.writer.checkpoint()  # signed in the writer thread, after what is queued
+                if retention.enabled and time.monotonic() - last_retention >= retention.interval_s:
+                    last_retention = time.monotonic()
+                    self.writer.enforce_retention()  # pruned in the writer thread, one bounded batch at a time
                 if expiry_every is not None and time.monotonic() - last_expiry >= expiry_every:
                     last_expiry = time.monotonic()
                     self._forget_discovered()
@@ -790,7 +796,12 @@ class Appliance:
                       "failing": self.writer.failing, "failing_since": self.writer.failing_since,
                       "lost": self.writer.lost, "gaps_written": self.writer.gaps_written,
                       "queued": self.writer.queued, "queue_max": self.writer.queue_max,
-                      "audit_failure": self.config.audit_failure},
+                      "audit_failure": self.config.audit_failure, "bytes": _audit_bytes(self.config.audit_db),
+                      "retention": {"max_age_days": self.config.audit_retention.max_age_days,
+                                    "max_bytes": self.config.audit_retention.max_bytes,
+                                    "interval_s": self.config.audit_retention.interval_s,
+                                    "pruning": self.writer.pruning, "last_prune": self.writer.last_prune,
+                                    "error": self.writer.prune_error}},
             "limits": self.server.limits_status(),
             "netns_listeners": self.namespaces.status() if self.namespaces is not None else [],
             "approvals_holding": self.desk.holding if self.desk is not None else 0,
@@ -799,6 +810,17 @@ class Appliance:
         tmp = self.config.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(snapshot, indent=2, default=str))
         os.replace(tmp, self.config.status_file)
+
+
+def _audit_bytes(path: Path) -> dict[str, int]:
+    """The audit database's file and its write-ahead log, in bytes (0 for one not there)."""
+    sizes = {}
+    for name, file in (("database", path), ("wal", path.with_name(path.name + "-wal"))):
+        try:
+            sizes[name] = file.stat().st_size
+        except OSError:
+            sizes[name] = 0
+    return sizes
 
 
 class AlreadyServing(RuntimeError):

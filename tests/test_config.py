@@ -112,3 +112,27 @@ def test_a_provider_s_ca_file_is_loaded_with_the_config_and_a_bad_one_is_named(t
         with pytest.raises(ConfigError) as e:
             load_config(f)
         assert str(e.value).startswith(str(f)) and "providers' item 1" in str(e.value) and message in str(e.value)
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"max_age_days": 0}, "key 'audit_retention': key 'max_age_days' must be a number of days above 0"),
+    ({"max_age_days": "90d"}, "key 'max_age_days' must be a number of days above 0 and at most 36500"),
+    ({"max_bytes": "10 parsecs"}, "key 'max_bytes' must be a size in bytes: a whole number or a number with a unit"),
+    ({"max_bytes": 4096}, "key 'max_bytes' must be from 1 MiB (1048576) to 1 PiB, got 4096"),
+    ({"interval_s": 0}, "key 'interval_s' must be a number of seconds from 1 to 86400"),
+    ({"max_days": 3}, "key 'max_days' is not a retention setting; valid: max_age_days, max_bytes, interval_s"),
+    ([90], "key 'audit_retention' must be a mapping of retention settings"),
+])
+def test_audit_retention_errors_name_the_key(value, message):
+    from appliance.config import parse_config
+    with pytest.raises(ConfigError) as e:
+        parse_config({"audit_retention": value})
+    assert message in str(e.value)
+
+
+def test_audit_retention_defaults_to_keeping_everything_and_takes_sizes_with_units():
+    from appliance.config import Config, parse_config
+    assert not Config().audit_retention.enabled
+    retention = parse_config({"audit_retention": {"max_age_days": 0.5, "max_bytes": "1.5GiB"}}).audit_retention
+    assert (retention.max_age_days, retention.max_bytes, retention.interval_s) == (0.5, 3 << 29, 300.0)
+    assert retention.describe() == "0.5 days and 1,610,612,736 bytes"

@@ -27,6 +27,9 @@ from appliance.audit.records import (AuditRecord, Authentication, Event, Gap, Op
 
 # Session change kinds, and what each sets (docs/audit.md, Tamper evidence).
 OPEN, AUTHENTICATED, CLOSED, ORPHAN_CLOSED = "open", "authenticated", "closed", "orphan-closed"
+# Written by retention (`prune`) when it deletes changes of a session whose row stays: every column, as the
+# session's changes up to then make it, so the kept changes still rebuild the row.
+RETAINED = "retained"
 # An authenticated change adds this to reauthentications (1 for a re-authentication) rather than setting it.
 REAUTHENTICATIONS_ADDED = "reauthentications_added"
 
@@ -101,7 +104,7 @@ class Appender:
             elif isinstance(record, Gap):
                 gaps.append(record)
         conn = self.conn
-        with _immediate(conn):
+        with immediate(conn):
             link = Link(conn, self.encoders)
             if opened:
                 link.rows("session_changes", [self._change(r[0], OPEN, _SESSION_COLUMNS, r) for r in opened])
@@ -132,7 +135,7 @@ class Appender:
         the end itself was never recorded, and the reason says so.
         """
         conn = self.conn
-        with _immediate(conn):
+        with immediate(conn):
             ends = conn.execute(
                 "SELECT session_id, coalesce((SELECT max(o.at) FROM operations o"
                 " WHERE o.session_id = sessions.session_id), started_at) FROM sessions WHERE ended_at IS NULL"
@@ -157,7 +160,7 @@ class Appender:
         if head.seq == 0 or (last is not None and head.seq <= last):
             return None
         checkpoint, note = checkpoints.make(head.seq, head.hash, key, at)
-        with _immediate(conn):
+        with immediate(conn):
             conn.execute("INSERT OR IGNORE INTO checkpoints (tree_size, root_hash, at, note) VALUES (?, ?, ?, ?)",
                          (checkpoint.size, checkpoint.root_hash, checkpoint.at, note))
         if directory is not None:
@@ -166,7 +169,7 @@ class Appender:
 
 
 @contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
     """One BEGIN IMMEDIATE transaction: the chain head cannot move under it; committed, or rolled back on error."""
     conn.execute("BEGIN IMMEDIATE")
     try:

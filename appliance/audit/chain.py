@@ -43,7 +43,7 @@ CHAIN_COLUMNS = ("chain_seq", "chain_hash")
 # The append-only tables whose rows are chained. A later append-only table is
 # added here, given the two chain columns and a unique index on chain_seq by a
 # migration, and written through `Link.rows`.
-CHAINED_TABLES = ("operations", "events", "authentications", "gaps", "session_changes")
+CHAINED_TABLES = ("operations", "events", "authentications", "gaps", "session_changes", "prunes")
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 # What SQLite takes for a number when text is stored in a column of numeric affinity

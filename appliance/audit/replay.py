@@ -24,7 +24,7 @@ EXPORT_SCHEMA = "appliance.audit.export/1"
 # (session_changes has no time of its own: it goes with the sessions exported, those started in the span.)
 _EXPORTED = (("sessions", "session", "started_at"), ("session_changes", "session-change", None),
              ("authentications", "authentication", "at"), ("operations", "operation", "at"),
-             ("events", "event", "at"), ("gaps", "gap", "started_at"))
+             ("events", "event", "at"), ("gaps", "gap", "started_at"), ("prunes", "prune", "at"))
 
 
 class ReplayError(LookupError):
@@ -147,8 +147,9 @@ def export_rows(db: sqlite3.Connection, since: float | None, until: float | None
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         for row in _rows(db, f"SELECT * FROM {table}{where}", tuple(params)):
             seq = row.get("chain_seq")
-            if isinstance(row.get("chain_hash"), bytes):
-                row["chain_hash"] = row["chain_hash"].hex()
+            for name, value in row.items():  # chain_hash, a prune's boundary_hash
+                if isinstance(value, bytes):
+                    row[name] = value.hex()
             key = (0, seq, 0.0) if seq is not None else (1, 0, (row.get(when) if when else None) or 0.0)
             rows.append((key, {**row, "schema": EXPORT_SCHEMA, "record": kind}))
     rows.sort(key=lambda item: item[0])

@@ -192,6 +192,24 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        # Retention (appliance/audit/prune.py; docs/audit.md, Tamper evidence): each batch of a prune
+        # deletes a prefix of the chain and appends one of these rows, chained, in the same transaction.
+        "0008_audit_prunes",
+        """
+        CREATE TABLE prunes (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            first_seq INTEGER NOT NULL,
+            boundary_hash BLOB NOT NULL,
+            deleted TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            chain_seq INTEGER,
+            chain_hash BLOB
+        );
+        CREATE UNIQUE INDEX prunes_chain_seq ON prunes(chain_seq);
+        """,
+    ),
 ]
 
 
@@ -217,6 +235,8 @@ EVENT_KINDS += ("workload-tls",)
 # Approvals: requests held for a person, their decisions, the grants they made (docs/approvals.md).
 EVENT_KINDS += ("approval-requested", "approval-notified", "approval-vote", "approval-approved", "approval-denied", "approval-expired",
                 "approval-refused", "grant-used", "grant-revoked")
+# Retention deleting the oldest part of the audit (docs/recording.md, Retention).
+EVENT_KINDS += ("audit-pruned",)
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:
@@ -231,6 +251,9 @@ def open_db(path: Path | str) -> sqlite_utils.Database:
         os.chmod(path, 0o600)
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 5000")
+    # A new database frees the pages retention prunes with `PRAGMA incremental_vacuum` (appliance.audit.prune);
+    # this only takes effect before the first table is made. An older one keeps auto_vacuum NONE until a VACUUM.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     db = sqlite_utils.Database(conn)
     if str(path) != ":memory:":
         db.enable_wal()

@@ -17,6 +17,16 @@ edited or moved row). Then it checks:
 
 Rows written before the chain began (NULL chain columns) are counted, and
 must all come before the first chained row of their table.
+
+After retention pruned the oldest entries (`prune`), the chain is checked
+from the last `prunes` row's boundary: the first kept entry must be its
+`first_seq` and link to its `boundary_hash`; that row is itself chained (and
+signed into the next checkpoint), so the boundary cannot be moved without
+breaking the chain after it. Entries missing at the start with no prune
+recorded are a deletion like any other. A checkpoint signed before the
+boundary cannot be checked against rows that are gone: it is reported as
+such, not as a fault (one signed exactly at the boundary is checked against
+its hash).
 """
 
 from __future__ import annotations
@@ -29,8 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from appliance.audit import checkpoint as checkpoints
-from appliance.audit.append import AUTHENTICATED, OPEN, REAUTHENTICATIONS_ADDED
+from appliance.audit.append import AUTHENTICATED, OPEN, REAUTHENTICATIONS_ADDED, RETAINED
 from appliance.audit.chain import CHAINED_TABLES, GENESIS, TableEncoder, link_hash, read_head
+from appliance.audit.prune import Boundary, read_boundary, session_defaults
 
 MAX_FAULTS = 100
 PRE_CHAIN = "pre-chain"
@@ -59,11 +70,22 @@ class Report:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     more_faults: int = 0
+    boundary: Boundary = field(default_factory=lambda: Boundary(1, GENESIS))
+    prunes: int = 0  # prunes rows kept (one per batch of the runs since the boundary's entries)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.faults
+
+    @property
+    def pruned(self) -> dict[str, Any] | None:
+        """How much retention deleted, and when it last did; None when nothing was pruned."""
+        b = self.boundary
+        if b.first_seq == 1:
+            return None
+        return {"entries": b.first_seq - 1, "first_seq": b.first_seq, "boundary_hash": b.hash.hex(),
+                "last_prune_at": b.at, "prune_chain_seq": b.prune_seq, "prunes_kept": self.prunes}
 
     def fault(self, table: str, row: str, seq: int | None, what: str) -> None:
         if len(self.faults) < MAX_FAULTS:
@@ -75,6 +97,7 @@ class Report:
         return {"ok": self.ok, "size": self.size, "head_hash": self.head_hash.hex(), "rows": self.rows,
                 "pre_chain_rows": self.pre_chain, "sessions": self.sessions,
                 "pre_chain_sessions": self.pre_chain_sessions, "checkpoints": self.checkpoints,
+                "pruned": self.pruned,
                 "first_fault": str(self.faults[0]) if self.faults else None,
                 "faults": [{"table": f.table, "row": f.row, "chain_seq": f.chain_seq, "what": f.what, "text": str(f)}
                            for f in self.faults], "more_faults": self.more_faults, "seconds": round(self.seconds, 3)}
@@ -113,7 +136,7 @@ class _Sessions:
     def __init__(self, conn: sqlite3.Connection) -> None:
         info = conn.execute("PRAGMA table_info(sessions)").fetchall()
         self.columns = [name for _, name, *_ in info]
-        self.defaults = {name: _literal(default) for _, name, _, _, default, _ in info}
+        self.defaults = session_defaults(conn)
         self.expected: dict[str, tuple[dict[str, Any], int]] = {}  # session_id -> (row, last change's seq)
         self.partial: dict[str, tuple[dict[str, Any], int]] = {}  # changed after the chain, opened before it
         self.pre_chain: set[str] = set()
@@ -129,6 +152,10 @@ class _Sessions:
             expected = dict(self.defaults)
             expected.update(values)
             self.expected[session_id] = (expected, seq)
+            return
+        if kind == RETAINED:  # every column, as its pruned changes made it
+            self.partial.pop(session_id, None)
+            self.expected[session_id] = (values, seq)
             return
         added = values.pop(REAUTHENTICATIONS_ADDED, 0) if kind == AUTHENTICATED else 0
         if session_id in self.expected:
@@ -177,17 +204,6 @@ class _Sessions:
                          "is missing (deleted)")
 
 
-def _literal(default: str | None) -> Any:
-    if default is None or default.upper() == "NULL":
-        return None
-    if default.startswith("'") and default.endswith("'"):
-        return default[1:-1].replace("''", "'")
-    try:
-        return int(default)
-    except ValueError:
-        return float(default)
-
-
 def verify(conn: sqlite3.Connection, verifier: checkpoints.Verifier | None,
            given: list[tuple[str, checkpoints.Checkpoint]] = ()) -> Report:
     """Check the whole chain, its head, its stored checkpoints and `given` ones (already signature-checked)."""
@@ -201,7 +217,9 @@ def verify(conn: sqlite3.Connection, verifier: checkpoints.Verifier | None,
     wanted = {size for _, size, _, _ in stored} | {cp.size for _, cp in given}
     at_size: dict[int, bytes] = {}
     sessions = _Sessions(conn)
-    previous, expected_seq, last_table = GENESIS, 1, None
+    boundary = report.boundary = read_boundary(conn)
+    previous, expected_seq, last_table = boundary.hash, boundary.first_seq, None
+    prune_index, last_prune_first = CHAINED_TABLES.index("prunes"), 1
     session_index = CHAINED_TABLES.index("session_changes")
     rows = report.rows
     names = CHAINED_TABLES
@@ -210,14 +228,26 @@ def verify(conn: sqlite3.Connection, verifier: checkpoints.Verifier | None,
         table = names[index]
         rows[table] += 1
         stored_hash = row[-1]
+        if seq < boundary.first_seq:
+            report.fault(table, f"id {row[0]}", seq, f"comes before the prune boundary (the chain starts at "
+                         f"chain_seq {boundary.first_seq}, the prunes row at chain_seq {boundary.prune_seq} says): "
+                         "restored or inserted after the prune")
+            continue
         if seq != expected_seq:
             if seq < expected_seq:
                 report.fault(table, f"id {row[0]}", seq, f"chain_seq {seq} is used twice (also by {last_table}): "
                              "a row copied, or its chain_seq changed")
             else:
                 missing = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}..{seq - 1}"
+                if last_table is None and boundary.first_seq == 1:
+                    why = "deleted with no prune recorded (retention appends a prunes row), or their chain_seq changed"
+                elif last_table is None:
+                    why = (f"deleted past the prune boundary (the prunes row at chain_seq {boundary.prune_seq} "
+                           f"keeps chain_seq {boundary.first_seq} on), or their chain_seq changed")
+                else:
+                    why = "deleted, or their chain_seq changed"
                 report.fault(table, f"id {row[0]}", seq, f"the entries before it (chain_seq {missing}) are "
-                             "missing: deleted, or their chain_seq changed")
+                             f"missing: {why}")
             previous = bytes(stored_hash) if isinstance(stored_hash, bytes) else previous
         else:
             computed = link_hash(previous, canonicals[index](row[:-2])[0])
@@ -232,11 +262,21 @@ def verify(conn: sqlite3.Connection, verifier: checkpoints.Verifier | None,
         if index == session_index:
             if row[2] != PRE_CHAIN:
                 sessions.apply(row, report)
+        elif index == prune_index:
+            report.prunes += 1
+            first = row[2]
+            if not isinstance(first, int) or not last_prune_first <= first <= seq:
+                report.fault(table, f"id {row[0]}", seq, f"first_seq {first!r} is not between the previous prune's "
+                             f"({last_prune_first}) and its own chain_seq: a prune only moves the start forward")
+            else:
+                last_prune_first = first
         expected_seq = max(expected_seq, seq + 1)
         last_table = table
     report.size = expected_seq - 1
     report.head_hash = previous
     _check_head(conn, report)
+    if boundary.first_seq > 1:
+        at_size[boundary.first_seq - 1] = boundary.hash
     _check_checkpoints(stored, given, at_size, verifier, report)
     sessions.compare(conn, report)
     report.seconds = time.monotonic() - started
@@ -266,7 +306,10 @@ def _span(first: int, last: int) -> str:
 
 
 def _check_one(where: str, table_row: str, checkpoint: checkpoints.Checkpoint, at_size: dict[int, bytes],
-               report: Report, table: str) -> bool:
+               report: Report, table: str) -> bool | None:
+    """True when the checkpoint holds, False (and a fault) when not, None when it precedes the prune boundary."""
+    if 0 < checkpoint.size < report.boundary.first_seq - 1:
+        return None
     if checkpoint.size > report.size:
         report.fault(table, table_row, checkpoint.size,
                      f"{where} was signed when the chain had {checkpoint.size} entries, but it now has "
@@ -305,9 +348,17 @@ def _check_checkpoints(stored: list, given: list[tuple[str, checkpoints.Checkpoi
             report.fault("checkpoints", f"id {id_}", size, "its tree_size and root_hash columns are not what its "
                          "signed note says")
             continue
-        entry["ok"] = _check_one(where, f"id {id_}", checkpoint, at_size, report, "checkpoints")
+        _checked(entry, _check_one(where, f"id {id_}", checkpoint, at_size, report, "checkpoints"), report)
     for where, checkpoint in given:
         entry = {"source": where, "size": checkpoint.size, "ok": False}
         report.checkpoints.append(entry)
-        entry["ok"] = _check_one(f"the checkpoint {where}", f"file {where}", checkpoint, at_size, report,
-                                 "checkpoint")
+        _checked(entry, _check_one(f"the checkpoint {where}", f"file {where}", checkpoint, at_size, report,
+                                   "checkpoint"), report)
+
+
+def _checked(entry: dict[str, Any], ok: bool | None, report: Report) -> None:
+    entry["ok"] = ok
+    if ok is None:
+        entry["unchecked"] = (f"signed at size {entry['size']}, before the prune boundary: entries up to "
+                              f"chain_seq {report.boundary.first_seq - 1} were deleted by retention, so it cannot "
+                              "be checked against them (not a fault of the chain)")

@@ -17,6 +17,12 @@ Events of a failed batch (few, and the ones that say what happened, such as
 `audit-failing`) are kept, up to 1000, and written then too.
 While failing, the thread retries every `flush_ms` even when nothing new
 arrives, so recovery is noticed as soon as space returns.
+
+Retention (`enforce_retention`, from the service's maintenance step) runs here
+too, this thread owning the write connection: a prune run (`prune.Pruner`)
+takes one bounded batch per turn of the loop, after the records that turn
+gathered, so records wait behind at most one prune batch, never a whole run.
+While a run is under way the thread does not sleep when nothing arrives.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ from pathlib import Path
 from appliance.audit import store
 from appliance.audit.append import Appender
 from appliance.audit.checkpoint import SigningKey
+from appliance.audit.prune import BATCH, PruneRefused, Pruner
 from appliance.audit.records import AuditRecord, Event, Gap
 
 log = logging.getLogger(__name__)
 _STOP = object()
 _CHECKPOINT = object()
+_RETENTION = object()
 _MAX_BATCH = 5000
 # Events (starts, refusals, the audit-failing event itself) of a batch that
 # failed are kept and written with the gap marker, up to this many; the many
@@ -64,7 +72,8 @@ def _at(record) -> float:
 
 class AuditWriter:
     def __init__(self, path: Path, *, flush_ms: int = 200, queue_max: int = 50_000,
-                 signing_key: SigningKey | None = None, checkpoint_dir: Path | None = None) -> None:
+                 signing_key: SigningKey | None = None, checkpoint_dir: Path | None = None,
+                 max_age_days: float | None = None, max_bytes: int | None = None, prune_batch: int = BATCH) -> None:
         self.path = path
         self.signing_key = signing_key
         self.checkpoint_dir = checkpoint_dir
@@ -92,6 +101,13 @@ class AuditWriter:
         self._dropped_seen = 0
         self._gap: _OpenGap | None = None
         self._retained: list[Event] = []
+        # Retention: what it keeps, the run under way (this thread's only), the last run's summary.
+        self.max_age_days = max_age_days
+        self.max_bytes = max_bytes
+        self.prune_batch = prune_batch
+        self._pruner: Pruner | None = None
+        self.last_prune: dict | None = None  # read by the event loop for status (one attribute)
+        self.prune_error: str | None = None
         self._thread.start()
 
     def submit(self, record: AuditRecord) -> bool:
@@ -120,6 +136,15 @@ class AuditWriter:
         if self.signing_key is not None:
             self._queue.put(_CHECKPOINT)
 
+    def enforce_retention(self) -> None:
+        """Start a prune run in the writer thread, unless one is under way (no-op without a retention)."""
+        if self.max_age_days is not None or self.max_bytes is not None:
+            self._queue.put(_RETENTION)
+
+    @property
+    def pruning(self) -> bool:
+        return self._pruner is not None
+
     def close(self) -> None:
         self._queue.put(_STOP)
         self._urgent.set()
@@ -143,11 +168,14 @@ class AuditWriter:
             # flush interval without waking for each: committing on every
             # wake-up made a transaction per handful of records under load, and
             # this thread's CPU and GIL time came out of the proxy's.
+            pruning = self._pruner is not None
             try:
-                items = [self._queue.get(timeout=self.flush_s if self.failing else None)]
+                items = [self._queue.get_nowait() if pruning else
+                         self._queue.get(timeout=self.flush_s if self.failing else None)]
             except queue.Empty:
                 items = []  # failing and idle: try the gap marker alone, to notice recovery
-            self._urgent.wait(self.flush_s)
+            if items or not pruning:
+                self._urgent.wait(self.flush_s)
             self._urgent.clear()
             while True:
                 try:
@@ -156,12 +184,14 @@ class AuditWriter:
                     break
             pending: list[AuditRecord] = []
             waiters: list[threading.Event] = []
-            checkpoint = False
+            checkpoint = retention = False
             for item in items:
                 if item is _STOP:
                     stopping = True
                 elif item is _CHECKPOINT:
                     checkpoint = True
+                elif item is _RETENTION:
+                    retention = True
                 elif isinstance(item, threading.Event):
                     waiters.append(item)
                 else:
@@ -171,10 +201,43 @@ class AuditWriter:
                 self._write([])
             for start in range(0, len(pending), _MAX_BATCH):
                 self._write(pending[start:start + _MAX_BATCH])
+            if retention and self._pruner is None and not stopping:
+                self._start_prune()
+            if self._pruner is not None:
+                self._prune_step(stopping)
             if (checkpoint or stopping) and self.signing_key is not None:
                 self._checkpoint()
             for w in waiters:
                 w.set()
+
+    def _start_prune(self) -> None:
+        self.prune_error = None
+        try:
+            self._pruner = Pruner(self._appender, now=time.time(), batch=self.prune_batch, max_bytes=self.max_bytes,
+                                  max_age_s=None if self.max_age_days is None else self.max_age_days * 86400)
+        except Exception:  # noqa: BLE001 - retention waits for the next interval; records are unaffected
+            log.exception("audit retention could not start on %s", self.path)
+
+    def _prune_step(self, stopping: bool) -> None:
+        """One batch of the run under way; at its end (or at a stop) its audit-pruned event."""
+        pruner = self._pruner
+        try:
+            more = not stopping and pruner.step()
+        except Exception as e:  # noqa: BLE001 - each batch is its own transaction: what was done holds
+            more = False
+            self.prune_error = str(e)
+            refused = isinstance(e, PruneRefused)
+            log.log(logging.CRITICAL if refused else logging.ERROR, "audit retention stopped on %s: %s", self.path, e,
+                    exc_info=not refused)
+            self._write([Event(at=time.time(), kind="error", message=f"audit retention stopped: {e}")])
+        if more:
+            return
+        self._pruner = None
+        event = pruner.event()
+        if event is not None:
+            self._write([event])
+            self.last_prune = {**pruner.summary(), "at": event.at}
+            log.info("%s", event.message)
 
     def _checkpoint(self) -> None:
         try:

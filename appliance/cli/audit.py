@@ -12,7 +12,7 @@ from appliance.audit import checkpoint as checkpoints
 from appliance.audit import store
 from appliance.audit.append import Appender, write_note
 from appliance.audit.verify import verify as verify_chain
-from appliance.cli.output import emit, parse_since
+from appliance.cli.output import emit, parse_since, when
 
 _SESSION_COLUMNS = ("started_at", "session_id", "identity", "auth_method", "subject", "cgroup_path", "pid", "uid",
                     "command", "client_address", "broker_address", "requests", "bytes_from_client", "bytes_to_client",
@@ -248,8 +248,16 @@ def verify(ctx, checkpoint_files, key, as_json) -> None:
         if pre:
             click.echo("written before the chain began (not covered): "
                        + ", ".join(f"{t} {n:,}" for t, n in pre.items()))
+        pruned = report.pruned
+        if pruned:
+            click.echo(f"pruned by retention: entries 1..{pruned['first_seq'] - 1:,}, last on "
+                       f"{when(pruned['last_prune_at'])}; the kept chain starts at chain_seq {pruned['first_seq']:,} "
+                       f"and links to the recorded boundary hash {pruned['boundary_hash'][:16]}…")
         good = sum(1 for c in report.checkpoints if c["ok"])
-        click.echo(f"checkpoints: {good} of {len(report.checkpoints)} verify"
+        unchecked = sum(1 for c in report.checkpoints if c["ok"] is None)
+        click.echo(f"checkpoints: {good} of {len(report.checkpoints) - unchecked} verify"
+                   + (f"; {unchecked} signed before the prune boundary, not checkable against deleted rows"
+                      if unchecked else "")
                    + ("" if verifier else " (no verifier key: signatures not checked)"))
         click.echo(f"sessions: {report.sessions:,} checked against session_changes"
                    + (f" ({report.pre_chain_sessions:,} opened before the chain)" if report.pre_chain_sessions else ""))

@@ -136,6 +136,7 @@ def status(ctx, as_json: bool) -> None:
                        f"{', '.join(f'{k} {n}' for k, n in limits['deadline_closes'].items()) or 'none'}")
         click.echo(f"audit: {snapshot['audit']['path']} ({snapshot['audit']['written']} records written, "
                    f"{snapshot['audit']['failed_batches']} failed batches)")
+        click.echo(_audit_retention_line(audit))
         states = snapshot.get("broker_states") or {}
         click.echo("broker reachability: " + (", ".join(f"{b} {state}" for b, state in states.items()) or "unknown"))
         health = snapshot.get("kernel_health") or {}
@@ -156,6 +157,29 @@ def status(ctx, as_json: bool) -> None:
          columns=("session_id", "identity", "auth", "subject", "pid", "command", "broker_address", "started_at",
                   "token_expires_at", "reauthenticate_by"),
          title="live sessions", times=("started_at", "token_expires_at", "reauthenticate_by"))
+
+
+def _audit_retention_line(audit: dict) -> str:
+    """The audit's size and the retention in force, from the status snapshot."""
+    size = audit.get("bytes") or {}
+    line = f"audit size: {size.get('database', 0):,} bytes (+{size.get('wal', 0):,} in the WAL); retention: "
+    retention = audit.get("retention") or {}
+    kept = []
+    if retention.get("max_age_days") is not None:
+        kept.append(f"{retention['max_age_days']:g} days")
+    if retention.get("max_bytes") is not None:
+        kept.append(f"{retention['max_bytes']:,} bytes")
+    line += ("at most " + " and ".join(kept) + f", checked every {retention.get('interval_s', 0):g} s") if kept \
+        else "keep everything (audit_retention not set)"
+    last = retention.get("last_prune")
+    if last:
+        line += (f"; last prune {when(last['at'])}: {last['entries']:,} entries, the chain now starts at chain_seq "
+                 f"{last['first_seq']:,}")
+    if retention.get("pruning"):
+        line += "; a prune is under way"
+    if retention.get("error"):
+        line += f"; RETENTION STOPPED: {retention['error']}"
+    return line
 
 
 def _alive(pid) -> bool:

@@ -14,3 +14,17 @@ def test_the_upstream_token_line_says_whose_token_until_when_and_the_last_failur
     line = _upstream_auth_line(failing)
     assert "NO VALID TOKEN: new broker connections cannot authenticate" in line
     assert "3 failed fetch(es) in a row, last: token endpoint answered 401" in line
+
+
+def test_the_status_line_shows_the_audit_size_and_the_retention_in_force():
+    from appliance.cli.serve import _audit_retention_line
+    line = _audit_retention_line({"bytes": {"database": 1_048_576, "wal": 4096},
+                                  "retention": {"max_age_days": 90.0, "max_bytes": 21474836480, "interval_s": 300.0,
+                                                "pruning": False, "error": None,
+                                                "last_prune": {"at": 0.0, "entries": 1_000_000, "first_seq": 1_000_001}}})
+    assert line.startswith("audit size: 1,048,576 bytes (+4,096 in the WAL); retention: at most 90 days and "
+                           "21,474,836,480 bytes, checked every 300 s; last prune ")
+    assert "1,000,000 entries, the chain now starts at chain_seq 1,000,001" in line
+    assert _audit_retention_line({"bytes": {}, "retention": {}}).endswith("keep everything (audit_retention not set)")
+    assert "RETENTION STOPPED: operations id 5" in _audit_retention_line(
+        {"retention": {"max_bytes": 1 << 20, "error": "operations id 5 chain_seq 7: its content does not hash"}})
