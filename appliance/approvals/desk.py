@@ -102,7 +102,13 @@ class Desk:
             if rule is None or rule.approval is None:  # the policy changed between the decision and now
                 self._holds[conn] = _Hold((), now, f"rule {rule_name} no longer asks for approval; try again")
                 return
-            request = self.store.pending_for(principal.identity, rule_name, tuple(sorted(rule_needs)), now)
+            asked = tuple(sorted(rule_needs))
+            denied = self.store.denied_since(principal.identity, rule_name, asked, now - rule.approval.denied_for_s) \
+                if rule.approval.denied_for_s > 0 else None
+            if denied is not None:
+                self._holds[conn] = _Hold((), now, _denial(denied, now))
+                return
+            request = self.store.pending_for(principal.identity, rule_name, asked, now)
             if request is None and self.store.pending_count(principal.identity, now) >= MAX_PENDING_PER_IDENTITY:
                 self._holds[conn] = _Hold((), now, f"{principal.identity} already has {MAX_PENDING_PER_IDENTITY} "
                                                    "approval requests pending; decide or let those expire first")
@@ -180,8 +186,7 @@ class Desk:
         requests = [self.store.get(i) for i in hold.request_ids]
         for request in requests:
             if request.state == State.DENIED:
-                denial = next(v for v in reversed(request.votes) if not v.approve)
-                return f"denied by {denial.approver}: {denial.reason} (approval request {request.id})"
+                return _denial(request)
             if request.state == State.EXPIRED:
                 return f"approval request {request.id} expired undecided; the next attempt files a new one"
         if all(r.state == State.APPROVED for r in requests):
@@ -203,6 +208,17 @@ class Desk:
 
 
 _WAIT = object()
+
+
+def _denial(request: ApprovalRequest, now: float | None = None) -> str:
+    """How a denied request is answered; `now` given, to an ask again within the rule's denied_for_s."""
+    denial = next(v for v in reversed(request.votes) if not v.approve)
+    text = f"denied by {denial.approver}: {denial.reason} (approval request {request.id})"
+    if now is None:
+        return text
+    left = max(1, round(request.decided_at + request.approval.denied_for_s - now))
+    return (f"{text} {max(0, round(now - request.decided_at))} s ago; asked again, it is refused without a new "
+            f"request for {left} s more")
 
 
 def _pending_message(request: ApprovalRequest) -> str:

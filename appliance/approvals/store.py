@@ -80,6 +80,14 @@ class ApprovalStore:
             return _request(row)
         return None
 
+    def denied_since(self, identity: str, rule: str, needs: tuple[Need, ...], since: float) -> ApprovalRequest | None:
+        """The latest request of this identity for exactly these needs denied at or after `since`."""
+        for row in self.conn.execute("SELECT * FROM requests WHERE state = 'denied' AND identity = ? AND rule = ?"
+                                     " AND needs = ? AND decided_at >= ? ORDER BY decided_at DESC LIMIT 1",
+                                     (identity, rule, _needs_json(needs), since)):
+            return _request(row)
+        return None
+
     def pending_count(self, identity: str, now: float) -> int:
         return self.conn.execute("SELECT count(*) FROM requests WHERE state = 'pending' AND identity = ? "
                                  "AND expires_at > ?", (identity, now)).fetchone()[0]

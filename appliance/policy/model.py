@@ -87,13 +87,16 @@ class Approval:
     CLI), and `approvals` distinct approvers are needed. The request is held
     `hold_s` seconds, below the clients' 30 s request timeout; undecided then,
     it is answered with how to approve it and stays pending `pending_s`
-    seconds. An approval makes a grant for `grant_ttl_s` seconds.
+    seconds. An approval makes a grant for `grant_ttl_s` seconds. A denial
+    answers the same ask again for `denied_for_s` seconds, with no new request:
+    a workload retrying what a person refused cannot fill the approvers' queue.
     """
 
     approver_groups: tuple[str, ...]
     approvals: int = 1
     hold_s: float = 20.0
     pending_s: float = 3600.0
+    denied_for_s: float = 600.0
     grant_ttl_s: float = 3600.0
     grant_scope: GrantScope = GrantScope.REQUESTED
     webhook: str | None = None

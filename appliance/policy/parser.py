@@ -37,13 +37,14 @@ FORMAT_VERSION = 1
 TOP_LEVEL_KEYS = ("version", "immutable_topics", "deny_static_credentials", "rules", "masking")
 RULE_KEYS = ("name", "effect", "identities", "groups", "operations", "topics", "consumer_groups",
              "transactional_ids", "cluster", "approval")
-APPROVAL_KEYS = ("approvers", "approvals", "hold_s", "pending_s", "grant", "webhook")
+APPROVAL_KEYS = ("approvers", "approvals", "hold_s", "pending_s", "denied_for_s", "grant", "webhook")
 GRANT_KEYS = ("ttl_s", "scope")
 # Bounds of an approval's times, in seconds. The hold stays below what clients wait for an answer (Kafka's
 # request.timeout.ms is 30 s by default; the proxy's own request_timeout_s bounds it too).
 HOLD_S_RANGE = (1, 300)
 PENDING_S_RANGE = (1, 7 * 86400)
 GRANT_TTL_S_RANGE = (1, 30 * 86400)
+DENIED_FOR_S_RANGE = (0, 7 * 86400)
 RESOURCE_KEYS = ("topics", "consumer_groups", "transactional_ids", "cluster")
 MASK_RULE_KEYS = ("name", "topics", "on", "fields", "detectors", "headers", "action", "invalid", "binary")
 MASK_ACTIONS = ("redact", "hash", "remove", "keep_last")
@@ -271,6 +272,7 @@ class _Reader:
             raise self.error(keys["pending_s"][1], "pending_s", f"({pending_s:g}) is shorter than hold_s "
                                                                 f"({hold_s:g}): a request stays pending at least "
                                                                 f"as long as it is held", rule)
+        denied_for_s = self.seconds(keys, "denied_for_s", rule, 600.0, DENIED_FOR_S_RANGE)
         ttl_s, scope = 3600.0, GrantScope.REQUESTED
         if "grant" in keys:
             grant_node = keys["grant"][1]
@@ -288,7 +290,8 @@ class _Reader:
                 raise self.error(keys["webhook"][1], "webhook", f"must be an http:// or https:// URL, not "
                                                                 f"{webhook!r}", rule)
         return Approval(approver_groups=tuple(str(p) for p in approvers), approvals=approvals, hold_s=hold_s,
-                        pending_s=pending_s, grant_ttl_s=ttl_s, grant_scope=scope, webhook=webhook)
+                        pending_s=pending_s, denied_for_s=denied_for_s, grant_ttl_s=ttl_s, grant_scope=scope,
+                        webhook=webhook)
 
     def number(self, keys: dict[str, tuple[Node, Node]], key: str, rule: str, default: float,
                bounds: tuple[float, float], *, whole: bool) -> float:

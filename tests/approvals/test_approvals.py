@@ -425,3 +425,59 @@ def test_the_demo_screen_names_the_held_request_and_the_command_that_approves_it
     shown = _held(config, tmp_path / "demo-archive.txt").plain
     assert "creating demo-orders-archive: waiting for approval" in shown
     assert f'appliance approvals approve {filed.id} --reason "looks fine"' in shown
+
+
+def test_asking_again_for_what_a_person_denied_is_refused_with_that_denial_and_files_nothing(tmp_path):
+    from appliance.approvals.desk import Desk
+
+    clock = Clock()
+    desk = Desk(ApprovalStore(tmp_path / "approvals.db"), lambda: POLICY, lambda *a, **k: None, clock=clock)
+
+    class Conn:
+        gone = False
+
+        def __init__(self):
+            self.answers = []
+
+        def dispatch(self, event):
+            self.answers.append(event)
+
+    first = Conn()
+    desk.hold(first, BOT, (NEED,), "CreateTopics", "s1", None)
+    (filed,) = desk.store.requests(state=State.PENDING)
+    desk.store.vote(filed.id, ALICE, False, "not during the freeze", clock())
+    desk.step()
+    assert first.answers[0].refusal == f"denied by alice: not during the freeze (approval request {filed.id})"
+
+    clock.now += 30  # the workload tries again: refused at once with the same denial, no new request
+    again = Conn()
+    desk.hold(again, BOT, (NEED,), "CreateTopics", "s2", None)
+    desk.step()
+    assert f"denied by alice: not during the freeze (approval request {filed.id}) 30 s ago" in again.answers[0].refusal
+    assert "for 570 s more" in again.answers[0].refusal
+    assert desk.store.requests(state=State.PENDING) == []
+
+    other = Conn()  # something else it asks for is a new request
+    desk.hold(other, BOT, (Need(RULE.name, "create", "topic", "payments-v3"),), "CreateTopics", "s3", None)
+    assert len(desk.store.requests(state=State.PENDING)) == 1
+
+    clock.now += RULE.approval.denied_for_s  # past denied_for_s, asking again files a new request
+    later = Conn()
+    desk.hold(later, BOT, (NEED,), "CreateTopics", "s4", None)
+    assert len(desk.store.requests(state=State.PENDING)) == 2 and later.answers == []
+
+
+def test_denied_for_s_is_checked_and_zero_forgets_a_denial_at_once():
+    source = """
+version: 1
+rules:
+  - name: r
+    effect: approve
+    identities: [ops-bot]
+    operations: [create]
+    topics: ["*"]
+    approval: {approvers: [kafka-admins], denied_for_s: %s}
+"""
+    assert parse_policy(source % "0", source="p").rule_named("r").approval.denied_for_s == 0
+    with pytest.raises(PolicyError, match=r"p line 9: .*denied_for_s.* must be a number of seconds from 0 to 604800"):
+        parse_policy(source % "-1", source="p")

@@ -142,9 +142,10 @@ def test_a_sasl_reauthentication_parked_behind_a_held_request_waits_its_turn():
     assert answers and created(answers[0]).topics[0].error_code != 0 and not of(out, SendToUpstream)
 
 
-def test_a_denial_does_not_stick_each_pipelined_retry_files_a_new_request(tmp_path):
-    """Not a bypass, but worth knowing: after a denial the next parked identical request is held again and,
-    the denied one being decided, files a fresh approval request; a denial is never remembered."""
+def test_a_denial_sticks_the_pipelined_identical_retry_is_refused_with_it_and_files_nothing(tmp_path):
+    """Was worth knowing: after a denial the next parked identical request was held again and filed a fresh
+    approval request, so a workload could keep asking the approvers for what they had refused. Now the denial
+    answers the same ask for the rule's denied_for_s, without a new request or event."""
     clock = Clock()
     desk, events = desk_at(tmp_path, clock)
     grants = desk.grants
@@ -157,9 +158,13 @@ def test_a_denial_does_not_stick_each_pipelined_retry_files_a_new_request(tmp_pa
     ApprovalStore(tmp_path / "approvals.db").vote(first.id, ALICE, False, "no", 101.0)
     desk.step()
     out = s.handle(conn.answers.pop(), 2.0)
-    (hold,) = of(out, HoldForApproval)  # the identical second one: held again
+    (hold,) = of(out, HoldForApproval)  # the identical second one: held, then answered with the denial
     desk.hold(conn, BOT, hold.needs, hold.api, "s1", None)
-    assert len(desk.store.requests()) == 2 and [k for k, *_ in events].count("approval-requested") == 2
+    desk.step()
+    out = s.handle(conn.answers.pop(), 3.0)
+    (answer,) = of(out, SendToClient)
+    assert "denied by alice: no" in created(answer).topics[0].error_message and not of(out, SendToUpstream)
+    assert len(desk.store.requests()) == 1 and [k for k, *_ in events].count("approval-requested") == 1
 
 
 # ---- floods ------------------------------------------------------------------------------------------
