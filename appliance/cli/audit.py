@@ -361,3 +361,25 @@ def export(ctx, since, until_, fmt, output) -> None:
             out.write(json.dumps(row, separators=(",", ":"), default=str) + "\n")
             count += 1
     click.echo(f"{count} rows written to {output}", err=True)
+
+
+@audit.command()
+@click.pass_context
+def key(ctx) -> None:
+    """Make the audit's signing key if there is none (root-only, in the state directory; scripts/install runs
+    this, and serve would at its first start) and print its verifier key. Record that line somewhere the
+    gateway's root cannot change: checkpoints are checked against it (`audit verify --key`).
+
+    \b
+    Example:
+      appliance audit key
+    """
+    path = ctx.obj.audit_signing_key
+    made = not path.exists()
+    try:
+        signing = checkpoints.load_or_create_signing_key(path)
+    except (OSError, ValueError) as e:  # SecretError and CheckpointError are ValueErrors naming the file
+        raise BadInput(f"the audit signing key {path}: {e}") from None
+    click.echo(signing.verifier.vkey)
+    click.echo(f"{'made' if made else 'kept'} {path} (root-only); verifier key also in "
+               f"{checkpoints.vkey_path(path)}", err=True)

@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,25 @@ def test_a_note_signed_by_another_key_is_refused(tmp_path):
         cp.verify(note, ours.verifier, "x.txt")
     with pytest.raises(cp.CheckpointError, match="v: the verifier key's hash 00000000 does not match"):
         cp.Verifier.parse("gw1/appliance-audit+00000000+" + ours.verifier.vkey.split("+", 2)[2], "v")
+
+
+def test_audit_key_makes_the_key_once_and_prints_the_verifier_key_to_record(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "appliance.yaml").write_text(f"state_dir: {tmp_path}\n")
+
+    def key_command():
+        return subprocess.run([sys.executable, "-m", "appliance", "--config", str(tmp_path / "appliance.yaml"),
+                               "audit", "key"], capture_output=True, text=True, timeout=60,
+                              cwd=Path(__file__).resolve().parents[2])
+
+    first, second = key_command(), key_command()
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    vkey = (tmp_path / "audit-signing.vkey").read_text().strip()
+    assert first.stdout.strip() == second.stdout.strip() == vkey
+    assert "made" in first.stderr and "kept" in second.stderr
+    assert stat.S_IMODE((tmp_path / "audit-signing.key").stat().st_mode) == 0o600
+    (tmp_path / "audit-signing.key").write_bytes(b"short")
+    broken = key_command()
+    assert broken.returncode != 0 and "audit-signing.key" in broken.stderr, broken.stderr

@@ -79,8 +79,12 @@ def test_install_upgrade_uninstall_and_purge(tmp_path, broker, config, proxy_cgr
     etc, state = prefix / "etc/appliance", prefix / "var/lib/appliance"
     venv, units = prefix / "opt/appliance/venv", prefix / "etc/systemd/system"
 
-    _run("install", prefix)
+    out = _run("install", prefix)
     assert _mode(etc / "credentials") == 0o700 and _mode(state) == 0o700
+    # The audit's signing key is made at install, root-only, and its verifier key shown to be recorded.
+    assert _mode(state / "audit-signing.key") == 0o600
+    vkey = (state / "audit-signing.vkey").read_text().strip()
+    assert vkey.split("+")[0].endswith("/appliance-audit") and vkey in out, out
     assert _mode(etc / "credentials/upstream.json") == 0o600 and os.stat(etc / "credentials/upstream.json").st_uid == 0
     config = load_config(etc / "appliance.yaml")
     assert (config.state_dir, config.policy_file, config.upstream_credentials) == (
