@@ -126,17 +126,34 @@ class Desk:
         self._holds[conn] = _Hold(tuple(ids), until if until is not None else now)
 
     def used(self, grants, session_id: str, identity: str) -> None:
-        """Audit a grant's first use on a session (`grant-used`), not every request under it."""
+        """Audit a grant's first use on a session (`grant-used`), not every request under it; a counted grant's
+        every use, since each is one of a few. Its charges (made by the gate) are written to the store now."""
         for grant in grants:
             key = (grant.id, session_id)
-            if key in self._used:
+            if grant.uses is None and key in self._used:
                 continue
             if len(self._used) > 100_000:
                 self._used.clear()
             self._used.add(key)
+            count = "" if grant.uses is None else f" (use {grant.used} of {grant.uses})"
             self.event("grant-used", f"grant {grant.id} (request {grant.request_id}, approved by "
-                                     f"{', '.join(grant.approvers)}) let {identity} go on", identity=identity,
-                       session_id=session_id, detail={"grant": grant.id, "request": grant.request_id})
+                                     f"{', '.join(grant.approvers)}) let {identity} go on{count}", identity=identity,
+                       session_id=session_id, detail={"grant": grant.id, "request": grant.request_id,
+                                                      "used": grant.used, "uses": grant.uses})
+        self._save_uses()
+
+    def _save_uses(self) -> None:
+        """Write the uses charged here to the store; a store busy now is tried again at the next step (until
+        then, the grants here keep the charges, so no use is given twice)."""
+        counts = dict(self.grants.unsaved)
+        if not counts:
+            return
+        try:
+            self.store.use(counts)
+        except sqlite3.OperationalError as e:
+            log.warning("approvals store %s: %s; grant uses are written at the next step", self.store.path, e)
+            return
+        self.grants.saved(counts)
 
     # ---- every maintenance step -----------------------------------------------------
 
@@ -149,6 +166,7 @@ class Desk:
 
     def _step(self) -> None:
         now = self.clock()
+        self._save_uses()
         # Votes come from other processes (the CLI, the console): the held requests are looked at again only
         # when the store changed, when this step expired some, or when a hold runs out.
         changed = self.store.changed()

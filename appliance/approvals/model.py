@@ -106,9 +106,15 @@ class Grant:
     revoked_at: float | None = None
     revoked_by: str | None = None
     revoke_reason: str | None = None
+    uses: int | None = None  # requests it lets through at most; None: any number
+    used: int = 0  # requests it let through so far
 
     def active(self, now: float) -> bool:
-        return self.revoked_at is None and now < self.expires_at
+        return self.revoked_at is None and now < self.expires_at and not self.used_up
+
+    @property
+    def used_up(self) -> bool:
+        return self.uses is not None and self.used >= self.uses
 
     def covers(self, identity: str, need: Need, now: float) -> bool:
         if not self.active(now) or identity != self.identity or need.rule != self.rule:
@@ -171,5 +177,5 @@ def vote(request: ApprovalRequest, approver: Approver, approve: bool, reason: st
     decided = replace(request, votes=votes, state=State.APPROVED, decided_at=now)
     grant = Grant(id=new_id("grt"), request_id=request.id, identity=request.identity, rule=request.rule,
                   scope=request.approval.grant_scope, needs=request.needs, approvers=decided.approvals,
-                  created_at=now, expires_at=now + request.approval.grant_ttl_s)
+                  created_at=now, expires_at=now + request.approval.grant_ttl_s, uses=request.approval.grant_uses)
     return decided, grant

@@ -32,7 +32,7 @@ CREATE INDEX IF NOT EXISTS requests_pending ON requests(identity, state, expires
 CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY, request_id TEXT NOT NULL, identity TEXT NOT NULL, rule TEXT NOT NULL, scope TEXT NOT NULL,
     needs TEXT NOT NULL, approvers TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL,
-    revoked_at REAL, revoked_by TEXT, revoke_reason TEXT
+    revoked_at REAL, revoked_by TEXT, revoke_reason TEXT, uses INTEGER, used INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS grants_expires ON grants(expires_at);
 """
@@ -51,10 +51,18 @@ class ApprovalStore:
         self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.executescript(_SCHEMA)
+        if "uses" not in self._grant_columns():  # a store made before grants could be counted
+            with self._immediate():
+                if "uses" not in self._grant_columns():  # another process may have added them meanwhile
+                    self.conn.execute("ALTER TABLE grants ADD COLUMN uses INTEGER")
+                    self.conn.execute("ALTER TABLE grants ADD COLUMN used INTEGER NOT NULL DEFAULT 0")
         self._version = self._data_version()
 
     def close(self) -> None:
         self.conn.close()
+
+    def _grant_columns(self) -> set[str]:
+        return {row[1] for row in self.conn.execute("PRAGMA table_info(grants)")}
 
     # ---- change detection -------------------------------------------------------
 
@@ -140,8 +148,9 @@ class ApprovalStore:
         if active_at is None:
             rows = self.conn.execute("SELECT * FROM grants ORDER BY created_at DESC LIMIT ?", (limit,))
         else:
-            rows = self.conn.execute("SELECT * FROM grants WHERE revoked_at IS NULL AND expires_at > ?"
-                                     " ORDER BY created_at DESC LIMIT ?", (active_at, limit))
+            rows = self.conn.execute("SELECT * FROM grants WHERE revoked_at IS NULL AND expires_at > ? AND "
+                                     "(uses IS NULL OR used < uses) ORDER BY created_at DESC LIMIT ?",
+                                     (active_at, limit))
         return [_grant(r) for r in rows]
 
     def revoke(self, grant_id: str, by: str, reason: str, now: float) -> Grant:
@@ -155,11 +164,19 @@ class ApprovalStore:
             grant = _grant(row)
             if grant.revoked_at is not None:
                 raise ApprovalError(f"grant {grant_id} was already revoked by {grant.revoked_by}")
+            if grant.used_up:
+                raise ApprovalError(f"grant {grant_id} was already used up ({grant.used} of {grant.uses} uses)")
             if not grant.active(now):
                 raise ApprovalError(f"grant {grant_id} already ended at {grant.expires_at:.0f}")
             self.conn.execute("UPDATE grants SET revoked_at = ?, revoked_by = ?, revoke_reason = ? WHERE id = ?",
                               (now, by, reason, grant_id))
         return _grant(self.conn.execute("SELECT * FROM grants WHERE id = ?", (grant_id,)).fetchone())
+
+    def use(self, counts: dict[str, int]) -> None:
+        """Add the requests each counted grant let through (grant id -> how many) to what it has used."""
+        with self._immediate():
+            self.conn.executemany("UPDATE grants SET used = used + ? WHERE id = ? AND uses IS NOT NULL",
+                                  [(n, grant_id) for grant_id, n in counts.items()])
 
     # ---- rows -------------------------------------------------------------------
 
@@ -175,9 +192,10 @@ class ApprovalStore:
 
     def _save_grant(self, g: Grant) -> None:
         self.conn.execute(
-            "INSERT INTO grants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO grants (id, request_id, identity, rule, scope, needs, approvers, created_at, expires_at, "
+            "revoked_at, revoked_by, revoke_reason, uses, used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (g.id, g.request_id, g.identity, g.rule, str(g.scope), _needs_json(g.needs), json.dumps(list(g.approvers)),
-             g.created_at, g.expires_at, g.revoked_at, g.revoked_by, g.revoke_reason))
+             g.created_at, g.expires_at, g.revoked_at, g.revoked_by, g.revoke_reason, g.uses, g.used))
 
 
 class _Immediate:
@@ -217,7 +235,8 @@ def _request(row) -> ApprovalRequest:
 
 def _grant(row) -> Grant:
     (id_, request_id, identity, rule, scope, needs, approvers, created_at, expires_at, revoked_at, revoked_by,
-     revoke_reason) = row
+     revoke_reason, uses, used) = row
     return Grant(id=id_, request_id=request_id, identity=identity, rule=rule, scope=GrantScope(scope),
                  needs=_needs(needs), approvers=tuple(json.loads(approvers)), created_at=created_at,
-                 expires_at=expires_at, revoked_at=revoked_at, revoked_by=revoked_by, revoke_reason=revoke_reason)
+                 expires_at=expires_at, revoked_at=revoked_at, revoked_by=revoked_by, revoke_reason=revoke_reason,
+                 uses=uses, used=used)

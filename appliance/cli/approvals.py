@@ -40,8 +40,10 @@ def _row(r: ApprovalRequest) -> dict:
 
 
 def _grant_row(g: Grant, now: float) -> dict:
-    state = "revoked" if g.revoked_at is not None else ("active" if g.active(now) else "ended")
+    state = "revoked" if g.revoked_at is not None else "used up" if g.used_up else \
+        ("active" if g.active(now) else "ended")
     return {"id": g.id, "state": state, "identity": g.identity, "rule": g.rule, "scope": str(g.scope),
+            "uses": "any" if g.uses is None else f"{g.used}/{g.uses}",
             "covers": "; ".join(n.describe() for n in g.needs), "approvers": ", ".join(g.approvers),
             "request": g.request_id, "created_at": g.created_at, "expires_at": g.expires_at,
             "revoked_by": g.revoked_by, "revoke_reason": g.revoke_reason}
@@ -167,7 +169,7 @@ def grants(ctx, everything: bool, as_json: bool) -> None:
     now = time.time()
     rows = [_grant_row(g, now) for g in _store(ctx).grants(active_at=None if everything else now)]
     emit(rows, as_json=as_json, title="grants", times=("created_at", "expires_at"),
-         columns=("id", "state", "identity", "covers", "scope", "approvers", "request", "expires_at"))
+         columns=("id", "state", "identity", "covers", "scope", "uses", "approvers", "request", "expires_at"))
 
 
 @approvals.command()

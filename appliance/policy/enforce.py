@@ -101,8 +101,8 @@ class Enforcer:
         verdict = self._check(frame, header)
         if gate.needed:
             return Verdict("held", verdict.checks, verdict.request, None, held=tuple(dict.fromkeys(gate.needed)))
-        if gate.used:
-            return dataclasses.replace(verdict, granted=tuple(dict.fromkeys(gate.used)))
+        if gate.used:  # it goes on under these grants: a counted one is charged now, before the next request
+            return dataclasses.replace(verdict, granted=gate.charge())
         return verdict
 
     def _check(self, frame: bytes, header: codec.RequestHeader) -> Verdict:

@@ -87,7 +87,8 @@ class Approval:
     CLI), and `approvals` distinct approvers are needed. The request is held
     `hold_s` seconds, below the clients' 30 s request timeout; undecided then,
     it is answered with how to approve it and stays pending `pending_s`
-    seconds. An approval makes a grant for `grant_ttl_s` seconds. A denial
+    seconds. An approval makes a grant for `grant_ttl_s` seconds and, with
+    `grant_uses`, for that many requests at most (1: a one-time grant). A denial
     answers the same ask again for `denied_for_s` seconds, with no new request:
     a workload retrying what a person refused cannot fill the approvers' queue.
     """
@@ -99,6 +100,7 @@ class Approval:
     denied_for_s: float = 600.0
     grant_ttl_s: float = 3600.0
     grant_scope: GrantScope = GrantScope.REQUESTED
+    grant_uses: int | None = None  # requests the grant lets through; None: any number until it ends
     webhook: str | None = None
 
 

@@ -38,13 +38,14 @@ TOP_LEVEL_KEYS = ("version", "immutable_topics", "deny_static_credentials", "rul
 RULE_KEYS = ("name", "effect", "identities", "groups", "operations", "topics", "consumer_groups",
              "transactional_ids", "cluster", "approval")
 APPROVAL_KEYS = ("approvers", "approvals", "hold_s", "pending_s", "denied_for_s", "grant", "webhook")
-GRANT_KEYS = ("ttl_s", "scope")
+GRANT_KEYS = ("ttl_s", "scope", "uses")
 # Bounds of an approval's times, in seconds. The hold stays below what clients wait for an answer (Kafka's
 # request.timeout.ms is 30 s by default; the proxy's own request_timeout_s bounds it too).
 HOLD_S_RANGE = (1, 300)
 PENDING_S_RANGE = (1, 7 * 86400)
 GRANT_TTL_S_RANGE = (1, 30 * 86400)
 DENIED_FOR_S_RANGE = (0, 7 * 86400)
+GRANT_USES_RANGE = (1, 1000)
 RESOURCE_KEYS = ("topics", "consumer_groups", "transactional_ids", "cluster")
 MASK_RULE_KEYS = ("name", "topics", "on", "fields", "detectors", "headers", "action", "invalid", "binary")
 MASK_ACTIONS = ("redact", "hash", "remove", "keep_last")
@@ -273,7 +274,7 @@ class _Reader:
                                                                 f"({hold_s:g}): a request stays pending at least "
                                                                 f"as long as it is held", rule)
         denied_for_s = self.seconds(keys, "denied_for_s", rule, 600.0, DENIED_FOR_S_RANGE)
-        ttl_s, scope = 3600.0, GrantScope.REQUESTED
+        ttl_s, scope, uses = 3600.0, GrantScope.REQUESTED, None
         if "grant" in keys:
             grant_node = keys["grant"][1]
             if not isinstance(grant_node, MappingNode):
@@ -283,6 +284,8 @@ class _Reader:
             ttl_s = self.seconds(grant, "ttl_s", rule, ttl_s, GRANT_TTL_S_RANGE)
             if "scope" in grant:
                 scope = GrantScope(self.choice(grant["scope"][1], "scope", rule, tuple(GrantScope)))
+            if "uses" in grant:
+                uses = self.whole_number(grant, "uses", rule, 1, GRANT_USES_RANGE)
         webhook = None
         if "webhook" in keys:
             webhook = self.text(keys["webhook"][1], "webhook", what="an http(s) URL", rule=rule)
@@ -291,7 +294,7 @@ class _Reader:
                                                                 f"{webhook!r}", rule)
         return Approval(approver_groups=tuple(str(p) for p in approvers), approvals=approvals, hold_s=hold_s,
                         pending_s=pending_s, denied_for_s=denied_for_s, grant_ttl_s=ttl_s, grant_scope=scope,
-                        webhook=webhook)
+                        grant_uses=uses, webhook=webhook)
 
     def number(self, keys: dict[str, tuple[Node, Node]], key: str, rule: str, default: float,
                bounds: tuple[float, float], *, whole: bool) -> float:

@@ -481,3 +481,90 @@ rules:
     assert parse_policy(source % "0", source="p").rule_named("r").approval.denied_for_s == 0
     with pytest.raises(PolicyError, match=r"p line 9: .*denied_for_s.* must be a number of seconds from 0 to 604800"):
         parse_policy(source % "-1", source="p")
+
+
+# ---- counted grants ----------------------------------------------------------------------------------
+
+ONE_TIME = Approval(("kafka-admins",), approvals=1, hold_s=5, pending_s=600, grant_ttl_s=600, grant_uses=1)
+
+
+def test_a_one_time_grant_lets_one_request_through_and_the_pipelined_next_is_held_again():
+    grants, clock = Grants(), Clock()
+    _, grant = vote(request(approval=ONE_TIME), ALICE, True, "once", 101.0)
+    assert grant.uses == 1 and grant.used == 0
+    grants.replace([grant])
+    s = relaying_session(grants, clock)
+    out = s.handle(ev.ClientData(create_topics(correlation_id=7) + create_topics(correlation_id=8)), 1.0)
+    assert [c.data for c in of(out, SendToUpstream)] == [create_topics(correlation_id=7)]
+    (hold,) = of(out, HoldForApproval)  # the same ask again: the grant's one use is spent
+    assert hold.needs == (NEED,)
+    (used,) = [c for c in out if type(c).__name__ == "GrantsUsed"]
+    assert [(g.id, g.used, g.uses) for g in used.grants] == [(grant.id, 1, 1)]
+    assert grants.unsaved == {grant.id: 1}
+    grants.replace([grant])  # a reload before the store has the use: the charge is kept
+    assert grants.covering("ops-bot", NEED, clock()) is None
+
+
+def test_a_counted_grants_uses_reach_the_store_and_a_busy_store_loses_none(tmp_path):
+    import sqlite3
+
+    from appliance.approvals.desk import Desk
+
+    path = tmp_path / "approvals.db"
+    clock = Clock()
+    events = []
+    desk = Desk(ApprovalStore(path, busy_timeout_ms=50), lambda: POLICY,
+                lambda kind, message, **kw: events.append((kind, message)), clock=clock)
+    twice = Approval(("kafka-admins",), approvals=1, hold_s=5, pending_s=600, grant_ttl_s=600, grant_uses=2)
+    filed = request(approval=twice)
+    desk.store.file(filed)
+    _, grant = desk.store.vote(filed.id, ALICE, True, "twice", clock())
+    desk.reload()
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # someone's sqlite3 shell holds the store
+    desk.used(desk.grants.charge((grant,)), "s1", "ops-bot")
+    holder.execute("ROLLBACK")
+    assert desk.grants.unsaved == {grant.id: 1}
+    assert ApprovalStore(path).grants()[0].used == 0
+    desk.step()  # written now, and the reload it may do keeps the count
+    assert desk.grants.unsaved == {} and ApprovalStore(path).grants()[0].used == 1
+    (after,) = desk.grants.charge((grant,))
+    desk.used((after,), "s2", "ops-bot")
+    assert [g.used for g in ApprovalStore(path).grants()] == [2]
+    assert ApprovalStore(path).grants(active_at=clock()) == []  # used up: no longer in force
+    assert desk.grants.covering("ops-bot", NEED, clock()) is None
+    assert [m for k, m in events if k == "grant-used"][-1].endswith("go on (use 2 of 2)")
+    with pytest.raises(ApprovalError, match=r"already used up \(2 of 2 uses\)"):
+        desk.store.revoke(grant.id, "alice", "too late", clock())
+
+
+def test_a_store_made_before_counted_grants_gets_their_columns_and_keeps_its_grants(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "approvals.db"
+    old = sqlite3.connect(str(path))
+    old.executescript("""
+        CREATE TABLE grants (id TEXT PRIMARY KEY, request_id TEXT NOT NULL, identity TEXT NOT NULL, rule TEXT NOT NULL,
+            scope TEXT NOT NULL, needs TEXT NOT NULL, approvers TEXT NOT NULL, created_at REAL NOT NULL,
+            expires_at REAL NOT NULL, revoked_at REAL, revoked_by TEXT, revoke_reason TEXT);
+        INSERT INTO grants VALUES ('grt-1', 'apr-1', 'ops-bot', 'r', 'requested', '[]', '["alice"]', 1, 9e9,
+            NULL, NULL, NULL);""")
+    old.close()
+    (grant,) = ApprovalStore(path).grants(active_at=2.0)
+    assert (grant.id, grant.uses, grant.used) == ("grt-1", None, 0)
+
+
+def test_grant_uses_is_checked():
+    source = """
+version: 1
+rules:
+  - name: r
+    effect: approve
+    identities: [ops-bot]
+    operations: [create]
+    topics: ["*"]
+    approval: {approvers: [kafka-admins], grant: {uses: %s}}
+"""
+    assert parse_policy(source % "1", source="p").rule_named("r").approval.grant_uses == 1
+    with pytest.raises(PolicyError, match=r"p line 9: key 'uses' of rule 'r' must be a whole number from 1 to 1000, not '0'"):
+        parse_policy(source % "0", source="p")

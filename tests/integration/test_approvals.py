@@ -74,6 +74,19 @@ while len(values) < n + 1 and time.monotonic() < deadline:
 consumer.close()
 print(json.dumps({"values": values}))
 """
+DELETE = """
+import json, sys
+from confluent_kafka.admin import AdminClient
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+future = admin.delete_topics([sys.argv[2]], request_timeout=40)[sys.argv[2]]
+try:
+    future.result(45)
+    print(json.dumps({"ok": True}))
+except Exception as e:
+    err = e.args[0] if e.args else e
+    print(json.dumps({"ok": False, "code": getattr(err, "name", lambda: str(err))(),
+                      "message": getattr(err, "str", lambda: str(err))()}))
+"""
 
 # Everything the topic's one partition holds, read directly from the broker to its end.
 STORED = """
@@ -197,6 +210,12 @@ def test_a_denied_create_topics_is_refused_with_who_denied_it_and_why(appliance,
     again = approvals(config_path, "approve", request["id"], "--reason", "changed my mind", check=False)
     assert again.returncode != 0 and "already denied" in again.stderr
     assert [e for e in events(config_path, "approval-refused") if request["id"] in e["message"]]
+    # The workload asks again: answered at once with the same denial, and no new request for the approvers.
+    started = time.monotonic()
+    retry = result_of(admin_create(bot, topic))
+    assert retry["code"] == "TOPIC_AUTHORIZATION_FAILED" and request["id"] in retry["message"], retry
+    assert "refused without a new request" in retry["message"] and time.monotonic() - started < 6, retry
+    assert len([e for e in events(config_path, "approval-requested") if topic in e["message"]]) == 1
 
 
 def test_a_request_left_pending_is_answered_with_its_id_and_the_retry_after_approval_passes(appliance, config_path,
@@ -278,3 +297,23 @@ def test_each_familys_held_first_write_goes_on_once_approved_with_each_record_on
     assert result.summary["acked"] == 12 and result.summary["failed"] == 0, result
     stored = json.loads(direct.run([PY, "-c", STORED, BROKER4, topic, sasl_args[1]]).stdout)
     assert sorted(stored) == sorted(f"{family}-{i}" for i in range(12)), stored  # each once, none lost
+
+
+def test_a_one_time_grant_lets_the_approved_deletion_through_and_the_next_one_waits_again(appliance, config_path,
+                                                                                         enroll, direct, sasl_args):
+    topic = f"apr-once-{secrets.token_hex(3)}"
+    bot = enroll("approval-bot")
+    for attempt in ("first", "second"):
+        assert direct.client("confluent.py", BROKER4, topic, "--create", *sasl_args)["errors"] == []
+        deleting = bot.popen([PY, "-c", DELETE, BROKER4, topic])
+        request = eventually(lambda: pending_for(config_path, topic), timeout=20,
+                             message=f"the {attempt} deletion held")
+        approvals(config_path, "approve", request["id"], "--reason", f"{attempt} deletion")
+        assert result_of(deleting) == {"ok": True}
+        (grant,) = [g for g in json.loads(approvals(config_path, "grants", "--all", "--json").stdout)
+                    if g["request"] == request["id"]]
+        assert grant["uses"] == "1/1" and grant["state"] == "used up", grant
+        used = [e for e in events(config_path, "grant-used") if grant["id"] in e["message"]]
+        assert len(used) == 1 and used[0]["message"].endswith("(use 1 of 1)"), used
+    requested = [e for e in events(config_path, "approval-requested") if topic in e["message"]]
+    assert len(requested) == 2  # the second deletion was its own request: the first grant had been used
