@@ -217,6 +217,8 @@ EVENT_KINDS += ("workload-tls",)
 # Approvals: requests held for a person, their decisions, the grants they made (docs/approvals.md).
 EVENT_KINDS += ("approval-requested", "approval-notified", "approval-vote", "approval-approved", "approval-denied", "approval-expired",
                 "approval-refused", "grant-used", "grant-revoked")
+# The web console (docs/console.md): logins, refused requests, verify runs; its votes use the approval kinds.
+EVENT_KINDS += ("console-login", "console-refused", "console-verify")
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:
