@@ -2,11 +2,15 @@
 
 A person in the approver group (kafka-admins, which the integration policy's approve rule names) logs in
 through the local Keycloak, approves the Java admin client's held CreateTopics while it waits, and opens
-that session's replay. `appliance console` runs as its own process on the test appliance's state directory.
+that session's replay; another denies librdkafka's, and the client is told who and why. A person only in
+the auditor group sees the requests but cannot vote, even with a forged POST. Requests a browser would not
+make (no session, no or a wrong CSRF token, a forged vote) go over plain HTTP to the same console, with the
+cookie the browser got. `appliance console` runs as its own process on the test appliance's state directory.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
@@ -21,12 +25,13 @@ import yaml
 from tests.integration.clients.families import java_admin
 from tests.integration.conftest import BROKER4, PY, audit, eventually
 from tests.integration.fixtures import IDP_ISSUER, STATE
-from tests.integration.test_approvals import pending_for
+from tests.integration.test_approvals import admin_create, approvals, pending_for, result_of
 
 CONSOLE_PORT = 39443
 CONSOLE = f"http://127.0.0.1:{CONSOLE_PORT}"
 CLIENT_ID = "appliance-console"
-PERSON, PASSWORD = "ada", "ada-" + secrets.token_hex(8)
+PERSON, PASSWORD = "ada", "ada-" + secrets.token_hex(8)  # in the approver group
+AUDITOR, AUDITOR_PASSWORD = "grace", "grace-" + secrets.token_hex(8)  # in the auditor group only
 
 
 def _browser():
@@ -49,12 +54,13 @@ def _browser():
     return driver
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def console(config_path, appliance, keycloak):
-    """`appliance console` on the test state directory, with a browser client and a person at Keycloak."""
+    """`appliance console` on the test state directory, with a browser client and two people at Keycloak."""
     secret = secrets.token_urlsafe(24)
     keycloak.ensure_browser_client(CLIENT_ID, secret, f"{CONSOLE}/callback")
     keycloak.ensure_person(PERSON, PASSWORD, ("kafka-admins",))
+    keycloak.ensure_person(AUDITOR, AUDITOR_PASSWORD, ("kafka-auditors",))
     secret_file = STATE / "console-client-secret"
     secret_file.write_text(secret + "\n")
     os.chmod(secret_file, 0o600)
@@ -81,21 +87,62 @@ def console(config_path, appliance, keycloak):
     log.close()
 
 
-def _log_in(driver) -> None:
+def _log_in(driver, person: str = PERSON, password: str = PASSWORD, roles: str = "auditor, approver") -> None:
     from selenium.webdriver.common.by import By
 
     driver.get(f"{CONSOLE}/")  # no session: to /login, then to Keycloak's login form
     eventually(lambda: driver.find_elements(By.ID, "username"), timeout=30, message="Keycloak's login form")
     assert driver.current_url.startswith(f"{IDP_ISSUER}/protocol/openid-connect/auth")
     assert "code_challenge_method=S256" in driver.current_url
-    driver.find_element(By.ID, "username").send_keys(PERSON)
-    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "username").send_keys(person)
+    driver.find_element(By.ID, "password").send_keys(password)
     driver.find_element(By.ID, "kc-login").click()
     eventually(lambda: driver.find_elements(By.ID, "who"), timeout=30,
                message=f"the console after login (at {driver.current_url}: {driver.page_source[:1500]})")
-    assert driver.find_element(By.ID, "who").text == f"{PERSON} (auditor, approver)"
+    assert driver.find_element(By.ID, "who").text == f"{person} ({roles})"
     cookie = driver.get_cookie("appliance_console")
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Lax"
+
+
+def _session_of(driver) -> tuple[str, str]:
+    """The browser's console cookie (as a Cookie header) and its session's CSRF token, from the page's forms."""
+    from selenium.webdriver.common.by import By
+
+    cookie = driver.get_cookie("appliance_console")
+    csrf = driver.find_element(By.CSS_SELECTOR, "form.who input[name=csrf]").get_attribute("value")
+    assert cookie and csrf
+    return f"appliance_console={cookie['value']}", csrf
+
+
+def _http(method: str, path: str, *, cookie: str | None = None,
+          form: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    """One real HTTP request to the console, no redirect followed: (status, headers, body unescaped)."""
+    import html
+    import urllib.parse
+
+    connection = http.client.HTTPConnection("127.0.0.1", CONSOLE_PORT, timeout=10)
+    try:
+        headers = {} if cookie is None else {"Cookie": cookie}
+        body = None
+        if form is not None:
+            body = urllib.parse.urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        connection.request(method, path, body=body, headers=headers)
+        answer = connection.getresponse()
+        return (answer.status, {k.lower(): v for k, v in answer.getheaders()},
+                html.unescape(answer.read().decode("utf-8", "replace")))
+    finally:
+        connection.close()
+
+
+def _refused_events(config_path, path: str) -> list[dict]:
+    """The console-refused events for requests to `path`, their detail decoded."""
+    found = []
+    for event in audit(config_path, "events", "--kind", "console-refused"):
+        detail = json.loads(event["detail"])
+        if detail.get("path") == path:
+            found.append({**event, "detail": detail})
+    return found
 
 
 def test_a_person_approves_the_java_admins_held_create_topics_in_the_browser_and_replays_it(
@@ -142,5 +189,101 @@ def test_a_person_approves_the_java_admins_held_create_topics_in_the_browser_and
         shown = [e for e in entries if e.is_displayed()]
         assert len(shown) == 1 and "connect" in shown[0].text
         assert driver.find_element(By.ID, "position").text == f"1 / {len(entries)}"
+    finally:
+        driver.quit()
+
+
+def test_a_person_denies_librdkafkas_held_create_topics_and_the_client_is_told_who_and_why(
+        console, config_path, enroll):
+    from selenium.webdriver.common.by import By
+
+    driver = _browser()
+    try:
+        _log_in(driver)
+        bot = enroll("approval-bot")
+        topic = f"apr-{secrets.token_hex(3)}"
+        client = admin_create(bot, topic)  # confluent-kafka's AdminClient: librdkafka
+        request = eventually(lambda: pending_for(config_path, topic), timeout=15, message="librdkafka's request filed")
+        assert request["api"] == "CreateTopics"
+        driver.get(f"{CONSOLE}/approvals")
+        row = driver.find_element(By.ID, f"request-{request['id']}")
+        row.find_element(By.NAME, "reason").send_keys("not during the freeze")
+        row.find_element(By.CSS_SELECTOR, "button.deny").click()
+        flash = eventually(lambda: driver.find_elements(By.ID, "flash"), timeout=10, message="the denial's answer")
+        assert f"denied by {PERSON} (console): not during the freeze" in flash[0].text
+        assert not driver.find_elements(By.ID, f"request-{request['id']}")  # no longer pending
+        assert "denied" in driver.find_element(By.ID, "decided").text
+
+        result = result_of(client)
+        assert result["ok"] is False and result["code"] == "TOPIC_AUTHORIZATION_FAILED", result
+        assert f"denied by {PERSON}: not during the freeze" in result["message"], result
+
+        (event,) = [e for e in audit(config_path, "events", "--kind", "approval-denied")
+                    if json.loads(e["detail"])["request"] == request["id"]]
+        assert json.loads(event["detail"])["by"] == f"{PERSON} (console)"
+        assert event["identity"] == "approval-bot" and event["session_id"] == request["session_id"]
+    finally:
+        driver.quit()
+
+
+def test_an_auditor_sees_the_held_requests_but_a_forged_vote_is_refused_and_audited(console, config_path, enroll):
+    from selenium.webdriver.common.by import By
+
+    bot = enroll("approval-bot")
+    topic = f"apr-{secrets.token_hex(3)}"
+    client = admin_create(bot, topic)
+    request = eventually(lambda: pending_for(config_path, topic), timeout=15, message="the request filed")
+    driver = _browser()
+    try:
+        _log_in(driver, AUDITOR, AUDITOR_PASSWORD, "auditor")
+        driver.get(f"{CONSOLE}/approvals")
+        row = driver.find_element(By.ID, f"request-{request['id']}")
+        assert topic in row.text and "approval-bot" in row.text and "auditors cannot vote" in row.text
+        assert row.find_elements(By.CSS_SELECTOR, "button.approve, button.deny") == []
+
+        cookie, csrf = _session_of(driver)
+        path = f"/approvals/{request['id']}/approve"
+        status, _, body = _http("POST", path, cookie=cookie, form={"csrf": csrf, "reason": "forged"})
+        assert status == 403, (status, body[:500])
+        assert f"{AUDITOR} is an auditor: only the approver group may approve, deny or revoke" in body
+        (refused,) = eventually(lambda: _refused_events(config_path, path), timeout=5,
+                                message="the forged vote audited")
+        assert refused["detail"]["by"] == f"{AUDITOR} (console)"
+        assert f"by {AUDITOR} refused: {AUDITOR} is an auditor" in refused["message"]
+        assert pending_for(config_path, topic)["state"] == "pending"  # the forged vote did nothing
+        assert not [e for e in audit(config_path, "events", "--kind", "approval-approved")
+                    if json.loads(e["detail"])["request"] == request["id"]]
+    finally:
+        driver.quit()
+        approvals(config_path, "deny", request["id"], "--reason", "test over", check=False)
+        result_of(client)
+
+
+def test_requests_without_a_session_or_its_csrf_token_are_refused_and_audited(console, config_path):
+    status, headers, _ = _http("GET", "/approvals")
+    assert status == 303 and headers["location"] == "/login", (status, headers)
+    path = f"/approvals/{secrets.token_hex(8)}/approve"
+    status, _, body = _http("POST", path, form={"csrf": "x", "reason": "no session"})
+    assert status == 401 and "no valid console session: log in first" in body, (status, body[:300])
+    status, _, body = _http("POST", path, cookie="appliance_console=forged.cookie.value",
+                            form={"csrf": "x", "reason": "forged cookie"})
+    assert status == 401, (status, body[:300])
+
+    driver = _browser()
+    try:
+        _log_in(driver)
+        cookie, csrf = _session_of(driver)
+        missing = f"/approvals/{secrets.token_hex(8)}/approve"
+        status, _, body = _http("POST", missing, cookie=cookie, form={"reason": "no token"})
+        assert status == 403 and "CSRF token is missing or is not this session's" in body, (status, body[:500])
+        wrong = f"/approvals/{secrets.token_hex(8)}/deny"
+        status, _, body = _http("POST", wrong, cookie=cookie, form={"csrf": csrf[::-1], "reason": "wrong token"})
+        assert status == 403 and "CSRF token is missing or is not this session's" in body, (status, body[:500])
+        for path in (missing, wrong):
+            (refused,) = eventually(lambda: _refused_events(config_path, path), timeout=5,
+                                    message=f"the refused POST to {path} audited")
+            assert refused["detail"]["by"] == f"{PERSON} (console)" and "CSRF" in refused["message"]
+        status, _, _ = _http("GET", "/approvals", cookie=cookie)
+        assert status == 200  # the session itself is still good
     finally:
         driver.quit()
