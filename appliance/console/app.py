@@ -16,6 +16,7 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +28,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from appliance.approvals.decisions import refused_revoke_event, refused_vote_event, revoke_event, vote_event
-from appliance.approvals.model import ApprovalError, Approver, State
+from appliance.approvals.model import ApprovalError, Approver, State, expired
 from appliance.approvals.rows import grant_row, request_row
 from appliance.audit.replay import ReplayError
 from appliance.config import Config
@@ -74,11 +75,14 @@ class Console:
         return self.render(request, "refused.html", {"reason": text}, status=refusal.status)
 
     def page(self, handler):
-        """A GET page: with a valid session, the handler's answer; without, a redirect to /login."""
+        """A GET page: with a valid session, the handler's answer; without, a redirect to /login, which comes
+        back here once the person has logged in (a link from an approval webhook lands on its request)."""
         async def wrapped(request: Request) -> Response:
             person = self.person(request)
             if person is None:
-                return RedirectResponse("/login", status_code=303)
+                back = pages.return_path(request.url.path)
+                return RedirectResponse("/login" if back == "/" else f"/login?{urlencode({'next': back})}",
+                                        status_code=303)
             return await handler(request, person)
         return wrapped
 
@@ -105,6 +109,7 @@ class Console:
         pending, url = login.start_login(endpoints.authorization, self.settings, secrets.token_bytes)
         request.session.clear()
         request.session["login"] = pending.as_dict()
+        request.session["next"] = pages.return_path(request.query_params.get("next"))
         return RedirectResponse(url, status_code=303)
 
     async def callback(self, request: Request) -> Response:
@@ -124,13 +129,14 @@ class Console:
         if isinstance(person, LoginRefused):
             await run_in_threadpool(self.state.record, "console-refused", f"console login refused: {person.reason}")
             return self.refuse(request, person)
+        back = pages.return_path(request.session.get("next"))
         request.session.clear()
         request.session["person"] = person.as_dict()
         request.session["csrf"] = secrets.token_urlsafe(32)
         await run_in_threadpool(self.state.record, "console-login",
                                 f"{person.name} logged in to the console as {', '.join(person.roles)}",
                                 by=pages.who(person), subject=person.subject, roles=list(person.roles))
-        return RedirectResponse("/", status_code=303)
+        return RedirectResponse(back, status_code=303)
 
     async def logout(self, request: Request) -> Response:
         person, form = await self.guarded(request, needs_vote=False)
@@ -181,6 +187,21 @@ class Console:
             "pending": [request_row(r) for r in pending],
             "recent": [request_row(r) for r in recent if r.state != State.PENDING]})
 
+    async def approval(self, request: Request, person: Person) -> Response:
+        """One request, any state, with its votes, and the approve and deny forms while it is pending: where
+        the webhook's links lead. Showing it never acts; the forms POST with the session's CSRF token."""
+        request_id = pages.request_id_of(request.path_params["request_id"])
+        if isinstance(request_id, pages.Refusal):
+            return self.refuse(request, request_id)
+        try:
+            found = await run_in_threadpool(self.state.request, request_id)
+        except ApprovalError as e:
+            return self.refuse(request, pages.Refusal(404, str(e)))
+        row, open_ = request_row(found), found.state == State.PENDING and not expired(found, time.time())
+        if found.state == State.PENDING and not open_:
+            row["state"] = str(State.EXPIRED)  # past its time; serve marks it so within a second
+        return self.render(request, "approval.html", {"r": row, "pending": open_})
+
     async def grants(self, request: Request, person: Person) -> Response:
         now = time.time()
         everything = request.query_params.get("all") == "1"
@@ -224,7 +245,9 @@ class Console:
         await run_in_threadpool(lambda: self.state.record(kind, message, identity=decided.identity,
                                                           session_id=decided.session_id, **detail))
         request.session["flash"] = message
-        return RedirectResponse("/approvals", status_code=303)
+        # Back to where the vote was cast: the request's own page (two fixed places, never a URL from the form).
+        return RedirectResponse(f"/approvals/{decided.id}" if form.get("from") == "request" else "/approvals",
+                                status_code=303)
 
     async def revoke(self, request: Request) -> Response:
         person, form = await self.guarded(request, needs_vote=True)
@@ -266,6 +289,7 @@ class Console:
             Route("/", self.page(self.live)), Route("/sessions", self.page(self.sessions)),
             Route("/operations", self.page(self.operations)), Route("/events", self.page(self.events)),
             Route("/refusals", self.page(self.refusals)), Route("/approvals", self.page(self.approvals)),
+            Route("/approvals/{request_id}", self.page(self.approval)),
             Route("/approvals/{request_id}/{action}", self.vote, methods=["POST"]),
             Route("/grants", self.page(self.grants)),
             Route("/grants/{grant_id}/revoke", self.revoke, methods=["POST"]),

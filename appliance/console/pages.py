@@ -8,12 +8,14 @@ either a refusal (status and text) or what to do and render.
   CSRF token in the form (else 403), and, for votes and revocations, the
   approver role (else 403).
 - `filters` keeps only the query parameters a page knows, bounded.
+- `request_id_of` and `return_path` check what a URL names before it is used.
 - `replay_view` turns a replay timeline into the scrubber's frames.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -78,6 +80,29 @@ def vote_of(request_id: str, action: str, form: Mapping[str, Any]) -> Vote | Ref
     if isinstance(reason, Refusal):
         return reason
     return Vote(request_id, action == "approve", reason)
+
+
+# An approval request's or grant's id as the appliance makes them (approvals/model.py new_id: apr-/grt- and hex).
+_ID = re.compile(r"[a-z]{3}-[0-9a-f]{1,32}")
+# A page of the console a login may return to: a plain path, never another site's URL (no "//", no "\\").
+_RETURN_PATH = re.compile(r"/(?:[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*)?")
+MAX_RETURN_PATH_CHARS = 200
+
+
+def request_id_of(text: str) -> str | Refusal:
+    """The approval request id a URL names, or a 404 saying what an id looks like."""
+    if not _ID.fullmatch(text):
+        return Refusal(404, f"{text[:40]!r} is not an approval request id (apr- and hex digits, as `appliance "
+                            "approvals list` shows them)")
+    return text
+
+
+def return_path(text: Any) -> str:
+    """Where a login goes once done: the console page it was asked for, or / for anything else."""
+    if not isinstance(text, str) or len(text) > MAX_RETURN_PATH_CHARS or not _RETURN_PATH.fullmatch(text) \
+            or text.startswith(("/login", "/callback", "/logout", "/static")):
+        return "/"
+    return text
 
 
 def who(person: Person) -> str:

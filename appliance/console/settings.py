@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_PORT = 19443
+CALLBACK_PATH = "/callback"  # where the console takes the provider's answer (app.py's route)
 
 
 class ConsoleSettingError(ValueError):
@@ -55,6 +56,10 @@ class ConsoleConfig:
 
     @property
     def base_url(self) -> str:
+        """The console's URL as people's browsers reach it: the redirect URI without its /callback (so links in
+        webhook messages work from off the gateway), or, without one, the listen address."""
+        if self.redirect_uri is not None:
+            return self.redirect_uri.removesuffix(CALLBACK_PATH)
         host, port = self.listen
         shown = f"[{host}]" if ":" in host else host
         return f"{'https' if self.tls else 'http'}://{shown}:{port}"
@@ -157,6 +162,13 @@ def parse_console(value: Any, where: str) -> ConsoleConfig:
     if config.auditor_group == config.approver_group:
         raise ConsoleSettingError(f"{where}: keys 'auditor_group' and 'approver_group' are both "
                                   f"{config.auditor_group!r}: give each role its own group")
+    if config.redirect_uri is not None:
+        parts = urllib.parse.urlsplit(config.redirect_uri)
+        if parts.path != CALLBACK_PATH or parts.query:
+            raise ConsoleSettingError(f"{where}: key 'redirect_uri' must be the console's URL with the path "
+                                      f"{CALLBACK_PATH} and no query (where the console takes the provider's answer), "
+                                      f"e.g. https://gateway.example.com:{DEFAULT_PORT}{CALLBACK_PATH}, got "
+                                      f"{config.redirect_uri!r}")
     if config.tls is not None and config.redirect_uri is not None \
             and not config.redirect_uri.startswith("https://"):
         raise ConsoleSettingError(f"{where}: key 'redirect_uri' must be https, as the console serves TLS, got "

@@ -113,15 +113,14 @@ class ConsoleState:
 
     # ---- approvals.db ---------------------------------------------------------------
 
-    def approvals(self) -> ApprovalStore:
-        with self._approvals_lock:
-            if self._approvals is None:
-                self._approvals = ApprovalStore(self.config.approvals_db)
-            return self._approvals
-
     def requests(self, state: State | None, limit: int = 100) -> list[ApprovalRequest]:
         with self._approvals_lock:
             return self._store().requests(state=state, limit=limit)
+
+    def request(self, request_id: str) -> ApprovalRequest:
+        """One request by id (ApprovalError naming it when there is none)."""
+        with self._approvals_lock:
+            return self._store().get(request_id)
 
     def grants(self, active_at: float | None) -> list[Grant]:
         with self._approvals_lock:

@@ -6,6 +6,7 @@ directory is real (an audit database, approvals.db) in a temporary directory.
 
 from __future__ import annotations
 
+import html
 import json
 import time
 import urllib.parse
@@ -117,7 +118,8 @@ def test_pages_without_a_session_go_to_login_and_posts_get_401(client):
     for path in ("/", "/sessions", "/operations", "/events", "/refusals", "/approvals", "/grants", "/verify",
                  f"/sessions/{SESSION}/replay"):
         answer = client.get(path)
-        assert answer.status_code == 303 and answer.headers["location"] == "/login", path
+        back = "" if path == "/" else "?" + urllib.parse.urlencode({"next": path})
+        assert answer.status_code == 303 and answer.headers["location"] == f"/login{back}", path
     for path in ("/approvals/apr-1/approve", "/grants/grt-1/revoke", "/verify", "/logout"):
         assert client.post(path, data={"csrf": "x", "reason": "r"}).status_code == 401, path
 
@@ -293,3 +295,56 @@ def test_every_answer_forbids_framing_and_caching(client):
     answer = client.get("/login")
     assert answer.headers["x-frame-options"] == "DENY" and answer.headers["cache-control"] == "no-store"
     assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+
+
+def test_a_webhooks_link_shows_the_request_and_its_forms_and_following_it_decides_nothing(client, provider, config):
+    request_id = pending_request(config)
+    away = client.get(f"/approvals/{request_id}")  # the webhook's link, followed without a session
+    assert away.status_code == 303 and away.headers["location"] == f"/login?next=%2Fapprovals%2F{request_id}"
+    started = client.get(away.headers["location"])
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(started.headers["location"]).query))
+    provider.nonce = query["nonce"]
+    done = client.get("/callback", params={"state": query["state"], "code": "c"})
+    assert done.status_code == 303 and done.headers["location"] == f"/approvals/{request_id}"  # back to the link
+    page = client.get(f"/approvals/{request_id}")
+    assert page.status_code == 200 and "topic 'apr-x'" in html.unescape(page.text) and "approval-bot" in page.text
+    for action in ("approve", "deny"):
+        assert f'action="/approvals/{request_id}/{action}" id="{action}"' in page.text
+    assert ApprovalStore(config.approvals_db).get(request_id).state == "pending"  # GET never acts
+    assert client.get(f"/approvals/{request_id}/approve").status_code == 405
+    csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+    answer = client.post(f"/approvals/{request_id}/deny", data={"csrf": csrf, "reason": "no", "from": "request"})
+    assert answer.status_code == 303 and answer.headers["location"] == f"/approvals/{request_id}"
+    decided = client.get(f"/approvals/{request_id}").text
+    assert "denied by alice (console): no" in decided and "nothing is left to decide" in decided
+    assert 'id="approve"' not in decided
+
+
+def test_an_auditor_sees_a_requests_page_without_its_forms(client, provider, config):
+    request_id = pending_request(config)
+    log_in(client, provider, groups=["kafka-auditors"])
+    page = client.get(f"/approvals/{request_id}").text
+    assert "Auditors cannot vote" in page and 'id="approve"' not in page and 'id="deny"' not in page
+
+
+@pytest.mark.parametrize("request_id, status, words", [
+    ("apr-00000000ff", 404, "no approval request 'apr-00000000ff'"),
+    ("<script>", 404, "is not an approval request id"),
+    ("apr-" + "f" * 300, 404, "is not an approval request id"),
+])
+def test_a_request_page_for_an_unknown_or_malformed_id_is_a_404_naming_it(client, provider, request_id, status,
+                                                                          words):
+    log_in(client, provider)
+    answer = client.get(f"/approvals/{urllib.parse.quote(request_id)}")
+    assert answer.status_code == status and words in html.unescape(answer.text), answer.text[-600:]
+    assert "<script>" not in answer.text.split("<main>")[1]
+
+
+@pytest.mark.parametrize("asked", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "/login",
+                                   "/approvals/../../x?y=1", "/" + "a" * 300, None, 3])
+def test_a_login_returns_only_to_one_of_the_consoles_own_pages(client, provider, asked):
+    started = client.get("/login", params={} if asked is None else {"next": asked})
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(started.headers["location"]).query))
+    provider.nonce = query["nonce"]
+    done = client.get("/callback", params={"state": query["state"], "code": "c"})
+    assert done.status_code == 303 and done.headers["location"] == "/", asked

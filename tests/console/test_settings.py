@@ -20,7 +20,7 @@ def test_the_console_is_off_by_default_on_loopback():
 def test_an_enabled_console_with_its_login_settings_parses():
     console = parse_config({"console": {"enabled": True, **LOGIN, "approver_group": "kafka-admins",
                                         "listen": "[::1]:8443", "session_s": 600}}).console
-    assert console.listen == ("::1", 8443) and console.base_url == "http://[::1]:8443"
+    assert console.listen == ("::1", 8443) and console.base_url == "http://127.0.0.1:19443"  # the redirect's
     assert console.client_id == "appliance-console" and console.session_s == 600.0
 
 
@@ -41,6 +41,9 @@ def test_an_enabled_console_with_its_login_settings_parses():
     ({"session_s": 5}, "key 'session_s' must be a number of seconds from 60 to 86400"),
     ({"tls": {"cert": "/c.pem", "key": "/k.pem"}, "redirect_uri": "http://127.0.0.1:19443/callback"},
      "key 'redirect_uri' must be https"),
+    ({"redirect_uri": "http://127.0.0.1:19443/"}, "key 'redirect_uri' must be the console's URL with the path "
+                                                   "/callback"),
+    ({"redirect_uri": "http://127.0.0.1:19443/callback?x=1"}, "with the path /callback and no query"),
     ("on", "must be a mapping of console settings"),
 ])
 def test_a_bad_console_setting_names_its_key(console, words):
@@ -53,3 +56,9 @@ def test_a_non_loopback_listen_is_allowed_with_tls():
     console = parse_config({"console": {"listen": "0.0.0.0:19443",
                                         "tls": {"cert": "/etc/c.pem", "key": "/etc/k.pem"}}}).console
     assert console.tls is not None and console.base_url == "https://0.0.0.0:19443"
+
+
+def test_the_consoles_url_is_the_redirect_uri_people_reach_it_by_not_the_listen_address():
+    console = parse_config({"console": {"listen": "0.0.0.0:19443", "tls": {"cert": "/etc/c.pem", "key": "/etc/k.pem"},
+                                        "redirect_uri": "https://gateway.example.com:19443/callback"}}).console
+    assert console.base_url == "https://gateway.example.com:19443"

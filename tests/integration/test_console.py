@@ -20,16 +20,14 @@ import subprocess
 import time
 
 import pytest
-import yaml
 
 from tests.integration.clients.families import java_admin
 from tests.integration.conftest import BROKER4, PY, audit, eventually
-from tests.integration.fixtures import IDP_ISSUER, STATE
-from tests.integration.test_approvals import admin_create, approvals, pending_for, result_of
+from tests.integration.fixtures import (CONSOLE_CLIENT_ID, CONSOLE_PORT, CONSOLE_SECRET_FILE, CONSOLE_URL,
+                                        IDP_ISSUER, STATE)
+from tests.integration.test_approvals import Webhook, admin_create, approvals, pending_for, result_of
 
-CONSOLE_PORT = 39443
-CONSOLE = f"http://127.0.0.1:{CONSOLE_PORT}"
-CLIENT_ID = "appliance-console"
+CONSOLE = CONSOLE_URL
 PERSON, PASSWORD = "ada", "ada-" + secrets.token_hex(8)  # in the approver group
 AUDITOR, AUDITOR_PASSWORD = "grace", "grace-" + secrets.token_hex(8)  # in the auditor group only
 
@@ -56,23 +54,16 @@ def _browser():
 
 @pytest.fixture(scope="module")
 def console(config_path, appliance, keycloak):
-    """`appliance console` on the test state directory, with a browser client and two people at Keycloak."""
+    """`appliance console` on the test appliance's own configuration (its `console:` mapping, which also makes
+    serve link its webhooks here), with a browser client and two people at Keycloak."""
     secret = secrets.token_urlsafe(24)
-    keycloak.ensure_browser_client(CLIENT_ID, secret, f"{CONSOLE}/callback")
+    keycloak.ensure_browser_client(CONSOLE_CLIENT_ID, secret, f"{CONSOLE}/callback")
     keycloak.ensure_person(PERSON, PASSWORD, ("kafka-admins",))
     keycloak.ensure_person(AUDITOR, AUDITOR_PASSWORD, ("kafka-auditors",))
-    secret_file = STATE / "console-client-secret"
-    secret_file.write_text(secret + "\n")
-    os.chmod(secret_file, 0o600)
-    settings = yaml.safe_load(config_path.read_text())
-    settings["console"] = {"enabled": True, "listen": f"127.0.0.1:{CONSOLE_PORT}", "issuer": keycloak.issuer,
-                           "client_id": CLIENT_ID, "client_secret_file": str(secret_file),
-                           "redirect_uri": f"{CONSOLE}/callback", "approver_group": "kafka-admins",
-                           "auditor_group": "kafka-auditors"}
-    console_config = STATE / "console.yaml"
-    console_config.write_text(yaml.safe_dump(settings))
+    CONSOLE_SECRET_FILE.write_text(secret + "\n")
+    os.chmod(CONSOLE_SECRET_FILE, 0o600)
     log = (STATE / "console.log").open("w")
-    proc = subprocess.Popen([PY, "-m", "appliance", "--config", str(console_config), "console"], stdout=log,
+    proc = subprocess.Popen([PY, "-m", "appliance", "--config", str(config_path), "console"], stdout=log,
                             stderr=subprocess.STDOUT)
 
     def listening() -> bool:
@@ -81,16 +72,18 @@ def console(config_path, appliance, keycloak):
             return s.connect_ex(("127.0.0.1", CONSOLE_PORT)) == 0
 
     eventually(listening, timeout=30, message="appliance console listening")
-    yield console_config
+    yield config_path
     proc.terminate()
     proc.wait(10)
     log.close()
 
 
-def _log_in(driver, person: str = PERSON, password: str = PASSWORD, roles: str = "auditor, approver") -> None:
+def _log_in(driver, person: str = PERSON, password: str = PASSWORD, roles: str = "auditor, approver", *,
+            at: str = "/") -> None:
+    """Log in through Keycloak's form, starting at the console page `at`, where the browser is brought back."""
     from selenium.webdriver.common.by import By
 
-    driver.get(f"{CONSOLE}/")  # no session: to /login, then to Keycloak's login form
+    driver.get(f"{CONSOLE}{at}")  # no session: to /login, then to Keycloak's login form
     eventually(lambda: driver.find_elements(By.ID, "username"), timeout=30, message="Keycloak's login form")
     assert driver.current_url.startswith(f"{IDP_ISSUER}/protocol/openid-connect/auth")
     assert "code_challenge_method=S256" in driver.current_url
@@ -100,6 +93,7 @@ def _log_in(driver, person: str = PERSON, password: str = PASSWORD, roles: str =
     eventually(lambda: driver.find_elements(By.ID, "who"), timeout=30,
                message=f"the console after login (at {driver.current_url}: {driver.page_source[:1500]})")
     assert driver.find_element(By.ID, "who").text == f"{person} ({roles})"
+    assert driver.current_url == f"{CONSOLE}{at}"
     cookie = driver.get_cookie("appliance_console")
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Lax"
 
@@ -193,11 +187,11 @@ def test_a_person_approves_the_java_admins_held_create_topics_in_the_browser_and
         driver.quit()
 
 
-def test_a_person_denies_librdkafkas_held_create_topics_and_the_client_is_told_who_and_why(
+def test_a_person_denies_librdkafkas_held_create_topics_from_the_webhooks_link_and_the_client_is_told_who_and_why(
         console, config_path, enroll):
     from selenium.webdriver.common.by import By
 
-    driver = _browser()
+    webhook, driver = Webhook(), _browser()
     try:
         _log_in(driver)
         bot = enroll("approval-bot")
@@ -205,14 +199,22 @@ def test_a_person_denies_librdkafkas_held_create_topics_and_the_client_is_told_w
         client = admin_create(bot, topic)  # confluent-kafka's AdminClient: librdkafka
         request = eventually(lambda: pending_for(config_path, topic), timeout=15, message="librdkafka's request filed")
         assert request["api"] == "CreateTopics"
-        driver.get(f"{CONSOLE}/approvals")
-        row = driver.find_element(By.ID, f"request-{request['id']}")
-        row.find_element(By.NAME, "reason").send_keys("not during the freeze")
-        row.find_element(By.CSS_SELECTOR, "button.deny").click()
+        (posted,) = eventually(lambda: [p for p in webhook.posted if request["id"] in p["text"]], timeout=5,
+                               message="the approvers' webhook told")
+        (actions,) = [b for b in posted["blocks"] if b["type"] == "actions"]
+        deny_link = next(e["url"] for e in actions["elements"] if e["text"]["text"].startswith("Deny"))
+        assert deny_link == f"{CONSOLE}/approvals/{request['id']}#deny"
+        driver.get(deny_link)  # following the link shows the request and decides nothing
+        assert driver.find_element(By.ID, "request-state").text == "pending" and topic in driver.page_source
+        assert pending_for(config_path, topic) is not None
+        form = driver.find_element(By.ID, "deny")
+        form.find_element(By.NAME, "reason").send_keys("not during the freeze")
+        form.find_element(By.CSS_SELECTOR, "button.deny").click()
         flash = eventually(lambda: driver.find_elements(By.ID, "flash"), timeout=10, message="the denial's answer")
         assert f"denied by {PERSON} (console): not during the freeze" in flash[0].text
-        assert not driver.find_elements(By.ID, f"request-{request['id']}")  # no longer pending
-        assert "denied" in driver.find_element(By.ID, "decided").text
+        assert driver.current_url == f"{CONSOLE}/approvals/{request['id']}"  # back on the request's page
+        assert driver.find_element(By.ID, "request-state").text == "denied"
+        assert driver.find_elements(By.ID, "deny") == []
 
         result = result_of(client)
         assert result["ok"] is False and result["code"] == "TOPIC_AUTHORIZATION_FAILED", result
@@ -224,6 +226,7 @@ def test_a_person_denies_librdkafkas_held_create_topics_and_the_client_is_told_w
         assert event["identity"] == "approval-bot" and event["session_id"] == request["session_id"]
     finally:
         driver.quit()
+        webhook.close()
 
 
 def test_an_auditor_sees_the_held_requests_but_a_forged_vote_is_refused_and_audited(console, config_path, enroll):
@@ -235,7 +238,10 @@ def test_an_auditor_sees_the_held_requests_but_a_forged_vote_is_refused_and_audi
     request = eventually(lambda: pending_for(config_path, topic), timeout=15, message="the request filed")
     driver = _browser()
     try:
-        _log_in(driver, AUDITOR, AUDITOR_PASSWORD, "auditor")
+        # The request's page, as a webhook links it, with no session yet: login, then back to it.
+        _log_in(driver, AUDITOR, AUDITOR_PASSWORD, "auditor", at=f"/approvals/{request['id']}")
+        assert "Auditors cannot vote" in driver.find_element(By.ID, "cannot-vote").text
+        assert driver.find_elements(By.CSS_SELECTOR, "form.vote") == []
         driver.get(f"{CONSOLE}/approvals")
         row = driver.find_element(By.ID, f"request-{request['id']}")
         assert topic in row.text and "approval-bot" in row.text and "auditors cannot vote" in row.text
@@ -261,7 +267,7 @@ def test_an_auditor_sees_the_held_requests_but_a_forged_vote_is_refused_and_audi
 
 def test_requests_without_a_session_or_its_csrf_token_are_refused_and_audited(console, config_path):
     status, headers, _ = _http("GET", "/approvals")
-    assert status == 303 and headers["location"] == "/login", (status, headers)
+    assert status == 303 and headers["location"] == "/login?next=%2Fapprovals", (status, headers)
     path = f"/approvals/{secrets.token_hex(8)}/approve"
     status, _, body = _http("POST", path, form={"csrf": "x", "reason": "no session"})
     assert status == 401 and "no valid console session: log in first" in body, (status, body[:300])
