@@ -218,7 +218,7 @@ EVENT_KINDS += ("workload-tls",)
 EVENT_KINDS += ("approval-requested", "approval-notified", "approval-vote", "approval-approved", "approval-denied", "approval-expired",
                 "approval-refused", "grant-used", "grant-revoked")
 # The web console (docs/console.md): logins, refused requests, verify runs; its votes use the approval kinds.
-EVENT_KINDS += ("console-login", "console-refused", "console-verify")
+EVENT_KINDS += ("console-login", "console-logout", "console-refused", "console-verify")
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:

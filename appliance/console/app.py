@@ -5,9 +5,11 @@
 Each handler reads the request, asks the pure core what it may do, does the
 I/O (the provider, the store, the audit) in a worker thread, and renders a
 Jinja2 template. The session is Starlette's signed cookie (itsdangerous;
-HttpOnly, SameSite=Lax, Secure when the console serves TLS). Pages without a
-valid session redirect to /login; a POST without one is a 401, and a POST
-whose CSRF token is not the session's a 403.
+HttpOnly, SameSite=Lax, Secure when the console serves TLS) carrying a session
+id that must also be open in the process's SessionTable (sessions.py), so
+logout ends it even for a copy of the cookie. Pages without a valid session
+redirect to /login; a POST without one is a 401, and a POST whose CSRF token
+is not the session's a 403.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from appliance.config import Config
 from appliance.console import login, pages
 from appliance.console.login import LoginRefused, Pending, Person
 from appliance.console.provider import ConsoleProvider
+from appliance.console.sessions import SessionTable
 from appliance.console.state import ConsoleState
 from appliance.identity.provider_http import ProviderError
 
@@ -51,6 +54,7 @@ def _when(ts: Any) -> str:
 class Console:
     def __init__(self, config: Config, state: ConsoleState, provider: ConsoleProvider) -> None:
         self.config, self.settings, self.state, self.provider = config, config.console, state, provider
+        self.open_sessions = SessionTable()  # logins in force (sessions.py)
         import jinja2
 
         # Every value is escaped: identities, commands, topics and reasons come from workloads and people.
@@ -61,7 +65,21 @@ class Console:
     # ---- helpers --------------------------------------------------------------------
 
     def person(self, request: Request) -> Person | None:
-        return Person.from_dict(request.session.get("person"), time.time())
+        """The person whose session this request carries, while that session is open (not logged out, not
+        ended); else None."""
+        now = time.time()
+        person = Person.from_dict(request.session.get("person"), now)
+        if person is None or not self.open_sessions.valid(request.session.get("sid"), person.name, now):
+            return None
+        return person
+
+    @staticmethod
+    def ended_session_of(request: Request) -> str | None:
+        """The name in a signed cookie whose session is no longer open (logged out, ended, or from before a
+        restart): someone is replaying an old cookie, or a tab was left open."""
+        data = request.session.get("person")
+        name = data.get("name") if isinstance(data, dict) else None
+        return name[:128] if isinstance(name, str) and name else None
 
     def render(self, request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
         person = self.person(request)
@@ -95,6 +113,11 @@ class Console:
                 await run_in_threadpool(self.state.record, "console-refused",
                                         f"console request {request.method} {request.url.path} by {person.name} "
                                         f"refused: {refusal.text}", by=pages.who(person), path=request.url.path)
+            elif (ended := self.ended_session_of(request)) is not None:
+                await run_in_threadpool(self.state.record, "console-refused",
+                                        f"console request {request.method} {request.url.path} with an ended "
+                                        f"session of {ended} refused: {refusal.text}", by=f"{ended} (console)",
+                                        path=request.url.path, session="ended")
             return None, (PlainTextResponse(refusal.text, status_code=refusal.status) if person is None
                           else self.refuse(request, refusal))
         return person, form
@@ -107,6 +130,7 @@ class Console:
         except ProviderError as e:
             return self.refuse(request, LoginRefused(f"the identity provider cannot be asked: {e}", 502))
         pending, url = login.start_login(endpoints.authorization, self.settings, secrets.token_bytes)
+        self.open_sessions.revoke(request.session.get("sid"))  # a new login ends this browser's old session
         request.session.clear()
         request.session["login"] = pending.as_dict()
         request.session["next"] = pages.return_path(request.query_params.get("next"))
@@ -132,6 +156,8 @@ class Console:
         back = pages.return_path(request.session.get("next"))
         request.session.clear()
         request.session["person"] = person.as_dict()
+        request.session["sid"] = self.open_sessions.open(person.name, until=person.until, now=time.time(),
+                                                    randomness=secrets.token_bytes)
         request.session["csrf"] = secrets.token_urlsafe(32)
         await run_in_threadpool(self.state.record, "console-login",
                                 f"{person.name} logged in to the console as {', '.join(person.roles)}",
@@ -142,8 +168,15 @@ class Console:
         person, form = await self.guarded(request, needs_vote=False)
         if person is None:
             return form
+        self.open_sessions.revoke(request.session.get("sid"))  # server-side: a copy of the cookie ends here too
         request.session.clear()
-        return RedirectResponse("/login", status_code=303)
+        await run_in_threadpool(self.state.record, "console-logout", f"{person.name} logged out of the console",
+                                by=pages.who(person))
+        # Not to /login: the provider's own session would log the browser straight back in.
+        return RedirectResponse("/logged-out", status_code=303)
+
+    async def logged_out(self, request: Request) -> Response:
+        return self.render(request, "logged-out.html", {})
 
     # ---- pages --------------------------------------------------------------------------
 
@@ -285,7 +318,7 @@ class Console:
     def routes(self) -> list[Route]:
         return [
             Route("/login", self.login), Route("/callback", self.callback),
-            Route("/logout", self.logout, methods=["POST"]),
+            Route("/logout", self.logout, methods=["POST"]), Route("/logged-out", self.logged_out),
             Route("/", self.page(self.live)), Route("/sessions", self.page(self.sessions)),
             Route("/operations", self.page(self.operations)), Route("/events", self.page(self.events)),
             Route("/refusals", self.page(self.refusals)), Route("/approvals", self.page(self.approvals)),

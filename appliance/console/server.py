@@ -2,8 +2,9 @@
 
 The client secret must be a root-only file (identity/private_file.py's
 checks: no symlink, owned by root, mode 0600); the cookie-signing key is a
-root-only file in the state directory, made on first start, so a restart
-keeps people's sessions. TLS is uvicorn's, from the configured cert and key.
+root-only file in the state directory, made on first start. The sessions
+themselves are held in the process (sessions.py), so a restart logs everyone
+out. TLS is uvicorn's, from the configured cert and key.
 """
 
 from __future__ import annotations

@@ -348,3 +348,41 @@ def test_a_login_returns_only_to_one_of_the_consoles_own_pages(client, provider,
     provider.nonce = query["nonce"]
     done = client.get("/callback", params={"state": query["state"], "code": "c"})
     assert done.status_code == 303 and done.headers["location"] == "/", asked
+
+
+def test_logout_ends_the_session_server_side_so_a_copy_of_its_cookie_is_refused(client, provider, config):
+    request_id = pending_request(config)
+    csrf = log_in(client, provider)
+    copied = client.cookies[COOKIE]  # taken before logout: from a shared machine, a proxy's log
+    answer = client.post("/logout", data={"csrf": csrf})
+    assert answer.status_code == 303 and answer.headers["location"] == "/logged-out"
+    page = client.get("/logged-out")
+    assert page.status_code == 200 and "You are logged out" in page.text and 'id="who"' not in page.text
+    (event,) = events(config, "console-logout")
+    assert json.loads(event["detail"])["by"] == "alice (console)"
+    client.cookies.clear()
+    client.cookies[COOKIE] = copied  # still signed by the console, and within its max-age
+    assert client.get("/approvals").status_code == 303
+    replayed = client.post(f"/approvals/{request_id}/approve", data={"csrf": csrf, "reason": "after logout"})
+    assert replayed.status_code == 401 and "no valid console session" in replayed.text
+    assert ApprovalStore(config.approvals_db).get(request_id).state == "pending"
+    (refused,) = events(config, "console-refused")
+    assert json.loads(refused["detail"]) == {"by": "alice (console)", "path": f"/approvals/{request_id}/approve",
+                                             "session": "ended"}
+
+
+def test_a_new_login_ends_the_browsers_previous_session(client, provider):
+    log_in(client, provider)
+    old = client.cookies[COOKIE]
+    log_in(client, provider)
+    client.cookies.clear()
+    client.cookies[COOKIE] = old
+    assert client.get("/approvals").status_code == 303
+
+
+def test_a_restarted_console_knows_no_session_of_the_one_before(client, provider, config):
+    log_in(client, provider)
+    cookie = client.cookies[COOKIE]
+    restarted = TestClient(make_app(config, ConsoleState(config), provider, b"k" * 32), follow_redirects=False)
+    restarted.cookies[COOKIE] = cookie  # the same signing key: only the session table is new
+    assert restarted.get("/approvals").status_code == 303

@@ -5,7 +5,7 @@ through the local Keycloak, approves the Java admin client's held CreateTopics w
 that session's replay; another denies librdkafka's, and the client is told who and why. A person only in
 the auditor group sees the requests but cannot vote, even with a forged POST. Requests a browser would not
 make (no session, no or a wrong CSRF token, a forged vote) go over plain HTTP to the same console, with the
-cookie the browser got. `appliance console` runs as its own process on the test appliance's state directory.
+cookie the browser got; after logout, that cookie is refused. `appliance console` runs as its own process on the test appliance's state directory.
 """
 
 from __future__ import annotations
@@ -291,5 +291,30 @@ def test_requests_without_a_session_or_its_csrf_token_are_refused_and_audited(co
             assert refused["detail"]["by"] == f"{PERSON} (console)" and "CSRF" in refused["message"]
         status, _, _ = _http("GET", "/approvals", cookie=cookie)
         assert status == 200  # the session itself is still good
+    finally:
+        driver.quit()
+
+
+def test_logging_out_ends_the_session_for_a_copy_of_its_cookie_too(console, config_path):
+    from selenium.webdriver.common.by import By
+
+    driver = _browser()
+    try:
+        _log_in(driver)
+        cookie, csrf = _session_of(driver)  # copied before logout, as from a shared machine or a proxy's log
+        assert _http("GET", "/approvals", cookie=cookie)[0] == 200
+        driver.find_element(By.CSS_SELECTOR, "form.who button").click()
+        eventually(lambda: driver.find_elements(By.ID, "logged-out"), timeout=10, message="the logged-out page")
+        assert driver.current_url == f"{CONSOLE}/logged-out" and not driver.find_elements(By.ID, "who")
+        assert [e for e in audit(config_path, "events", "--kind", "console-logout")
+                if json.loads(e["detail"])["by"] == f"{PERSON} (console)"]
+        status, headers, _ = _http("GET", "/approvals", cookie=cookie)
+        assert status == 303 and headers["location"].startswith("/login"), (status, headers)
+        path = f"/approvals/{secrets.token_hex(5)}/approve"
+        status, _, body = _http("POST", path, cookie=cookie, form={"csrf": csrf, "reason": "after logout"})
+        assert status == 401 and "no valid console session" in body, (status, body[:300])
+        (refused,) = eventually(lambda: _refused_events(config_path, path), timeout=5,
+                                message="the replayed cookie audited")
+        assert refused["detail"] == {"by": f"{PERSON} (console)", "path": path, "session": "ended"}
     finally:
         driver.quit()
