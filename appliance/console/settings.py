@@ -66,6 +66,35 @@ class ConsoleConfig:
 
 
 KEYS = tuple(f.name for f in fields(ConsoleConfig))
+# Each key's default as shown and what it does: docs/console.md's settings table is generated from this
+# (`python -m appliance.cli.docgen --write`), and tests/cli/test_docs.py fails when either drifts.
+KEY_DOCS: dict[str, tuple[str, str]] = {
+    "enabled": ("`false`", "Whether `appliance console` may serve. With `true`, the four login keys "
+                "(`issuer`, `client_id`, `client_secret_file`, `redirect_uri`) must be set, and `appliance serve` "
+                "links its approval webhooks to the console."),
+    "listen": (f"`127.0.0.1:{DEFAULT_PORT}`", "`IP:PORT` (`[v6]:PORT`) to listen on. An address other than "
+               "loopback is refused unless `tls` is set."),
+    "tls": ("none", "`{cert: PEM file, key: root-only PEM key}`: serve https, and mark the session cookie "
+            "`Secure`."),
+    "issuer": ("none", "The OIDC provider's issuer URL, exactly as its ID tokens carry it "
+               "(`/.well-known/openid-configuration` is read from it)."),
+    "client_id": ("none", "The console's confidential client at the provider: standard (authorization-code) flow, "
+                  "PKCE S256. ID tokens must name it in `aud` (and `azp`, if present)."),
+    "client_secret_file": ("none", "A root-only file (owned by root, mode 0600, no symlink) holding that client's "
+                           "secret alone, on one line; read at start: a missing or loose file stops "
+                           "`appliance console`, naming it."),
+    "redirect_uri": ("none", f"`<console URL>{CALLBACK_PATH}` (that path, no query), registered with the provider "
+                     "as the client's redirect URI; https when `tls` is set. The console URL before "
+                     f"`{CALLBACK_PATH}` is where approval webhooks link to, so give the name people's browsers "
+                     "reach the gateway by."),
+    "auditor_group": ("`kafka-auditors`", "The group (in the ID token's groups claim) whose people may read every "
+                      "page."),
+    "approver_group": ("`kafka-admins`", "The group whose people may also approve, deny and revoke. A vote still "
+                       "needs one of the rule's own `approvers` groups, and never the requester's own."),
+    "groups_claim": ("`groups`", "The ID token claim listing the person's groups (plain names, not paths)."),
+    "session_s": ("`3600`", "How long a login lasts, 60 – 86400 s; logout ends it sooner."),
+    "ca_file": ("none", "PEM CAs an https issuer is verified against instead of the system store."),
+}
 REQUIRED_WHEN_ENABLED = ("issuer", "client_id", "client_secret_file", "redirect_uri")
 
 

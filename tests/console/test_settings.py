@@ -62,3 +62,19 @@ def test_the_consoles_url_is_the_redirect_uri_people_reach_it_by_not_the_listen_
     console = parse_config({"console": {"listen": "0.0.0.0:19443", "tls": {"cert": "/etc/c.pem", "key": "/etc/k.pem"},
                                         "redirect_uri": "https://gateway.example.com:19443/callback"}}).console
     assert console.base_url == "https://gateway.example.com:19443"
+
+
+def test_every_key_is_documented_and_every_example_in_docs_console_md_parses():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from appliance.console.settings import KEY_DOCS, KEYS
+
+    assert list(KEY_DOCS) == list(KEYS), "KEY_DOCS (docs/console.md's table) must list every setting, in order"
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "console.md").read_text()
+    examples = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
+    assert len(examples) >= 2
+    for example in examples:
+        parse_config(example, source="docs/console.md")
