@@ -12,11 +12,9 @@ import threading
 from dataclasses import dataclass
 
 from appliance.identity.jwks import JwksError, KeySet
+from appliance.identity.oidc import discovery_url, read_discovery
 from appliance.identity.provider_http import ProviderError, ProviderHttp
 from appliance.identity.tokens import peek_header
-
-_DISCOVERY = "/.well-known/openid-configuration"
-
 
 @dataclass(frozen=True, slots=True)
 class ProviderEndpoints:
@@ -42,24 +40,11 @@ class ConsoleProvider:
             return self._endpoints
 
     def _discover(self) -> ProviderEndpoints:
-        what, url = "OpenID configuration at", self.issuer.rstrip("/") + _DISCOVERY
-        config = self.http.get_json(url, what)
-        if not isinstance(config, dict):
-            raise ProviderError(what, url, "not a JSON object")
-        if config.get("issuer") != self.issuer:
-            raise ProviderError(what, url, f"issuer {str(config.get('issuer'))[:200]!r} is not the configured "
-                                f"{self.issuer!r}")
-        found = {}
-        for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
-            value = config.get(key)
-            if not isinstance(value, str) or not value.startswith(("https://", "http://")):
-                raise ProviderError(what, url, f"no http(s) {key!r}")
-            if self.issuer.startswith("https://") and not value.startswith("https://"):
-                raise ProviderError(what, url, f"{key} {value[:200]!r} is not https, as the issuer is")
-            found[key] = value
+        config, found = read_discovery(self.http, self.issuer, ("authorization_endpoint", "token_endpoint", "jwks_uri"))
         methods = config.get("code_challenge_methods_supported")
         if isinstance(methods, list) and "S256" not in methods:
-            raise ProviderError(what, url, "the provider does not offer PKCE with S256")
+            raise ProviderError("OpenID configuration at", discovery_url(self.issuer),
+                                "the provider does not offer PKCE with S256")
         return ProviderEndpoints(found["authorization_endpoint"], found["token_endpoint"], found["jwks_uri"])
 
     def exchange(self, code: str, code_verifier: str) -> dict:
