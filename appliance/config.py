@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from appliance.console.settings import ConsoleConfig, ConsoleSettingError, parse_console
 from appliance.identity.containers import ContainerRoots
 
 
@@ -337,6 +338,7 @@ class Config:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)  # the web console (docs/console.md), off by default
     source: str = "embedded defaults"
 
     @property
@@ -381,6 +383,11 @@ class Config:
     def checkpoint_dir(self) -> Path:
         """Where each signed audit checkpoint is also written, as <tree size>.txt."""
         return self.state_dir / "checkpoints"
+
+    @property
+    def console_session_key(self) -> Path:
+        """The key the console signs its session cookies with; created on its first start, root-only."""
+        return self.state_dir / "console-session.key"
 
     @property
     def status_file(self) -> Path:
@@ -495,6 +502,11 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> Config:
             changes[key] = _parse_discovery(value, where)
         elif key == "audit_retention":
             changes[key] = _parse_audit_retention(value, where)
+        elif key == "console":
+            try:
+                changes[key] = parse_console(value, where)
+            except ConsoleSettingError as e:
+                raise ConfigError(str(e)) from None
         elif key in ("listen_host4", "listen_host6", "proxy_cgroup"):
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where} must be a non-empty string")

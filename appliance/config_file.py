@@ -43,6 +43,14 @@ _NESTED_NOTE = """\
 """
 
 
+# The web console's mapping is off by default and needs an identity provider's client: named, not written out.
+NESTED += ("console",)
+_CONSOLE_NOTE = """\
+# And console: the web console `appliance console` serves, off by default; it needs an
+# OIDC client at your identity provider (docs/console.md, Enabling it).
+"""
+
+
 def _yaml_value(value) -> object:
     if isinstance(value, Path):
         return str(value)
@@ -86,6 +94,7 @@ def production_config(*, etc_dir: Path, state_dir: Path, with_broker: bool = Fal
     if with_broker:
         lines.append(yaml.safe_dump({"embedded_broker": {"data_dir": str(broker_dir)}}, default_flow_style=False).strip())
     lines.append(_NESTED_NOTE.rstrip())
+    lines.append(_CONSOLE_NOTE.rstrip())
     return "\n".join(lines) + "\n"
 
 

@@ -188,7 +188,8 @@ class Appliance:
                     steer=self._steer_discovered, workload_tls=workload_tls, desk=self.desk, **self._bounds(),
                 )
 
-            self.webhooks = Webhooks(ProviderHttp(), self._event)
+            self.webhooks = Webhooks(ProviderHttp(), self._event,
+                                     console_url=config.console.base_url if config.console.enabled else None)
             self.desk = Desk(ApprovalStore(config.approvals_db, busy_timeout_ms=200), lambda: self.policy, self._event,
                              notify=self.webhooks.notify)
             self.server = make_server(config.listen_port)

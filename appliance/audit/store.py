@@ -237,6 +237,8 @@ EVENT_KINDS += ("approval-requested", "approval-notified", "approval-vote", "app
                 "approval-refused", "grant-used", "grant-revoked")
 # Retention deleting the oldest part of the audit (docs/recording.md, Retention).
 EVENT_KINDS += ("audit-pruned",)
+# The web console (docs/console.md): logins, refused requests, verify runs; its votes use the approval kinds.
+EVENT_KINDS += ("console-login", "console-logout", "console-refused", "console-verify")
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:

@@ -21,6 +21,7 @@ _COMMANDS = {
     "run": "identity:run", "audit": "audit:audit", "broker": "broker:broker", "idp": "idp:idp",
     "policy": "policy:policy", "revoke": "revoke:revoke", "detach": "steering:detach", "doctor": "doctor:doctor",
     "workload-ca": "workload_ca:workload_ca", "approvals": "approvals:approvals", "replay": "replay:replay",
+    "console": "console:console",
 }
 
 

@@ -12,7 +12,9 @@ from dataclasses import asdict
 
 import click
 
-from appliance.approvals.model import OPERATOR, ApprovalError, Approver, ApprovalRequest, Grant, State
+from appliance.approvals.model import OPERATOR, ApprovalError, Approver, State
+from appliance.approvals.decisions import refused_revoke_event, refused_vote_event, revoke_event, vote_event
+from appliance.approvals.rows import grant_row, request_row
 from appliance.approvals.store import ApprovalStore
 from appliance.cli.output import emit
 from appliance.cli.revoke import _operator
@@ -29,24 +31,6 @@ def _audit(ctx, kind: str, message: str, *, identity: str | None = None, session
 
     store.record_event(ctx.obj.audit_db, Event(at=time.time(), kind=kind, message=message, identity=identity,
                                                session_id=session_id, detail=json.dumps(detail, default=str)))
-
-
-def _row(r: ApprovalRequest) -> dict:
-    return {"id": r.id, "state": str(r.state), "identity": r.identity, "rule": r.rule, "api": r.api,
-            "needs": "; ".join(n.describe() for n in r.needs), "created_at": r.created_at,
-            "expires_at": r.expires_at, "approvals": f"{len(r.approvals)}/{r.approval.approvals}",
-            "approvers": ", ".join(r.approval.approver_groups), "session_id": r.session_id,
-            "votes": [asdict(v) for v in r.votes], "decided_at": r.decided_at}
-
-
-def _grant_row(g: Grant, now: float) -> dict:
-    state = "revoked" if g.revoked_at is not None else "used up" if g.used_up else \
-        ("active" if g.active(now) else "ended")
-    return {"id": g.id, "state": state, "identity": g.identity, "rule": g.rule, "scope": str(g.scope),
-            "uses": "any" if g.uses is None else f"{g.used}/{g.uses}",
-            "covers": "; ".join(n.describe() for n in g.needs), "approvers": ", ".join(g.approvers),
-            "request": g.request_id, "created_at": g.created_at, "expires_at": g.expires_at,
-            "revoked_by": g.revoked_by, "revoke_reason": g.revoke_reason}
 
 
 @click.group()
@@ -75,7 +59,7 @@ def list_requests(ctx, everything: bool, limit: int, as_json: bool) -> None:
       appliance approvals list --all --json
     """
     store = _store(ctx)
-    rows = [_row(r) for r in store.requests(state=None if everything else State.PENDING, limit=limit)]
+    rows = [request_row(r) for r in store.requests(state=None if everything else State.PENDING, limit=limit)]
     emit(rows, as_json=as_json, title="approval requests", times=("created_at", "expires_at"),
          columns=("id", "state", "identity", "needs", "rule", "approvals", "approvers", "created_at", "expires_at"))
 
@@ -94,7 +78,7 @@ def show(ctx, request_id: str) -> None:
         request = _store(ctx).get(request_id)
     except ApprovalError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(json.dumps({**_row(request), "groups": list(request.groups), "cgroup_path": request.cgroup_path,
+    click.echo(json.dumps({**request_row(request), "groups": list(request.groups), "cgroup_path": request.cgroup_path,
                            "hold_until": request.hold_until, "approval": asdict(request.approval)},
                           indent=2, default=str))
 
@@ -105,25 +89,11 @@ def _vote(ctx, request_id: str, approve: bool, reason: str) -> None:
     try:
         request, grant = store.vote(request_id, Approver(OPERATOR), approve, reason, time.time())
     except ApprovalError as e:
-        _audit(ctx, "approval-refused", f"{'approval' if approve else 'denial'} of {request_id} by {by} "
-                                        f"refused: {e}", request=request_id, by=by, as_approver=OPERATOR)
+        kind, message, detail = refused_vote_event(request_id, who=by, approve=approve, fault=str(e))
+        _audit(ctx, kind, message, **detail, as_approver=OPERATOR)
         raise click.ClickException(str(e)) from None
-    who = f"{OPERATOR} ({by})"
-    if not approve:
-        message = f"approval request {request.id} ({request.describe()}) denied by {who}: {reason}"
-        _audit(ctx, "approval-denied", message, identity=request.identity, session_id=request.session_id,
-               request=request.id, by=who, reason=reason)
-    elif grant is None:
-        message = (f"approval request {request.id}: approved by {who} ({len(request.approvals)} of "
-                   f"{request.approval.approvals} approvals)")
-        _audit(ctx, "approval-vote", message, identity=request.identity, session_id=request.session_id,
-               request=request.id, by=who, reason=reason)
-    else:
-        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(grant.expires_at))
-        message = (f"approval request {request.id} ({request.describe()}) approved by {who}: {reason}; grant "
-                   f"{grant.id} until {until}")
-        _audit(ctx, "approval-approved", message, identity=request.identity, session_id=request.session_id,
-               request=request.id, grant=grant.id, by=who, reason=reason, grant_expires_at=grant.expires_at)
+    kind, message, detail = vote_event(request, grant, who=f"{OPERATOR} ({by})", approve=approve, reason=reason)
+    _audit(ctx, kind, message, identity=request.identity, session_id=request.session_id, **detail)
     click.echo(message)
 
 
@@ -167,7 +137,7 @@ def grants(ctx, everything: bool, as_json: bool) -> None:
       appliance approvals grants --all
     """
     now = time.time()
-    rows = [_grant_row(g, now) for g in _store(ctx).grants(active_at=None if everything else now)]
+    rows = [grant_row(g, now) for g in _store(ctx).grants(active_at=None if everything else now)]
     emit(rows, as_json=as_json, title="grants", times=("created_at", "expires_at"),
          columns=("id", "state", "identity", "covers", "scope", "uses", "approvers", "request", "expires_at"))
 
@@ -187,10 +157,9 @@ def revoke(ctx, grant_id: str, reason: str) -> None:
     try:
         grant = _store(ctx).revoke(grant_id, by, reason, time.time())
     except ApprovalError as e:
-        _audit(ctx, "approval-refused", f"revocation of grant {grant_id} by {by} refused: {e}", grant=grant_id,
-               by=by)
+        kind, message, detail = refused_revoke_event(grant_id, who=by, fault=str(e))
+        _audit(ctx, kind, message, **detail)
         raise click.ClickException(str(e)) from None
-    message = f"grant {grant.id} ({grant.identity}, request {grant.request_id}) revoked by {by}: {reason}"
-    _audit(ctx, "grant-revoked", message, identity=grant.identity, grant=grant.id, request=grant.request_id,
-           by=by, reason=reason)
+    kind, message, detail = revoke_event(grant, who=by, reason=reason)
+    _audit(ctx, kind, message, identity=grant.identity, **detail)
     click.echo(message)

@@ -1,7 +1,8 @@
 """Generate docs/cli.md from the commands' own --help, so the reference cannot drift.
 
 `make docs` runs `python -m appliance.cli.docgen --write`, which rewrites
-docs/cli.md and the API-to-permission table at the end of docs/policy.md;
+docs/cli.md, the API-to-permission table at the end of docs/policy.md and
+the settings table of docs/console.md;
 tests fail when the committed files differ from what this produces.
 """
 
@@ -43,6 +44,28 @@ def with_permissions_table(policy_doc: str) -> str:
     return f"{head}{marker}\n\n{markdown_table()}\n"
 
 
+CONSOLE_MARKER = "<!-- generated: console settings -->"
+CONSOLE_END = "<!-- end generated: console settings -->"
+
+
+def console_settings_table() -> str:
+    from appliance.console.settings import KEY_DOCS, KEYS
+
+    rows = ["| key | default | what |", "| --- | --- | --- |"]
+    rows += [f"| `{key}` | {KEY_DOCS[key][0]} | {KEY_DOCS[key][1]} |" for key in KEYS]
+    return "\n".join(rows)
+
+
+def with_console_settings(console_doc: str) -> str:
+    """docs/console.md with the table between its two markers replaced by the one from the code."""
+    head, marker, rest = console_doc.partition(CONSOLE_MARKER)
+    _, end, tail = rest.partition(CONSOLE_END)
+    if not marker or not end:
+        raise SystemExit(f"docs/console.md needs the lines {CONSOLE_MARKER!r} and {CONSOLE_END!r} around its "
+                         "settings table")
+    return f"{head}{marker}\n{console_settings_table()}\n{end}{tail}"
+
+
 if __name__ == "__main__":
     import sys
     from pathlib import Path
@@ -51,5 +74,6 @@ if __name__ == "__main__":
         docs = Path(__file__).resolve().parents[2] / "docs"
         (docs / "cli.md").write_text(render())
         (docs / "policy.md").write_text(with_permissions_table((docs / "policy.md").read_text()))
+        (docs / "console.md").write_text(with_console_settings((docs / "console.md").read_text()))
     else:
         print(render(), end="")

@@ -29,6 +29,32 @@ __all__ = ["MAX_BYTES", "ProviderClient", "ProviderError", "TokenVerifier"]
 _DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 
+def discovery_url(issuer: str) -> str:
+    return issuer.rstrip("/") + _DISCOVERY_PATH
+
+
+def read_discovery(http: ProviderHttp, issuer: str, endpoints: tuple[str, ...]) -> tuple[dict, dict[str, str]]:
+    """The provider's discovery document, once it names `issuer`, and its http(s) URLs for `endpoints` (https
+    ones when the issuer is); ProviderError naming the document and what is wrong otherwise."""
+    what, url = "OpenID configuration at", discovery_url(issuer)
+    config = http.get_json(url, what)
+    if not isinstance(config, dict):
+        raise ProviderError(what, url, "not a JSON object")
+    if config.get("issuer") != issuer:
+        shown = str(config.get("issuer"))[:200]
+        raise ProviderError(what, url, f"issuer {shown!r} is not the configured {issuer!r} (tokens would not "
+                            "match; configure the provider's exact issuer)")
+    found = {}
+    for key in endpoints:
+        value = config.get(key)
+        if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+            raise ProviderError(what, url, f"no http(s) {key!r}")
+        if issuer.startswith("https://") and not value.startswith("https://"):
+            raise ProviderError(what, url, f"{key} {value[:200]!r} is not https, as the issuer is")
+        found[key] = value
+    return config, found
+
+
 class ProviderClient:
     """Blocking access to one provider's discovery document and JWKS; call it from a thread, never the event loop."""
 
@@ -50,21 +76,9 @@ class ProviderClient:
 
     def discover(self) -> str:
         """Read the provider's configuration; check it names our issuer; return (and keep) its jwks_uri."""
-        what, url = "OpenID configuration at", self.issuer.rstrip("/") + _DISCOVERY_PATH
-        config = self.http.get_json(url, what)
-        if not isinstance(config, dict):
-            raise ProviderError(what, url, "not a JSON object")
-        if config.get("issuer") != self.issuer:
-            shown = str(config.get("issuer"))[:200]
-            raise ProviderError(what, url, f"issuer {shown!r} is not the configured {self.issuer!r} (tokens would "
-                                "not match; configure the provider's exact issuer)")
-        jwks_uri = config.get("jwks_uri")
-        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
-            raise ProviderError(what, url, "no http(s) 'jwks_uri'")
-        if self.issuer.startswith("https://") and not jwks_uri.startswith("https://"):
-            raise ProviderError(what, url, f"jwks_uri {jwks_uri[:200]!r} is not https, as the issuer is")
-        self.jwks_uri = jwks_uri
-        return jwks_uri
+        _, found = read_discovery(self.http, self.issuer, ("jwks_uri",))
+        self.jwks_uri = found["jwks_uri"]
+        return self.jwks_uri
 
     def fetch_jwks(self) -> KeySet:
         """The provider's current signing keys (discovering the JWKS URL first if it is not known)."""

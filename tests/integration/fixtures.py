@@ -64,6 +64,11 @@ STATIC_CREDENTIALS = (
     ("PLAIN", "tokens-only-plain", "tokens-only-pw", "tokens-only", ()),
 )
 STATIC_CREDENTIALS_FILE = STATE / "static-credentials.yaml"
+# The web console (tests/integration/test_console.py runs it): serve links its approval webhooks to it.
+CONSOLE_PORT = 39160
+CONSOLE_URL = f"http://127.0.0.1:{CONSOLE_PORT}"
+CONSOLE_CLIENT_ID = "appliance-console"
+CONSOLE_SECRET_FILE = STATE / "console-client-secret"
 
 
 def pytest_collection_modifyitems(items):
@@ -125,6 +130,10 @@ def config_path(prerequisites) -> Path:
             "providers": [{"issuer": IDP_ISSUER, "audiences": [IDP_AUDIENCE], "identity_claim": "azp"}],
             "static_credentials_file": str(STATIC_CREDENTIALS_FILE),
         },
+        "console": {"enabled": True, "listen": f"127.0.0.1:{CONSOLE_PORT}", "issuer": IDP_ISSUER,
+                    "client_id": CONSOLE_CLIENT_ID, "client_secret_file": str(CONSOLE_SECRET_FILE),
+                    "redirect_uri": f"{CONSOLE_URL}/callback", "approver_group": "kafka-admins",
+                    "auditor_group": "kafka-auditors"},
     }))
     return path
 

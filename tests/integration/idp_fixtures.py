@@ -112,6 +112,47 @@ class KeycloakFixture:
         (client,) = self._admin("GET", f"/clients?clientId={urllib.parse.quote(client_id)}")
         self._admin("PUT", f"/clients/{client['id']}", {**client, "enabled": enabled})
 
+    def ensure_browser_client(self, client_id: str, secret: str, redirect_uri: str) -> None:
+        """A confidential client for people's browsers (authorization code, PKCE S256), whose ID tokens carry
+        preferred_username and plain group names, as the console (docs/console.md) needs."""
+        representation = {
+            "clientId": client_id, "enabled": True, "protocol": "openid-connect", "publicClient": False,
+            "clientAuthenticatorType": "client-secret", "secret": secret, "standardFlowEnabled": True,
+            "implicitFlowEnabled": False, "directAccessGrantsEnabled": False, "serviceAccountsEnabled": False,
+            "redirectUris": [redirect_uri], "webOrigins": [], "fullScopeAllowed": False,
+            "attributes": {"pkce.code.challenge.method": "S256"}, "defaultClientScopes": ["basic"],
+            "protocolMappers": [
+                {"name": "groups", "protocol": "openid-connect", "protocolMapper": "oidc-group-membership-mapper",
+                 "config": {"claim.name": "groups", "full.path": "false", "id.token.claim": "true",
+                            "access.token.claim": "false", "userinfo.token.claim": "false"}},
+                {"name": "username", "protocol": "openid-connect", "protocolMapper": "oidc-usermodel-property-mapper",
+                 "config": {"user.attribute": "username", "claim.name": "preferred_username",
+                            "jsonType.label": "String", "id.token.claim": "true", "access.token.claim": "false",
+                            "userinfo.token.claim": "false"}},
+            ]}
+        found = self._admin("GET", f"/clients?clientId={urllib.parse.quote(client_id)}")
+        if found:
+            self._admin("DELETE", f"/clients/{found[0]['id']}")
+        self._admin("POST", "/clients", representation)
+
+    def ensure_person(self, username: str, password: str, groups: tuple[str, ...]) -> None:
+        """A person who logs in with a password (made afresh), in `groups` (made when missing)."""
+        for user in self._admin("GET", f"/users?username={urllib.parse.quote(username)}&exact=true"):
+            self._admin("DELETE", f"/users/{user['id']}")
+        self._admin("POST", "/users", {
+            "username": username, "enabled": True, "email": f"{username}@example.test", "emailVerified": True,
+            "firstName": username.title(), "lastName": "Tester", "requiredActions": [],
+            "credentials": [{"type": "password", "value": password, "temporary": False}]})
+        (user,) = self._admin("GET", f"/users?username={urllib.parse.quote(username)}&exact=true")
+        for group in groups:
+            existing = [g for g in self._admin("GET", f"/groups?search={urllib.parse.quote(group)}&exact=true")
+                        if g["name"] == group]
+            if not existing:
+                self._admin("POST", "/groups", {"name": group})
+                existing = [g for g in self._admin("GET", f"/groups?search={urllib.parse.quote(group)}&exact=true")
+                            if g["name"] == group]
+            self._admin("PUT", f"/users/{user['id']}/groups/{existing[0]['id']}")
+
     def introspect(self, token: str, as_client: str = "appliance-upstream") -> dict:
         """RFC 7662 token introspection, asked by a confidential client of the realm."""
         request = urllib.request.Request(

@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.clients.families import FAMILIES, java_admin
 from tests.integration.conftest import BROKER4, PY, audit, cli, eventually
+from tests.integration.fixtures import CONSOLE_URL
 
 ADMIN = """
 import json, sys
@@ -194,6 +195,7 @@ def _approved_while_waiting(config_path, enroll, webhook) -> None:
     assert [g for g in grants if g["request"] == request["id"] and g["state"] == "active"]
     (posted,) = [p for p in webhook.posted if request["id"] in p["text"]]  # the approvers were told, once
     assert f"approval-bot asks for create on topic '{topic}'" in posted["text"]
+    assert posted["text"].endswith(f"approve or deny at {CONSOLE_URL}/approvals/{request['id']}")  # the console's
     assert eventually(lambda: [e for e in events(config_path, "approval-notified") if request["id"] in e["message"]])
 
 
