@@ -106,6 +106,10 @@ def test_install_upgrade_uninstall_and_purge(tmp_path, broker, config, proxy_cgr
     assert f"ReadWritePaths={state} /sys/fs/bpf /sys/fs/cgroup" in unit and "@" not in unit.replace("@.", "")
     _verify(units / "appliance.service")
     assert not (units / "appliance-broker.service").exists()
+    console = (units / "appliance-console.service").read_text()
+    assert f"ExecStart={venv}/bin/appliance --config {etc}/appliance.yaml console" in console
+    assert "CapabilityBoundingSet=\n" in console and f"ReadWritePaths={state}\n" in console
+    _verify(units / "appliance-console.service")
 
     # An operator edits the config (here: for the test broker, on ports and pins of the test's own), and the
     # installed serve runs on it: it finds its BPF sources in the venv, and writes the audit database.
