@@ -403,6 +403,51 @@ cat /tmp/retry.json
           f"systemd restarted serve after {vm.timings['restart after kill']:.1f} s")
 
 
+CONSOLE_PROBE = """
+import json, urllib.error, urllib.request
+class Stay(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args):
+        return None
+opener = urllib.request.build_opener(Stay)
+answers = {}
+for path in ("/", "/login"):
+    try:
+        r = opener.open("http://127.0.0.1:19443" + path, timeout=10)
+        answers[path] = [r.status, r.headers.get("Location")]
+    except urllib.error.HTTPError as e:
+        answers[path] = [e.code, e.headers.get("Location")]
+print(json.dumps(answers))
+"""
+
+
+def test_the_console_runs_under_its_hardened_unit(vm):
+    """The console's unit, as installed (disabled), started once its settings exist: it serves with no
+    capabilities; with the identity provider unreachable, a page still redirects to /login and the login
+    says it cannot ask the provider (the provider is asked at login, not at start)."""
+    assert vm.ssh("systemctl is-enabled appliance-console.service", check=False).stdout.strip() == "disabled"
+    vm.write_file("/etc/appliance/console-client-secret", "vm-console-secret\n", mode="0600")
+    config = vm.ssh("sudo cat /etc/appliance/appliance.yaml").stdout
+    vm.write_file("/etc/appliance/appliance.yaml", config + (
+        "console:\n  enabled: true\n  listen: 127.0.0.1:19443\n  issuer: http://127.0.0.1:9/realms/none\n"
+        "  client_id: appliance-console\n  client_secret_file: /etc/appliance/console-client-secret\n"
+        "  redirect_uri: http://127.0.0.1:19443/callback\n"))
+    start = vm.ssh("sudo systemctl start appliance-console", check=False, timeout=60)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        answers = _eventually(lambda: (lambda r: json.loads(r.stdout) if r.returncode == 0 else None)(
+            vm.ssh(f"python3 -c '{CONSOLE_PROBE}'", check=False)), timeout=60, message="the console answering")
+        assert answers["/"] == [303, "/login"], answers
+        assert answers["/login"][0] == 502, answers
+        shown = dict(line.split("=", 1) for line in vm.ssh(
+            "systemctl show appliance-console -p ActiveState -p CapabilityBoundingSet -p NRestarts").stdout.split())
+        assert shown["ActiveState"] == "active" and shown["NRestarts"] == "0", shown
+        assert shown["CapabilityBoundingSet"] == "", shown
+    finally:
+        journal = vm.ssh("sudo journalctl -u appliance-console -b --no-pager -n 40", check=False).stdout
+        vm.ssh("sudo systemctl stop appliance-console", check=False)
+    assert "Traceback" not in journal, journal
+
+
 def test_destroy_leaves_nothing_behind(vm):
     assert vm.domains(), "the VM's domain should exist before destroy"
     vm.destroy()
