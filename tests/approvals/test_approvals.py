@@ -201,6 +201,18 @@ def create_topics(name="payments-v2", correlation_id=7):
                          correlation_id=correlation_id)
 
 
+class Conn:
+    """A held connection as the desk sees it: its answers kept."""
+
+    gone = False
+
+    def __init__(self):
+        self.answers = []
+
+    def dispatch(self, event):
+        self.answers.append(event)
+
+
 class Clock:
     now = 100.0
 
@@ -370,15 +382,6 @@ def test_one_identity_cannot_file_more_than_its_share_of_pending_requests(tmp_pa
     clock = Clock()
     desk = Desk(ApprovalStore(tmp_path / "approvals.db"), lambda: POLICY, lambda *a, **k: None, clock=clock)
 
-    class Conn:
-        gone = False
-
-        def __init__(self):
-            self.answers = []
-
-        def dispatch(self, event):
-            self.answers.append(event)
-
     conns = [Conn() for _ in range(MAX_PENDING_PER_IDENTITY + 1)]
     for n, conn in enumerate(conns):
         desk.hold(conn, BOT, (Need(RULE.name, "create", "topic", f"t-{n}"),), "CreateTopics", f"s{n}", None)
@@ -398,13 +401,6 @@ def test_a_store_locked_by_another_process_is_tried_again_at_the_next_step_not_w
     desk = Desk(ApprovalStore(path, busy_timeout_ms=50), lambda: POLICY, lambda *a, **k: None, clock=Clock())
     holder = sqlite3.connect(str(path), isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # an operator's sqlite3 shell holding the file
-
-    class Conn:
-        gone = False
-        answers: list = []
-
-        def dispatch(self, event):
-            self.answers.append(event)
 
     conn = Conn()
     desk.hold(conn, BOT, (NEED,), "CreateTopics", "s1", None)
@@ -433,15 +429,6 @@ def test_asking_again_for_what_a_person_denied_is_refused_with_that_denial_and_f
     clock = Clock()
     desk = Desk(ApprovalStore(tmp_path / "approvals.db"), lambda: POLICY, lambda *a, **k: None, clock=clock)
 
-    class Conn:
-        gone = False
-
-        def __init__(self):
-            self.answers = []
-
-        def dispatch(self, event):
-            self.answers.append(event)
-
     first = Conn()
     desk.hold(first, BOT, (NEED,), "CreateTopics", "s1", None)
     (filed,) = desk.store.requests(state=State.PENDING)
@@ -467,8 +454,8 @@ def test_asking_again_for_what_a_person_denied_is_refused_with_that_denial_and_f
     assert len(desk.store.requests(state=State.PENDING)) == 2 and later.answers == []
 
 
-def test_denied_for_s_is_checked_and_zero_forgets_a_denial_at_once():
-    source = """
+# One approve rule "r" whose approval mapping ends with the setting a test fills in (line 9 of the source).
+ONE_RULE = """
 version: 1
 rules:
   - name: r
@@ -476,8 +463,12 @@ rules:
     identities: [ops-bot]
     operations: [create]
     topics: ["*"]
-    approval: {approvers: [kafka-admins], denied_for_s: %s}
+    approval: {approvers: [kafka-admins], %s}
 """
+
+
+def test_denied_for_s_is_checked_and_zero_forgets_a_denial_at_once():
+    source = ONE_RULE % "denied_for_s: %s"
     assert parse_policy(source % "0", source="p").rule_named("r").approval.denied_for_s == 0
     with pytest.raises(PolicyError, match=r"p line 9: .*denied_for_s.* must be a number of seconds from 0 to 604800"):
         parse_policy(source % "-1", source="p")
@@ -555,16 +546,7 @@ def test_a_store_made_before_counted_grants_gets_their_columns_and_keeps_its_gra
 
 
 def test_grant_uses_is_checked():
-    source = """
-version: 1
-rules:
-  - name: r
-    effect: approve
-    identities: [ops-bot]
-    operations: [create]
-    topics: ["*"]
-    approval: {approvers: [kafka-admins], grant: {uses: %s}}
-"""
+    source = ONE_RULE % "grant: {uses: %s}"
     assert parse_policy(source % "1", source="p").rule_named("r").approval.grant_uses == 1
     with pytest.raises(PolicyError, match=r"p line 9: key 'uses' of rule 'r' must be a whole number from 1 to 1000, not '0'"):
         parse_policy(source % "0", source="p")

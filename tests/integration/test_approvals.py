@@ -17,12 +17,16 @@ from tests.integration.clients.families import FAMILIES, java_admin
 from tests.integration.conftest import BROKER4, PY, audit, cli, eventually
 from tests.integration.fixtures import CONSOLE_URL
 
+# librdkafka's AdminClient creating (or with a third argument "delete", deleting) one topic.
 ADMIN = """
 import json, sys
 from confluent_kafka.admin import AdminClient, NewTopic
 admin = AdminClient({"bootstrap.servers": sys.argv[1]})
-future = admin.create_topics([NewTopic(sys.argv[2], num_partitions=1, replication_factor=1)],
-                             request_timeout=40)[sys.argv[2]]
+topic = sys.argv[2]
+if sys.argv[3:] == ["delete"]:
+    future = admin.delete_topics([topic], request_timeout=40)[topic]
+else:
+    future = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)], request_timeout=40)[topic]
 try:
     future.result(45)
     print(json.dumps({"ok": True}))
@@ -75,20 +79,6 @@ while len(values) < n + 1 and time.monotonic() < deadline:
 consumer.close()
 print(json.dumps({"values": values}))
 """
-DELETE = """
-import json, sys
-from confluent_kafka.admin import AdminClient
-admin = AdminClient({"bootstrap.servers": sys.argv[1]})
-future = admin.delete_topics([sys.argv[2]], request_timeout=40)[sys.argv[2]]
-try:
-    future.result(45)
-    print(json.dumps({"ok": True}))
-except Exception as e:
-    err = e.args[0] if e.args else e
-    print(json.dumps({"ok": False, "code": getattr(err, "name", lambda: str(err))(),
-                      "message": getattr(err, "str", lambda: str(err))()}))
-"""
-
 # Everything the topic's one partition holds, read directly from the broker to its end.
 STORED = """
 import json, sys
@@ -307,7 +297,7 @@ def test_a_one_time_grant_lets_the_approved_deletion_through_and_the_next_one_wa
     bot = enroll("approval-bot")
     for attempt in ("first", "second"):
         assert direct.client("confluent.py", BROKER4, topic, "--create", *sasl_args)["errors"] == []
-        deleting = bot.popen([PY, "-c", DELETE, BROKER4, topic])
+        deleting = bot.popen([PY, "-c", ADMIN, BROKER4, topic, "delete"])
         request = eventually(lambda: pending_for(config_path, topic), timeout=20,
                              message=f"the {attempt} deletion held")
         approvals(config_path, "approve", request["id"], "--reason", f"{attempt} deletion")
