@@ -331,14 +331,18 @@ class Console:
         ]
 
 
-async def _security_headers(request: Request, call_next):
-    response = await call_next(request)
-    response.headers.setdefault("Content-Security-Policy",
-                                "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Cache-Control", "no-store")
-    return response
+def _security_headers(tls: bool):
+    async def dispatch(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        if tls:  # a browser that has seen it once never tries the console in the clear again
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response
+    return dispatch
 
 
 def make_app(config: Config, state: ConsoleState, provider: ConsoleProvider, session_key: bytes) -> Starlette:
@@ -349,7 +353,7 @@ def make_app(config: Config, state: ConsoleState, provider: ConsoleProvider, ses
     console = Console(config, state, provider)
     routes = console.routes() + [Mount("/static", StaticFiles(directory=str(TEMPLATES / "static")), name="static")]
     return Starlette(routes=routes, middleware=[
-        Middleware(BaseHTTPMiddleware, dispatch=_security_headers),
+        Middleware(BaseHTTPMiddleware, dispatch=_security_headers(config.console.tls is not None)),
         Middleware(SessionMiddleware, secret_key=session_key.hex(), session_cookie=COOKIE,
                    max_age=int(config.console.session_s), same_site="lax", https_only=config.console.tls is not None),
     ])

@@ -65,6 +65,9 @@ def prepare(config: Config, *, check_provider: bool = False):
     return make_app(config, ConsoleState(config), provider, key)
 
 
+CONCURRENT_REQUESTS = 256
+
+
 def serve(config: Config, app) -> None:
     import uvicorn
 
@@ -72,5 +75,8 @@ def serve(config: Config, app) -> None:
     host, port = settings.listen
     tls = {} if settings.tls is None else {"ssl_certfile": str(settings.tls.cert),
                                            "ssl_keyfile": str(settings.tls.key)}
+    # Bounded: a flood of connections gets 503s beyond the limit, an idle one is closed after 5 s, and a stop
+    # waits at most 5 s for open connections (a slow client cannot keep the console from stopping).
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=True, proxy_headers=False,
-                server_header=False, **tls)
+                server_header=False, limit_concurrency=CONCURRENT_REQUESTS, timeout_keep_alive=5,
+                timeout_graceful_shutdown=5, **tls)
