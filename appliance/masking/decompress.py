@@ -109,3 +109,43 @@ DECODE = {1: _gzip, 2: _snappy, 3: _lz4, 4: _zstd}
 def decompress(codec: int, data: bytes, cap: int = MAX_BATCH_BYTES) -> bytes:
     """The decompressed bytes of a batch body of Kafka codec `codec` (1 gzip .. 4 zstd), or TooLarge."""
     return DECODE[codec](data, cap)
+
+
+def decompress_prefix(codec: int, data: bytes, limit: int) -> tuple[bytes, bool]:
+    """(at most the first `limit` decompressed bytes, whether that is all of them), for reading the first
+    records of a batch (audit excerpts) without expanding the rest. Errors as `decompress`'s."""
+    try:
+        out = DECODE[codec](data, limit)
+    except TooLarge:
+        pass
+    else:
+        return out, True
+    if codec == 1:
+        d = zlib.decompressobj(wbits=31)
+        return d.decompress(data, limit), False
+    if codec == 3:
+        return lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=limit), False
+    if codec == 4:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+            out = bytearray()
+            while len(out) < limit:
+                chunk = reader.read(limit - len(out))
+                if not chunk:
+                    break
+                out += chunk
+            return bytes(out), False
+    # snappy: whole xerial blocks until the limit is reached (each block declares its size; none expands past it)
+    if not data.startswith(_XERIAL_HEADER):
+        return b"", False  # one unframed block larger than the limit: nothing of it is read
+    out, at = bytearray(), _XERIAL_HEADER_SIZE
+    while at < len(data):
+        (size,) = _BLOCK_LENGTH.unpack_from(data, at)
+        at += 4
+        if size < 0 or at + size > len(data):
+            raise ValueError("xerial snappy block runs past the end of the batch")
+        block = data[at:at + size]
+        if len(out) + _uvarint(block, 0) > limit:
+            break
+        out += snappy.decompress(block)
+        at += size
+    return bytes(out), False

@@ -58,6 +58,13 @@ class Verdict:
     # nothing is forwarded or answered now; the session holds it and decides it again once they are decided.
     held: tuple = ()
     granted: tuple = ()  # the approvals' grants it went on under (approvals.model.Grant)
+    excerpts: tuple = ()  # records of the request to excerpt for the audit (appliance.masking.excerpts)
+
+    def excerpt_sources(self) -> tuple:
+        """Everything to excerpt for the audit: the request's records (Produce), and those the response
+        step took from the response the workload received (Fetch), once it ran."""
+        later = getattr(self.then, "excerpts", None)
+        return self.excerpts + tuple(later) if later else self.excerpts
 
     @property
     def merge(self) -> Merge | None:
@@ -118,10 +125,10 @@ class Enforcer:
         else:
             result = self._table.request(frame, header, codec.decode_request(frame, header), permission, policy)
         match result:
-            case Forward(checks, request, then, facts, outcome):
-                return Verdict(outcome, checks, request, frame, then=then, facts=facts)
-            case Rewritten(rewritten, checks, request, then, outcome, masked):
-                return Verdict(outcome, checks, request, rewritten, then=then, masked=masked)
+            case Forward(checks, request, then, facts, outcome, excerpts):
+                return Verdict(outcome, checks, request, frame, then=then, facts=facts, excerpts=excerpts)
+            case Rewritten(rewritten, checks, request, then, outcome, masked, excerpts):
+                return Verdict(outcome, checks, request, rewritten, then=then, masked=masked, excerpts=excerpts)
             case Answer(answer, checks, request):
                 return Verdict("refused", checks, request, None, answer=answer)
             case Close(reason, _):

@@ -4,7 +4,8 @@ A producer sends request after request of the same shape (transactional id,
 acks, topic, partition); once one of a shape has been decoded and allowed
 unmasked under the policy in force, the next of that shape is matched by its
 bytes (`codec.match_produce`) and forwarded with the same decision. A topic
-whose records a masking rule covers is read every time. A refused topic is
+whose records a masking rule covers, or that a recording rule excerpts for this
+identity (appliance.masking.excerpts), is read every time. A refused topic is
 answered TOPIC_AUTHORIZATION_FAILED; records a rule rejects (or a batch that
 decompresses past the cap) INVALID_RECORD; nothing at all for acks=0.
 """
@@ -17,8 +18,9 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from appliance.kafka import codec
+from appliance.masking import excerpts as excerpting
 from appliance.masking.batches import rewrite_records
-from appliance.masking.rules import MaskingRejected
+from appliance.masking.rules import Direction, MaskingRejected
 from appliance.policy.filters import refusals
 from appliance.policy.filters.context import Context
 from appliance.policy.filters.results import Answer, Forward, Result, Rewritten
@@ -66,6 +68,9 @@ class ProduceFilter:
         if policy.masking and any(policy.masking.for_topic(str(t.name), "produce") is not None
                                   for t in request.topic_data):
             return  # its records are read for masking, each time
+        if policy.recording and any(policy.recording.for_topic(self.ctx.principal.identity, str(t.name))
+                                    for t in request.topic_data):
+            return  # its records are excerpted for the audit, each time
         shape = codec.produce_shape(frame, header, request)
         if shape is not None:
             self._shapes = [(shape, result.checks)] + self._shapes[:SHAPES - 1]
@@ -81,12 +86,13 @@ class ProduceFilter:
         masked, changed = 0, False
         if policy.masking:
             kept, masked, changed = _mask(kept, policy, refused, self.ctx.max_batch_bytes)
+        excerpts = _excerpts(kept, policy, self.ctx.principal.identity) if policy.recording else ()
         if not refused:
             if changed:
                 rewritten = dataclasses.replace(request, topic_data=tuple(kept))
                 return Rewritten(codec.replace_request_body(frame, header, rewritten), tuple(checks), request,
-                                 masked=masked)
-            return Forward(tuple(checks), request)
+                                 masked=masked, excerpts=excerpts)
+            return Forward(tuple(checks), request, excerpts=excerpts)
         entries = refusals.mirrored(header, "responses", refused)
         if not kept:
             answer = None if silent else refusals.answer_entries(header, "responses", entries)
@@ -94,7 +100,19 @@ class ProduceFilter:
         rewritten = dataclasses.replace(request, topic_data=tuple(kept))
         then = None if silent else Edit(self.ctx, Merge("responses", entries))
         return Rewritten(codec.replace_request_body(frame, header, rewritten), tuple(checks), request, then,
-                         outcome="partly refused", masked=masked)
+                         outcome="partly refused", masked=masked, excerpts=excerpts)
+
+
+def _excerpts(topics: list, policy: Policy, identity: str) -> tuple:
+    """The forwarded records (after produce-side masking: what the broker stores) of every topic a
+    recording rule excerpts for this identity."""
+    out = []
+    for topic in topics:
+        plan = excerpting.plan_for(policy, identity, str(topic.name), Direction.PRODUCE)
+        if plan is None:
+            continue
+        out += excerpting.take_topic(str(topic.name), ((int(p.index), p.records) for p in topic.partition_data), plan)
+    return tuple(out)
 
 
 def _mask(topics: list, policy: Policy, refused: list, cap: int) -> tuple[list, int, bool]:
