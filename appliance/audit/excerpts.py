@@ -147,20 +147,8 @@ def _records(data: bytes, complete: bool, count: int, base_offset: int, base_ts:
             p = body + 1  # attributes
             ts_delta, p = _varint(data, p)
             offset_delta, p = _varint(data, p)
-            key_len, p = _varint(data, p)
-            key = None
-            if key_len >= 0:
-                if p + key_len > end:
-                    raise IndexError
-                key = data[p:p + key_len]
-                p += key_len
-            value_len, p = _varint(data, p)
-            value = None
-            if value_len >= 0:
-                if p + value_len > end:
-                    raise IndexError
-                value = data[p:p + value_len]
-                p += value_len
+            key, p = _field(data, p, end, "a key")
+            value, p = _field(data, p, end, "a value")
             headers = _headers(data, p, end)
         except (IndexError, ValueError, _Corrupt) as e:
             if not complete:
@@ -173,25 +161,25 @@ def _records(data: bytes, complete: bool, count: int, base_offset: int, base_ts:
         rows.append(_excerpt(source, direction, base_offset, offset_delta, timestamp, key, value, headers))
 
 
+def _field(data: bytes, p: int, end: int, what: str) -> tuple[bytes | None, int]:
+    """A varint length and that many bytes (None for -1), within the record that ends at `end`."""
+    length, p = _varint(data, p)
+    if length < 0:
+        return None, p
+    if p + length > end:
+        raise ValueError(f"{what} of {length} bytes runs past its record")
+    return data[p:p + length], p + length
+
+
 def _headers(data: bytes, p: int, end: int) -> list[tuple[str, bytes | None]]:
     n, p = _varint(data, p)
     if n < 0 or n > end - p:
         raise ValueError(f"a header count of {n}")
     out = []
     for _ in range(n):
-        key_len, p = _varint(data, p)
-        if key_len < 0 or p + key_len > end:
-            raise ValueError("a header key runs past its record")
-        key = data[p:p + key_len].decode("utf-8", "backslashreplace")
-        p += key_len
-        value_len, p = _varint(data, p)
-        value = None
-        if value_len >= 0:
-            if p + value_len > end:
-                raise ValueError("a header value runs past its record")
-            value = data[p:p + value_len]
-            p += value_len
-        out.append((key, value))
+        key, p = _field(data, p, end, "a header key")
+        value, p = _field(data, p, end, "a header value")
+        out.append(("" if key is None else key.decode("utf-8", "backslashreplace"), value))
     if p != end:
         raise ValueError("a record's fields do not add up to its length")
     return out

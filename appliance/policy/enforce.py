@@ -100,7 +100,7 @@ class Enforcer:
         if header.api_key == apis.PRODUCE and refusal is None:  # the hot path: a shape decided, no decode
             known = self._produce.by_shape(frame, header, self.policy())
             if known is not None:
-                return Verdict("allowed", known[0], None, frame, None, None, 0, known[1])
+                return Verdict("allowed", known[0], None, frame, None, None, 0, known[1], excerpts=known[2])
         gate = self.gate
         if gate is None:
             return self._check(frame, header)

@@ -87,3 +87,23 @@ def test_depth_operations_takes_nothing_and_keeps_the_fast_paths():
     other = Enforcer(Principal("auditor"), lambda: EXCERPTS)
     frame = produce("orders", 6)
     assert other.check(frame, codec.parse_request_header(frame)).excerpt_sources() == ()
+
+
+def test_a_recorded_topic_no_masking_rule_covers_keeps_the_fast_path_and_is_still_excerpted():
+    policy = parse_policy("""
+version: 1
+rules:
+  - {name: all, identities: [auditor], operations: [produce], topics: ["*"]}
+recording:
+  - {name: audit, identities: [auditor], topics: [plain], depth: excerpts, records_per_request: 1}
+""", source="t")
+    enforcer = Enforcer(Principal("auditor"), lambda: policy)
+    first = produce("plain", 1)
+    assert enforcer.check(first, codec.parse_request_header(first)).request is not None  # decoded once
+    again = produce("plain", 2)
+    verdict = enforcer.check(again, codec.parse_request_header(again))
+    assert verdict.request is None and verdict.forward is again  # by shape, not decoded
+    (source,) = verdict.excerpt_sources()
+    assert (source.topic, source.partition, source.limit) == ("plain", 0, 1)
+    (row,) = build(source, "produce")
+    assert row.value.startswith('{"card": "4111') and row.rule == "audit"  # no masking rule covers the topic
