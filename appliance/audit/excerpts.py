@@ -154,8 +154,8 @@ def _records(data: bytes, complete: bool, count: int, base_offset: int, base_ts:
             if not complete:
                 raise _Stop(f"excerpts end: the audit reads at most the first {DECOMPRESS_LIMIT:,} bytes of a "
                             f"compressed batch, and {where} holds more") from None
-            raise _Stop(f"not excerpted: {where}: its records are malformed "
-                        f"({e or 'a length runs past the end of the batch'})") from None
+            why = "a length runs past the end of the batch" if isinstance(e, IndexError) else str(e)
+            raise _Stop(f"not excerpted: {where}: its records are malformed ({why})") from None
         pos = end
         timestamp = max_ts if attributes & _LOG_APPEND_TIME else base_ts + ts_delta
         rows.append(_excerpt(source, direction, base_offset, offset_delta, timestamp, key, value, headers))

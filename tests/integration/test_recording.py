@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.integration.clients.families import FAMILIES, run_parallel
-from tests.integration.conftest import BROKER4, STATE, cli, enrolled, eventually, policy_extended
+from tests.integration.conftest import BROKER4, PY, STATE, cli, enrolled, eventually, policy_extended
 
 ACCESS = """
   - name: rec-access
@@ -148,6 +149,26 @@ def test_a_reader_without_unmask_gets_masked_values_and_masked_excerpts(identiti
                          timeout=10, message=f"fetch excerpts of {topic}")
     assert_excerpts_masked(topic, fetched, "fetch", "rec-reader")
     assert_no_clear_pii()
+
+
+@pytest.mark.parametrize("kind, note", [
+    ("bad-crc", "its CRC32C does not match its bytes"),
+    ("varint-overflow", "its records are malformed (a varint longer than 10 bytes)"),
+    ("huge-count", "its records are malformed (a length runs past the end of the batch)"),
+])
+def test_a_hostile_batch_to_a_recorded_topic_costs_its_excerpts_a_note_and_the_session_goes_on(
+        kind, note, identities, direct, sasl_args, config_path):
+    topic = f"rec-hostile-{kind}-{secrets.token_hex(3)}"
+    create(direct, sasl_args, topic)
+    raw = str(Path(__file__).resolve().parents[1] / "adversarial" / "raw_client.py")
+    out = identities["rec-writer"].run([PY, raw, "hostile-batch", "127.0.0.1", "39092", topic, kind], timeout=60)
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    assert answer["metadata_error"] == 0, answer  # the same connection answered the next request
+    rows = eventually(lambda: excerpts(topic, "produce"), message=f"the excerpt note of {topic}")
+    assert rows[-1]["value_length"] is None and rows[-1]["note"].endswith(note), rows
+    session = json.loads(cli(config_path, "audit", "sql", f"SELECT close_reason FROM sessions WHERE session_id = "
+                             f"'{rows[-1]['session_id']}'", "--json").stdout)
+    assert "internal fault" not in (session[0]["close_reason"] or ""), session
 
 
 def test_only_the_identities_a_recording_rule_covers_get_excerpts(identities, config_path):
