@@ -13,7 +13,9 @@ read ends the partition's excerpts with one row whose `note` says why:
   longer than 10 bytes, a codec Kafka does not define, data that does not
   decompress: "its records are malformed (…)";
 - records past the first DECOMPRESS_LIMIT bytes of a compressed batch;
-- a produced batch that runs past the end of the request.
+- a produced batch that runs past the end of the request, or a fetched
+  partition whose first batch does (a later one cut short is the broker's
+  size limit, and ends the excerpts silently).
 
 Every fault is caught here and becomes such a note: a hostile batch costs its
 own excerpts, never the operation's row, the writer or the session. The work
@@ -104,7 +106,7 @@ def _read(source: ExcerptSource, direction: str, rows: list[ExcerptRow]) -> None
         (length,) = struct.unpack_from(">i", records, pos + 8)
         end = pos + 12 + length
         if length < _HEADER_SIZE - 12 or end > n:
-            if direction == "fetch":
+            if direction == "fetch" and pos > 0:
                 return  # a fetch response may end with a partial batch (the broker's size limit)
             raise _Stop(f"not excerpted: the batch at byte {pos} declares {length} bytes, but "
                         f"{n - pos - 12} follow it")
