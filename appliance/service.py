@@ -798,6 +798,7 @@ class Appliance:
                       "lost": self.writer.lost, "gaps_written": self.writer.gaps_written,
                       "queued": self.writer.queued, "queue_max": self.writer.queue_max,
                       "audit_failure": self.config.audit_failure, "bytes": _audit_bytes(self.config.audit_db),
+                      "excerpts": _excerpt_budget(),
                       "retention": {"max_age_days": self.config.audit_retention.max_age_days,
                                     "max_bytes": self.config.audit_retention.max_bytes,
                                     "interval_s": self.config.audit_retention.interval_s,
@@ -811,6 +812,13 @@ class Appliance:
         tmp = self.config.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(snapshot, indent=2, default=str))
         os.replace(tmp, self.config.status_file)
+
+
+def _excerpt_budget() -> dict[str, int]:
+    """Record batches held for the audit's excerpts (docs/recording.md, Depth): now, the bound, and how many
+    operations' excerpts were not kept because the bound was reached."""
+    from appliance.masking.excerpts import SHARED_BUDGET
+    return {"held_bytes": SHARED_BUDGET.held, "limit_bytes": SHARED_BUDGET.limit, "not_kept": SHARED_BUDGET.refused}
 
 
 def _audit_bytes(path: Path) -> dict[str, int]:

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from appliance.audit import checkpoint as checkpoints
+from appliance.audit.excerpts import ExcerptRow, build as build_excerpts
 from appliance.audit.chain import Encoders, Link, canonical_json, normalise, read_head
-from appliance.audit.records import (AuditRecord, Authentication, Event, Gap, Operation, SessionClosed,
-                                     SessionOpened)
+from appliance.audit.records import (AuditRecord, Authentication, Event, Gap, Operation, RecordedOperation,
+                                     SessionClosed, SessionOpened)
 
 # Session change kinds, and what each sets (docs/audit.md, Tamper evidence).
 OPEN, AUTHENTICATED, CLOSED, ORPHAN_CLOSED = "open", "authenticated", "closed", "orphan-closed"
@@ -49,6 +50,21 @@ def _getter(cls: type) -> Any:
     return attrgetter(*(f.name for f in fields(cls)))
 
 
+_EXCERPT_GETTER = _getter(ExcerptRow)
+
+
+def excerpt_rows(record: RecordedOperation) -> list[ExcerptRow]:
+    """The record_excerpts rows of an operation recorded at depth excerpts, built before the transaction
+    (decoding and masking never hold the write lock); the held bytes go back to their budget."""
+    rows: list[ExcerptRow] = []
+    for source in record.sources:
+        try:
+            rows += build_excerpts(source, record.direction)
+        finally:
+            source.release()
+    return rows
+
+
 # Rows are built straight from the frozen records with attrgetter and written
 # with executemany: the writer thread shares the GIL with the proxy's event
 # loop, and sqlite-utils' insert_all (type sniffing, dicts) cost several times
@@ -71,6 +87,11 @@ class Appender:
                 raise ValueError(f"audit table {table} has the columns {', '.join(columns)} after id, but "
                                  f"{cls.__name__} has the fields {', '.join(f.name for f in fields(cls))}: "
                                  "a migration and the record type must add the same columns in the same order")
+        excerpt_columns = ("operation_id", "session_id", "at", "direction") + tuple(f.name for f in fields(ExcerptRow))
+        if self.encoders["record_excerpts"][0].columns[1:] != excerpt_columns:
+            raise ValueError(f"audit table record_excerpts has the columns "
+                             f"{', '.join(self.encoders['record_excerpts'][0].columns[1:])} after id, but the "
+                             f"writer writes {', '.join(excerpt_columns)}")
 
     def _change(self, session_id: str, kind: str, columns: Iterable[str], values: Iterable[Any],
                 extra: dict[str, Any] | None = None) -> tuple[str, str, str]:
@@ -83,9 +104,13 @@ class Appender:
     def write_batch(self, records: Iterable[AuditRecord]) -> None:
         """Write records in one transaction, chained in the order the tables receive them."""
         opened, closed, operations, events, gaps, authentications, authenticated = [], [], [], [], [], [], []
+        excerpts: list[tuple[int, RecordedOperation, list]] = []  # (index in operations, record, rows)
         for record in records:
             if isinstance(record, Operation):
                 operations.append(record)
+            elif isinstance(record, RecordedOperation):
+                excerpts.append((len(operations), record, excerpt_rows(record)))
+                operations.append(record.operation)
             elif isinstance(record, Authentication):
                 authentications.append(record)
                 if record.outcome == "ok":
@@ -117,7 +142,11 @@ class Appender:
                                      {REAUTHENTICATIONS_ADDED: a[-2]}) for a in authenticated])
                     conn.executemany(_SESSION_AUTHENTICATED, authenticated)
             if operations:
-                link.rows("operations", operations, _GETTERS["operations"])
+                first_id = link.rows("operations", operations, _GETTERS["operations"])
+                if excerpts:
+                    link.rows("record_excerpts", [
+                        (first_id + index, record.operation.session_id, record.operation.at, record.direction,
+                         *_EXCERPT_GETTER(row)) for index, record, rows in excerpts for row in rows])
             if events:
                 link.rows("events", events, _GETTERS["events"])
             if closed:

@@ -43,7 +43,7 @@ CHAIN_COLUMNS = ("chain_seq", "chain_hash")
 # The append-only tables whose rows are chained. A later append-only table is
 # added here, given the two chain columns and a unique index on chain_seq by a
 # migration, and written through `Link.rows`.
-CHAINED_TABLES = ("operations", "events", "authentications", "gaps", "session_changes", "prunes")
+CHAINED_TABLES = ("operations", "events", "authentications", "gaps", "session_changes", "prunes", "record_excerpts")
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 # What SQLite takes for a number when text is stored in a column of numeric affinity
@@ -219,12 +219,14 @@ class Link:
         self._start = head.seq
         self._next_id: dict[str, int] = {}
 
-    def rows(self, table: str, rows: Iterable[Sequence[Any]], getter: Callable[[Any], tuple] | None = None) -> None:
-        """Append rows (each the table's columns after `id`, or a record `getter` reads them from), in order."""
+    def rows(self, table: str, rows: Iterable[Sequence[Any]], getter: Callable[[Any], tuple] | None = None) -> int:
+        """Append rows (each the table's columns after `id`, or a record `getter` reads them from), in order;
+        returns the id the first was given (the others follow it, one by one)."""
         encoder, sql = self._encoders[table]
         next_id = self._next_id.get(table)
         if next_id is None:
             next_id = (self._conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0) + 1
+        first_id = next_id
         canonical = encoder.canonical
         seq, previous = self.seq, self.hash
         bound = []
@@ -241,6 +243,7 @@ class Link:
             self._conn.executemany(sql, bound)
         self.seq, self.hash = seq, previous
         self._next_id[table] = next_id
+        return first_id
 
     def finish(self) -> None:
         if self.seq != self._start:

@@ -65,6 +65,7 @@ PRE_CHAIN = "pre-chain"
 # retained change has none, and goes with the entries after it. `+`: the range is read by the chain_seq
 # index, never the time index (which would span the whole kept part).
 _TIMES = {"operations": "+at", "events": "+at", "authentications": "+at", "gaps": "+ended_at", "prunes": "+at",
+          "record_excerpts": "+at",
           "session_changes": "(CASE kind WHEN 'open' THEN json_extract(changes, '$.started_at') WHEN 'closed' THEN "
                              "json_extract(changes, '$.ended_at') WHEN 'orphan-closed' THEN "
                              "json_extract(changes, '$.ended_at') END)"}
@@ -328,7 +329,7 @@ class Pruner:
         return states
 
     def _has_rows(self, session_id: str, end: int) -> bool:
-        for table in ("session_changes", "operations", "authentications"):
+        for table in ("session_changes", "operations", "authentications", "record_excerpts"):
             if self.conn.execute(f"SELECT 1 FROM {table} WHERE session_id = ? AND chain_seq > ? LIMIT 1",
                                  (session_id, end)).fetchone():
                 return True

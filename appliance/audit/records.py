@@ -104,4 +104,23 @@ class Gap:
     reason: str
 
 
-AuditRecord = SessionOpened | SessionClosed | Authentication | Operation | Event | Gap
+@dataclass(frozen=True, slots=True)
+class RecordedOperation:
+    """An operation recorded at depth excerpts (docs/recording.md, Depth): its `operations` row, then the
+    `record_excerpts` rows the writer builds from `sources` (appliance.masking.excerpts.ExcerptSource, the
+    batches held for them) off the proxy's event loop, linked to the row by `operation_id`."""
+
+    operation: Operation
+    direction: str  # produce (as forwarded, after produce-side masking) | fetch (as the reader received it)
+    sources: tuple  # ExcerptSource, one per partition
+
+    @property
+    def at(self) -> float:
+        return self.operation.at
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(len(s.records) for s in self.sources)
+
+
+AuditRecord = SessionOpened | SessionClosed | Authentication | Operation | RecordedOperation | Event | Gap

@@ -24,7 +24,8 @@ EXPORT_SCHEMA = "appliance.audit.export/1"
 # (session_changes has no time of its own: it goes with the sessions exported, those started in the span.)
 _EXPORTED = (("sessions", "session", "started_at"), ("session_changes", "session-change", None),
              ("authentications", "authentication", "at"), ("operations", "operation", "at"),
-             ("events", "event", "at"), ("gaps", "gap", "started_at"), ("prunes", "prune", "at"))
+             ("events", "event", "at"), ("gaps", "gap", "started_at"), ("prunes", "prune", "at"),
+             ("record_excerpts", "record-excerpt", "at"))
 
 
 class ReplayError(LookupError):
@@ -78,7 +79,41 @@ def _decided(checks: str | None) -> str:
     return f" by {rules}"
 
 
-def _operation(op: dict[str, Any]) -> Entry:
+def _excerpt_json(x: dict[str, Any]) -> dict[str, Any]:
+    return {"topic": x["topic"], "partition": x["partition"], "offset": x["offset"], "offset_delta": x["offset_delta"],
+            "timestamp": x["timestamp"], "key": x["key"], "key_length": x["key_length"],
+            "headers": json.loads(x["headers"]) if x["headers"] else [], "value": x["value"],
+            "value_length": x["value_length"], "masked": x["masked"], "rule": x["rule"], "note": x["note"]}
+
+
+def _excerpt_line(x: dict[str, Any]) -> str:
+    """One excerpt as a line under its request: where, key, headers, value (cut to 120 characters here)."""
+    where = f"{x['topic']}[{x['partition']}]"
+    if x["offset"] is not None:
+        where += f"@{x['offset']}"
+    elif x["offset_delta"] is not None:
+        where += f"+{x['offset_delta']}"
+    if x["value_length"] is None:  # a note only: why the partition's excerpts end
+        return f"{where} {x['note']}"
+    parts = [where]
+    if x["key_length"] is not None and x["key_length"] >= 0:
+        parts.append(f"key={_one_line(x['key'] if x['key'] is not None else '(not stored)', 60)}")
+    if x["headers"]:
+        parts.append("headers=" + ",".join(f"{k}={'null' if v is None else _one_line(v, 40)}"
+                                            for k, v in json.loads(x["headers"])))
+    if x["value_length"] < 0:
+        parts.append("value=null")
+    else:
+        shown = _one_line(x["value"], 120) if x["value"] is not None else "(not stored)"
+        parts.append(f"value={shown} ({x['value_length']:,} bytes)")
+    if x["masked"]:
+        parts.append(f"{x['masked']} masked")
+    if x["note"]:
+        parts.append(f"[{x['note']}]")
+    return " ".join(parts)
+
+
+def _operation(op: dict[str, Any], excerpts: list[dict[str, Any]] = ()) -> Entry:
     topics = json.loads(op["topics"]) if op["topics"] else {}
     where = (" " + ", ".join(f"{t}{list(p) if p else ''}" for t, p in topics.items())) if topics else ""
     group = f" group {op['group_id']}" if op["group_id"] else ""
@@ -89,7 +124,10 @@ def _operation(op: dict[str, Any]) -> Entry:
     decision = op["decision"] or "no policy check"
     text = (f"{op['api_name']} v{op['api_version']}{where}{group}: {decision}{_decided(op['checks'])}, "
             f"{op['outcome']}{records}{masked}{latency}{error}")
-    return Entry(op["at"], "request", text, {
+    for x in excerpts:
+        text += "\n" + " " * 40 + "excerpt " + _excerpt_line(x)
+    extra = {"excerpts": [_excerpt_json(x) for x in excerpts]} if excerpts else {}
+    return Entry(op["at"], "request", text, {**extra,
         "api": op["api_name"], "version": op["api_version"], "correlation_id": op["correlation_id"],
         "topics": topics, "group": op["group_id"], "decision": op["decision"],
         "checks": json.loads(op["checks"]) if op["checks"] else [], "outcome": op["outcome"],
@@ -113,8 +151,12 @@ def timeline(db: sqlite3.Connection, session_id: str, *, after: float | None = N
                              f"{a['kind']} {a['mechanism']} {a['outcome']}{who} ({a['method'] or 'cgroup'}): "
                              f"{a['reason']}", {"mechanism": a["mechanism"], "outcome": a["outcome"],
                                                 "identity": a["identity"], "subject": a["subject"]}))
-    entries += [_operation(op) for op in _rows(db, "SELECT * FROM operations WHERE session_id = ? ORDER BY at, id",
-                                               (sid,))]
+    excerpts: dict[int, list[dict[str, Any]]] = {}
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'record_excerpts'").fetchone():
+        for x in _rows(db, "SELECT * FROM record_excerpts WHERE session_id = ? ORDER BY id", (sid,)):
+            excerpts.setdefault(x["operation_id"], []).append(x)
+    entries += [_operation(op, excerpts.get(op["id"], []))
+                for op in _rows(db, "SELECT * FROM operations WHERE session_id = ? ORDER BY at, id", (sid,))]
     for e in _rows(db, "SELECT * FROM events WHERE session_id = ? ORDER BY at, id", (sid,)):
         entries.append(Entry(e["at"], "event", f"[{e['kind']}] {e['message']}",
                              {"event": e["kind"], "event_detail": json.loads(e["detail"]) if e["detail"] else None}))

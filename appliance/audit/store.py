@@ -210,6 +210,38 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE UNIQUE INDEX prunes_chain_seq ON prunes(chain_seq);
         """,
     ),
+    (
+        # Recording at depth excerpts (docs/recording.md, Depth): one row per excerpted record (or a note on
+        # why a partition's excerpts end), chained right after the operations row it belongs to.
+        "0009_record_excerpts",
+        """
+        CREATE TABLE record_excerpts (
+            id INTEGER PRIMARY KEY,
+            operation_id INTEGER NOT NULL,
+            session_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            direction TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            partition INTEGER,
+            offset INTEGER,
+            offset_delta INTEGER,
+            timestamp INTEGER,
+            key TEXT,
+            key_length INTEGER,
+            headers TEXT,
+            value TEXT,
+            value_length INTEGER,
+            masked INTEGER,
+            rule TEXT,
+            note TEXT,
+            chain_seq INTEGER,
+            chain_hash BLOB
+        );
+        CREATE UNIQUE INDEX record_excerpts_chain_seq ON record_excerpts(chain_seq);
+        CREATE INDEX record_excerpts_operation ON record_excerpts(operation_id);
+        CREATE INDEX record_excerpts_session ON record_excerpts(session_id, at);
+        """,
+    ),
 ]
 
 

@@ -120,6 +120,8 @@ class AuditWriter:
             self._dropped_last = now
             if self.failing is None:
                 self._fail(f"audit queue full ({self.queue_max} records waiting; audit_queue_max)")
+            for source in getattr(record, "sources", ()):  # excerpts never to be built give their bytes back
+                source.release()
             return False
         self._queue.put(record)
         return True

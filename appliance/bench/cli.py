@@ -1,7 +1,8 @@
 """`scripts/bench`: the appliance against the embedded broker, direct and proxied, alternately.
 
 Usage: scripts/bench [--repeat N] [--records N] [--quick] [--only produce,consume,latency,connect,masking]
-                     [--latency-rate R] [--latency-seconds S] [--connects N] [--results-dir DIR | --json FILE]
+                     [--latency-rate R] [--latency-seconds S] [--connects N] [--recording DEPTH]
+                     [--results-dir DIR | --json FILE]
 
 Prints progress while it runs, then a table (each figure direct, proxied, the
 ratio and the spread over repetitions), and writes the whole result to
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-seconds", type=float, metavar="S", help="length of each latency run (default 10)")
     p.add_argument("--connects", type=int, metavar="N", help="fresh connections per connect run (default 20)")
     p.add_argument("--masking-records", type=int, metavar="N", help="records per masking run (default: --records)")
+    p.add_argument("--recording", choices=plan.RECORDING_DEPTHS, metavar="DEPTH",
+                   help="the depth the proxied arm's sessions are recorded at: operations (the default, no recording "
+                        "rule) or excerpts (a recording rule for every bench topic; docs/recording.md, Depth)")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench-results", metavar="DIR",
                    help="where the JSON result goes, as <UTC timestamp>.json (default: bench-results/ in the checkout)")
     p.add_argument("--json", type=Path, dest="json_file", metavar="FILE", help="write the JSON result to FILE instead")
@@ -59,7 +63,7 @@ def options_from(args: argparse.Namespace) -> plan.Options:
     options = plan.Options.quick_mode() if args.quick else plan.Options()
     given = {"repeat": args.repeat, "records": args.records, "latency_rate": args.latency_rate,
              "latency_seconds": args.latency_seconds, "connects": args.connects,
-             "masking_records": args.masking_records}
+             "masking_records": args.masking_records, "recording": args.recording}
     options = replace(options, **{k: v for k, v in given.items() if v is not None})
     for name in ("repeat", "records", "latency_rate", "connects"):
         if getattr(options, name) < 1:
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"bench: {', '.join(groups)}; {options.repeat} repetition(s), arms alternating"
              f"{' (quick)' if options.quick else ''}")
     try:
-        with Environment(progress) as env:
+        with Environment(progress, recording=options.recording) as env:
             env.start()
             runner = Runner(env, options, groups, progress)
             runner.run()

@@ -77,8 +77,9 @@ def check_prerequisites() -> None:
 
 
 class Environment:
-    def __init__(self, progress: Callable[[str], None]):
+    def __init__(self, progress: Callable[[str], None], *, recording: str = "operations"):
         self.progress = progress
+        self.recording = recording  # the depth the policy records the bench identity at (plan.policy)
         self.config = None
         self.broker: EmbeddedBroker | None = None
         self.serve: subprocess.Popen | None = None
@@ -111,7 +112,7 @@ class Environment:
         plan.STATE_DIR.mkdir(parents=True, exist_ok=True)
         plan.CONFIG_FILE.write_text("# Written by scripts/bench at every run.\n"
                                     + yaml.safe_dump(plan.appliance_config(), sort_keys=False))
-        plan.POLICY_FILE.write_text(plan.policy())
+        plan.POLICY_FILE.write_text(plan.policy(recording=self.recording))
         self.config = load_config(plan.CONFIG_FILE)
         self._stop_stale_serve()
         self.broker = EmbeddedBroker(self.config.embedded_broker)

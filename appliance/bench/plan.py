@@ -39,6 +39,11 @@ TOPIC_PREFIX = "bench-"
 MASKING_RULE = {"name": "bench-all", "topics": [f"prefix:{TOPIC_PREFIX}"], "on": ["produce"],
                 "detectors": ["email"], "action": "redact"}
 MASKING_EMAIL_DOMAIN = "example.com"
+# `--recording excerpts`: every bench topic recorded at depth excerpts, with the default bounds
+# (docs/recording.md, Depth), so the cost of excerpts is measured on every figure.
+RECORDING_RULE = {"name": "bench-excerpts", "identities": [IDENTITY], "topics": [f"prefix:{TOPIC_PREFIX}"],
+                  "depth": "excerpts"}
+RECORDING_DEPTHS = ("operations", "excerpts")
 
 
 def appliance_config() -> dict:
@@ -57,12 +62,13 @@ def appliance_config() -> dict:
     }
 
 
-def policy(*, masking: bool = False) -> str:
+def policy(*, masking: bool = False, recording: str = "operations") -> str:
     """The bench identity may produce, consume, describe, create and use groups on bench-* topics and groups.
 
     An idempotent producer's InitProducerId (no transactional id) is allowed to an identity that may produce
     to some topic, so no `transactions` grant is needed. With `masking`, a rule redacting e-mail addresses
-    in every produced record on bench-* topics is added (the masking section of docs/policy.md).
+    in every produced record on bench-* topics is added (the masking section of docs/policy.md). With
+    `recording="excerpts"`, the bench identity's records on bench-* topics are recorded at depth excerpts.
     """
     doc: dict = {
         "version": 1,
@@ -76,6 +82,8 @@ def policy(*, masking: bool = False) -> str:
     }
     if masking:
         doc["masking"] = [dict(MASKING_RULE)]
+    if recording != "operations":
+        doc["recording"] = [dict(RECORDING_RULE)]
     header = "# Written by scripts/bench (appliance/bench/plan.py) at every run.\n"
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
 
@@ -95,6 +103,7 @@ class Options:
     connects: int = 20              # fresh connections per connect run
     masking_records: int | None = None  # default: records
     quick: bool = False
+    recording: str = "operations"  # the depth the bench identity is recorded at (RECORDING_DEPTHS)
 
     @classmethod
     def quick_mode(cls) -> Options:
@@ -116,7 +125,7 @@ class Options:
                 "records_per_run": {f"{g}.{s}": self.records_for(s, g) for g in ("produce", "consume") for s in (100, 1024)},
                 "latency_rate": self.latency_rate,
                 "latency_seconds": self.latency_seconds, "connects": self.connects,
-                "masking_records": self.masked_records, "quick": self.quick}
+                "masking_records": self.masked_records, "quick": self.quick, "recording": self.recording}
 
 
 def arm_order(repetition: int) -> tuple[str, str]:

@@ -52,6 +52,28 @@ class Runner:
             self._warm_up()
         for group in self.groups:
             getattr(self, f"_{group}")()
+        if self.options.recording == "excerpts":
+            self._count_excerpts()
+
+    def _count_excerpts(self) -> None:
+        """With --recording excerpts: how many record excerpts the proxied arm's audit holds (none would mean the
+        figures measured nothing of recording)."""
+        import sqlite3
+
+        try:
+            conn = sqlite3.connect(f"file:{plan.STATE_DIR / 'audit.db'}?mode=ro", uri=True)
+            excerpts, operations = conn.execute(
+                "SELECT (SELECT count(*) FROM record_excerpts), (SELECT count(*) FROM operations "
+                "WHERE api_name IN ('Produce', 'Fetch'))").fetchone()
+            conn.close()
+        except sqlite3.Error as e:
+            self.notes.append(f"recording: could not count the record excerpts: {e}")
+            return
+        self.runs.append({"figure": "recording verification", "record_excerpts": excerpts,
+                          "produce_and_fetch_operations": operations})
+        self.progress(f"recording: {excerpts:,} record excerpts for {operations:,} Produce and Fetch operations")
+        if not excerpts:
+            self.notes.append("recording: --recording excerpts, but the audit holds no record excerpt")
 
     @property
     def _warms_up(self) -> bool:
@@ -323,7 +345,7 @@ class Runner:
 
     def _masking(self) -> None:
         keys = ["masking.records_per_s", "masking.mb_per_s", "cpu.masking"]
-        masked_policy = plan.policy(masking=True)
+        masked_policy = plan.policy(masking=True, recording=self.options.recording)
         candidate = plan.WORK_DIR / "policy-masking.yaml"
         candidate.write_text(masked_policy)
         check = self.env.cli("policy", "check", str(candidate), check=False)

@@ -137,6 +137,9 @@ def status(ctx, as_json: bool) -> None:
         click.echo(f"audit: {snapshot['audit']['path']} ({snapshot['audit']['written']} records written, "
                    f"{snapshot['audit']['failed_batches']} failed batches)")
         click.echo(_audit_retention_line(audit))
+        excerpts = _excerpts_line(audit)
+        if excerpts:
+            click.echo(excerpts)
         states = snapshot.get("broker_states") or {}
         click.echo("broker reachability: " + (", ".join(f"{b} {state}" for b, state in states.items()) or "unknown"))
         health = snapshot.get("kernel_health") or {}
@@ -157,6 +160,15 @@ def status(ctx, as_json: bool) -> None:
          columns=("session_id", "identity", "auth", "subject", "pid", "command", "broker_address", "started_at",
                   "token_expires_at", "reauthenticate_by"),
          title="live sessions", times=("started_at", "token_expires_at", "reauthenticate_by"))
+
+
+def _excerpts_line(audit: dict) -> str | None:
+    """What is held for record excerpts (docs/recording.md, Depth); None while nothing is held or was dropped."""
+    excerpts = audit.get("excerpts") or {}
+    if not (excerpts.get("held_bytes") or excerpts.get("not_kept")):
+        return None
+    return (f"record excerpts: {excerpts['held_bytes']:,} of {excerpts['limit_bytes']:,} bytes of records held for "
+            f"the audit writer; {excerpts['not_kept']:,} not kept at that bound")
 
 
 def _audit_retention_line(audit: dict) -> str:

@@ -419,6 +419,13 @@ def match_produce(frame: bytes, header: RequestHeader, shape: ProduceShape) -> R
     return RequestFacts(facts.topics, facts.group, facts.acks, count_records(frame, at, end), length)
 
 
+def shape_records(frame: bytes, header: RequestHeader, facts: RequestFacts) -> bytes:
+    """The records of a Produce request `match_produce` matched (its facts): they end the frame, before the
+    tagged fields of a flexible version."""
+    end = len(frame) - (len(_PRODUCE_TAIL) if apis.request_is_flexible(apis.PRODUCE, header.api_version) else 0)
+    return frame[end - facts.record_bytes:end]
+
+
 @lru_cache(maxsize=1024)  # bounded: a workload chooses the topic and partition numbers
 def _produce_response_start(api_version: int, topic: str, partition: int) -> bytes:
     """What the body of a Produce response for one topic and one partition starts with, up to its error code."""

@@ -11,6 +11,8 @@ Pure code, no I/O but the secret file: the proxy owns sockets and calls in.
 - `detectors` (card, ssn, email, iban, token), `paths` (JSON paths),
   `actions` (redact, keep_last, hash, remove) and `values` (one value, one rule).
 - `secret.load_or_create_secret`: the HMAC key `hash` uses.
+- `excerpts`: what an audit record excerpt may hold (every rule covering the
+  topic, both directions) and the cheap part of taking one on the proxy's path.
 
 The policy language and the choices made (separators, binary values, invalid
 JSON, what a fetch sees) are in docs/masking.md.

@@ -62,15 +62,23 @@ def _lz4(data: bytes, cap: int) -> bytes:
     return bytes(out)
 
 
-def _zstd(data: bytes, cap: int) -> bytes:
+def _zstd_upto(data: bytes, limit: int) -> bytes:
+    """At most the first `limit` bytes the zstd frames in `data` decompress to."""
     with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
         out = bytearray()
-        while len(out) <= cap:
-            chunk = reader.read(min(1 << 20, cap + 1 - len(out)))
+        while len(out) < limit:
+            chunk = reader.read(min(1 << 20, limit - len(out)))
             if not chunk:
-                return bytes(out)
+                break
             out += chunk
-    raise TooLarge
+        return bytes(out)
+
+
+def _zstd(data: bytes, cap: int) -> bytes:
+    out = _zstd_upto(data, cap + 1)
+    if len(out) > cap:
+        raise TooLarge
+    return out
 
 
 def _uvarint(data: bytes, at: int) -> int:
@@ -88,19 +96,26 @@ def _snappy(data: bytes, cap: int) -> bytes:
         if _uvarint(data, 0) > cap:
             raise TooLarge
         return snappy.decompress(data)
-    blocks, at, total = [], _XERIAL_HEADER_SIZE, 0
+    blocks, total = [], 0
+    for block, size in _xerial_blocks(data):
+        total += size
+        if total > cap:
+            raise TooLarge
+        blocks.append(block)
+    return b"".join(snappy.decompress(b) for b in blocks)
+
+
+def _xerial_blocks(data: bytes):
+    """Each xerial-framed snappy block and the uncompressed size it declares, none expanded yet."""
+    at = _XERIAL_HEADER_SIZE
     while at < len(data):
         (size,) = _BLOCK_LENGTH.unpack_from(data, at)
         at += 4
         if size < 0 or at + size > len(data):
             raise ValueError("xerial snappy block runs past the end of the batch")
         block = data[at:at + size]
-        total += _uvarint(block, 0)
-        if total > cap:
-            raise TooLarge
-        blocks.append(block)
+        yield block, _uvarint(block, 0)
         at += size
-    return b"".join(snappy.decompress(b) for b in blocks)
 
 
 DECODE = {1: _gzip, 2: _snappy, 3: _lz4, 4: _zstd}
@@ -109,3 +124,30 @@ DECODE = {1: _gzip, 2: _snappy, 3: _lz4, 4: _zstd}
 def decompress(codec: int, data: bytes, cap: int = MAX_BATCH_BYTES) -> bytes:
     """The decompressed bytes of a batch body of Kafka codec `codec` (1 gzip .. 4 zstd), or TooLarge."""
     return DECODE[codec](data, cap)
+
+
+def decompress_prefix(codec: int, data: bytes, limit: int) -> tuple[bytes, bool]:
+    """(at most the first `limit` decompressed bytes, whether that is all of them), for reading the first
+    records of a batch (audit excerpts) without expanding the rest. Errors as `decompress`'s."""
+    try:
+        out = DECODE[codec](data, limit)
+    except TooLarge:
+        pass
+    else:
+        return out, True
+    if codec == 1:
+        d = zlib.decompressobj(wbits=31)
+        return d.decompress(data, limit), False
+    if codec == 3:
+        return lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=limit), False
+    if codec == 4:
+        return _zstd_upto(data, limit), False
+    # snappy: whole xerial blocks until the limit is reached (each block declares its size; none expands past it)
+    if not data.startswith(_XERIAL_HEADER):
+        return b"", False  # one unframed block larger than the limit: nothing of it is read
+    out = bytearray()
+    for block, size in _xerial_blocks(data):
+        if len(out) + size > limit:
+            break
+        out += snappy.decompress(block)
+    return bytes(out), False

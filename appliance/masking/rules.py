@@ -234,6 +234,7 @@ class MaskingPolicy:
     secret: bytes | None = field(default=None, repr=False)
     source: str = "<policy>"
     _for_topic: object = field(init=False, repr=False)
+    _for_audit: object = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.rules]
@@ -241,6 +242,7 @@ class MaskingPolicy:
         if duplicates:
             raise ValueError(f"{self.source}: masking rule names must be unique; repeated: {', '.join(duplicates)}")
         object.__setattr__(self, "_for_topic", functools.lru_cache(maxsize=MASKER_CACHE_SIZE)(self._build))
+        object.__setattr__(self, "_for_audit", functools.lru_cache(maxsize=MASKER_CACHE_SIZE)(self._build_audit))
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -255,6 +257,15 @@ class MaskingPolicy:
     def for_topic(self, topic: str, direction: Direction | str) -> RecordMasker | None:
         """The masker for records of `topic` in `direction` ("produce" or "fetch"), or None when no rule applies."""
         return self._for_topic(topic, Direction(direction))  # type: ignore[operator]
+
+    def for_audit(self, topic: str, applied: Direction | str | None):  # -> AuditMasker | None
+        """The masker an audit excerpt of `topic` goes through: every rule covering the topic, in both
+        directions (appliance.masking.excerpts); `applied`: the direction the data path already masked."""
+        return self._for_audit(topic, None if applied is None else Direction(applied))  # type: ignore[operator]
+
+    def _build_audit(self, topic: str, applied: Direction | None):
+        from appliance.masking.excerpts import audit_masker  # it imports this module
+        return audit_masker(self, topic, applied)
 
     def _build(self, topic: str, direction: Direction) -> RecordMasker | None:
         rules = tuple(r for r in self.rules if r.applies(topic, direction))

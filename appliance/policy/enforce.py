@@ -58,6 +58,13 @@ class Verdict:
     # nothing is forwarded or answered now; the session holds it and decides it again once they are decided.
     held: tuple = ()
     granted: tuple = ()  # the approvals' grants it went on under (approvals.model.Grant)
+    excerpts: tuple = ()  # records of the request to excerpt for the audit (appliance.masking.excerpts)
+
+    def excerpt_sources(self) -> tuple:
+        """Everything to excerpt for the audit: the request's records (Produce), and those the response
+        step took from the response the workload received (Fetch), once it ran."""
+        later = getattr(self.then, "excerpts", None)
+        return self.excerpts + tuple(later) if later else self.excerpts
 
     @property
     def merge(self) -> Merge | None:
@@ -93,7 +100,7 @@ class Enforcer:
         if header.api_key == apis.PRODUCE and refusal is None:  # the hot path: a shape decided, no decode
             known = self._produce.by_shape(frame, header, self.policy())
             if known is not None:
-                return Verdict("allowed", known[0], None, frame, None, None, 0, known[1])
+                return Verdict("allowed", known[0], None, frame, None, None, 0, known[1], excerpts=known[2])
         gate = self.gate
         if gate is None:
             return self._check(frame, header)
@@ -118,10 +125,10 @@ class Enforcer:
         else:
             result = self._table.request(frame, header, codec.decode_request(frame, header), permission, policy)
         match result:
-            case Forward(checks, request, then, facts, outcome):
-                return Verdict(outcome, checks, request, frame, then=then, facts=facts)
-            case Rewritten(rewritten, checks, request, then, outcome, masked):
-                return Verdict(outcome, checks, request, rewritten, then=then, masked=masked)
+            case Forward(checks, request, then, facts, outcome, excerpts):
+                return Verdict(outcome, checks, request, frame, then=then, facts=facts, excerpts=excerpts)
+            case Rewritten(rewritten, checks, request, then, outcome, masked, excerpts):
+                return Verdict(outcome, checks, request, rewritten, then=then, masked=masked, excerpts=excerpts)
             case Answer(answer, checks, request):
                 return Verdict("refused", checks, request, None, answer=answer)
             case Close(reason, _):

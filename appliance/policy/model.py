@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from appliance.masking.rules import MaskingPolicy
+    from appliance.policy.recording import RecordingPolicy
 
 DEFAULT_DENY = "default-deny"
 IMMUTABLE_TOPICS = "immutable-topics"
@@ -338,13 +339,19 @@ def _no_masking() -> MaskingPolicy:
     return MaskingPolicy()
 
 
+def _no_recording() -> RecordingPolicy:
+    from appliance.policy.recording import RecordingPolicy  # it imports this module's Pattern
+    return RecordingPolicy()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Policy:
     """An immutable policy: ordered rules and immutable-topic patterns, with cached decisions.
 
     Compared by identity (a reloaded policy is a different object with a fresh
     cache). Rule names must be unique; the parser says so with file and line.
-    `masking` holds the `masking:` section (docs/masking.md); empty by default.
+    `masking` holds the `masking:` section (docs/masking.md); empty by default. `recording` holds the
+    `recording:` section (docs/recording.md, Depth); empty by default: every session at depth operations.
     """
 
     rules: tuple[Rule, ...]
@@ -353,6 +360,7 @@ class Policy:
     masking: MaskingPolicy = field(default_factory=_no_masking)
     # Identities that may not authenticate with a static (migration) credential, only with a token.
     static_credentials_denied: tuple[Pattern, ...] = ()
+    recording: RecordingPolicy = field(default_factory=_no_recording)
     _index: dict = field(init=False, repr=False)
     _approving: dict = field(init=False, repr=False)
     _decide_cached: object = field(init=False, repr=False)

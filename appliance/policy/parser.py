@@ -6,7 +6,8 @@ taken as written: `topics: [no, 123]` means the topics `no` and `123`, not
 false and a number. Nothing is guessed: unknown keys, repeated keys and bare
 names with glob characters are errors. The language is described in
 docs/policy.md; its `masking:` section, read into `Policy.masking`, in
-docs/masking.md.
+docs/masking.md; its `recording:` section, read into `Policy.recording`, in
+docs/recording.md ("Depth").
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from appliance.policy.model import (
 )
 
 FORMAT_VERSION = 1
-TOP_LEVEL_KEYS = ("version", "immutable_topics", "deny_static_credentials", "rules", "masking")
+TOP_LEVEL_KEYS = ("version", "immutable_topics", "deny_static_credentials", "rules", "masking", "recording")
 RULE_KEYS = ("name", "effect", "identities", "groups", "operations", "topics", "consumer_groups",
              "transactional_ids", "cluster", "approval")
 APPROVAL_KEYS = ("approvers", "approvals", "hold_s", "pending_s", "denied_for_s", "grant", "webhook")
@@ -49,6 +50,7 @@ GRANT_USES_RANGE = (1, 1000)
 RESOURCE_KEYS = ("topics", "consumer_groups", "transactional_ids", "cluster")
 MASK_RULE_KEYS = ("name", "topics", "on", "fields", "detectors", "headers", "action", "invalid", "binary")
 MASK_ACTIONS = ("redact", "hash", "remove", "keep_last")
+RECORDING_RULE_KEYS = ("name", "identities", "topics", "depth", "value_bytes", "records_per_request")
 
 # Kafka's own limits on topic names (kafka.common.internals.Topic).
 _TOPIC_CHARACTERS = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -177,6 +179,8 @@ class _Reader:
                 rules.append(self.rule(item, i, lines))
         masking = self.masking(keys["masking"][1]) if "masking" in keys else None
         extra = {} if masking is None else {"masking": masking}
+        if "recording" in keys:
+            extra["recording"] = self.recording(keys["recording"][1])
         return Policy(rules=tuple(rules), immutable_topics=immutable, source=self.source,
                       static_credentials_denied=static_denied, **extra)
 
@@ -316,6 +320,45 @@ class _Reader:
 
     def seconds(self, keys, key: str, rule: str, default: float, bounds: tuple[float, float]) -> float:
         return float(self.number(keys, key, rule, default, bounds, whole=False))
+
+    # --- recording (docs/recording.md, Depth) ----------------------------------------
+
+    def recording(self, node: Node):  # -> RecordingPolicy
+        from appliance.policy.recording import RecordingPolicy
+        lines: dict[str, int] = {}
+        items = self.items(node, "recording", example="[{name: audit-payments, identities: [billing], "
+                                                      "topics: ['prefix:payments.'], depth: excerpts}]")
+        return RecordingPolicy(tuple(self.recording_rule(item, i, lines) for i, item in enumerate(items, 1)),
+                               source=self.source)
+
+    def recording_rule(self, node: Node, index: int, lines: dict[str, int]):  # -> RecordingRule
+        from appliance.policy.recording import (RECORDS_PER_REQUEST_DEFAULT, RECORDS_PER_REQUEST_RANGE,
+                                                VALUE_BYTES_DEFAULT, VALUE_BYTES_RANGE, Depth, RecordingRule)
+
+        keys, _, name, line = self.named_entry(node, index, kind="recording rule", section="recording",
+                                               allowed=RECORDING_RULE_KEYS, lines=lines)
+        label = f"recording rule {name!r}"
+        identities = self.names(keys, "identities", label, what="identity", allow_star=True)
+        if not identities:
+            raise PolicyError(f"{self.source} line {line}: {label} names no one: give key 'identities' with at "
+                              f"least one identity name or pattern, or '*' for every identity")
+        topics = self.patterns(keys, "topics", label, topic=True)
+        if not topics:
+            raise PolicyError(f"{self.source} line {line}: {label} names no topic: give key 'topics' with at least "
+                              f"one topic pattern, e.g. topics: ['prefix:payments.'], or '*'")
+        depth = Depth.OPERATIONS
+        if "depth" in keys:
+            depth = Depth(self.choice(keys["depth"][1], "depth", label, tuple(Depth)))
+        value_bytes = self.whole_number(keys, "value_bytes", label, VALUE_BYTES_DEFAULT, VALUE_BYTES_RANGE)
+        per_request = self.whole_number(keys, "records_per_request", label, RECORDS_PER_REQUEST_DEFAULT,
+                                        RECORDS_PER_REQUEST_RANGE)
+        if depth == Depth.OPERATIONS:
+            for key in ("value_bytes", "records_per_request"):
+                if key in keys:
+                    raise self.error(keys[key][0], key, "is only for depth excerpts; this rule records operations "
+                                                        "only, which stores no record content", label)
+        return RecordingRule(name=name, identities=identities, topics=topics, depth=depth, value_bytes=value_bytes,
+                             records_per_request=per_request, line=line)
 
     # --- masking (docs/masking.md) --------------------------------------------------
 

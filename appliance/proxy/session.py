@@ -42,7 +42,7 @@ from typing import Callable
 from kio.schema.api_versions.v0.response import ApiVersion
 from kio.schema.errors import ErrorCode
 
-from appliance.audit.records import Authentication, Event, Operation, SessionClosed
+from appliance.audit.records import Authentication, Event, Operation, RecordedOperation, SessionClosed
 from appliance.broker.oauth_token import BearerToken
 from appliance.kafka import apis, codec
 from appliance.kafka.framing import FrameError, FrameSplitter
@@ -861,6 +861,19 @@ class Session:
                         delay_s=FAILED_AUTHENTICATION_DELAY_S)
 
     def _operation(
+        self, pending: InFlight, now: float, response_bytes: int | None, error_code: int | None,
+        outcome: str, response: codec.ResponseFacts | None = None,
+    ) -> Operation | RecordedOperation:
+        """The audit's record of a request: its operations row, with the records a recording rule excerpts
+        (the request's for Produce, the delivered response's for Fetch) when there are any."""
+        operation = self._operation_row(pending, now, response_bytes, error_code, outcome, response)
+        sources = pending.verdict.excerpt_sources() if pending.verdict is not None else ()
+        if sources:
+            return RecordedOperation(operation, "produce" if pending.header.api_key == apis.PRODUCE else "fetch",
+                                     sources)
+        return operation
+
+    def _operation_row(
         self, pending: InFlight, now: float, response_bytes: int | None, error_code: int | None,
         outcome: str, response: codec.ResponseFacts | None = None,
     ) -> Operation:

@@ -13,6 +13,9 @@ Usage: raw_client.py MODE HOST PORT [ARGS]
   reassign TOPIC        : AlterPartitionReassignments v0 of partitions 0 and 1; prints every error
   scram USER_A USER_B   : AlterUserScramCredentials v0 deleting USER_A's and upserting USER_B's credential
   zstd-bomb TOPIC MIB   : Produce v9 of one record whose value is MIB MiB of zeros, zstd-compressed to a few KB
+  hostile-batch TOPIC KIND : Produce v9 of a v2 batch that is bad-crc, varint-overflow (a record length of 11
+                        bytes of 0xff, CRC right) or huge-count (2^31-1 records declared for one, CRC right),
+                        then Metadata v12 for TOPIC on the same connection; prints both answers
   heartbeat-regex GROUP REGEX : KIP-848 heartbeats with subscribed_topic_regex until an assignment
                                 arrives (or 15 s); prints assigned topic ids and the ids Metadata names
 """
@@ -111,6 +114,29 @@ def zstd_bomb(size: int) -> bytes:
     return bytes(batch)
 
 
+def hostile_batch(kind: str) -> bytes:
+    """A v2 batch of one plain record, made hostile as `kind` says."""
+    from crc32c import crc32c
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    builder.append(0, timestamp=1_700_000_000_000, key=None, value=b"a plain value", headers=[])
+    batch = bytearray(builder.build())
+    if kind == "bad-crc":
+        batch[-1] ^= 0xFF
+        return bytes(batch)
+    if kind == "varint-overflow":
+        batch = batch[:61] + b"\xff" * 11 + b"\x01"
+        struct.pack_into(">i", batch, 8, len(batch) - 12)
+    elif kind == "huge-count":
+        struct.pack_into(">i", batch, 57, (1 << 31) - 1)
+    else:
+        raise SystemExit(f"unknown hostile batch {kind!r}")
+    struct.pack_into(">I", batch, 17, crc32c(memoryview(batch)[21:]))
+    return bytes(batch)
+
+
 def main():
     mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     args = sys.argv[4:]
@@ -191,6 +217,17 @@ def main():
                                               PartitionProduceData(index=0, records=records),)),)))
         p = r.responses[0].partition_responses[0]
         print(json.dumps({"wire_bytes": len(records), "error": int(p.error_code), "message": p.error_message}))
+    elif mode == "hostile-batch":
+        from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
+        from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
+        r = exchange(sock, ProduceRequest(transactional_id=None, acks=-1, timeout=datetime.timedelta(seconds=30),
+                                          topic_data=(TopicProduceData(name=args[0], partition_data=(
+                                              PartitionProduceData(index=0, records=hostile_batch(args[1])),)),)))
+        p = r.responses[0].partition_responses[0]
+        m = exchange(sock, MetadataRequest(topics=(MetadataRequestTopic(topic_id=uuid.UUID(int=0), name=args[0]),),
+                                           allow_auto_topic_creation=False, include_topic_authorized_operations=False))
+        print(json.dumps({"error": int(p.error_code), "message": p.error_message,
+                          "metadata_error": int(m.topics[0].error_code)}))
     elif mode == "heartbeat-regex":
         from kio.schema.consumer_group_heartbeat.v1.request import ConsumerGroupHeartbeatRequest
         all_ids(sock)  # as a consumer does first: metadata, from which the proxy learns topic ids

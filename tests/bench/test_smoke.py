@@ -144,3 +144,20 @@ def test_arms_alternate_and_the_policy_grants_only_bench_resources():
     lines = plan.masking_payloads(count=20)
     assert all(f"@{plan.MASKING_EMAIL_DOMAIN}" in line and 900 < len(line) <= 1100 for line in lines)
     assert all(json.loads(line)["customer"] for line in lines)
+
+
+def test_the_recording_option_adds_an_excerpts_rule_for_the_bench_identity_only():
+    from appliance.bench.cli import _parser, options_from
+    from appliance.policy.parser import parse_policy
+
+    assert options_from(_parser().parse_args([])).recording == "operations"
+    options = options_from(_parser().parse_args(["--recording", "excerpts", "--quick"]))
+    assert options.recording == "excerpts" and options.to_json()["recording"] == "excerpts"
+    assert not parse_policy(plan.policy(), source="bench").recording
+    for masking in (False, True):
+        policy = parse_policy(plan.policy(masking=masking, recording="excerpts"), source="bench")
+        assert policy.recording.for_topic(plan.IDENTITY, plan.topic("produce", 1024, "proxied", 1)) is not None
+        assert policy.recording.for_topic("someone-else", plan.topic("produce", 1024, "proxied", 1)) is None
+        assert bool(policy.masking) == masking
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--recording", "everything"])

@@ -28,3 +28,14 @@ def test_the_status_line_shows_the_audit_size_and_the_retention_in_force():
     assert _audit_retention_line({"bytes": {}, "retention": {}}).endswith("keep everything (audit_retention not set)")
     assert "RETENTION STOPPED: operations id 5" in _audit_retention_line(
         {"retention": {"max_bytes": 1 << 20, "error": "operations id 5 chain_seq 7: its content does not hash"}})
+
+
+def test_the_status_line_of_record_excerpts_shows_only_when_something_is_held_or_was_dropped():
+    from appliance.cli.serve import _excerpts_line
+    from appliance.service import _excerpt_budget
+
+    assert _excerpts_line({}) is None
+    assert _excerpts_line({"excerpts": {"held_bytes": 0, "limit_bytes": 67_108_864, "not_kept": 0}}) is None
+    assert _excerpts_line({"excerpts": {"held_bytes": 2048, "limit_bytes": 67_108_864, "not_kept": 3}}) == (
+        "record excerpts: 2,048 of 67,108,864 bytes of records held for the audit writer; 3 not kept at that bound")
+    assert set(_excerpt_budget()) == {"held_bytes", "limit_bytes", "not_kept"}

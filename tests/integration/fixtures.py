@@ -27,9 +27,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import yaml
@@ -249,6 +250,43 @@ def traffic_until(config_path: Path, cg: Cgroup, done: Callable[[dict[str, int]]
         raise AssertionError(f"{what} did not hold within {timeout}s; the audit counts, per API, from "
                              f"{cg.cgroup.path}{'' if topic is None else f' naming {topic}'}: {seen}") from None
     return dict(seen)
+
+
+@contextmanager
+def policy_extended(appliance: "ApplianceProcess", extra: str, what: str) -> Iterator[str]:
+    """The integration policy (tests/integration/policy.yaml) with `extra` appended (more items of its `rules:`,
+    which ends it, then sections of its own such as `masking:`), loaded by `appliance` for the block; the
+    policy as it was afterwards."""
+    base = Path(__file__).with_name("policy.yaml")
+    text = base.read_text() + extra
+    tmp = POLICY.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(POLICY)
+    expected = len(yaml.safe_load(text)["rules"])
+    eventually(lambda: (appliance.status() or {}).get("policy", {}).get("rules") == expected, timeout=15,
+               message=f"{what} reloaded")
+    try:
+        yield text
+    finally:
+        shutil.copy(base, POLICY)
+
+
+@contextmanager
+def enrolled(appliance: "ApplianceProcess", config_path: Path, names: tuple[str, ...]) -> Iterator[dict]:
+    """A fresh cgroup under WORKLOAD_PARENT enrolled as each identity in `names`, for the block: {name: Cgroup}."""
+    made = {}
+    for name in names:
+        cg = Cgroup(cgroups.ensure(f"{WORKLOAD_PARENT}/{name}-{secrets.token_hex(3)}"))
+        cli(config_path, "enroll", cg.cgroup.path, "--identity", name)
+        made[name] = cg
+    eventually(lambda: {w["cgroup_id"] for w in appliance.status()["workloads"]} >= {c.cgroup.id for c in made.values()},
+               message=f"{', '.join(names)} enrolled")
+    try:
+        yield made
+    finally:
+        for cg in made.values():
+            cli(config_path, "unenroll", cg.cgroup.path, check=False)
+            cg.cleanup()
 
 
 def eventually(check, timeout: float = 10.0, interval: float = 0.1, message: str = "condition"):

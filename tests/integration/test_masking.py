@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.integration.conftest import BROKER4, CLIENTS, POLICY, PY, Cgroup, WORKLOAD_PARENT, audit, cli, eventually, java_argv
+from tests.integration.conftest import (BROKER4, PY, Cgroup, audit, enrolled, eventually, java_argv,
+                                        policy_extended)
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 CARD, SSN, EMAIL, NOT_A_CARD = "4111 1111 1111 1111", "123-45-6789", "jane.doe@example.com", "4111111111111112"
-BASE = Path(__file__).with_name("policy.yaml")
 MASKING = """
   - name: mask-writers
     identities: [mask-writer, mask-reader, mask-auditor]
@@ -42,32 +40,14 @@ masking:
 
 @pytest.fixture(scope="module")
 def masking_policy(appliance):
-    text = BASE.read_text() + MASKING
-    tmp = POLICY.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(POLICY)
-    expected = len(yaml.safe_load(text)["rules"])
-    eventually(lambda: (appliance.status() or {}).get("policy", {}).get("rules") == expected,
-               message="the masking policy reloaded")
-    yield
-    shutil.copy(BASE, POLICY)
+    with policy_extended(appliance, MASKING, "the masking policy"):
+        yield
 
 
 @pytest.fixture(scope="module")
 def identities(appliance, config_path, masking_policy):
-    from appliance.identity import cgroups
-
-    made = {}
-    for name in ("mask-writer", "mask-reader", "mask-auditor"):
-        cg = Cgroup(cgroups.ensure(f"{WORKLOAD_PARENT}/{name}-{secrets.token_hex(3)}"))
-        cli(config_path, "enroll", cg.cgroup.path, "--identity", name)
-        made[name] = cg
-    eventually(lambda: {w["cgroup_id"] for w in appliance.status()["workloads"]} >= {c.cgroup.id for c in made.values()},
-               message="mask identities enrolled")
-    yield made
-    for cg in made.values():
-        cli(config_path, "unenroll", cg.cgroup.path, check=False)
-        cg.cleanup()
+    with enrolled(appliance, config_path, ("mask-writer", "mask-reader", "mask-auditor")) as made:
+        yield made
 
 
 def pii(cg: Cgroup, *args: str) -> dict:

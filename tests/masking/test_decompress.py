@@ -44,3 +44,18 @@ def test_a_masked_batch_past_the_cap_is_rejected_naming_the_cap():
     with pytest.raises(MaskingRejected, match="decompresses to more than 1000 bytes"):
         rewrite_records(batch, masker(rules), max_batch_bytes=1000)
     rewrite_records(batch, masker(rules))  # the default cap (16 MiB) reads it
+
+
+@pytest.mark.parametrize("codec", sorted(ENCODE))
+def test_a_prefix_is_read_without_expanding_the_rest(codec):
+    from appliance.masking.decompress import decompress_prefix
+
+    packed = ENCODE[codec](DATA)
+    assert decompress_prefix(codec, packed, len(DATA)) == (DATA, True)
+    prefix, complete = decompress_prefix(codec, packed, 1000)
+    assert not complete and len(prefix) <= 1000 and DATA.startswith(prefix)
+    if codec != 2:  # snappy gives whole blocks only (kafka-python's are 32 KiB): none fits in 1000 bytes
+        assert len(prefix) == 1000
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (256 << 20))
+    started = time.monotonic()
+    assert decompress_prefix(4, bomb, 4096) == (b"\0" * 4096, False) and time.monotonic() - started < 0.5

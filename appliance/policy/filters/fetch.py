@@ -17,11 +17,15 @@ Kafka would), and every response is decided again, topic by topic:
   backs the partition off.)
 - a topic a fetch masking rule covers, for a workload without `unmask`, has
   its records masked; records that cannot be masked (or a batch that
-  decompresses past the cap) are answered CORRUPT_MESSAGE, never in the clear.
+  decompresses past the cap) are answered CORRUPT_MESSAGE, never in the clear;
+- a topic a recording rule excerpts for this identity has the first records it
+  delivers held for the audit's excerpts (appliance.masking.excerpts), which
+  the audit writer masks with every masking rule covering the topic.
 
 Large responses are streamed through unread only when `reads_response` says
-nothing in them needs a look: the workload may consume every topic in the
-clear (`Policy.grants_every`); or a sessionless / full request listed only
+nothing in them needs a look (never for an identity some recording rule
+excerpts: which topics a response carries is known only once it is read):
+the workload may consume every topic in the clear (`Policy.grants_every`); or a sessionless / full request listed only
 topics it may consume in the clear; or an incremental request in the fetch
 session this connection opened, every topic ever listed in which it may
 consume in the clear. The session's id is read from the broker's answer to
@@ -34,12 +38,13 @@ response starts to arrive, under the policy in force then. Fetch v13+ names topi
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
 from appliance.kafka import codec
+from appliance.masking import excerpts as excerpting
 from appliance.masking.batches import rewrite_records
 from appliance.masking.rules import Direction, MaskingRejected
 from appliance.policy.filters import refusals
@@ -185,12 +190,16 @@ class FetchStep:
     merge: Merge | None
     session_topics: frozenset[str] | None = None  # incremental in this connection's known session: all it may carry
     opens: frozenset[str] | None = None  # an epoch-0 request: the session it opens, once its id is read
+    # What `complete` held for the audit's excerpts (ExcerptSource), read by the session once it ran.
+    excerpts: list = field(default_factory=list)
 
     @property
     def reads_response(self) -> bool:
         if self.merge is not None:
             return True
         policy = self.filter.ctx.policy()
+        if policy.recording and policy.recording.excerpts_some_topic(self.filter.ctx.principal.identity):
+            return True
         if self.filter.clear_for_everything(policy):
             return False
         if self.opens is not None:
@@ -214,6 +223,8 @@ class FetchStep:
             name = str(topic.topic)
             if self.filter.clear(policy, name):
                 topics.append(topic)
+                if policy.recording:
+                    self._excerpt(policy, topic, None)
                 continue
             decision = self.filter.ctx.decide(Operation.CONSUME, ResourceType.TOPIC, name, policy)
             if not decision.allowed:
@@ -223,7 +234,10 @@ class FetchStep:
                 topics.append(dataclasses.replace(topic, partitions=partitions))
                 changed = True
                 continue
-            masked_topic, n = _mask_topic(topic, masker_for(self.filter.ctx, policy, name), self.filter.ctx.max_batch_bytes)
+            masker = masker_for(self.filter.ctx, policy, name)
+            masked_topic, n = _mask_topic(topic, masker, self.filter.ctx.max_batch_bytes)
+            if policy.recording:
+                self._excerpt(policy, masked_topic, None if masker is None else Direction.FETCH)
             total += n
             changed = changed or masked_topic is not topic
             topics.append(masked_topic)
@@ -234,6 +248,15 @@ class FetchStep:
             return response, 0
         entity = dataclasses.replace(entity, responses=tuple(topics))
         return codec.replace_response_body(response, header.api_key, header.api_version, entity), total
+
+
+    def _excerpt(self, policy: Policy, topic: Any, applied: Direction | None) -> None:
+        """Hold the first records of `topic` as the workload receives them, when a recording rule asks."""
+        name = str(topic.topic)
+        plan = excerpting.plan_for(policy, self.filter.ctx.principal.identity, name, applied)
+        if plan is not None:
+            self.excerpts.extend(excerpting.take_topic(
+                name, ((int(p.partition_index), p.records) for p in topic.partitions), plan))
 
 
 # A partition answered TOPIC_AUTHORIZATION_FAILED: no records, offsets unknown (-1), no read replica.

@@ -52,6 +52,7 @@ class Forward:
     then: Then | None = None
     facts: codec.RequestFacts | None = None
     outcome: str = "allowed"
+    excerpts: tuple = ()  # appliance.masking.excerpts.ExcerptSource: records to excerpt for the audit
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class Rewritten:
     then: Then | None = None
     outcome: str = "allowed"  # or "partly refused" / "refused" (Metadata still asks for the broker list)
     masked: int = 0
+    excerpts: tuple = ()  # as Forward's
 
 
 @dataclass(frozen=True, slots=True)
