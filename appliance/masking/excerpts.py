@@ -90,6 +90,17 @@ def _bound(rule: MaskRule, secret: bytes | None) -> BoundAction:
     return BoundAction(rule.action, secret)
 
 
+def _scan(rule: MaskRule, secret: bytes | None) -> ValueMasking:
+    """A rule's detectors alone, as free text and keys are scanned."""
+    return ValueMasking(rule=rule.name, action=_bound(rule, secret), detectors=rule.detectors, reject_invalid=False,
+                        drop_binary=False)
+
+
+def text_maskings(masking: MaskingPolicy) -> tuple[ValueMasking, ...]:
+    """Every rule's detectors, in file order: what MaskingPolicy.mask_text applies."""
+    return tuple(_scan(r, masking.secret) for r in masking.rules if r.detectors)
+
+
 def audit_masker(masking: MaskingPolicy, topic: str, applied: Direction | None) -> AuditMasker | None:
     """The audit's masker for `topic`; `applied`: the direction whose rules the data path already applied to
     the records (produce: what was forwarded; fetch: what a reader without unmask received). None when no
@@ -99,16 +110,15 @@ def audit_masker(masking: MaskingPolicy, topic: str, applied: Direction | None) 
         return None
     pending = tuple(r for r in covering if applied is None or applied not in r.on)
 
-    def value_masking(rule: MaskRule, *, detectors_only: bool = False) -> ValueMasking:
-        return ValueMasking(rule=rule.name, action=_bound(rule, masking.secret),
-                            paths=() if detectors_only else rule.fields, detectors=rule.detectors,
-                            reject_invalid=False, drop_binary=False)
+    def value_masking(rule: MaskRule) -> ValueMasking:
+        return ValueMasking(rule=rule.name, action=_bound(rule, masking.secret), paths=rule.fields,
+                            detectors=rule.detectors, reject_invalid=False, drop_binary=False)
 
     return AuditMasker(
         topic=topic, rules=tuple(r.name for r in covering),
         values=tuple(value_masking(r) for r in pending if r.fields or r.detectors),
         headers=tuple((r.headers, _bound(r, masking.secret)) for r in pending if r.headers),
-        header_scans=tuple(value_masking(r, detectors_only=True) for r in covering if r.detectors))
+        header_scans=tuple(_scan(r, masking.secret) for r in covering if r.detectors))
 
 
 @dataclass(frozen=True, slots=True)

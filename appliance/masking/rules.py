@@ -235,6 +235,7 @@ class MaskingPolicy:
     source: str = "<policy>"
     _for_topic: object = field(init=False, repr=False)
     _for_audit: object = field(init=False, repr=False)
+    _text: object = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.rules]
@@ -243,6 +244,7 @@ class MaskingPolicy:
             raise ValueError(f"{self.source}: masking rule names must be unique; repeated: {', '.join(duplicates)}")
         object.__setattr__(self, "_for_topic", functools.lru_cache(maxsize=MASKER_CACHE_SIZE)(self._build))
         object.__setattr__(self, "_for_audit", functools.lru_cache(maxsize=MASKER_CACHE_SIZE)(self._build_audit))
+        object.__setattr__(self, "_text", functools.lru_cache(maxsize=1)(self._build_text))
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -262,6 +264,22 @@ class MaskingPolicy:
         """The masker an audit excerpt of `topic` goes through: every rule covering the topic, in both
         directions (appliance.masking.excerpts); `applied`: the direction the data path already masked."""
         return self._for_audit(topic, None if applied is None else Direction(applied))  # type: ignore[operator]
+
+    def mask_text(self, text: str) -> str:
+        """Free text the audit and the status keep about a workload, its command line: a client may pass
+        record values there (`kcat -P ... <<< card`, `python -c '...'`), so every masking rule's detectors
+        scan it, whatever topics the rule covers, each with its rule's action. Unchanged without any."""
+        maskings = self._text()  # type: ignore[operator]
+        if not maskings or not text:
+            return text
+        data = text.encode("utf-8", "replace")
+        for masking in maskings:
+            data, _ = masking.mask(data)
+        return data.decode("utf-8", "replace")
+
+    def _build_text(self):
+        from appliance.masking.excerpts import text_maskings  # it imports this module
+        return text_maskings(self)
 
     def _build_audit(self, topic: str, applied: Direction | None):
         from appliance.masking.excerpts import audit_masker  # it imports this module

@@ -1011,17 +1011,18 @@ class ProxyServer:
                 return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         who = process.describe(origin.tgid, origin.cgroup_id, origin.comm, now)
-        conn = _Connection(self, transport, origin, enrollment, who.command, now, tls_context)
+        command = self.policy().masking.mask_text(who.command)  # a command line may carry record values
+        conn = _Connection(self, transport, origin, enrollment, command, now, tls_context)
         self.audit(SessionOpened(
             session_id=conn.session.session_id, started_at=now,
             identity=None if conn.session.enforcer is None else enrollment.identity,
             groups=enrollment.groups, cgroup_id=origin.cgroup_id, cgroup_path=who.cgroup_path,
             enrolled_cgroup_id=origin.enrolled_cgroup_id, pid=origin.tgid, uid=origin.uid, gid=origin.gid,
-            command=who.command, client_address=origin.client_address, broker_address=origin.broker_address,
+            command=command, client_address=origin.client_address, broker_address=origin.broker_address,
             netns_cookie=origin.netns_cookie, netns=self.netns_names.get(origin.netns_cookie),
         ))
         log.info("session %s: %s (pid %d, %s) -> %s", conn.session.session_id, enrollment.identity,
-                 origin.tgid, who.command[:60], origin.broker_address)
+                 origin.tgid, command[:60], origin.broker_address)
         self.live[conn.session.session_id] = conn
         self.per_workload[origin.enrolled_cgroup_id] = self.per_workload.get(origin.enrolled_cgroup_id, 0) + 1
         if self.discovery is not None:  # a workload holds this broker: discovery does not forget it for a while

@@ -186,3 +186,26 @@ def assert_no_clear_pii() -> None:
             data = path.read_bytes()
             found += [f"{path.name}: {secret.decode()}" for secret in clear_pii() if secret in data]
     assert not found, f"clear PII in the audit database: {found}"
+
+
+def test_record_values_on_a_clients_command_line_are_masked_in_the_audit_and_the_status(identities, direct,
+                                                                                       sasl_args, appliance):
+    """A client may pass record values as arguments: the audit and the status keep its command line, so every
+    masking rule's detectors scan it (here the card number and the e-mail address of the rules above)."""
+    topic = f"rec-argv-{secrets.token_hex(3)}"
+    create(direct, sasl_args, topic)
+    card, mail = "4111 1111 1111 1111", "jane.argv@example.com"
+    script = ("import sys, time; from confluent_kafka import Producer; p = Producer({'bootstrap.servers': sys.argv[1]});"
+              " p.produce(sys.argv[2], b'x'); p.flush(20); time.sleep(3)")
+    proc = identities["rec-writer"].popen([PY, "-c", script, BROKER4, topic, card, mail])
+    live = eventually(lambda: [s for s in (appliance.status() or {}).get("sessions", [])
+                               if topic in str(s.get("command"))], timeout=15, message="the session in the status")
+    proc.wait(30)
+    command = live[0]["command"]
+    assert card not in command and card.replace(" ", "") not in command and mail not in command, command
+    conn = sqlite3.connect(f"file:{STATE / 'audit.db'}?mode=ro", uri=True)
+    try:
+        (stored,) = conn.execute("SELECT command FROM sessions WHERE command LIKE ?", (f"%{topic}%",)).fetchone()
+    finally:
+        conn.close()
+    assert stored == command and topic in stored and card not in stored and mail not in stored, stored

@@ -198,3 +198,19 @@ def test_json_nested_too_deeply_to_walk_is_invalid_not_passed():
         masker(rule("detectors: [card]")).mask(None, deep, [])
     fetch = masker(rule("detectors: [card]", on="[fetch]"), direction="fetch")
     assert value_of(fetch, deep) == (b"[REDACTED]", 1)
+
+
+def test_a_command_line_is_scanned_by_every_rules_detectors_whatever_topics_they_cover():
+    from appliance.policy.parser import parse_policy
+
+    yaml_text = "version: 1\nmasking:\n" + rule("detectors: [card]\naction: {keep_last: 4}", name="cards") + \
+        rule("detectors: [email]\naction: hash", name="mail", topics="[other]", on="[fetch]") + \
+        rule('fields: ["$.pan"]', name="fields-only")
+    masking = parse_policy(yaml_text, source="test.yaml").masking.with_secret(SECRET)
+    command = "kcat -P -t payments -k 4111111111111111 -H who=jane@example.com"
+    masked = masking.mask_text(command)
+    assert "4111111111111111" not in masked and masked.count("1111") == 1
+    assert "jane@example.com" not in masked and "hmac:" in masked
+    assert masked.startswith("kcat -P -t payments -k ")
+    assert masking.mask_text("python producer.py --topic payments") == "python producer.py --topic payments"
+    assert MaskingPolicy().mask_text(command) == command  # no rule: unchanged
