@@ -306,7 +306,9 @@ class Console:
         person, form = await self.guarded(request, needs_vote=False)
         if person is None:
             return form
-        await run_in_threadpool(self.state.verify)
+        if not await run_in_threadpool(self.state.verify):
+            request.session["flash"] = "a verify is already under way; its result shows here once it is done"
+            return RedirectResponse("/verify", status_code=303)
         report = self.state.verified
         outcome = ("could not run: " + str(self.state.verify_error)) if report is None else \
             ("ok" if report["ok"] else f"broken: {report['first_fault']}")
@@ -341,6 +343,60 @@ async def _security_headers(request: Request, call_next):
     return response
 
 
+# The largest request body the console reads: its forms are a CSRF token, a reason of at most 1000 characters
+# and a field or two. Anyone who can reach the port may POST, and the form is parsed before the session is
+# looked at, so a body is bounded before it is read (Starlette's own form limits are 1000 fields of 1 MiB each,
+# and multipart files are spooled to disk without a bound).
+MAX_BODY_BYTES = 64 * 1024
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+class BoundedBody:
+    """ASGI middleware: a request with a body must be a urlencoded form (else 415) of at most MAX_BODY_BYTES
+    (else 413, by its Content-Length before anything is read, or once the stream passes the bound)."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        length = headers.get(b"content-length")
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if kind and kind != FORM_TYPE.encode():
+            await _refuse(send, 415, f"a console form is {FORM_TYPE}, not {kind.decode('latin-1')[:80]}")
+            return
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await _refuse(send, 413, f"a console form is at most {self.max_bytes} bytes")
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await _refuse(send, 413, f"a console form is at most {self.max_bytes} bytes")
+                return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        await self.app(scope, replay, send)
+
+
+async def _refuse(send, status: int, text: str) -> None:
+    await PlainTextResponse(text, status_code=status, headers={"Connection": "close"})(
+        {"type": "http"}, None, send)
+
+
 def make_app(config: Config, state: ConsoleState, provider: ConsoleProvider, session_key: bytes) -> Starlette:
     from starlette.middleware.base import BaseHTTPMiddleware
     from starlette.routing import Mount
@@ -350,6 +406,7 @@ def make_app(config: Config, state: ConsoleState, provider: ConsoleProvider, ses
     routes = console.routes() + [Mount("/static", StaticFiles(directory=str(TEMPLATES / "static")), name="static")]
     return Starlette(routes=routes, middleware=[
         Middleware(BaseHTTPMiddleware, dispatch=_security_headers),
+        Middleware(BoundedBody),
         Middleware(SessionMiddleware, secret_key=session_key.hex(), session_cookie=COOKIE,
                    max_age=int(config.console.session_s), same_site="lax", https_only=config.console.tls is not None),
     ])
