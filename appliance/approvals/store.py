@@ -89,11 +89,19 @@ class ApprovalStore:
         return None
 
     def denied_since(self, identity: str, rule: str, needs: tuple[Need, ...], since: float) -> ApprovalRequest | None:
-        """The latest request of this identity for exactly these needs denied at or after `since`."""
+        """The latest request of this identity under this rule denied at or after `since` that asked for nothing
+        these needs do not include: the same ask, reordered, or with more added to it."""
         for row in self.conn.execute("SELECT * FROM requests WHERE state = 'denied' AND identity = ? AND rule = ?"
                                      " AND needs = ? AND decided_at >= ? ORDER BY decided_at DESC LIMIT 1",
                                      (identity, rule, _needs_json(needs), since)):
             return _request(row)
+        asked = set(needs)
+        for row in self.conn.execute("SELECT * FROM requests WHERE state = 'denied' AND identity = ? AND rule = ?"
+                                     " AND decided_at >= ? ORDER BY decided_at DESC LIMIT 1000",
+                                     (identity, rule, since)):
+            request = _request(row)
+            if set(request.needs) <= asked:
+                return request
         return None
 
     def pending_count(self, identity: str, now: float) -> int:
