@@ -14,6 +14,7 @@ is not the session's a 403.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from pathlib import Path
@@ -353,10 +354,11 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 
 class BoundedBody:
     """ASGI middleware: a request with a body must be a urlencoded form (else 415) of at most MAX_BODY_BYTES
-    (else 413, by its Content-Length before anything is read, or once the stream passes the bound)."""
+    (else 413, by its Content-Length before anything is read, or once the stream passes the bound), arriving
+    within `body_timeout_s` (else 408)."""
 
-    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = 10.0) -> None:
+        self.app, self.max_bytes, self.body_timeout_s = app, max_bytes, body_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -372,15 +374,20 @@ class BoundedBody:
             await _refuse(send, 413, f"a console form is at most {self.max_bytes} bytes")
             return
         body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                await _refuse(send, 413, f"a console form is at most {self.max_bytes} bytes")
-                return
+        try:
+            async with asyncio.timeout(self.body_timeout_s):  # a body sent a byte at a time holds no connection
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if len(body) > self.max_bytes:
+                        await _refuse(send, 413, f"a console form is at most {self.max_bytes} bytes")
+                        return
+        except TimeoutError:
+            await _refuse(send, 408, f"the form did not arrive within {self.body_timeout_s:g} s")
+            return
         sent = False
 
         async def replay():

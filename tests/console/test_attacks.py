@@ -446,3 +446,107 @@ def test_hostile_names_from_workloads_are_escaped_on_every_page(client, provider
         assert "<img" not in page.text and "<script>alert" not in page.text, path
         assert "onerror=alert(1)" not in page.text.replace("&gt;&lt;img src=x onerror=alert(1)&gt;", ""), path
         assert "default-src 'self'; script-src 'self'" in page.headers["content-security-policy"]
+
+
+# ---- slow clients on a real server ------------------------------------------------------------------
+
+@pytest.fixture
+def served(config, provider, monkeypatch):
+    """The console's app served by uvicorn as `appliance console` serves it, on a free loopback port."""
+    import socket as socket_
+
+    import uvicorn
+
+    from appliance.console import server
+
+    monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 1.0)
+    app = make_app(config, ConsoleState(config), provider, b"k" * 32)
+    for middleware in app.user_middleware:
+        if middleware.cls.__name__ == "BoundedBody":
+            middleware.kwargs["body_timeout_s"] = 1.0
+    with socket_.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False,
+                                       server_header=False, http=server.protocol_class(), timeout_keep_alive=5))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield port
+    uv.should_exit = True
+    thread.join(10)
+
+
+def _closed_within(sock, seconds: float) -> float | None:
+    import socket as socket_
+
+    sock.settimeout(seconds)
+    started = time.monotonic()
+    try:
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return time.monotonic() - started
+    except socket_.timeout:
+        return None
+    except ConnectionResetError:
+        return time.monotonic() - started
+
+
+def test_a_connection_that_never_finishes_its_request_head_is_closed(served):
+    """Was a DEFECT: uvicorn keeps a connection that sent half a request head for ever (40 s and more in a
+    test), so any local user could hold every file descriptor of the console (with a limit of 128, 200 such
+    connections made every real request a reset). Now the head must arrive within HEAD_TIMEOUT_S of the
+    connect or of the previous answer, and the console lifts its soft limit on open files to the hard one."""
+    import socket as socket_
+
+    slow = socket_.create_connection(("127.0.0.1", served))
+    slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(3):
+        time.sleep(0.3)
+        slow.sendall(b"X-a: b\r\n")  # dribbling header lines does not extend it
+    assert _closed_within(slow, 3) is not None
+    kept = socket_.create_connection(("127.0.0.1", served))  # a keep-alive connection's second, slow request
+    kept.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n")
+    kept.settimeout(5)
+    assert kept.recv(4096).startswith(b"HTTP/1.1 303")
+    kept.sendall(b"GET / HTTP/1.1\r\n")
+    assert _closed_within(kept, 3) is not None
+
+
+def test_a_form_body_sent_a_byte_at_a_time_is_cut_off(served):
+    import socket as socket_
+
+    slow = socket_.create_connection(("127.0.0.1", served))
+    slow.sendall(b"POST /logout HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                 b"Content-Length: 1000\r\n\r\n")
+    slow.settimeout(5)
+    started, answer = time.monotonic(), b""
+    while time.monotonic() - started < 4 and not answer:
+        try:
+            slow.sendall(b"a")
+        except OSError:
+            break
+        slow.settimeout(0.2)
+        try:
+            answer = slow.recv(4096)
+        except socket_.timeout:
+            pass
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+
+
+def test_the_console_lifts_its_open_files_soft_limit_to_the_hard_one():
+    import resource
+
+    from appliance.console.server import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        raise_open_files_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == min(hard, 1 << 20)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
