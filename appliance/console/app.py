@@ -126,6 +126,10 @@ class Console:
     # ---- login ------------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
+        if self.person(request) is not None:
+            # Already logged in: back to the page asked for, the session kept. A GET is all another site can
+            # make a browser send with its SameSite=Lax cookie; it must not end an approver's session.
+            return RedirectResponse(pages.return_path(request.query_params.get("next")), status_code=303)
         try:
             endpoints = await run_in_threadpool(self.provider.endpoints)
         except ProviderError as e:
@@ -293,7 +297,7 @@ class Console:
             return self.refuse(request, reason)
         by = pages.who(person)
         try:
-            grant = await run_in_threadpool(self.state.revoke, grant_id, by, reason)
+            grant = await run_in_threadpool(self.state.revoke, grant_id, by, reason, person.groups)
         except ApprovalError as e:
             kind, message, detail = refused_revoke_event(grant_id, who=by, fault=str(e))
             await run_in_threadpool(lambda: self.state.record(kind, message, **detail))

@@ -140,9 +140,9 @@ class ConsoleState:
         with self._approvals_lock:
             return self._store().vote(request_id, approver, approve, reason, time.time())
 
-    def revoke(self, grant_id: str, by: str, reason: str) -> Grant:
+    def revoke(self, grant_id: str, by: str, reason: str, groups: tuple[str, ...]) -> Grant:
         with self._approvals_lock:
-            return self._store().revoke(grant_id, by, reason, time.time())
+            return self._store().revoke(grant_id, by, reason, time.time(), groups=groups)
 
     def _store(self) -> ApprovalStore:
         if self._approvals is None:

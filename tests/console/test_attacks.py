@@ -145,6 +145,7 @@ def test_a_nonce_is_good_for_one_login_only(raw, tokens, config):
     token = rsa_key().sign(claims(tokens))
     tokens.id_token = token
     assert raw.get("/callback", params={"state": first["state"], "code": "c"}).status_code == 303
+    raw.cookies.clear()
     second = start(raw, tokens)  # a fresh login: new state, new nonce
     tokens.id_token = token  # the provider (or a man in the middle) hands back the old token
     answer = raw.get("/callback", params={"state": second["state"], "code": "c"})
@@ -232,6 +233,20 @@ def test_a_login_never_returns_to_another_site_or_a_header(client, provider, ask
     assert location.startswith("/") and not location.startswith(("//", "/\\")) and "\n" not in location
     assert location in ("/", asked), location
     assert urllib.parse.urlsplit(location).netloc == ""
+
+
+def test_another_site_sending_the_browser_to_login_does_not_end_its_session(client, provider, config):
+    """Was a DEFECT (logout CSRF): GET /login ended the browser's session before starting a new login, and a
+    top-level GET from another site carries the SameSite=Lax cookie, so any page an approver visited could end
+    their console session (a vote they were typing then failed on its CSRF token). With a session open, /login
+    now returns to the page asked for and keeps it."""
+    request_id = pending_request(config)
+    csrf = log_in(client, provider)
+    answer = client.get("/login", params={"next": f"/approvals/{request_id}"},
+                        headers={"referer": "https://evil.example/", "sec-fetch-site": "cross-site"})
+    assert answer.status_code == 303 and answer.headers["location"] == f"/approvals/{request_id}"
+    vote = client.post(f"/approvals/{request_id}/approve", data={"csrf": csrf, "reason": "still logged in"})
+    assert vote.status_code == 303
 
 
 # ---- methods, content types and bodies -----------------------------------------------------------
@@ -366,6 +381,27 @@ def test_an_approver_outside_the_rules_approver_groups_cannot_vote(client, provi
         assert answer.status_code == 409
         assert "none of rule payments-create's approver groups" in html.unescape(answer.text)
     assert s.get(request.id).state == "pending"
+
+
+def test_an_approver_outside_the_rules_approver_groups_cannot_revoke_its_grant(client, provider, config):
+    """Was a DEFECT: a vote needed one of the rule's own approver groups, a revocation did not: anyone in the
+    console's approver group could revoke any rule's grants (ending work that the rule's own approvers had
+    approved). A revocation from the console now needs those groups too; the CLI's root operator may revoke any."""
+    request = file_request(rule="payments-create", approval=Approval(approver_groups=("payments-admins",)),
+                           identity="approval-bot", groups=(), needs=(Need("payments-create", "create", "topic",
+                                                                           "payments.x"),),
+                           api="CreateTopics", session_id=SESSION, cgroup_path=None, now=time.time())
+    s = ApprovalStore(config.approvals_db)
+    s.file(request)
+    _, grant = s.vote(request.id, Approver("operator:root"), True, "ok", time.time())
+    csrf = log_in(client, provider, groups=["kafka-admins"])
+    answer = client.post(f"/grants/{grant.id}/revoke", data={"csrf": csrf, "reason": "not mine"})
+    assert answer.status_code == 409 and "none of rule payments-create's approver groups" in html.unescape(answer.text)
+    assert s.grants()[0].revoked_at is None
+    client.post("/logout", data={"csrf": csrf})
+    csrf = log_in(client, provider, groups=["kafka-admins", "payments-admins"])
+    assert client.post(f"/grants/{grant.id}/revoke", data={"csrf": csrf, "reason": "mine"}).status_code == 303
+    assert s.grants()[0].revoked_at is not None
 
 
 def test_one_person_with_two_browser_sessions_is_one_approval(client, provider, config):
