@@ -446,3 +446,23 @@ def test_a_denial_of_one_identity_does_not_refuse_another_identity(tmp_path):
     assert len(desk.store.requests()) == 2
     assert {r.identity for r in desk.store.requests()} == {"ops-bot", "other-bot"}
     assert not conn.answers
+
+
+def test_a_one_time_grant_approved_before_a_restart_lets_exactly_one_request_through_after_it(tmp_path):
+    """Held: the grant lives in approvals.db, so serve restarting between the approval and the use neither loses
+    it nor gives it twice: the restarted process lets the client's retry through once, then holds again."""
+    clock = Clock()
+    first, _ = desk_at(tmp_path, clock)
+    filed = request(approval=ONCE)
+    first.store.file(filed)
+    first.store.vote(filed.id, ALICE, True, "once", clock())
+    first.close()  # serve stops before the client retried
+    restarted, events = desk_at(tmp_path, clock)
+    s = relaying_session(restarted.grants, clock)
+    out = s.handle(ev.ClientData(create_topics(correlation_id=7) + create_topics(correlation_id=8)), 1.0)
+    assert [c.data for c in of(out, SendToUpstream)] == [create_topics(correlation_id=7)]
+    assert of(out, HoldForApproval)
+    (used,) = [c for c in out if type(c).__name__ == "GrantsUsed"]
+    restarted.used(used.grants, "s1", "ops-bot")
+    again, _ = desk_at(tmp_path, clock)  # and once more: the use is in the store
+    assert again.grants.covering("ops-bot", NEED, clock()) is None
