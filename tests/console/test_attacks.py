@@ -586,3 +586,22 @@ def test_the_console_lifts_its_open_files_soft_limit_to_the_hard_one():
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == min(hard, 1 << 20)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_one_person_logging_in_again_and_again_cannot_end_other_peoples_sessions():
+    """Was a DEFECT: the session table (4096) ended the session closest to its end when full, whoever it was,
+    so an auditor scripting logins at the provider could end every approver's session. Now one person has at
+    most MAX_SESSIONS_PER_PERSON open, and a login beyond it ends their own."""
+    import itertools
+
+    from appliance.console.sessions import MAX_SESSIONS_PER_PERSON, SessionTable
+
+    counter = itertools.count()
+    randomness = lambda n: next(counter).to_bytes(n, "big")  # noqa: E731
+    table = SessionTable()
+    approvers = [(table.open(f"approver{i}", until=1000.0 + i, now=100.0, randomness=randomness), f"approver{i}")
+                 for i in range(10)]
+    mine = [table.open("mallory", until=5000.0 + i, now=100.0 + i, randomness=randomness) for i in range(5000)]
+    assert all(table.valid(sid, name, 200.0) for sid, name in approvers)
+    assert sum(table.valid(sid, "mallory", 200.0) for sid in mine) == MAX_SESSIONS_PER_PERSON
+    assert table.valid(mine[-1], "mallory", 200.0) and not table.valid(mine[0], "mallory", 200.0)
