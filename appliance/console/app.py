@@ -46,6 +46,10 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 COOKIE = "appliance_console"
 
 
+def _left_out(n: int) -> str:
+    return f" ({n} more refused before this one were left out of the audit)" if n else ""
+
+
 def _when(ts: Any) -> str:
     if not isinstance(ts, (int, float)):
         return ""
@@ -56,6 +60,7 @@ class Console:
     def __init__(self, config: Config, state: ConsoleState, provider: ConsoleProvider) -> None:
         self.config, self.settings, self.state, self.provider = config, config.console, state, provider
         self.open_sessions = SessionTable()  # logins in force (sessions.py)
+        self.refusal_budget = pages.RefusalBudget()  # how many of one person's refusals the audit records
         import jinja2
 
         # Every value is escaped: identities, commands, topics and reasons come from workloads and people.
@@ -111,14 +116,18 @@ class Console:
         refusal = pages.guard_post(person, request.session.get("csrf"), form, needs_vote=needs_vote)
         if refusal is not None:
             if person is not None:
-                await run_in_threadpool(self.state.record, "console-refused",
-                                        f"console request {request.method} {request.url.path} by {person.name} "
-                                        f"refused: {refusal.text}", by=pages.who(person), path=request.url.path)
+                if (left_out := self.refusal_budget.take(person.name, time.time())) is not None:
+                    await run_in_threadpool(self.state.record, "console-refused",
+                                            f"console request {request.method} {request.url.path} by {person.name} "
+                                            f"refused: {refusal.text}{_left_out(left_out)}", by=pages.who(person),
+                                            path=request.url.path, **({"left_out": left_out} if left_out else {}))
             elif (ended := self.ended_session_of(request)) is not None:
-                await run_in_threadpool(self.state.record, "console-refused",
-                                        f"console request {request.method} {request.url.path} with an ended "
-                                        f"session of {ended} refused: {refusal.text}", by=f"{ended} (console)",
-                                        path=request.url.path, session="ended")
+                if (left_out := self.refusal_budget.take(f"ended:{ended}", time.time())) is not None:
+                    await run_in_threadpool(self.state.record, "console-refused",
+                                            f"console request {request.method} {request.url.path} with an ended "
+                                            f"session of {ended} refused: {refusal.text}{_left_out(left_out)}",
+                                            by=f"{ended} (console)", path=request.url.path, session="ended",
+                                            **({"left_out": left_out} if left_out else {}))
             return None, (PlainTextResponse(refusal.text, status_code=refusal.status) if person is None
                           else self.refuse(request, refusal))
         return person, form
@@ -276,8 +285,10 @@ class Console:
                                                                                             person.groups),
                                                      chosen.approve, chosen.reason)
         except ApprovalError as e:
-            kind, message, detail = refused_vote_event(request_id, who=by, approve=chosen.approve, fault=str(e))
-            await run_in_threadpool(lambda: self.state.record(kind, message, **detail))
+            if (left_out := self.refusal_budget.take(person.name, time.time())) is not None:
+                kind, message, detail = refused_vote_event(request_id, who=by, approve=chosen.approve, fault=str(e))
+                await run_in_threadpool(lambda: self.state.record(kind, message + _left_out(left_out), **detail,
+                                                                  **({"left_out": left_out} if left_out else {})))
             return self.refuse(request, pages.Refusal(409, str(e)))
         kind, message, detail = vote_event(decided, grant, who=by, approve=chosen.approve, reason=chosen.reason)
         await run_in_threadpool(lambda: self.state.record(kind, message, identity=decided.identity,
@@ -299,8 +310,10 @@ class Console:
         try:
             grant = await run_in_threadpool(self.state.revoke, grant_id, by, reason, person.groups)
         except ApprovalError as e:
-            kind, message, detail = refused_revoke_event(grant_id, who=by, fault=str(e))
-            await run_in_threadpool(lambda: self.state.record(kind, message, **detail))
+            if (left_out := self.refusal_budget.take(person.name, time.time())) is not None:
+                kind, message, detail = refused_revoke_event(grant_id, who=by, fault=str(e))
+                await run_in_threadpool(lambda: self.state.record(kind, message + _left_out(left_out), **detail,
+                                                                  **({"left_out": left_out} if left_out else {})))
             return self.refuse(request, pages.Refusal(409, str(e)))
         kind, message, detail = revoke_event(grant, who=by, reason=reason)
         await run_in_threadpool(lambda: self.state.record(kind, message, identity=grant.identity, **detail))
