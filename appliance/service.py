@@ -314,6 +314,11 @@ class Appliance:
             self._save_discovered()  # the listings each endpoint was last named in, for the next start's seed
         if self.server is not None:
             await self.server.stop()
+        if self.desk is not None:
+            try:  # no connection charges a use any more: write those not yet in approvals.db, before the audit closes
+                self.desk.close()
+            except Exception:
+                log.exception("writing the counted grants' uses at stop failed")
         if self.token_source is not None:
             await self.token_source.stop()
         if self.steering is not None and not self.keep_steering:

@@ -155,6 +155,25 @@ class Desk:
             return
         self.grants.saved(counts)
 
+    def close(self, wait_s: float = 5.0) -> None:
+        """Stopping: write the uses still unsaved (the store was locked at the last steps), waiting for the
+        store up to `wait_s`, since a use lost here would be given again after a restart. Those that cannot
+        be written are named in the audit, with what to do about them."""
+        deadline = time.monotonic() + wait_s
+        while self.grants.unsaved:
+            self._save_uses()
+            if not self.grants.unsaved or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        if self.grants.unsaved:
+            lost = ", ".join(f"{grant_id} ({n})" for grant_id, n in sorted(self.grants.unsaved.items()))
+            log.error("approvals store %s stayed locked: uses of counted grants not written: %s", self.store.path,
+                      lost)
+            self.event("error", f"stopping with approvals store {self.store.path} locked: uses of counted grants "
+                                f"not written ({lost}); after a restart they could be given again: revoke them "
+                                "with `appliance approvals revoke <grant> --reason ...`",
+                       detail={"unsaved_uses": dict(self.grants.unsaved)})
+
     # ---- every maintenance step -----------------------------------------------------
 
     def step(self) -> None:

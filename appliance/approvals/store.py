@@ -89,11 +89,19 @@ class ApprovalStore:
         return None
 
     def denied_since(self, identity: str, rule: str, needs: tuple[Need, ...], since: float) -> ApprovalRequest | None:
-        """The latest request of this identity for exactly these needs denied at or after `since`."""
+        """The latest request of this identity under this rule denied at or after `since` that asked for nothing
+        these needs do not include: the same ask, reordered, or with more added to it."""
         for row in self.conn.execute("SELECT * FROM requests WHERE state = 'denied' AND identity = ? AND rule = ?"
                                      " AND needs = ? AND decided_at >= ? ORDER BY decided_at DESC LIMIT 1",
                                      (identity, rule, _needs_json(needs), since)):
             return _request(row)
+        asked = set(needs)
+        for row in self.conn.execute("SELECT * FROM requests WHERE state = 'denied' AND identity = ? AND rule = ?"
+                                     " AND decided_at >= ? ORDER BY decided_at DESC LIMIT 1000",
+                                     (identity, rule, since)):
+            request = _request(row)
+            if set(request.needs) <= asked:
+                return request
         return None
 
     def pending_count(self, identity: str, now: float) -> int:
@@ -153,7 +161,10 @@ class ApprovalStore:
                                      (active_at, limit))
         return [_grant(r) for r in rows]
 
-    def revoke(self, grant_id: str, by: str, reason: str, now: float) -> Grant:
+    def revoke(self, grant_id: str, by: str, reason: str, now: float, *,
+               groups: tuple[str, ...] | None = None) -> Grant:
+        """Revoke a grant. `groups`: a person's (the console's), who must be in one of the approver groups of
+        the rule that made it, as for a vote; None: the local root operator (the CLI), who may revoke any."""
         reason = reason.strip()
         if not reason:
             raise ApprovalError("a reason is required: say why, for the audit")
@@ -162,6 +173,11 @@ class ApprovalStore:
             if row is None:
                 raise ApprovalError(f"no grant {grant_id!r} (see `appliance approvals grants --all`)")
             grant = _grant(row)
+            if groups is not None:
+                approvers = self.get(grant.request_id).approval.approver_groups
+                if not set(groups) & set(approvers):
+                    raise ApprovalError(f"{by} is in none of rule {grant.rule}'s approver groups "
+                                        f"({', '.join(approvers)}) and cannot revoke its grant {grant_id}")
             if grant.revoked_at is not None:
                 raise ApprovalError(f"grant {grant_id} was already revoked by {grant.revoked_by}")
             if grant.used_up:

@@ -14,6 +14,7 @@ is not the session's a 403.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from pathlib import Path
@@ -45,6 +46,10 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 COOKIE = "appliance_console"
 
 
+def _left_out(n: int) -> str:
+    return f" ({n} more refused before this one were left out of the audit)" if n else ""
+
+
 def _when(ts: Any) -> str:
     if not isinstance(ts, (int, float)):
         return ""
@@ -55,6 +60,7 @@ class Console:
     def __init__(self, config: Config, state: ConsoleState, provider: ConsoleProvider) -> None:
         self.config, self.settings, self.state, self.provider = config, config.console, state, provider
         self.open_sessions = SessionTable()  # logins in force (sessions.py)
+        self.refusal_budget = pages.RefusalBudget()  # how many of one person's refusals the audit records
         import jinja2
 
         # Every value is escaped: identities, commands, topics and reasons come from workloads and people.
@@ -110,14 +116,18 @@ class Console:
         refusal = pages.guard_post(person, request.session.get("csrf"), form, needs_vote=needs_vote)
         if refusal is not None:
             if person is not None:
-                await run_in_threadpool(self.state.record, "console-refused",
-                                        f"console request {request.method} {request.url.path} by {person.name} "
-                                        f"refused: {refusal.text}", by=pages.who(person), path=request.url.path)
+                if (left_out := self.refusal_budget.take(person.name, time.time())) is not None:
+                    await run_in_threadpool(self.state.record, "console-refused",
+                                            f"console request {request.method} {request.url.path} by {person.name} "
+                                            f"refused: {refusal.text}{_left_out(left_out)}", by=pages.who(person),
+                                            path=request.url.path, **({"left_out": left_out} if left_out else {}))
             elif (ended := self.ended_session_of(request)) is not None:
-                await run_in_threadpool(self.state.record, "console-refused",
-                                        f"console request {request.method} {request.url.path} with an ended "
-                                        f"session of {ended} refused: {refusal.text}", by=f"{ended} (console)",
-                                        path=request.url.path, session="ended")
+                if (left_out := self.refusal_budget.take(f"ended:{ended}", time.time())) is not None:
+                    await run_in_threadpool(self.state.record, "console-refused",
+                                            f"console request {request.method} {request.url.path} with an ended "
+                                            f"session of {ended} refused: {refusal.text}{_left_out(left_out)}",
+                                            by=f"{ended} (console)", path=request.url.path, session="ended",
+                                            **({"left_out": left_out} if left_out else {}))
             return None, (PlainTextResponse(refusal.text, status_code=refusal.status) if person is None
                           else self.refuse(request, refusal))
         return person, form
@@ -125,6 +135,10 @@ class Console:
     # ---- login ------------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
+        if self.person(request) is not None:
+            # Already logged in: back to the page asked for, the session kept. A GET is all another site can
+            # make a browser send with its SameSite=Lax cookie; it must not end an approver's session.
+            return RedirectResponse(pages.return_path(request.query_params.get("next")), status_code=303)
         try:
             endpoints = await run_in_threadpool(self.provider.endpoints)
         except ProviderError as e:
@@ -271,8 +285,10 @@ class Console:
                                                                                             person.groups),
                                                      chosen.approve, chosen.reason)
         except ApprovalError as e:
-            kind, message, detail = refused_vote_event(request_id, who=by, approve=chosen.approve, fault=str(e))
-            await run_in_threadpool(lambda: self.state.record(kind, message, **detail))
+            if (left_out := self.refusal_budget.take(person.name, time.time())) is not None:
+                kind, message, detail = refused_vote_event(request_id, who=by, approve=chosen.approve, fault=str(e))
+                await run_in_threadpool(lambda: self.state.record(kind, message + _left_out(left_out), **detail,
+                                                                  **({"left_out": left_out} if left_out else {})))
             return self.refuse(request, pages.Refusal(409, str(e)))
         kind, message, detail = vote_event(decided, grant, who=by, approve=chosen.approve, reason=chosen.reason)
         await run_in_threadpool(lambda: self.state.record(kind, message, identity=decided.identity,
@@ -292,10 +308,12 @@ class Console:
             return self.refuse(request, reason)
         by = pages.who(person)
         try:
-            grant = await run_in_threadpool(self.state.revoke, grant_id, by, reason)
+            grant = await run_in_threadpool(self.state.revoke, grant_id, by, reason, person.groups)
         except ApprovalError as e:
-            kind, message, detail = refused_revoke_event(grant_id, who=by, fault=str(e))
-            await run_in_threadpool(lambda: self.state.record(kind, message, **detail))
+            if (left_out := self.refusal_budget.take(person.name, time.time())) is not None:
+                kind, message, detail = refused_revoke_event(grant_id, who=by, fault=str(e))
+                await run_in_threadpool(lambda: self.state.record(kind, message + _left_out(left_out), **detail,
+                                                                  **({"left_out": left_out} if left_out else {})))
             return self.refuse(request, pages.Refusal(409, str(e)))
         kind, message, detail = revoke_event(grant, who=by, reason=reason)
         await run_in_threadpool(lambda: self.state.record(kind, message, identity=grant.identity, **detail))
@@ -306,7 +324,9 @@ class Console:
         person, form = await self.guarded(request, needs_vote=False)
         if person is None:
             return form
-        await run_in_threadpool(self.state.verify)
+        if not await run_in_threadpool(self.state.verify):
+            request.session["flash"] = "a verify is already under way; its result shows here once it is done"
+            return RedirectResponse("/verify", status_code=303)
         report = self.state.verified
         outcome = ("could not run: " + str(self.state.verify_error)) if report is None else \
             ("ok" if report["ok"] else f"broken: {report['first_fault']}")
@@ -345,6 +365,66 @@ def _security_headers(tls: bool):
     return dispatch
 
 
+# The largest request body the console reads: its forms are a CSRF token, a reason of at most 1000 characters
+# and a field or two. Anyone who can reach the port may POST, and the form is parsed before the session is
+# looked at, so a body is bounded before it is read (Starlette's own form limits are 1000 fields of 1 MiB each,
+# and multipart files are spooled to disk without a bound).
+MAX_BODY_BYTES = 64 * 1024
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+class BoundedBody:
+    """ASGI middleware: a request with a body must be a urlencoded form (else 415) of at most MAX_BODY_BYTES
+    (else 413, by its Content-Length before anything is read, or once the stream passes the bound), arriving
+    within `body_timeout_s` (else 408)."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = 10.0) -> None:
+        self.app, self.max_bytes, self.body_timeout_s = app, max_bytes, body_timeout_s
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        length = headers.get(b"content-length")
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if kind and kind != FORM_TYPE.encode():
+            await _refuse(send, 415, f"a console form is {FORM_TYPE}, not {kind.decode('latin-1')[:80]}")
+            return
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await _refuse(send, 413, f"a console form is at most {self.max_bytes} bytes")
+            return
+        body, more = b"", True
+        try:
+            async with asyncio.timeout(self.body_timeout_s):  # a body sent a byte at a time holds no connection
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if len(body) > self.max_bytes:
+                        await _refuse(send, 413, f"a console form is at most {self.max_bytes} bytes")
+                        return
+        except TimeoutError:
+            await _refuse(send, 408, f"the form did not arrive within {self.body_timeout_s:g} s")
+            return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        await self.app(scope, replay, send)
+
+
+async def _refuse(send, status: int, text: str) -> None:
+    await PlainTextResponse(text, status_code=status, headers={"Connection": "close"})(
+        {"type": "http"}, None, send)
+
+
 def make_app(config: Config, state: ConsoleState, provider: ConsoleProvider, session_key: bytes) -> Starlette:
     from starlette.middleware.base import BaseHTTPMiddleware
     from starlette.routing import Mount
@@ -354,6 +434,7 @@ def make_app(config: Config, state: ConsoleState, provider: ConsoleProvider, ses
     routes = console.routes() + [Mount("/static", StaticFiles(directory=str(TEMPLATES / "static")), name="static")]
     return Starlette(routes=routes, middleware=[
         Middleware(BaseHTTPMiddleware, dispatch=_security_headers(config.console.tls is not None)),
+        Middleware(BoundedBody),
         Middleware(SessionMiddleware, secret_key=session_key.hex(), session_cookie=COOKIE,
                    max_age=int(config.console.session_s), same_site="lax", https_only=config.console.tls is not None),
     ])

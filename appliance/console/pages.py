@@ -163,3 +163,28 @@ def verify_view(report: Mapping[str, Any] | None, checked_at: float | None, erro
     if report is None:
         return {"state": "never", "error": None, "checked_at": None, "report": None}
     return {"state": "ok" if report["ok"] else "broken", "error": None, "checked_at": checked_at, "report": report}
+
+
+class RefusalBudget:
+    """How many refusals of one person (or one ended session's name) the audit records: at most `burst` in each
+    `window_s`; those beyond are counted, and the next one recorded says how many were left out. A script
+    POSTing refused votes as fast as the console answers would otherwise append hundreds of events a second
+    to the audit database, competing with the serving proxy's own audit writes for its lock."""
+
+    def __init__(self, burst: int = 20, window_s: float = 60.0, max_names: int = 4096) -> None:
+        self.burst, self.window_s, self.max_names = burst, window_s, max_names
+        self._seen: dict[str, tuple[float, int, int]] = {}  # name -> (window start, recorded, left out)
+
+    def take(self, name: str, now: float) -> int | None:
+        """None: leave this refusal out of the audit; else record it, with this many left out before it."""
+        start, recorded, left_out = self._seen.get(name, (now, 0, 0))
+        if now - start >= self.window_s:
+            start, recorded = now, 0
+        if recorded >= self.burst:
+            self._seen[name] = (start, recorded, left_out + 1)
+            return None
+        if name not in self._seen and len(self._seen) >= self.max_names:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[name] = (start, recorded + 1, 0)
+        return left_out
+

@@ -65,7 +65,65 @@ def prepare(config: Config, *, check_provider: bool = False):
     return make_app(config, ConsoleState(config), provider, key)
 
 
-CONCURRENT_REQUESTS = 256
+# How long a connection may take to send a request's head, from when it connects or its previous answer was
+# sent. uvicorn has no such deadline: a connection that sends half a header (slowloris) is kept for ever, and
+# any local user can open enough of them to take every file descriptor the console has (the console listens on
+# loopback, so every local user reaches it). The body has its own deadline (app.py's BoundedBody).
+HEAD_TIMEOUT_S = 10.0
+
+
+def protocol_class():
+    """uvicorn's h11 protocol with a deadline for each request's head."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadline(H11Protocol):
+        _deadline = None
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(HEAD_TIMEOUT_S, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if self.cycle is None or self.cycle.response_complete:  # no request head has come since
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # a whole head came: the request is the application's now
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeadDeadline
+
+
+def raise_open_files_limit() -> None:
+    """Let the console keep as many connections as the hard limit allows (systemd's soft default is 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+        except (ValueError, OSError):
+            pass
 
 
 def serve(config: Config, app) -> None:
@@ -75,8 +133,8 @@ def serve(config: Config, app) -> None:
     host, port = settings.listen
     tls = {} if settings.tls is None else {"ssl_certfile": str(settings.tls.cert),
                                            "ssl_keyfile": str(settings.tls.key)}
-    # Bounded: a flood of connections gets 503s beyond the limit, an idle one is closed after 5 s, and a stop
-    # waits at most 5 s for open connections (a slow client cannot keep the console from stopping).
+    raise_open_files_limit()
+    # A stop waits at most 5 s for open connections: a slow client cannot keep the console from stopping.
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=True, proxy_headers=False,
-                server_header=False, limit_concurrency=CONCURRENT_REQUESTS, timeout_keep_alive=5,
-                timeout_graceful_shutdown=5, **tls)
+                server_header=False, http=protocol_class(), timeout_keep_alive=5, timeout_graceful_shutdown=5,
+                **tls)

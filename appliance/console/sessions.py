@@ -13,8 +13,10 @@ end of the login's time.
     table.valid(sid, "ada", now)      # True until table.revoke(sid) or `until`
 
 The table lives in the console process's memory, so restarting the console
-logs everyone out. It is bounded: at most `MAX_SESSIONS` sessions; a login
-beyond that first forgets the ended ones, then the one that ends soonest.
+logs everyone out. It is bounded: at most `MAX_SESSIONS_PER_PERSON` sessions of one person
+(a login beyond that ends that person's own session that ends soonest) and
+`MAX_SESSIONS` in all (a login beyond that first forgets the ended ones,
+then the one that ends soonest).
 Only a completed login (a person the provider vouched for, in a console group)
 adds one: nothing a stranger sends makes the table grow.
 """
@@ -28,6 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 MAX_SESSIONS = 4096
+# Sessions one person may have open at once (browsers, tabs after a logout elsewhere, machines); a login beyond
+# it ends that person's own session that ends soonest. Without it, one person (an auditor, say) logging in
+# MAX_SESSIONS times by script would end everyone else's sessions, approvers' among them.
+MAX_SESSIONS_PER_PERSON = 32
 SESSION_ID_BYTES = 32
 
 
@@ -38,8 +44,8 @@ class OpenSession:
 
 
 class SessionTable:
-    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
-        self.max_sessions = max_sessions
+    def __init__(self, max_sessions: int = MAX_SESSIONS, max_per_person: int = MAX_SESSIONS_PER_PERSON) -> None:
+        self.max_sessions, self.max_per_person = max_sessions, max_per_person
         self._open: dict[str, OpenSession] = {}
         self._lock = threading.Lock()  # handlers run on the event loop; the lock keeps a worker thread safe too
 
@@ -50,6 +56,15 @@ class SessionTable:
         """A new session's id, good for `name` until `until`."""
         sid = base64.urlsafe_b64encode(randomness(SESSION_ID_BYTES)).rstrip(b"=").decode()
         with self._lock:
+            own = [s for s, o in self._open.items() if o.name == name]
+            if len(own) >= self.max_per_person:
+                for ended in [s for s in own if self._open[s].until <= now]:
+                    del self._open[ended]
+                own = [s for s in own if s in self._open]
+            while len(own) >= self.max_per_person:
+                soonest = min(own, key=lambda s: self._open[s].until)
+                del self._open[soonest]
+                own.remove(soonest)
             if len(self._open) >= self.max_sessions:
                 for ended in [s for s, o in self._open.items() if o.until <= now]:
                     del self._open[ended]

@@ -90,26 +90,36 @@ class ConsoleState:
                                                        session_id=session_id,
                                                        detail=json.dumps(detail, default=str)))
 
-    def verify(self) -> None:
-        """Recompute the chain now, in one read snapshot, and keep the report (or why it could not run)."""
+    def verify(self) -> bool:
+        """Recompute the chain now, in one read snapshot, and keep the report (or why it could not run); False,
+        at once, when a verify is already under way: presses from many tabs must not each hold one of the
+        console's worker threads waiting for the lock (the console would stop answering anyone)."""
+        if not self._verify_lock.acquire(blocking=False):
+            return False
+        try:
+            self._verify()
+        finally:
+            self._verify_lock.release()
+        return True
+
+    def _verify(self) -> None:
         from appliance.audit.verify import verify
 
-        with self._verify_lock:
-            started = time.time()
+        started = time.time()
+        try:
+            vkey = checkpoints.vkey_path(self.config.audit_signing_key)
+            verifier = checkpoints.Verifier.parse(vkey.read_text(), str(vkey)) if vkey.exists() else None
+            db = self._read()
             try:
-                vkey = checkpoints.vkey_path(self.config.audit_signing_key)
-                verifier = checkpoints.Verifier.parse(vkey.read_text(), str(vkey)) if vkey.exists() else None
-                db = self._read()
-                try:
-                    db.conn.execute("BEGIN")
-                    report = verify(db.conn, verifier)
-                    db.conn.execute("ROLLBACK")
-                finally:
-                    db.conn.close()
-            except (OSError, sqlite3.Error, checkpoints.CheckpointError) as e:
-                self.verified, self.verified_at, self.verify_error = None, started, str(e)
-                return
-            self.verified, self.verified_at, self.verify_error = report.as_json(), started, None
+                db.conn.execute("BEGIN")
+                report = verify(db.conn, verifier)
+                db.conn.execute("ROLLBACK")
+            finally:
+                db.conn.close()
+        except (OSError, sqlite3.Error, checkpoints.CheckpointError) as e:
+            self.verified, self.verified_at, self.verify_error = None, started, str(e)
+            return
+        self.verified, self.verified_at, self.verify_error = report.as_json(), started, None
 
     # ---- approvals.db ---------------------------------------------------------------
 
@@ -130,9 +140,9 @@ class ConsoleState:
         with self._approvals_lock:
             return self._store().vote(request_id, approver, approve, reason, time.time())
 
-    def revoke(self, grant_id: str, by: str, reason: str) -> Grant:
+    def revoke(self, grant_id: str, by: str, reason: str, groups: tuple[str, ...]) -> Grant:
         with self._approvals_lock:
-            return self._store().revoke(grant_id, by, reason, time.time())
+            return self._store().revoke(grant_id, by, reason, time.time(), groups=groups)
 
     def _store(self) -> ApprovalStore:
         if self._approvals is None:

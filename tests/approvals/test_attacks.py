@@ -329,3 +329,140 @@ rules:
     grants.replace([])  # revoked
     out = s.handle(ev.ClientData(write(4)), 2.0)
     assert of(out, HoldForApproval) and not of(out, SendToUpstream)
+
+
+# ---- counted grants and denial memory under attack ---------------------------------------------------
+
+from appliance.policy.model import Approval, Principal  # noqa: E402
+
+ONCE = Approval(("kafka-admins",), approvals=1, hold_s=5, pending_s=600, grant_ttl_s=600, grant_uses=1)
+
+
+def test_parallel_connections_of_one_identity_race_for_a_one_time_grant_and_only_one_gets_it(tmp_path):
+    """Held: the grants are one object in the serving process, charged in the event loop when a request is
+    decided, so the same CreateTopics sent on several connections of the same identity at once goes on once."""
+    clock = Clock()
+    desk, events = desk_at(tmp_path, clock)
+    filed = request(approval=ONCE)
+    desk.store.file(filed)
+    desk.store.vote(filed.id, ALICE, True, "once", clock())
+    desk.reload()
+    sessions = [relaying_session(desk.grants, clock) for _ in range(8)]
+    outs = [s.handle(ev.ClientData(create_topics(correlation_id=7)), 1.0) for s in sessions]
+    forwarded = [o for o in outs if of(o, SendToUpstream)]
+    held = [o for o in outs if of(o, HoldForApproval)]
+    assert len(forwarded) == 1 and len(held) == 7
+
+
+def test_a_one_time_grant_used_while_the_store_is_locked_is_not_given_again_after_a_restart(tmp_path):
+    """Was a DEFECT: a use charged while approvals.db was locked (an operator's sqlite3 shell) lived only in the
+    serving process until a later step wrote it; `appliance serve` stopping before then (a restart, a
+    deploy) dropped it, and the restarted process found the one-time grant unused and let the same request
+    through a second time. Now stopping writes the uses still unsaved (waiting for the store for a while),
+    and says loudly which it could not."""
+    import sqlite3
+
+    clock = Clock()
+    path = tmp_path / "approvals.db"
+    events: list = []
+    desk = Desk(ApprovalStore(path, busy_timeout_ms=50), lambda: POLICY,
+                lambda kind, message, **kw: events.append((kind, message, kw)), clock=clock)
+    filed = request(approval=ONCE)
+    desk.store.file(filed)
+    _, grant = desk.store.vote(filed.id, ALICE, True, "once", clock())
+    desk.reload()
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    s = relaying_session(desk.grants, clock)
+    out = s.handle(ev.ClientData(create_topics(correlation_id=7)), 1.0)
+    assert of(out, SendToUpstream)
+    (used,) = [c for c in out if type(c).__name__ == "GrantsUsed"]
+    desk.used(used.grants, "s1", "ops-bot")
+    assert desk.grants.unsaved == {grant.id: 1}
+    holder.execute("ROLLBACK")  # the shell is closed; serve is stopped before its next step
+    desk.close()
+    restarted = Desk(ApprovalStore(path), lambda: POLICY, lambda *a, **k: None, clock=clock)
+    assert restarted.grants.covering("ops-bot", NEED, clock()) is None
+    again = relaying_session(restarted.grants, clock).handle(ev.ClientData(create_topics(correlation_id=7)), 2.0)
+    assert not of(again, SendToUpstream) and of(again, HoldForApproval)
+
+
+def test_uses_a_stopping_desk_cannot_write_are_named_in_the_audit(tmp_path):
+    import sqlite3
+
+    clock = Clock()
+    path = tmp_path / "approvals.db"
+    events: list = []
+    desk = Desk(ApprovalStore(path, busy_timeout_ms=50), lambda: POLICY,
+                lambda kind, message, **kw: events.append((kind, message, kw)), clock=clock)
+    filed = request(approval=ONCE)
+    desk.store.file(filed)
+    _, grant = desk.store.vote(filed.id, ALICE, True, "once", clock())
+    desk.reload()
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    desk.used(desk.grants.charge((grant,)), "s1", "ops-bot")
+    desk.close(wait_s=0.2)
+    holder.execute("ROLLBACK")
+    (kind, message, kw), = [e for e in events if e[0] == "error"]
+    assert grant.id in message and "revoke" in message
+
+
+def test_a_denial_is_not_evaded_by_reordering_the_topics_or_adding_another(tmp_path):
+    """Was worth knowing: the denial memory matched only exactly the same needs, so a workload refused topic a
+    asked for [a, b] (or [b, a, c], ...) and filed a fresh request, asking the approvers for a again each time.
+    Now an ask that includes everything a denied request asked for is answered with that denial."""
+    clock = Clock()
+    desk, events = desk_at(tmp_path, clock)
+    a, b, c = (Need(RULE.name, "create", "topic", n) for n in ("a", "b", "c"))
+    conn = Conn()
+    desk.hold(conn, BOT, (a, b), "CreateTopics", "s1", None)
+    (first,) = desk.store.requests()
+    desk.store.vote(first.id, ALICE, False, "not a or b", clock())
+    for asked in ((b, a), (a, b, c), (c, b, a)):
+        conn = Conn()
+        desk.hold(conn, BOT, asked, "CreateTopics", "s2", None)
+        desk.step()
+        (answer,) = conn.answers
+        assert "denied by alice: not a or b" in answer.refusal, asked
+    assert len(desk.store.requests()) == 1
+    conn = Conn()
+    desk.hold(conn, BOT, (c,), "CreateTopics", "s3", None)  # something not refused files a request
+    assert len(desk.store.requests()) == 2
+
+
+def test_a_denial_of_one_identity_does_not_refuse_another_identity(tmp_path):
+    """Held: the denial memory is per identity: a workload cannot get another's ask refused by having its own
+    identical ask denied."""
+    clock = Clock()
+    desk, events = desk_at(tmp_path, clock)
+    conn = Conn()
+    desk.hold(conn, BOT, (NEED,), "CreateTopics", "s1", None)
+    (first,) = desk.store.requests()
+    desk.store.vote(first.id, ALICE, False, "no", clock())
+    other = Principal("other-bot", frozenset({"bots"}))
+    conn = Conn()
+    desk.hold(conn, other, (NEED,), "CreateTopics", "s2", None)
+    assert len(desk.store.requests()) == 2
+    assert {r.identity for r in desk.store.requests()} == {"ops-bot", "other-bot"}
+    assert not conn.answers
+
+
+def test_a_one_time_grant_approved_before_a_restart_lets_exactly_one_request_through_after_it(tmp_path):
+    """Held: the grant lives in approvals.db, so serve restarting between the approval and the use neither loses
+    it nor gives it twice: the restarted process lets the client's retry through once, then holds again."""
+    clock = Clock()
+    first, _ = desk_at(tmp_path, clock)
+    filed = request(approval=ONCE)
+    first.store.file(filed)
+    first.store.vote(filed.id, ALICE, True, "once", clock())
+    first.close()  # serve stops before the client retried
+    restarted, events = desk_at(tmp_path, clock)
+    s = relaying_session(restarted.grants, clock)
+    out = s.handle(ev.ClientData(create_topics(correlation_id=7) + create_topics(correlation_id=8)), 1.0)
+    assert [c.data for c in of(out, SendToUpstream)] == [create_topics(correlation_id=7)]
+    assert of(out, HoldForApproval)
+    (used,) = [c for c in out if type(c).__name__ == "GrantsUsed"]
+    restarted.used(used.grants, "s1", "ops-bot")
+    again, _ = desk_at(tmp_path, clock)  # and once more: the use is in the store
+    assert again.grants.covering("ops-bot", NEED, clock()) is None

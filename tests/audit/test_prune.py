@@ -274,3 +274,49 @@ def test_verify_as_the_operator_runs_it_reports_the_prune_and_an_unrecorded_cut(
     sql(audit, "DELETE FROM prunes")
     result = run()
     assert result.returncode == 1 and "deleted with no prune recorded" in result.stderr
+
+
+def _hash_at(path, seq):
+    from appliance.audit.chain import CHAINED_TABLES
+
+    conn = sqlite3.connect(path)
+    try:
+        for table in CHAINED_TABLES:
+            row = conn.execute(f"SELECT chain_hash FROM {table} WHERE chain_seq = ?", (seq,)).fetchone()
+            if row is not None:
+                return bytes(row[0])
+    finally:
+        conn.close()
+    raise AssertionError(f"no entry at chain_seq {seq}")
+
+
+def test_a_prunes_row_forged_with_the_sqlite3_shell_to_cover_a_deleted_prefix_is_caught(audit):
+    """Someone holding the file appends a prunes row by hand (the real boundary hash of entry 100, the next
+    chain_seq, a hash they cannot make canonical with the shell) and deletes entries 1..100 under it."""
+    head = max(r[0] for r in sqlite3.connect(audit).execute(
+        "SELECT max(chain_seq) FROM operations UNION SELECT max(chain_seq) FROM events "
+        "UNION SELECT max(chain_seq) FROM session_changes"))
+    boundary = _hash_at(audit, 100)
+    conn = sqlite3.connect(audit)
+    conn.execute("INSERT INTO prunes (at, first_seq, boundary_hash, deleted, reason, chain_seq, chain_hash) "
+                 "VALUES (?, 101, ?, '{}', 'older than 90 days', ?, randomblob(32))",
+                 (1011 * DAY, boundary, head + 1))
+    for table in ("operations", "events", "session_changes"):
+        conn.execute(f"DELETE FROM {table} WHERE chain_seq <= 100")
+    conn.commit()
+    conn.close()
+    report = report_of(audit)
+    assert not report.ok
+    assert any(f.table == "prunes" for f in report.faults), report.faults
+
+
+def test_a_forged_prune_made_with_the_appliances_own_code_is_in_the_report_not_hidden(audit):
+    """The limit of a hash chain: root running the appliance's own pruner can cut any prefix, and the chain
+    verifies. What it cannot do is cut it silently: the verify report names the prune (its first kept chain_seq
+    and when it really ran), and checkpoints kept off the gateway from before it are reported as unchecked
+    (test above), so a prune nobody's retention settings explain stands out."""
+    pruned(audit, now=1011 * DAY, max_age_s=0.5 * DAY)  # "retention" of half a day, run by hand
+    report = report_of(audit)
+    assert report.ok
+    assert report.pruned is not None and report.pruned["first_seq"] > 200
+    assert abs(report.pruned["last_prune_at"] - time.time()) < 60  # when it really ran, not the "now" it was given

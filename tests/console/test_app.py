@@ -374,6 +374,7 @@ def test_logout_ends_the_session_server_side_so_a_copy_of_its_cookie_is_refused(
 def test_a_new_login_ends_the_browsers_previous_session(client, provider):
     log_in(client, provider)
     old = client.cookies[COOKIE]
+    client.post("/logout", data={"csrf": client.get("/approvals").text.split('name="csrf" value="')[1].split('"')[0]})
     log_in(client, provider)
     client.cookies.clear()
     client.cookies[COOKIE] = old

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from appliance.approvals.model import OPERATOR, ApprovalError, Approver
 from appliance.approvals.store import ApprovalStore
-from tests.integration.conftest import BROKER4, PY, eventually
+from tests.integration.conftest import BROKER4, PY, audit, eventually
 from tests.integration.fixtures import STATE
-from tests.integration.test_approvals import approvals, events, pending_for, result_of
+from tests.integration.test_approvals import DELETE, approvals, events, pending_for, result_of
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -149,3 +149,30 @@ def test_a_workload_cannot_flood_the_operator_with_approval_requests(appliance, 
     store.close()
     assert len(rows) <= 20, (f"one workload filed {len(rows)} pending approval requests "
                              f"({len(requested)} approval-requested events) in {took:.1f} s")
+
+
+def test_parallel_connections_of_one_identity_race_for_a_one_time_grant_and_one_deletion_goes_on(
+        appliance, config_path, enroll, direct, sasl_args):
+    """Four librdkafka admins of approval-bot delete the same apr-once- topic at once: their holds join one
+    request; once it is approved (uses: 1), exactly one DeleteTopics reaches the broker, the others are refused,
+    and the grant is used once."""
+    topic = f"apr-once-{secrets.token_hex(3)}"
+    bot = enroll("approval-bot")
+    assert direct.client("confluent.py", BROKER4, topic, "--create", *sasl_args)["errors"] == []
+    deleting = [bot.popen([PY, "-c", DELETE, BROKER4, topic]) for _ in range(4)]
+    request = eventually(lambda: pending_for(config_path, topic), timeout=20, message="the deletions held")
+    time.sleep(3)  # every connection's DeleteTopics is held by now (hold_s 15)
+    requested = [e for e in events(config_path, "approval-requested") if topic in e["message"]]
+    assert len(requested) == 1, requested  # all four joined one request
+    approvals(config_path, "approve", request["id"], "--reason", "one deletion")
+    results = [result_of(p) for p in deleting]
+    assert sum(1 for r in results if r.get("ok")) == 1, results
+    assert all(r.get("code") == "TOPIC_AUTHORIZATION_FAILED" for r in results if not r.get("ok")), results
+    (grant,) = [g for g in json.loads(approvals(config_path, "grants", "--all", "--json").stdout)
+                if g["request"] == request["id"]]
+    assert grant["uses"] == "1/1", grant
+    used = [e for e in events(config_path, "grant-used") if grant["id"] in e["message"]]
+    assert len(used) == 1, used
+    forwarded = [o for o in audit(config_path, "operations", "--topic", topic)
+                 if o["api_name"] == "DeleteTopics" and o["outcome"] == "forwarded"]
+    assert len(forwarded) == 1, forwarded

@@ -93,3 +93,51 @@ def test_the_serving_appliance_prunes_by_age_and_the_record_verifies_from_the_bo
         appliance.stop()
         config_path.write_text(original)
         appliance.start()
+
+
+FLOOD = """
+import json, socket, sys, time
+sys.path.insert(0, %r)
+from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
+from tests.kafka.builders import request_frame
+host, port = sys.argv[1].rsplit(":", 1)
+topic, seconds = sys.argv[2], float(sys.argv[3])
+sock = socket.create_connection((host, int(port)), timeout=30)
+sent = got = 0
+buffer = b""
+started = time.monotonic()
+while time.monotonic() - started < seconds:
+    batch = b"".join(request_frame(MetadataRequest(topics=(MetadataRequestTopic(topic_id=None, name=topic),),
+        allow_auto_topic_creation=False, include_topic_authorized_operations=False), correlation_id=sent + i)
+        for i in range(200))
+    sock.sendall(batch)
+    sent += 200
+    while got < sent:
+        buffer += sock.recv(1 << 20)
+        while len(buffer) >= 4 and len(buffer) >= 4 + int.from_bytes(buffer[:4], "big"):
+            buffer = buffer[4 + int.from_bytes(buffer[:4], "big"):]
+            got += 1
+print(json.dumps({"sent": sent, "answered": got, "seconds": time.monotonic() - started}))
+""" % str(__import__("pathlib").Path(__file__).resolve().parents[2])
+
+
+def test_every_refused_request_of_a_flooding_workload_is_recorded_and_its_rate_is_what_max_bytes_must_allow_for(
+        appliance, enroll):
+    """A risk, measured: a workload with no right to a topic asks for its metadata as fast as one connection goes.
+    Each refusal is an operations row (none is sampled or dropped: the property this test holds), about 360
+    bytes in the database; so with audit_retention.max_bytes set, such a flood moves the prune boundary
+    forward at this rate, and a workload can push the record of what it did before out of the database.
+    Size max_bytes (and export the record off the gateway) for the worst rate, not the usual one."""
+    bot = enroll("approval-bot")  # may describe apr- topics only
+    topic = f"victim-{secrets.token_hex(3)}"
+    out, err = bot.popen([PY, "-c", FLOOD, BROKER4, topic, "5"]).communicate(timeout=60)
+    assert out.strip(), err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["answered"] == result["sent"], result
+    recorded = eventually(lambda: (lambda n: n if n >= result["sent"] else None)(
+        _rows("SELECT count(*) FROM operations WHERE topics LIKE ?", f"%{topic}%")[0][0]),
+        timeout=60, message="every refused request recorded")
+    assert recorded == result["sent"]
+    rate = result["sent"] / result["seconds"]
+    print(f"\nFLOOD: {result['sent']} refused Metadata requests in {result['seconds']:.1f} s on one connection: "
+          f"{rate:,.0f}/s, about {rate * 360 / 1e6:.1f} MB/s of audit")

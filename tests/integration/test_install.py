@@ -109,6 +109,7 @@ def test_install_upgrade_uninstall_and_purge(tmp_path, broker, config, proxy_cgr
     console = (units / "appliance-console.service").read_text()
     assert f"ExecStart={venv}/bin/appliance --config {etc}/appliance.yaml console" in console
     assert "CapabilityBoundingSet=\n" in console and f"ReadWritePaths={state}\n" in console
+    assert "SystemCallErrorNumber=EPERM\n" in console and "LimitNOFILE=65536\n" in console
     _verify(units / "appliance-console.service")
 
     # An operator edits the config (here: for the test broker, on ports and pins of the test's own), and the
