@@ -14,7 +14,7 @@ from appliance.approvals.model import OPERATOR, ApprovalError, Approver
 from appliance.approvals.store import ApprovalStore
 from tests.integration.conftest import BROKER4, PY, audit, eventually
 from tests.integration.fixtures import STATE
-from tests.integration.test_approvals import DELETE, approvals, events, pending_for, result_of
+from tests.integration.test_approvals import ADMIN, approvals, events, pending_for, result_of
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -159,7 +159,7 @@ def test_parallel_connections_of_one_identity_race_for_a_one_time_grant_and_one_
     topic = f"apr-once-{secrets.token_hex(3)}"
     bot = enroll("approval-bot")
     assert direct.client("confluent.py", BROKER4, topic, "--create", *sasl_args)["errors"] == []
-    deleting = [bot.popen([PY, "-c", DELETE, BROKER4, topic]) for _ in range(4)]
+    deleting = [bot.popen([PY, "-c", ADMIN, BROKER4, topic, "delete"]) for _ in range(4)]
     request = eventually(lambda: pending_for(config_path, topic), timeout=20, message="the deletions held")
     time.sleep(3)  # every connection's DeleteTopics is held by now (hold_s 15)
     requested = [e for e in events(config_path, "approval-requested") if topic in e["message"]]
