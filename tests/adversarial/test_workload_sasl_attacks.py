@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import jwt
@@ -33,6 +33,7 @@ from appliance.identity.sasl import format_oauthbearer
 from tests.adversarial.reconfigured import reconfigured
 from tests.integration.fixtures import (BROKER4, CLIENTS, IDP_AUDIENCE, IDP_ISSUER, PY, audit, cli,
                                         eventually)
+from tests.json_http import JsonHandler
 
 pytestmark = pytest.mark.integration  # the real appliance, broker, Keycloak and cgroups
 
@@ -346,7 +347,7 @@ def enroll_in(app, make_cgroup, identity: str, *args: str):
     return cg
 
 
-class _CountingJwks(BaseHTTPRequestHandler):
+class _CountingJwks(JsonHandler):
     """Keycloak's JWKS, forwarded and counted: how often the appliance asks the provider for keys."""
 
     upstream = ""
@@ -356,14 +357,7 @@ class _CountingJwks(BaseHTTPRequestHandler):
         type(self).fetches.append(time.time())
         with urllib.request.urlopen(self.upstream, timeout=10) as r:
             body = r.read()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(body)
 
 
 @pytest.fixture

@@ -354,15 +354,11 @@ def test_parallel_connections_of_one_identity_race_for_a_one_time_grant_and_only
     assert len(forwarded) == 1 and len(held) == 7
 
 
-def test_a_one_time_grant_used_while_the_store_is_locked_is_not_given_again_after_a_restart(tmp_path):
-    """Was a DEFECT: a use charged while approvals.db was locked (an operator's sqlite3 shell) lived only in the
-    serving process until a later step wrote it; `appliance serve` stopping before then (a restart, a
-    deploy) dropped it, and the restarted process found the one-time grant unused and let the same request
-    through a second time. Now stopping writes the uses still unsaved (waiting for the store for a while),
-    and says loudly which it could not."""
+def one_time_grant_with_the_store_locked(tmp_path, clock):
+    """A desk with one approved one-time grant in force, and another connection (an operator's sqlite3 shell)
+    holding approvals.db locked: (path, desk, grant, the holder's connection, the desk's audit events)."""
     import sqlite3
 
-    clock = Clock()
     path = tmp_path / "approvals.db"
     events: list = []
     desk = Desk(ApprovalStore(path, busy_timeout_ms=50), lambda: POLICY,
@@ -373,6 +369,17 @@ def test_a_one_time_grant_used_while_the_store_is_locked_is_not_given_again_afte
     desk.reload()
     holder = sqlite3.connect(str(path), isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
+    return path, desk, grant, holder, events
+
+
+def test_a_one_time_grant_used_while_the_store_is_locked_is_not_given_again_after_a_restart(tmp_path):
+    """Was a DEFECT: a use charged while approvals.db was locked (an operator's sqlite3 shell) lived only in the
+    serving process until a later step wrote it; `appliance serve` stopping before then (a restart, a
+    deploy) dropped it, and the restarted process found the one-time grant unused and let the same request
+    through a second time. Now stopping writes the uses still unsaved (waiting for the store for a while),
+    and says loudly which it could not."""
+    clock = Clock()
+    path, desk, grant, holder, events = one_time_grant_with_the_store_locked(tmp_path, clock)
     s = relaying_session(desk.grants, clock)
     out = s.handle(ev.ClientData(create_topics(correlation_id=7)), 1.0)
     assert of(out, SendToUpstream)
@@ -388,19 +395,8 @@ def test_a_one_time_grant_used_while_the_store_is_locked_is_not_given_again_afte
 
 
 def test_uses_a_stopping_desk_cannot_write_are_named_in_the_audit(tmp_path):
-    import sqlite3
-
     clock = Clock()
-    path = tmp_path / "approvals.db"
-    events: list = []
-    desk = Desk(ApprovalStore(path, busy_timeout_ms=50), lambda: POLICY,
-                lambda kind, message, **kw: events.append((kind, message, kw)), clock=clock)
-    filed = request(approval=ONCE)
-    desk.store.file(filed)
-    _, grant = desk.store.vote(filed.id, ALICE, True, "once", clock())
-    desk.reload()
-    holder = sqlite3.connect(str(path), isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
+    path, desk, grant, holder, events = one_time_grant_with_the_store_locked(tmp_path, clock)
     desk.used(desk.grants.charge((grant,)), "s1", "ops-bot")
     desk.close(wait_s=0.2)
     holder.execute("ROLLBACK")

@@ -368,13 +368,19 @@ def test_an_auditor_crafting_every_action_post_changes_nothing(client, provider,
     assert len(events(config, "console-refused")) == 9
 
 
-def test_an_approver_outside_the_rules_approver_groups_cannot_vote(client, provider, config):
+def payments_request_filed(config):
+    """A pending request of a rule whose only approver group (payments-admins) is not the console's: (store, it)."""
     request = file_request(rule="payments-create", approval=Approval(approver_groups=("payments-admins",)),
                            identity="approval-bot", groups=(), needs=(Need("payments-create", "create", "topic",
                                                                            "payments.x"),),
                            api="CreateTopics", session_id=SESSION, cgroup_path=None, now=time.time())
     s = ApprovalStore(config.approvals_db)
     s.file(request)
+    return s, request
+
+
+def test_an_approver_outside_the_rules_approver_groups_cannot_vote(client, provider, config):
+    s, request = payments_request_filed(config)
     csrf = log_in(client, provider, groups=["kafka-admins"])  # a console approver, not in payments-admins
     for action in ("approve", "deny"):
         answer = client.post(f"/approvals/{request.id}/{action}", data={"csrf": csrf, "reason": "x"})
@@ -387,12 +393,7 @@ def test_an_approver_outside_the_rules_approver_groups_cannot_revoke_its_grant(c
     """Was a DEFECT: a vote needed one of the rule's own approver groups, a revocation did not: anyone in the
     console's approver group could revoke any rule's grants (ending work that the rule's own approvers had
     approved). A revocation from the console now needs those groups too; the CLI's root operator may revoke any."""
-    request = file_request(rule="payments-create", approval=Approval(approver_groups=("payments-admins",)),
-                           identity="approval-bot", groups=(), needs=(Need("payments-create", "create", "topic",
-                                                                           "payments.x"),),
-                           api="CreateTopics", session_id=SESSION, cgroup_path=None, now=time.time())
-    s = ApprovalStore(config.approvals_db)
-    s.file(request)
+    s, request = payments_request_filed(config)
     _, grant = s.vote(request.id, Approver("operator:root"), True, "ok", time.time())
     csrf = log_in(client, provider, groups=["kafka-admins"])
     answer = client.post(f"/grants/{grant.id}/revoke", data={"csrf": csrf, "reason": "not mine"})

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from appliance.broker.certificates import Authority
+from tests.json_http import JsonHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 39163
@@ -29,20 +30,13 @@ PORT = 39163
 @pytest.fixture
 def provider():
     """A local stand-in for the identity provider's discovery document (the login only reads it here)."""
-    class Discovery(http.server.BaseHTTPRequestHandler):
+    class Discovery(JsonHandler):
         def do_GET(self):
             base = f"http://127.0.0.1:{server.server_port}/realms/r"
             body = json.dumps({"issuer": base, "authorization_endpoint": f"{base}/auth",
                                "token_endpoint": f"{base}/token", "jwks_uri": f"{base}/certs",
                                "code_challenge_methods_supported": ["S256"]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
+            self.send_json(body)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,7 @@ from appliance.config import EmbeddedBrokerConfig, EmbeddedOAuthConfig
 from appliance.identity import cgroups
 from appliance.kafka.framing import frame
 from appliance.proxy.upstream_auth import UpstreamAuthenticator, UpstreamAuthError
+from tests.json_http import JsonHandler
 
 DATA = Path("/var/lib/appliance-test/upstream-oauth-broker")
 CGROUP = "appliance-test-oauth-broker"
@@ -238,18 +239,11 @@ def test_a_token_for_another_audience_is_refused(oauth_broker, keycloak):
     assert auth.done
 
 
-class _JwksCopy(BaseHTTPRequestHandler):
+class _JwksCopy(JsonHandler):
     def do_GET(self):
         body = self.server.jwks
         self.server.hits += 1
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(body)
 
 
 def test_the_broker_needs_the_jwks_at_start_and_keeps_its_keys_when_the_provider_goes_away(oauth_broker, keycloak):
